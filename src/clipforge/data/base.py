@@ -1,0 +1,41 @@
+"""The one interface every image-text dataset in clipforge implements.
+
+A dataset is a `torch.utils.data.Dataset` whose items are `Sample`s: a PIL image, one or more
+captions, and optionally a class label. Turning samples into tensors (preprocessing, tokenising,
+choosing one caption per step) is the collator's job (`clipforge.data.collate`), so datasets stay
+free of model details and any model can read any dataset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+from torch.utils.data import Dataset
+
+
+@dataclass
+class Sample:
+    image: Image.Image
+    captions: list[str]
+    label: int | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class ImageTextDataset(Dataset):
+    """Base class: subclasses set `name` and implement `__len__` and `__getitem__ -> Sample`.
+
+    `classnames` is set for classification datasets (zero-shot / fine-tuning), else None.
+    `templates` are the prompt templates used to caption a class ("a photo of a {}.").
+    """
+
+    name: str = "dataset"
+    classnames: list[str] | None = None
+    templates: list[str] | None = None
+
+    def __len__(self) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __getitem__(self, i: int) -> Sample:  # pragma: no cover - abstract
+        raise NotImplementedError

@@ -1,0 +1,1 @@
+"""Model library: registry, build, save/load, importers, tokenizer, preprocessing."""
