@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set up (if needed) and run the main job on built-in data. Usage: bash scripts/demo.sh [demo args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+exec "${VENV:-.venv}/bin/clipforge" demo "$@"

@@ -1,0 +1,120 @@
+"""`clipforge build`, `clipforge import`, `clipforge info`: make, convert and describe models."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..errors import ClipforgeError
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "build", help="build a seeded random model from the registry and save it",
+        description="Build a randomly initialised model of a registered architecture (see --list) with a fixed "
+                    "seed, and save it as a Hugging Face directory (config.json + model.safetensors, tokenizer, "
+                    "preprocessing, model card).")
+    p.add_argument("name", nargs="?", help="architecture name, e.g. tiny, ancestry, ViT-B-32")
+    p.add_argument("--out", type=Path, help="output directory")
+    p.add_argument("--seed", type=int, default=0, help="initialisation seed (default 0)")
+    p.add_argument("--kind", choices=["clip", "vision", "text"], default="clip",
+                   help="full CLIP, or one tower with its projection (default clip)")
+    p.add_argument("--list", action="store_true", help="list the registered architectures and exit")
+    p.set_defaults(func=run_build)
+
+    p = sub.add_parser(
+        "import", help="convert an OpenAI / open_clip checkpoint to a clipforge directory",
+        description="Convert a CLIP checkpoint in the OpenAI / open_clip state-dict layout (.pt read with "
+                    "weights_only=True, or .safetensors) into a clipforge / Hugging Face directory. The "
+                    "architecture is read from the tensor shapes.")
+    p.add_argument("checkpoint", type=Path, help="a .pt/.pth/.bin or .safetensors file")
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--act", choices=["quick_gelu", "gelu"], default="quick_gelu",
+                   help="MLP activation: quick_gelu for OpenAI weights and open_clip '-quickgelu' models, "
+                        "gelu for other open_clip models (default quick_gelu)")
+    p.add_argument("--vision-heads", type=int, help="attention heads of the vision tower (default width/64)")
+    p.add_argument("--text-heads", type=int, help="attention heads of the text tower (default width/64)")
+    p.set_defaults(func=run_import)
+
+    p = sub.add_parser(
+        "info", help="describe a model directory",
+        description="Print a model directory's architecture, parameter counts per tower and provenance.")
+    p.add_argument("model", type=Path, help="a clipforge / Hugging Face model directory")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=run_info)
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from ..models.registry import build, get_config_dict, list_models
+
+    if args.list:
+        for name in list_models():
+            print(f"{name:10s} {get_config_dict(name).get('description', '')}")
+        return 0
+    if not args.name or not args.out:
+        raise ClipforgeError("build needs an architecture NAME and --out DIR (or --list)")
+    from ..models.io import save
+
+    model = build(args.name, seed=args.seed, kind=args.kind)
+    save(model, args.out, provenance={"source": f"random init: registry architecture {args.name!r}",
+                                      "seed": args.seed, "kind": args.kind, "name": f"{args.name} ({args.kind})"})
+    print(f"saved {args.name} ({args.kind}, seed {args.seed}) to {args.out}")
+    return 0
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from ..models.convert_openai import load_openai
+    from ..models.io import save
+
+    model = load_openai(args.checkpoint, quick_gelu=args.act == "quick_gelu",
+                        vision_heads=args.vision_heads, text_heads=args.text_heads)
+    save(model, args.out, provenance={"source": f"imported from {args.checkpoint.resolve()}",
+                                      "format": "openai/open_clip state dict", "act": args.act,
+                                      "name": args.checkpoint.stem})
+    print(f"imported {args.checkpoint} to {args.out}")
+    return 0
+
+
+def describe(model_dir: Path) -> dict:
+    """Architecture, parameter counts and provenance of a saved model, as a dict."""
+    from ..cost import count_params
+    from ..models.io import load, read_provenance
+
+    model = load(model_dir)
+    cfg = model.config
+    towers = {}
+    for tower in ("vision", "text"):
+        sub = getattr(cfg, f"{tower}_config", None)
+        if sub is None and getattr(cfg, "model_type", "") == f"clip_{tower}_model":
+            sub = cfg
+        if sub is not None:
+            towers[tower] = {k: getattr(sub, k) for k in (
+                "num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "hidden_act",
+                "image_size", "patch_size", "num_channels", "max_position_embeddings") if hasattr(sub, k)}
+    return {"directory": str(model_dir), "class": type(model).__name__,
+            "architecture": getattr(cfg, "architecture_name", None), "towers": towers,
+            "projection_dim": getattr(cfg, "projection_dim", None), "parameters": count_params(model),
+            "provenance": read_provenance(model_dir)}
+
+
+def run_info(args: argparse.Namespace) -> int:
+    info = describe(args.model)
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    print(f"{info['directory']}: {info['class']}" + (f" ({info['architecture']})" if info["architecture"] else ""))
+    for tower, t in info["towers"].items():
+        extra = (f", {t['image_size']}px patch {t['patch_size']}" if tower == "vision"
+                 else f", context {t['max_position_embeddings']}")
+        print(f"  {tower:6s}: {t['num_hidden_layers']} layers, width {t['hidden_size']}, "
+              f"{t['num_attention_heads']} heads, MLP {t['intermediate_size']} ({t['hidden_act']}){extra}")
+    if info["projection_dim"]:
+        print(f"  projection dim: {info['projection_dim']}")
+    p = info["parameters"]
+    print("  parameters: " + ", ".join(f"{k} {v:,}" for k, v in p.items() if v))
+    prov = info["provenance"]
+    print(f"  source: {prov.get('source', 'unknown')}")
+    if prov.get("metrics"):
+        print("  metrics: " + json.dumps(prov["metrics"], default=str)[:400])
+    return 0
