@@ -84,7 +84,7 @@ def save(
     prov.setdefault("clipforge_version", _version())
     if metrics is not None:
         prov["metrics"] = metrics
-    with _atomic_dir(out_dir) as tmp:
+    with _atomic_dir(out_dir) as tmp, _quiet_transformers():
         model.save_pretrained(tmp, safe_serialization=True)
         if hasattr(model, "text_model"):
             save_tokenizer(tmp)
@@ -93,6 +93,23 @@ def save(
         (tmp / PROVENANCE).write_text(json.dumps(prov, indent=2, default=str) + "\n")
         (tmp / "README.md").write_text(model_card(model, prov))
     return out_dir
+
+
+class _quiet_transformers:
+    """Silence transformers' per-save progress bars: a save is instant and the bars clutter logs."""
+
+    def __enter__(self):
+        from transformers.utils import logging as hf_logging
+
+        self._was = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+
+    def __exit__(self, *exc):
+        from transformers.utils import logging as hf_logging
+
+        if self._was:
+            hf_logging.enable_progress_bar()
+        return False
 
 
 def _version() -> str:

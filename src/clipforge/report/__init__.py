@@ -1,1 +1,1 @@
-"""report"""
+"""Tables and plots (matplotlib, Agg backend) read from the files runs write."""

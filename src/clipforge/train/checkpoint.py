@@ -1,0 +1,133 @@
+"""Training checkpoints on disk: atomic writes, a `latest` pointer, rotation, and RNG capture.
+
+A checkpoint is `checkpoints/step_{N}.pt`, a dict of plain tensors, numbers, strings, lists and
+dicts, so `torch.load(weights_only=True)` reads it. Files are written to `*.tmp` and moved into place
+with `os.replace`, so a crash never leaves a half-written checkpoint or pointer behind.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import ClipforgeError
+
+CHECKPOINT_DIR = "checkpoints"
+LATEST = "latest"
+_STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's python, numpy, torch (and CUDA) RNG states as plain lists and tensors."""
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    py_version, py_internal, py_gauss = random.getstate()
+    state: dict[str, Any] = {
+        "python": [py_version, list(py_internal), py_gauss],
+        "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                  "has_gauss": int(np_has_gauss), "cached_gaussian": float(np_gauss)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state()` captured."""
+    py_version, py_internal, py_gauss = state["python"]
+    random.setstate((py_version, tuple(py_internal), py_gauss))
+    npst = state["numpy"]
+    np.random.set_state((npst["name"], npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"],
+                         npst["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_write_text(text: str, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def step_files(ckpt_dir: Path) -> dict[int, Path]:
+    """{step: path} of the `step_N.pt` files in `ckpt_dir`."""
+    if not ckpt_dir.is_dir():
+        return {}
+    out = {}
+    for p in ckpt_dir.iterdir():
+        m = _STEP_FILE.match(p.name)
+        if m:
+            out[int(m.group(1))] = p
+    return out
+
+
+def save_checkpoint(state: dict[str, Any], ckpt_dir: Path, step: int, keep: int = 2) -> Path:
+    """Write `step_{step}.pt`, point `latest` at it, and prune.
+
+    Pruning keeps the newest `keep` checkpoints up to `step` (all when `keep` <= 0) and removes any
+    from later steps: those belong to a run this one has superseded (a fresh start or an older resume).
+    """
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    path = ckpt_dir / f"step_{step}.pt"
+    _atomic_save(state, path)
+    _atomic_write_text(path.name + "\n", ckpt_dir / LATEST)
+    files = step_files(ckpt_dir)
+    older = sorted(s for s in files if s <= step)
+    doomed = [s for s in files if s > step] + (older[:-keep] if keep > 0 else [])
+    for s in doomed:
+        files[s].unlink(missing_ok=True)
+    return path
+
+
+def latest_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The checkpoint `latest` names, else the highest-step one present, else None."""
+    pointer = ckpt_dir / LATEST
+    if pointer.is_file():
+        target = ckpt_dir / pointer.read_text().strip()
+        if target.is_file():
+            return target
+    files = step_files(ckpt_dir)
+    return files[max(files)] if files else None
+
+
+def resolve_resume(resume: str | os.PathLike | None, out_dir: Path) -> Path | None:
+    """The checkpoint file a `resume` argument means: None, "latest" (None if there is none), a file or a folder."""
+    if resume is None:
+        return None
+    if str(resume) == LATEST:
+        return latest_checkpoint(out_dir / CHECKPOINT_DIR)
+    path = Path(resume)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        found = latest_checkpoint(path) or latest_checkpoint(path / CHECKPOINT_DIR)
+        if found is not None:
+            return found
+    raise ClipforgeError(f"no checkpoint to resume from at {path}")
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint (tensors on the CPU) with the safe `weights_only` unpickler."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError) as e:
+        raise ClipforgeError(f"cannot read checkpoint {path}: {e}") from e

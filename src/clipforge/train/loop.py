@@ -1,0 +1,434 @@
+"""The one training loop: every stage of CLIP-MoE and of learngene training runs through `train()`.
+
+Methods plug in through `step_fn(model, batch) -> (loss, logs)` (the default is the CLIP contrastive
+step), an optional batch sampler (anything with the `StatefulBatchSampler` contract) and a collate
+function. The loop owns the rest: freezing, AdamW with warmup-cosine, clipping, activation
+checkpointing, bf16 autocast, DDP, logging, checkpoints, and exact resumption.
+
+Resumption is bit-identical on the CPU because a checkpoint holds the sampler position and every
+RNG state (per rank), and nothing else in the loop draws from the global RNGs: the DataLoader gets
+its own generator, and evaluation runs inside a forked RNG.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+
+from ..errors import ClipforgeError
+from . import distributed as D
+from .checkpoint import (CHECKPOINT_DIR, load_checkpoint, resolve_resume, rng_state, save_checkpoint,
+                         set_rng_state, step_files)
+from .loss import ClipLoss, ClipStep, clamp_logit_scale_, logit_scale_param
+from .optim import cosine_with_warmup, param_groups
+from .sampler import ResumableSampler, StatefulBatchSampler
+
+log = logging.getLogger("clipforge.train")
+
+StepFn = Callable[[nn.Module, dict[str, Any]], tuple[Tensor, dict[str, Any]]]
+EvalFn = Callable[[nn.Module, int], "dict[str, Any] | None"]
+SamplerFactory = Callable[[D.DistInfo, int], Any]
+
+CHECKPOINT_FORMAT = "clipforge.train/1"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that shapes a training run. `batch_size` is global (split evenly over ranks)."""
+
+    steps: int = 1000
+    batch_size: int = 256
+    lr: float = 5e-4
+    weight_decay: float = 0.2
+    warmup: int = 0
+    min_lr_ratio: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    grad_clip: float | None = 1.0
+    label_smoothing: float = 0.0
+    # None: learn the temperature; a number (e.g. 100): fix exp(logit_scale) to it and freeze it.
+    fixed_logit_scale: float | None = None
+    trainable: list[str] | None = None
+    frozen: list[str] | None = None
+    grad_checkpointing: bool = False
+    amp: str = "auto"  # "auto" (bf16 on CUDA, off on CPU), "bf16" or "off"
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 0  # 0: never; else every N steps and at the end
+    save_every: int = 0  # 0: never; else every N steps and at the end
+    keep_checkpoints: int = 2
+    num_workers: int = 0
+    local_loss: bool = True
+    gather_with_grad: bool = True
+    find_unused_parameters: bool = False
+    deterministic: bool = False
+
+
+class _StepModule(nn.Module):
+    """Runs `step_fn` as a module's forward, so DDP sees (and syncs) whatever the step touches,
+    even when the step calls model methods like `get_image_features` instead of `forward`."""
+
+    def __init__(self, model: nn.Module, step_fn: StepFn) -> None:
+        super().__init__()
+        self.model = model
+        self.step_fn = step_fn
+
+    def forward(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
+        return self.step_fn(self.model, batch)
+
+
+class _ResumeView:
+    """Wraps a stateful batch sampler so checkpoints record what the *loop* consumed.
+
+    DataLoader workers prefetch, so the sampler's own position runs ahead of training. We record the
+    sampler state when an epoch's iteration starts plus the batches consumed since; resuming
+    restores that state and skips as many index batches (no data is loaded for them).
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.start = self._inner_state()
+        self.consumed = 0
+        self._skip = 0
+
+    def _inner_state(self) -> Any:
+        return copy.deepcopy(self.inner.state_dict()) if hasattr(self.inner, "state_dict") else None
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        self.start = self._inner_state()
+        skip, self._skip = self._skip, 0
+        self.consumed = skip
+        it = iter(self.inner)
+        for _ in range(skip):
+            if next(it, None) is None:
+                return
+        yield from it
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"start": self.start, "consumed": self.consumed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("start") is None or not hasattr(self.inner, "load_state_dict"):
+            log.warning("the batch sampler has no saved state; resuming from its current position")
+            return
+        self.inner.load_state_dict(state["start"])
+        self.start = copy.deepcopy(state["start"])
+        self._skip = int(state["consumed"])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def enable_grad_checkpointing(model: nn.Module) -> None:
+    """Turn on activation checkpointing (non-reentrant, so it composes with DDP and frozen inputs)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    elif hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    else:
+        raise ClipforgeError(f"{type(model).__name__} does not support gradient checkpointing")
+
+
+def disable_grad_checkpointing(model: nn.Module) -> None:
+    for name in ("activation_checkpointing_disable", "gradient_checkpointing_disable"):
+        if hasattr(model, name):
+            getattr(model, name)()
+            return
+
+
+def _autocast(amp: str, device: torch.device) -> contextlib.AbstractContextManager:
+    mode = {"auto": "bf16" if device.type == "cuda" else "off", "bf16": "bf16", "off": "off", "none": "off",
+            "fp32": "off"}.get(str(amp).lower())
+    if mode is None:
+        raise ClipforgeError(f"unknown amp setting {amp!r}; choose auto, bf16 or off")
+    if mode == "off":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def _to_device(x: Any, device: torch.device) -> Any:
+    if isinstance(x, Tensor):
+        return x.to(device, non_blocking=True)
+    if isinstance(x, dict):
+        return {k: _to_device(v, device) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_device(v, device) for v in x)
+    return x
+
+
+def _scalar(v: Any) -> Any:
+    if isinstance(v, Tensor):
+        return v.detach().float().item() if v.numel() == 1 else v.detach().float().tolist()
+    return v
+
+
+def _validate(cfg: TrainConfig, info: D.DistInfo) -> None:
+    if cfg.steps < 0:
+        raise ClipforgeError(f"steps must be >= 0, got {cfg.steps}")
+    if cfg.batch_size % info.world_size:
+        raise ClipforgeError(f"batch size {cfg.batch_size} does not split over {info.world_size} ranks")
+    if cfg.fixed_logit_scale is not None and not 1.0 <= cfg.fixed_logit_scale <= 100.0:
+        raise ClipforgeError(f"fixed_logit_scale must lie in [1, 100], got {cfg.fixed_logit_scale}")
+
+
+def _make_sampler(batch_sampler: Any, dataset: Dataset, cfg: TrainConfig, info: D.DistInfo) -> Any:
+    per_rank = cfg.batch_size // info.world_size
+    if batch_sampler is None:
+        return ResumableSampler(len(dataset), seed=cfg.seed, rank=info.rank, world_size=info.world_size,
+                                batch_size_per_rank=per_rank, drop_last=True)
+    if callable(batch_sampler) and not hasattr(batch_sampler, "__iter__"):
+        return batch_sampler(info, per_rank)
+    return batch_sampler
+
+
+def _fix_logit_scale(model: nn.Module, value: float) -> str:
+    """Set exp(logit_scale) = value and return the parameter's name (to freeze it)."""
+    for name, p in model.named_parameters():
+        if name == "logit_scale" or name.endswith(".logit_scale"):
+            with torch.no_grad():
+                p.fill_(math.log(value))
+            return name
+    raise ClipforgeError("fixed_logit_scale is set but the model has no logit_scale parameter")
+
+
+def _trim_log(path: Path, last_step: int) -> None:
+    """Drop log lines past `last_step` (written by a run that died before its next checkpoint)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= last_step:
+                kept.append(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by the crash
+    path.write_text("".join(k + "\n" for k in kept))
+
+
+def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, out_dir: str | os.PathLike, *,
+          batch_sampler: StatefulBatchSampler | SamplerFactory | None = None, collate_fn: Callable | None = None, step_fn: StepFn | None = None,
+          eval_fn: EvalFn | None = None, resume: str | os.PathLike | None = None,
+          progress: bool = True) -> nn.Module:
+    """Train `model` on `dataset` for `cfg.steps` optimizer steps; return it (unwrapped, mode as on entry).
+
+    `dataset`: a map-style dataset; `collate_fn` turns a list of its items into a batch (default:
+    torch's default collate, which stacks dicts of tensors). `batch_sampler`: None (a
+    `ResumableSampler` over the dataset), a stateful batch sampler, or a factory
+    `(DistInfo, batch_size_per_rank) -> sampler`. `step_fn(model, batch) -> (loss, logs)` gets the
+    unwrapped model and a device-resident batch; `logs` values (numbers or scalar tensors) are logged.
+    `eval_fn(model, step) -> metrics` runs on every rank in eval mode without grad; rank 0 logs it.
+    `resume`: None, "latest" (fresh start if there is none) or a checkpoint file or folder.
+    Rank 0 writes `out_dir/log.jsonl` and `out_dir/checkpoints/`.
+    """
+    out_dir = Path(out_dir)
+    ckpt_dir = out_dir / CHECKPOINT_DIR
+    info = D.init_distributed()
+    _validate(cfg, info)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    # Each rank its own stream, so dropout masks differ across ranks.
+    seed_everything(cfg.seed + info.rank)
+
+    was_training = model.training
+    model.to(info.device)
+    frozen = list(cfg.frozen or [])
+    if cfg.fixed_logit_scale is not None:
+        frozen.append(_fix_logit_scale(model, cfg.fixed_logit_scale))
+    groups = param_groups(model, cfg.trainable, frozen, cfg.weight_decay)
+    trainable = [p for g in groups for p in g["params"]]
+    if cfg.grad_checkpointing:
+        enable_grad_checkpointing(model)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    scheduler = cosine_with_warmup(optimizer, cfg.warmup, cfg.steps, cfg.min_lr_ratio)
+    sampler = _ResumeView(_make_sampler(batch_sampler, dataset, cfg, info))
+    if step_fn is None:
+        loss_fn = ClipLoss(cfg.local_loss, cfg.gather_with_grad, cfg.label_smoothing)
+        step_fn = ClipStep(loss_fn, fixed_logit_scale=cfg.fixed_logit_scale or 100.0)
+
+    step, passes, restored_rng = 0, 0, None
+    ckpt_path = resolve_resume(resume, out_dir)
+    if resume is not None and ckpt_path is None:
+        log.warning("resume=%r: no checkpoint in %s, starting fresh", str(resume), ckpt_dir)
+    if ckpt_path is not None:
+        state = load_checkpoint(ckpt_path)
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ClipforgeError(f"{ckpt_path} is not a clipforge training checkpoint")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        sampler.load_state_dict(state["sampler"])
+        step, passes = int(state["step"]), int(state["passes"])
+        if len(state["rng"]) == info.world_size:
+            restored_rng = state["rng"][info.rank]
+        else:
+            log.warning("checkpoint was written by %d ranks, now %d: RNG streams restart from the seed",
+                        len(state["rng"]), info.world_size)
+        if info.is_main:
+            log.info("resumed from %s at step %d", ckpt_path, step)
+    elif info.is_main and step_files(ckpt_dir):
+        log.warning("starting fresh in %s: its existing checkpoints will be superseded", out_dir)
+
+    loader_gen = torch.Generator()
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn, num_workers=cfg.num_workers,
+                        pin_memory=info.device.type == "cuda", generator=loader_gen)
+    runner: nn.Module = _StepModule(model, step_fn)
+    if info.world_size > 1:
+        ddp_kwargs: dict[str, Any] = {"find_unused_parameters": cfg.find_unused_parameters}
+        if info.device.type == "cuda":
+            ddp_kwargs["device_ids"] = [info.device.index]
+        runner = DistributedDataParallel(runner, **ddp_kwargs)
+
+    log_path = out_dir / "log.jsonl"
+    log_file = None
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if ckpt_path is None:
+            log_path.write_text("")
+        else:
+            _trim_log(log_path, step)
+        log_file = open(log_path, "a")
+    bar = None
+    if progress and info.is_main:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=cfg.steps, initial=step, desc="train", dynamic_ncols=True)
+
+    autocast = _autocast(cfg.amp, info.device)
+    if restored_rng is not None:
+        set_rng_state(restored_rng)  # last: nothing above may draw from the RNGs after this
+
+    def new_epoch_iter() -> Iterator[Any]:
+        nonlocal passes
+        # Worker seeds come from this private generator, reseeded per pass: the global RNG stays untouched.
+        loader_gen.manual_seed(cfg.seed * 1_000_003 + passes * 7919 + info.rank)
+        passes += 1
+        return iter(loader)
+
+    def checkpoint_state() -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "step": step,
+            "passes": passes - 1 if data_iter is not None else passes,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "sampler": sampler.state_dict(),
+            "rng": D.all_gather_object(rng_state()),
+            "world_size": info.world_size,
+            "config": asdict(cfg),
+        }
+
+    model.train()
+    data_iter: Iterator[Any] | None = None
+    loss_sum = torch.zeros((), device=info.device)
+    window, t0 = 0, time.perf_counter()
+    try:
+        while step < cfg.steps:
+            batch = None
+            for _ in range(2):  # a pass may end right at a checkpoint; the next one must not be empty
+                if data_iter is None:
+                    data_iter = new_epoch_iter()
+                batch = next(data_iter, None)
+                if batch is not None:
+                    break
+                data_iter = None
+            if batch is None:
+                raise ClipforgeError("the batch sampler yielded no batches")
+            sampler.consumed += 1
+            batch = _to_device(batch, info.device)
+
+            optimizer.zero_grad(set_to_none=True)
+            with autocast:
+                loss, logs = runner(batch)
+            loss.backward()
+            grad_norm = None
+            if cfg.grad_clip is not None and cfg.grad_clip > 0:
+                grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            clamp_logit_scale_(model)
+            step += 1
+            loss_sum += loss.detach().float()
+            window += 1
+
+            if cfg.log_every > 0 and (step % cfg.log_every == 0 or step == cfg.steps):
+                mean_loss = D.all_reduce_mean(loss_sum / window)
+                elapsed = max(time.perf_counter() - t0, 1e-9)
+                scale = logit_scale_param(model)
+                record = {"step": step, "loss": mean_loss.item(), "lr": scheduler.get_last_lr()[0],
+                          "logit_scale": math.exp(scale.item()) if scale is not None else None,
+                          "samples_per_s": cfg.batch_size * window / elapsed}
+                if grad_norm is not None:
+                    record["grad_norm"] = float(grad_norm)
+                record.update({k: _scalar(v) for k, v in logs.items()})
+                if log_file is not None:
+                    log_file.write(json.dumps(record) + "\n")
+                    log_file.flush()
+                if bar is not None:
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+                loss_sum.zero_()
+                window, t0 = 0, time.perf_counter()
+
+            if eval_fn is not None and cfg.eval_every > 0 and (step % cfg.eval_every == 0 or step == cfg.steps):
+                metrics = _run_eval(eval_fn, model, step, info)
+                if log_file is not None and metrics:
+                    log_file.write(json.dumps({"step": step, **{f"eval/{k}": _scalar(v)
+                                                                for k, v in metrics.items()}}) + "\n")
+                    log_file.flush()
+
+            if cfg.save_every > 0 and (step % cfg.save_every == 0 or step == cfg.steps):
+                state = checkpoint_state()
+                if info.is_main:
+                    save_checkpoint(state, ckpt_dir, step, keep=cfg.keep_checkpoints)
+                del state
+                D.barrier()
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+        if log_file is not None:
+            log_file.close()
+    D.barrier()
+    if cfg.grad_checkpointing:
+        disable_grad_checkpointing(model)
+    model.train(was_training)
+    return model
+
+
+def _run_eval(eval_fn: EvalFn, model: nn.Module, step: int, info: D.DistInfo) -> dict[str, Any] | None:
+    """Evaluate in eval mode, without grad, inside forked RNGs so training's random streams are unchanged."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    devices = [info.device.index or 0] if info.device.type == "cuda" else []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            return eval_fn(model, step)
+    finally:
+        model.train(was_training)
+        random.setstate(py_state)
+        np.random.set_state(np_state)
