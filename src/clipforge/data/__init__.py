@@ -1,1 +1,88 @@
 """data"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from typing import Any, Sequence
+
+from clipforge.data.base import ImageTextDataset, Sample
+from clipforge.errors import ClipforgeError
+
+BUILTINS = ("scenes", "fashion-mnist", "mnist")
+_ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist"}
+
+
+def _looks_like_path(name: str) -> bool:
+    return os.sep in name or "/" in name or "." in name or "*" in name or "{" in name or os.path.exists(name)
+
+
+def get_dataset(name: str, split: str = "train", **kw: Any) -> ImageTextDataset:
+    """A built-in dataset by name ("scenes", "fashion-mnist", "mnist") or a user's data by path.
+
+    Keyword arguments go to the dataset's constructor (`ScenesDataset`, `FashionMNIST`, `MNIST`)
+    or to `clipforge.data.user.open_dataset`, which receives `split` too.
+    """
+    key = _ALIASES.get(name.lower(), name.lower())
+    # Imported here so `import clipforge.data` stays cheap and optional extras stay optional.
+    if key == "scenes":
+        from clipforge.data.scenes import ScenesDataset
+
+        return ScenesDataset(split=split, **kw)
+    if key == "fashion-mnist":
+        from clipforge.data.classification import FashionMNIST
+
+        return FashionMNIST(split=split, **kw)
+    if key == "mnist":
+        from clipforge.data.classification import MNIST
+
+        return MNIST(split=split, **kw)
+    if _looks_like_path(name):
+        from clipforge.data.user import open_dataset
+
+        return open_dataset(name, split=split, **kw)
+    raise ClipforgeError(f"unknown dataset {name!r} (built-ins: {', '.join(BUILTINS)}; or give a path)")
+
+
+class ConcatImageText(ImageTextDataset):
+    """Several datasets end to end, still yielding `Sample`s.
+
+    Class labels stay distinct: each labelled dataset's labels are shifted past the previous
+    ones, and `classnames` is the concatenation. `templates` is kept only if all datasets share it.
+    `meta["dataset"]` names the dataset a sample came from.
+    """
+
+    def __init__(self, datasets: Sequence[ImageTextDataset]) -> None:
+        if not datasets:
+            raise ClipforgeError("ConcatImageText needs at least one dataset")
+        self.datasets = list(datasets)
+        self.name = "+".join(d.name for d in self.datasets)
+        self._starts: list[int] = []
+        self._offsets: list[int] = []
+        classnames: list[str] = []
+        total = 0
+        for d in self.datasets:
+            self._starts.append(total)
+            self._offsets.append(len(classnames))
+            classnames += list(d.classnames or [])
+            total += len(d)
+        self._len = total
+        self.classnames = classnames or None
+        templates = {tuple(d.templates) for d in self.datasets if d.templates}
+        self.templates = list(templates.pop()) if len(templates) == 1 else None
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, i: int) -> Sample:
+        if not -self._len <= i < self._len:
+            raise IndexError(i)
+        i %= self._len
+        # Rightmost start <= i: skips empty datasets, whose start equals the next one's.
+        k = bisect.bisect_right(self._starts, i) - 1
+        s = self.datasets[k][i - self._starts[k]]
+        label = None if s.label is None else s.label + self._offsets[k]
+        return Sample(s.image, s.captions, label, {**s.meta, "dataset": self.datasets[k].name})
+
+
+__all__ = ["BUILTINS", "ConcatImageText", "ImageTextDataset", "Sample", "get_dataset"]
