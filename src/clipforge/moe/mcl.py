@@ -1,0 +1,308 @@
+"""MCL expert extraction: N−1 stages of FFN-only fine-tuning on cluster-pure batches (METHODS A.1).
+
+Stage j (1..N−1) embeds the training set with the stage-(j−1) model (stage 0 = the base), clusters
+both modalities, accumulates the labels, and fine-tunes a dense model whose every global batch comes
+from one accumulated cluster. Its FFNs become expert j of the CLIP-MoE; expert 0 is the base FFN.
+
+On disk (`out_dir`):
+
+    stage{j}/stage.json                  the settings that shape stage j (checked on a rerun)
+    stage{j}/labels_stage{j}.npz         accumulated labels stage j trains on (+ clusters_stage{j}.json)
+    stage{j}/train/                      log.jsonl and checkpoints/ of the training run
+    stage{j}/model/                      the stage model (written last: its presence means "done")
+    mcl.json                             the manifest: config, expert model dirs, per-stage summaries
+
+`run_stages` is resumable: a finished stage whose recorded settings match is skipped, one in
+progress reuses its labels and resumes from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+from torch import nn
+
+from ..errors import ClipforgeError
+from ..eval.results import write_json
+from ..models import io
+from ..train import distributed as D
+from ..train.checkpoint import CHECKPOINT_DIR, latest_checkpoint
+from ..train.loop import TrainConfig, train
+from .cluster_sampler import POLICIES, cluster_sampler_factory, plan_batches, policy_report
+from .clusters import ClusterLabels, embed_dataset, stage_labels
+
+log = logging.getLogger("clipforge.moe")
+
+FFN_PATTERNS = ["*.mlp.fc1.*", "*.mlp.fc2.*"]
+ATTENTION_PATTERNS = ["*.self_attn.*"]
+# Settings that change how a stage runs but not what it computes: a rerun may change them freely.
+_RESULT_NEUTRAL = {"num_experts", "num_workers", "log_every", "save_every", "keep_checkpoints",
+                   "grad_checkpointing", "embed_batch_size"}
+
+
+@dataclass
+class MCLConfig:
+    """MCL stage settings; defaults are the released code's [C] unless marked as our choice.
+
+    `steps`: optimizer steps per stage (None: one epoch of the cluster sampler). `global_batch` is
+    clamped to the dataset size (and to a multiple of the world size). `warmup` is clamped to at most
+    `max_warmup_frac` of the steps [choice]: a short run would otherwise never leave warm-up, while
+    the released ~1,500-step stage (1.2M pairs / 800) keeps its 200 steps. `init`: "base" (every
+    stage starts from the base weights [C]) or "previous". Stage j clusters and samples with seed
+    `seed + j`.
+    """
+
+    num_experts: int = 4
+    k_img: int = 3
+    k_txt: int = 3
+    steps: int | None = None
+    lr: float = 1e-5
+    weight_decay: float = 0.2
+    warmup: int = 200
+    max_warmup_frac: float = 0.2
+    global_batch: int = 800
+    label_smoothing: float = 0.1
+    fixed_logit_scale: float | None = 100.0
+    train_attention: bool = False
+    init: str = "base"
+    policy: str = "keep_remainder"
+    min_cluster_size: int | None = None
+    min_batch: int = 2
+    seed: int = 0
+    # clustering [choice: faiss, spherical, k-means++ init like the released sklearn call]
+    spherical: bool = True
+    kmeans_niter: int = 50
+    kmeans_nredo: int = 1
+    kmeans_init: str = "kmeans++"
+    kmeans_max_points: int | None = None
+    caption: str = "first"
+    embed_batch_size: int = 256
+    # training mechanics
+    amp: str = "auto"
+    grad_checkpointing: bool = False
+    num_workers: int = 0
+    log_every: int = 10
+    save_every: int | None = None  # None: about ten checkpoints per stage
+    keep_checkpoints: int = 2
+
+    def __post_init__(self) -> None:
+        if self.num_experts < 2:
+            raise ClipforgeError(f"num_experts must be at least 2 (the base plus one stage), got {self.num_experts}")
+        if self.init not in ("base", "previous"):
+            raise ClipforgeError(f"init must be 'base' or 'previous', got {self.init!r}")
+        if self.policy not in POLICIES:
+            raise ClipforgeError(f"unknown cluster policy {self.policy!r}; choose {', '.join(POLICIES)}")
+        if self.k_img < 1 or self.k_txt < 1:
+            raise ClipforgeError(f"k_img and k_txt must be positive, got {self.k_img}, {self.k_txt}")
+
+    def trainable(self) -> list[str]:
+        """Parameter patterns the stage trains: the FFNs of both towers (+ attention if asked)."""
+        return FFN_PATTERNS + (ATTENTION_PATTERNS if self.train_attention else [])
+
+    def kmeans_kwargs(self) -> dict[str, Any]:
+        return {"niter": self.kmeans_niter, "nredo": self.kmeans_nredo, "spherical": self.spherical,
+                "init": self.kmeans_init, "max_points": self.kmeans_max_points}
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings that decide a stage's labels and weights."""
+        return {k: v for k, v in asdict(self).items() if k not in _RESULT_NEUTRAL}
+
+
+def _as_model(model_or_dir: nn.Module | str | os.PathLike) -> nn.Module:
+    return model_or_dir if isinstance(model_or_dir, nn.Module) else io.load(model_or_dir)
+
+
+def _identity(model_or_dir: nn.Module | str | os.PathLike) -> str:
+    if isinstance(model_or_dir, nn.Module):
+        return f"in-memory {type(model_or_dir).__name__}"
+    return str(Path(model_or_dir).resolve())
+
+
+def _default_collate(model: nn.Module) -> Callable:
+    from ..data.collate import Collator
+    from ..eval.embed import model_context_length
+    from ..models.preprocess import transform_for
+
+    return Collator(transform_for(model.config), model_context_length(model), caption="random")
+
+
+def _stage_record(cfg: MCLConfig, stage: int, base_id: str, dataset: Any) -> dict[str, Any]:
+    return {"stage": stage, "base": base_id, "num_samples": len(dataset),
+            "dataset": getattr(dataset, "name", type(dataset).__name__), "config": cfg.fingerprint()}
+
+
+def _check_record(stage_dir: Path, record: dict[str, Any]) -> bool:
+    """True if `stage_dir` holds a record equal to `record`; False if none; raise if it differs."""
+    path = stage_dir / "stage.json"
+    if not path.is_file():
+        return False
+    old = json.loads(path.read_text())
+    if old == json.loads(json.dumps(record)):
+        return True
+    diff = sorted(k for k in set(old) | set(record) if k != "config" and old.get(k) != record.get(k))
+    oc, nc = old.get("config", {}), record["config"]
+    diff += sorted(f"config.{k}" for k in set(oc) | set(nc) if oc.get(k) != nc.get(k))
+    raise ClipforgeError(f"{stage_dir} was made with other settings ({', '.join(diff)}); "
+                         "use another output directory or resume=False to redo it")
+
+
+def resolve_schedule(cfg: MCLConfig, labels: ClusterLabels, n: int, world_size: int) -> dict[str, int]:
+    """Concrete global batch, steps and warm-up of a stage on `n` samples over `world_size` ranks."""
+    batch = min(cfg.global_batch, n)
+    batch -= batch % world_size
+    if batch < max(world_size, 2):
+        raise ClipforgeError(f"a global batch from {n} samples cannot feed {world_size} ranks")
+    plan = plan_batches(labels.ids, batch, world_size, cfg.policy, cfg.min_cluster_size, labels.parents, cfg.min_batch)
+    steps = cfg.steps if cfg.steps is not None else plan.report["kept"]["batches"]
+    warmup = min(cfg.warmup, int(cfg.max_warmup_frac * steps))
+    return {"global_batch": batch, "steps": steps, "warmup": warmup, "epoch_batches": plan.report["kept"]["batches"]}
+
+
+def _make_labels(prev_model: nn.Module, dataset: Any, labels_so_far: ClusterLabels | None, stage: int,
+                 cfg: MCLConfig, device: Any) -> ClusterLabels:
+    log.info("MCL stage %d: embedding %d samples with the stage-%d model", stage, len(dataset), stage - 1)
+    prev_model.to(device)
+    u, w = embed_dataset(prev_model, dataset, batch_size=cfg.embed_batch_size, device=device, caption=cfg.caption)
+    seed = cfg.seed + stage
+    y = stage_labels(u, w, cfg.k_img, cfg.k_txt, seed=seed, **cfg.kmeans_kwargs())
+    return ClusterLabels.extend(labels_so_far, y, cfg.k_img, cfg.k_txt, seed)
+
+
+def run_stage(base: nn.Module | str | os.PathLike, prev_stage_model: nn.Module | None, dataset: Any,
+              labels_so_far: ClusterLabels | None, stage_index: int, cfg: MCLConfig, out_dir: str | os.PathLike,
+              collate_fn: Callable | None = None, resume: str | None = None,
+              attributes: Mapping[str, np.ndarray] | None = None, progress: bool = True
+              ) -> tuple[nn.Module, ClusterLabels]:
+    """Run MCL stage `stage_index` (≥ 1) and save its model to `out_dir/stage{j}/model`.
+
+    `prev_stage_model`: the stage-(j−1) model (None: the base, right for j = 1); `labels_so_far`: the
+    labels stage j−1 trained on (None for j = 1). `resume="latest"` reuses saved labels and resumes
+    training from the stage's latest checkpoint. `attributes`: optional per-sample labels whose NMI
+    with the clusters goes into `clusters_stage{j}.json`. Returns the stage model and its labels.
+    """
+    j = int(stage_index)
+    if j < 1:
+        raise ClipforgeError(f"MCL stages count from 1 (stage 0 is the base), got {j}")
+    if (labels_so_far is None) != (j == 1) or (labels_so_far is not None and labels_so_far.stage != j - 1):
+        raise ClipforgeError(f"stage {j} needs the labels of stage {j - 1}"
+                             f"{'' if labels_so_far is None else f', got those of stage {labels_so_far.stage}'}")
+    info = D.init_distributed()
+    stage_dir = Path(out_dir) / f"stage{j}"
+    base_model = _as_model(base)
+    prev = prev_stage_model if prev_stage_model is not None else base_model
+    record = _stage_record(cfg, j, _identity(base), dataset)
+    same = _check_record(stage_dir, record) if resume is not None else False
+    labels_file = stage_dir / f"labels_stage{j}.npz"
+
+    fresh = not (same and labels_file.is_file())
+    if fresh:
+        labels = _make_labels(prev, dataset, labels_so_far, j, cfg, info.device)
+        # Every rank clusters the same embeddings; rank 0's copy makes the labels identical by construction.
+        labels = D.broadcast_object(labels)
+    else:
+        labels = ClusterLabels.load(labels_file)
+        if labels.num_samples != len(dataset) or labels.stage != j:
+            raise ClipforgeError(f"{labels_file} does not fit stage {j} on {len(dataset)} samples")
+        log.info("MCL stage %d: reusing %s", j, labels_file)
+    sched = resolve_schedule(cfg, labels, len(dataset), info.world_size)
+    if fresh:
+        if info.is_main:
+            write_json(stage_dir / "stage.json", record)
+            reports = policy_report(labels.ids, sched["global_batch"], info.world_size, labels.parents,
+                                    cfg.min_cluster_size, cfg.min_batch)
+            labels.save(stage_dir, attributes, extra={"embedded_with": f"stage{j - 1}", "policy": cfg.policy,
+                                                      "policy_report": reports})
+        D.barrier()
+    sizes = labels.sizes
+    report = plan_batches(labels.ids, sched["global_batch"], info.world_size, cfg.policy, cfg.min_cluster_size,
+                          labels.parents, cfg.min_batch).report
+    log.info("MCL stage %d: %d clusters (sizes %d..%d, median %.0f); policy %s keeps %.1f%% of samples "
+             "(%d dropped) in %d batches/epoch; %d steps, global batch %d, warm-up %d", j, labels.num_clusters,
+             sizes.min(), sizes.max(), float(np.median(sizes)), cfg.policy, 100 * report["kept"]["share"],
+             report["dropped"]["samples"], report["kept"]["batches"], sched["steps"], sched["global_batch"],
+             sched["warmup"])
+
+    source = base_model if cfg.init == "base" else prev
+    # Never train a caller's model in place; a base we loaded ourselves and embed with nothing else is ours.
+    owned = source is base_model and base_model is not base and base_model is not prev
+    model = source if owned else copy.deepcopy(source)
+    save_every = cfg.save_every if cfg.save_every is not None else max(1, sched["steps"] // 10)
+    tcfg = TrainConfig(steps=sched["steps"], batch_size=sched["global_batch"], lr=cfg.lr,
+                       weight_decay=cfg.weight_decay, warmup=sched["warmup"], label_smoothing=cfg.label_smoothing,
+                       fixed_logit_scale=cfg.fixed_logit_scale, trainable=cfg.trainable(), amp=cfg.amp,
+                       grad_checkpointing=cfg.grad_checkpointing, seed=cfg.seed + j, log_every=cfg.log_every,
+                       save_every=save_every, keep_checkpoints=cfg.keep_checkpoints, num_workers=cfg.num_workers)
+    factory = cluster_sampler_factory(labels.ids, seed=cfg.seed + j, policy=cfg.policy,
+                                      min_cluster_size=cfg.min_cluster_size, parents=labels.parents,
+                                      min_batch=cfg.min_batch)
+    # Resume only from a checkpoint that exists: "latest" on a fresh stage would just log a warning.
+    has_ckpt = latest_checkpoint(stage_dir / "train" / CHECKPOINT_DIR) is not None
+    model = train(model, dataset, tcfg, stage_dir / "train", batch_sampler=factory,
+                  collate_fn=collate_fn or _default_collate(model), resume=resume if has_ckpt else None,
+                  progress=progress)
+    if info.is_main:
+        io.save(model, stage_dir / "model", provenance={
+            "source": "clipforge.moe.mcl", "name": f"MCL stage {j}", "method": "MCL (CLIP-MoE expert extraction)",
+            "base": _identity(base), "stage": j, "init": cfg.init, "k_img": cfg.k_img, "k_txt": cfg.k_txt,
+            "seed": cfg.seed + j, "policy": cfg.policy, "trainable": cfg.trainable(),
+            "clusters": {"num": labels.num_clusters, "size_min": int(sizes.min()), "size_max": int(sizes.max()),
+                         "size_median": float(np.median(sizes))},
+            "sampler": {"kept": report["kept"], "dropped": report["dropped"], "merged": report["merged"]},
+            "schedule": sched, "note": "logit scale fixed (frozen) during the stage" if cfg.fixed_logit_scale else "",
+            "mcl_config": asdict(cfg)})
+    D.barrier()
+    return model, labels
+
+
+def run_stages(base: nn.Module | str | os.PathLike, dataset: Any, cfg: MCLConfig, out_dir: str | os.PathLike,
+               collate_fn: Callable | None = None, resume: bool = True,
+               attributes: Mapping[str, np.ndarray] | None = None, progress: bool = True) -> list[Path]:
+    """Run MCL stages 1..N−1; return the model dirs of experts 0..N−1 (expert 0 = the base).
+
+    With `resume` (default), finished stages with matching settings are skipped and a stage in
+    progress resumes from its checkpoints; `resume=False` redoes every stage. An in-memory base is
+    saved to `out_dir/stage0/model` so the manifest names a directory for every expert.
+    """
+    out_dir = Path(out_dir)
+    info = D.init_distributed()
+    base_id = _identity(base)
+    if isinstance(base, nn.Module):
+        base_dir = out_dir / "stage0" / "model"
+        if info.is_main:
+            io.save(base, base_dir, provenance={"source": "clipforge.moe.mcl", "name": "MCL stage 0 (base)",
+                                                "stage": 0})
+        D.barrier()
+    else:
+        base_dir = Path(base)
+    dirs, labels, prev_model = [base_dir], None, None
+    summaries: list[dict[str, Any]] = []
+    for j in range(1, cfg.num_experts):
+        stage_dir = out_dir / f"stage{j}"
+        record = _stage_record(cfg, j, base_id, dataset)
+        done = resume and (stage_dir / "model" / "config.json").is_file() and _check_record(stage_dir, record)
+        if done:
+            log.info("MCL stage %d/%d: finished earlier, skipping (%s)", j, cfg.num_experts - 1, stage_dir / "model")
+            labels = ClusterLabels.load(stage_dir / f"labels_stage{j}.npz")
+            prev_model = None  # loaded only if a later stage needs to embed with it
+        else:
+            log.info("MCL stage %d/%d", j, cfg.num_experts - 1)
+            if prev_model is None and j > 1:
+                prev_model = io.load(dirs[-1])
+            prev_model, labels = run_stage(base, prev_model, dataset, labels, j, cfg, out_dir, collate_fn,
+                                           resume="latest" if resume else None, attributes=attributes,
+                                           progress=progress)
+            prev_model.eval()
+        dirs.append(stage_dir / "model")
+        summaries.append({"stage": j, "model": str(stage_dir / "model"), "num_clusters": labels.num_clusters,
+                          "skipped": bool(done)})
+    if info.is_main:
+        write_json(out_dir / "mcl.json", {"base": base_id, "experts": [str(d) for d in dirs],
+                                          "config": asdict(cfg), "stages": summaries})
+    return dirs
