@@ -1,1 +1,19 @@
-"""learngene"""
+"""MM-LG, clipforge's reconstruction of the Multimodal Learngene (arXiv 2506.16673).
+
+Only the paper's abstract is available offline and no code is public: the method here is rebuilt from
+that abstract and the group's public TLEG / SWS code (METHODS.md Part B); every choice is a field of
+`LearngeneConfig`. Pipeline: `Learngene` (the tensors) → `build_auxnet` (a CLIP tied to them) →
+`train(auxnet, ..., step_fn=KDStep(ancestry))` (extraction) → `Learngene.save` → `descend` (plain HF
+descendants of any depth and modality). `baselines` holds Scratch, Heur-LG and Auto-LG.
+"""
+
+from .auxnet import LearngeneWeight, build_auxnet, weight_sources
+from .baselines import Shape, auto_lg, block_scores, heur_lg, scratch
+from .config import LearngeneConfig
+from .descend import KEY_RULES, descend, provenance
+from .distill import KDStep, kd_loss
+from .learngene import BLOCK_PARTS, NON_BLOCK, Learngene
+
+__all__ = ["BLOCK_PARTS", "KEY_RULES", "KDStep", "Learngene", "LearngeneConfig", "LearngeneWeight", "NON_BLOCK",
+           "Shape", "auto_lg", "block_scores", "build_auxnet", "descend", "heur_lg", "kd_loss", "provenance",
+           "scratch", "weight_sources"]

@@ -1,0 +1,164 @@
+"""Baseline initialisers: descendants of the same shapes as MM-LG's, from an ancestry or from nothing.
+
+METHODS.md B.5. Each returns `(model, record)`: a plain HF model in eval mode and a JSON-ready record
+of what it inherited (put it in the saved model's provenance).
+
+* `scratch`: random (HF's init, seeded).
+* `heur_lg` (Heur-LG, Wang et al. AAAI 2022): the ancestry's last k blocks of each tower become the
+  descendant's top k blocks (all of them, from the top, when the descendant has fewer than k layers);
+  embeddings, norms, projections and logit scale are copied; lower blocks stay random.
+* `auto_lg` (Auto-LG, arXiv 2305.02279, with our score, a [choice]): per tower, score every ancestry
+  block on one small batch and inherit the k highest-scoring blocks, kept in their original order and
+  stacked as the descendant's top k blocks on random lower ones. Scores, per block l with input x_l
+  and output x_{l+1} (per token, averaged over the batch's tokens, padding excluded when an
+  attention mask is given):
+    "block_influence" (default; ShortGPT's Block Influence): 1 − cos(x_l, x_{l+1});
+    "relative_change": ‖x_{l+1} − x_l‖ / ‖x_l‖.
+  A high score means the block changes its input most, so it is the one least safely dropped.
+
+TLEG-per-tower and shared-only are `LearngeneConfig.mode`s (descendants come from `descend`); PT-FT is
+a training recipe, run by the benchmark.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import PreTrainedModel
+
+from ..errors import ClipforgeError
+from ..models.registry import Kind, build
+from .config import TOWERS
+from .learngene import Learngene, block_param_name
+
+SCORES = ("block_influence", "relative_change")
+_BLOCK = re.compile(r"(?P<tower>vision|text)_model\.encoder\.layers\.(?P<layer>\d+)\.(?P<path>.+)")
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A descendant's shape: an architecture (`CLIPConfig`, registry name or dict) and a model kind."""
+
+    config: Any
+    kind: Kind = "clip"
+
+    @classmethod
+    def of_learngene(cls, learngene: Learngene, depth_vision: int, depth_text: int, kind: Kind = "clip") -> "Shape":
+        """The shape `descend(learngene, depth_vision, depth_text, kind)` produces."""
+        return cls(learngene.config.clip_config(depth_vision, depth_text), kind)
+
+
+def _towers(model: nn.Module) -> list[str]:
+    return [t for t in TOWERS if hasattr(model, f"{t}_model")]
+
+
+def _depth(model: nn.Module, tower: str) -> int:
+    return len(getattr(model, f"{tower}_model").encoder.layers)
+
+
+def scratch(shape: Shape, seed: int = 0) -> tuple[PreTrainedModel, dict[str, Any]]:
+    """A randomly initialised descendant."""
+    return build(shape.config, seed=seed, kind=shape.kind), {"method": "scratch", "seed": seed}
+
+
+@torch.no_grad()
+def _inherit(ancestry: nn.Module, model: nn.Module, picks: dict[str, list[int]]) -> dict[str, list[list[int]]]:
+    """Copy the non-block tensors and stack the ancestry blocks `picks[tower]` on top of `model`'s towers.
+
+    Returns, per tower, the [descendant layer, ancestry layer] pairs placed.
+    """
+    src = ancestry.state_dict()
+    placed = {t: [[_depth(model, t) - len(c) + j, a] for j, a in enumerate(c)] for t, c in picks.items()}
+    source_layer = {(t, mine): theirs for t, pairs in placed.items() for mine, theirs in pairs}
+    new: dict[str, Tensor] = {}
+    for key, value in model.state_dict().items():
+        m = _BLOCK.fullmatch(key)
+        if m:
+            theirs = source_layer.get((m["tower"], int(m["layer"])))
+            if theirs is None:
+                continue  # a lower block: stays random
+            name = block_param_name(m["tower"], theirs, m["path"])
+        else:
+            name = key
+        if name not in src:
+            raise ClipforgeError(f"the ancestry has no tensor {name!r} to give the descendant")
+        if src[name].shape != value.shape:
+            raise ClipforgeError(f"ancestry {name} has shape {tuple(src[name].shape)}, descendant {key} needs "
+                                 f"{tuple(value.shape)}: inheriting needs the ancestry's block shape")
+        new[key] = src[name].detach().clone()
+    model.load_state_dict(new, strict=False)
+    return placed
+
+
+def _check_k(k: int) -> None:
+    if k < 1:
+        raise ClipforgeError(f"k must be >= 1, got {k}")
+
+
+def heur_lg(ancestry: nn.Module, shape: Shape, k: int = 3, seed: int = 0) -> tuple[PreTrainedModel, dict[str, Any]]:
+    """Heur-LG: inherit the ancestry's last k blocks per tower (fewer if the descendant is shallower)."""
+    _check_k(k)
+    model = build(shape.config, seed=seed, kind=shape.kind)
+    picks = {}
+    for t in _towers(model):
+        n, depth = min(k, _depth(model, t), _depth(ancestry, t)), _depth(ancestry, t)
+        picks[t] = list(range(depth - n, depth))
+    placed = _inherit(ancestry, model, picks)
+    return model.eval(), {"method": "heur_lg", "k": k, "seed": seed, "inherited": placed}
+
+
+@torch.no_grad()
+def block_scores(ancestry: nn.Module, data: dict[str, Tensor], tower: str,
+                 score: str = "block_influence") -> list[float]:
+    """One score per ancestry block of `tower` on the batch `data` (see the module docstring)."""
+    if score not in SCORES:
+        raise ClipforgeError(f"unknown Auto-LG score {score!r}; choose {', '.join(SCORES)}")
+    module = getattr(ancestry, f"{tower}_model")
+    was_training = ancestry.training
+    ancestry.eval()
+    try:
+        if tower == "vision":
+            out = module(pixel_values=data["pixel_values"], output_hidden_states=True)
+            mask = None
+        else:
+            mask = data.get("attention_mask")
+            out = module(input_ids=data["input_ids"], attention_mask=mask, output_hidden_states=True)
+    finally:
+        ancestry.train(was_training)
+    hidden = [h.float() for h in out.hidden_states]  # input of block 0, then each block's output
+    weights = torch.ones(hidden[0].shape[:2]) if mask is None else mask.float()
+    weights = weights.to(hidden[0].device)
+    scores = []
+    for x, y in zip(hidden[:-1], hidden[1:]):
+        if score == "block_influence":
+            per_token = 1 - F.cosine_similarity(x, y, dim=-1)
+        else:
+            per_token = (y - x).norm(dim=-1) / x.norm(dim=-1).clamp_min(1e-12)
+        scores.append(float((per_token * weights).sum() / weights.sum()))
+    return scores
+
+
+def auto_lg(ancestry: nn.Module, shape: Shape, k: int = 3, *, data: dict[str, Tensor],
+            score: str = "block_influence", seed: int = 0) -> tuple[PreTrainedModel, dict[str, Any]]:
+    """Auto-LG: inherit the k highest-scoring ancestry blocks per tower, in order, on random lower blocks.
+
+    `data`: one small batch (`pixel_values`, and `input_ids` with optional `attention_mask`, for the
+    towers the descendant has). The record holds every block's score and the choice.
+    """
+    _check_k(k)
+    model = build(shape.config, seed=seed, kind=shape.kind)
+    picks, scores = {}, {}
+    for t in _towers(model):
+        scores[t] = block_scores(ancestry, data, t, score)
+        n = min(k, _depth(model, t), len(scores[t]))
+        # Highest first; a tie goes to the lower block (stable sort over indices).
+        best = sorted(range(len(scores[t])), key=lambda i: -scores[t][i])[:n]
+        picks[t] = sorted(best)
+    placed = _inherit(ancestry, model, picks)
+    return model.eval(), {"method": "auto_lg", "k": k, "score": score, "seed": seed, "scores": scores,
+                          "chosen": picks, "inherited": placed}

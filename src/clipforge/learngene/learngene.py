@@ -1,0 +1,342 @@
+"""`Learngene`: the tensors of an MM-LG learngene and the weighted sums that turn them into blocks.
+
+clipforge's MM-LG is a reconstruction from the paper's abstract and the TLEG / SWS lineage (the paper's
+full text and code are unavailable); the choices are fields of `LearngeneConfig`, whose docstring
+writes out the weighted sums of every mode and schedule.
+
+Layout. For every block sub-module k (`BLOCK_PARTS`) and every stage the learngene holds two tensors
+per tower role (`ROLES`): in mode "mmlg" one `theta_mm[stage][k]` Parameter serves both towers, and
+`theta_u_vision` / `theta_u_text` one tower each. The non-block parts (`NON_BLOCK`: embeddings,
+pre/post/final norms, projections, logit scale) are Parameters too, copied or tied into every model
+made from the learngene. A learned schedule adds `schedule_a[tower]`, `schedule_b[tower]` (1-D: one
+scalar per Aux-Net layer, so weight decay leaves them alone).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from ..errors import ClipforgeError
+from .config import TOWERS, LearngeneConfig
+
+FORMAT = "clipforge.learngene/1"
+WEIGHTS = "learngene.safetensors"
+CONFIG = "learngene.json"
+
+# Learngene key → path inside one HF `CLIPEncoderLayer`.
+BLOCK_PARTS: dict[str, str] = {
+    "ln1_weight": "layer_norm1.weight", "ln1_bias": "layer_norm1.bias",
+    "q_weight": "self_attn.q_proj.weight", "q_bias": "self_attn.q_proj.bias",
+    "k_weight": "self_attn.k_proj.weight", "k_bias": "self_attn.k_proj.bias",
+    "v_weight": "self_attn.v_proj.weight", "v_bias": "self_attn.v_proj.bias",
+    "out_weight": "self_attn.out_proj.weight", "out_bias": "self_attn.out_proj.bias",
+    "ln2_weight": "layer_norm2.weight", "ln2_bias": "layer_norm2.bias",
+    "fc1_weight": "mlp.fc1.weight", "fc1_bias": "mlp.fc1.bias",
+    "fc2_weight": "mlp.fc2.weight", "fc2_bias": "mlp.fc2.bias",
+}
+PART_OF_PATH = {path: key for key, path in BLOCK_PARTS.items()}
+
+# Learngene key → (tower or None, full HF parameter name). The names are the same in `CLIPModel`,
+# `CLIPVisionModelWithProjection` and `CLIPTextModelWithProjection`.
+NON_BLOCK: dict[str, tuple[str | None, str]] = {
+    "vision_class_embedding": ("vision", "vision_model.embeddings.class_embedding"),
+    "vision_patch_embedding": ("vision", "vision_model.embeddings.patch_embedding.weight"),
+    "vision_position_embedding": ("vision", "vision_model.embeddings.position_embedding.weight"),
+    "vision_pre_ln_weight": ("vision", "vision_model.pre_layrnorm.weight"),
+    "vision_pre_ln_bias": ("vision", "vision_model.pre_layrnorm.bias"),
+    "vision_post_ln_weight": ("vision", "vision_model.post_layernorm.weight"),
+    "vision_post_ln_bias": ("vision", "vision_model.post_layernorm.bias"),
+    "visual_projection": ("vision", "visual_projection.weight"),
+    "text_token_embedding": ("text", "text_model.embeddings.token_embedding.weight"),
+    "text_position_embedding": ("text", "text_model.embeddings.position_embedding.weight"),
+    "text_final_ln_weight": ("text", "text_model.final_layer_norm.weight"),
+    "text_final_ln_bias": ("text", "text_model.final_layer_norm.bias"),
+    "text_projection": ("text", "text_projection.weight"),
+    "logit_scale": (None, "logit_scale"),
+}
+NON_BLOCK_OF_NAME = {name: key for key, (_, name) in NON_BLOCK.items()}
+
+# mode → tower → (role weighted by a, role weighted by b).
+ROLES: dict[str, dict[str, tuple[str, str]]] = {
+    "mmlg": {"vision": ("theta_mm", "theta_u_vision"), "text": ("theta_mm", "theta_u_text")},
+    "tleg_per_tower": {"vision": ("theta_a_vision", "theta_b_vision"), "text": ("theta_a_text", "theta_b_text")},
+    "shared_only": {"vision": ("theta_mm", "theta_s"), "text": ("theta_mm", "theta_s")},
+}
+
+
+def block_param_name(tower: str, layer: int, part_path: str) -> str:
+    """Full HF name of a block tensor, e.g. `vision_model.encoder.layers.3.mlp.fc1.weight`."""
+    return f"{tower}_model.encoder.layers.{layer}.{part_path}"
+
+
+def _block_shapes(cfg: LearngeneConfig) -> dict[str, tuple[int, ...]]:
+    w, m = cfg.width, cfg.mlp
+    shapes: dict[str, tuple[int, ...]] = {}
+    for key in BLOCK_PARTS:
+        if key.startswith(("ln", "q_", "k_", "v_", "out_")):
+            shapes[key] = (w,) if key.endswith("bias") or key.startswith("ln") else (w, w)
+        elif key.startswith("fc1"):
+            shapes[key] = (m,) if key.endswith("bias") else (m, w)
+        else:
+            shapes[key] = (w,) if key.endswith("bias") else (w, m)
+    return shapes
+
+
+def _non_block_shapes(cfg: LearngeneConfig) -> dict[str, tuple[int, ...]]:
+    """Read the non-block shapes off a meta-device CLIP, so they can never drift from HF's."""
+    from transformers import CLIPModel
+
+    with torch.device("meta"):
+        ref = CLIPModel(cfg.clip_config(1, 1))
+    state = ref.state_dict()
+    return {key: tuple(state[name].shape) for key, (_, name) in NON_BLOCK.items()}
+
+
+class Learngene(nn.Module):
+    """The learngene: block tensors per role and stage, non-block parts, optional learned schedule.
+
+    `Learngene(config, seed=...)` initialises per `config.init`: "random" (TLEG: trunc-normal(0.02)
+    linear weights in both tensors, zero biases, LN γ 1 in the a-tensor and 0 in the b-tensor, or 1
+    in both under "blend" so every layer starts at γ = a + b = 1; HF's init for the non-block parts)
+    or "ancestry" (pass `ancestry`, a `CLIPModel` of the same block shape: the a-tensor of a stage =
+    mean of the ancestry blocks that the stage map sends there, over the towers the role serves; the
+    b-tensor = 0, or = the a-tensor under "blend", so every Aux-Net layer starts at that mean;
+    non-block parts copied). `initialise=False` leaves the tensors uninitialised (used by `load`).
+    """
+
+    def __init__(self, config: LearngeneConfig, *, seed: int = 0, ancestry: nn.Module | None = None,
+                 initialise: bool = True) -> None:
+        super().__init__()
+        self.config = config
+        shapes = _block_shapes(config)
+        role_names = sorted({r for pair in ROLES[config.mode].values() for r in pair})
+        self.blocks = nn.ModuleDict({
+            role: nn.ModuleList([
+                nn.ParameterDict({k: nn.Parameter(torch.empty(s)) for k, s in shapes.items()})
+                for _ in range(config.num_stages)])
+            for role in role_names})
+        self.non_block = nn.ParameterDict(
+            {k: nn.Parameter(torch.empty(s)) for k, s in _non_block_shapes(config).items()})
+        if config.schedule == "learned":
+            self.schedule_a = nn.ParameterDict(
+                {t: nn.Parameter(torch.empty(config.aux_depth(t))) for t in TOWERS})
+            self.schedule_b = nn.ParameterDict(
+                {t: nn.Parameter(torch.empty(config.aux_depth(t))) for t in TOWERS})
+        if not initialise:
+            return
+        if config.init == "ancestry":
+            if ancestry is None:
+                raise ClipforgeError("learngene init 'ancestry' needs the ancestry model")
+            self._init_from_ancestry(ancestry)
+        else:
+            self._init_random(seed)
+        self._init_schedule()
+
+    # --- structure -----------------------------------------------------------------------------
+
+    def roles(self, tower: str) -> tuple[str, str]:
+        """(a-role, b-role) of `tower`, e.g. ("theta_mm", "theta_u_vision")."""
+        if tower not in TOWERS:
+            raise ClipforgeError(f"unknown tower {tower!r}; choose vision or text")
+        return ROLES[self.config.mode][tower]
+
+    def role(self, name: str) -> nn.ModuleList:
+        """The per-stage tensors of role `name` (e.g. `role("theta_a_vision")[stage][key]`)."""
+        if name not in self.blocks:
+            raise AttributeError(f"mode {self.config.mode!r} has no {name}")
+        return self.blocks[name]  # type: ignore[return-value]
+
+    theta_mm = property(lambda self: self.role("theta_mm"), doc="Multimodal block per stage (both towers).")
+    theta_u_vision = property(lambda self: self.role("theta_u_vision"), doc="Vision unimodal block per stage.")
+    theta_u_text = property(lambda self: self.role("theta_u_text"), doc="Text unimodal block per stage.")
+
+    def sources(self, tower: str, layer: int, depth: int, key: str) -> tuple[nn.Parameter, nn.Parameter]:
+        """The two Parameters that block tensor `key` of `layer`/`depth` in `tower` combines."""
+        first, second = self.roles(tower)
+        stage = self.config.stage(layer, depth)
+        return self.blocks[first][stage][key], self.blocks[second][stage][key]
+
+    # --- the weighted sum ----------------------------------------------------------------------
+
+    def coefficients(self, tower: str, layer: int, depth: int) -> tuple[Tensor | float, Tensor | float]:
+        """(a, b) of layer `layer` (0-based) in a `tower` of `depth` layers (floats, or 0-d tensors if learned).
+
+        "learned": the knots are the trained pairs c_j at positions j/K (K = Aux-Net depth of the
+        tower). Layer l of depth L sits at t = l·K/L knot units (exact rational arithmetic, so at L = K
+        layer j gets knot j exactly); the pair is c_j + f·(c_{j+1} − c_j) with j = floor(t), f = t − j.
+        Past the last knot (t ∈ (K−1, K), less than one spacing) the last segment is extended; K = 1
+        gives the single knot everywhere. A linear-initialised schedule thus stays linear at any depth.
+        """
+        if not 0 <= layer < depth:
+            raise ClipforgeError(f"layer {layer} is outside a tower of depth {depth}")
+        schedule = self.config.schedule
+        if schedule == "linear":
+            return 1.0, layer / depth
+        if schedule == "blend":
+            if depth == 1:
+                return 1.0, 0.0
+            return 1.0 - layer / (depth - 1), layer / (depth - 1)
+        knots_a, knots_b = self.schedule_a[tower], self.schedule_b[tower]
+        k = knots_a.shape[0]
+        t = Fraction(layer * k, depth)
+        j = int(t)
+        if t == j:
+            return knots_a[j], knots_b[j]
+        j = min(j, k - 2)  # extend the last segment past the last knot
+        f = float(t - j)
+        return knots_a[j] + f * (knots_a[j + 1] - knots_a[j]), knots_b[j] + f * (knots_b[j + 1] - knots_b[j])
+
+    def block_weight(self, tower: str, layer: int, depth: int, key: str) -> Tensor:
+        """a·first[key] + b·second[key] for one sub-module tensor (differentiable)."""
+        a, b = self.coefficients(tower, layer, depth)
+        first, second = self.sources(tower, layer, depth, key)
+        return a * first + b * second
+
+    def block_weights(self, tower: str, layer: int, depth: int) -> dict[str, Tensor]:
+        """All tensors of block `layer` of a `depth`-layer `tower`, keyed by their path in the HF layer."""
+        return {path: self.block_weight(tower, layer, depth, key) for key, path in BLOCK_PARTS.items()}
+
+    # --- initialisation ------------------------------------------------------------------------
+
+    def _first_roles(self) -> set[str]:
+        return {pair[0] for pair in ROLES[self.config.mode].values()}
+
+    @torch.no_grad()
+    def _init_random(self, seed: int) -> None:
+        from ..models.registry import build
+
+        first = self._first_roles()
+        # A private RNG stream: initialising a learngene must not disturb the caller's.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for role in sorted(self.blocks):
+                for stage in self.blocks[role]:
+                    for key, p in stage.items():
+                        if key.startswith("ln") and key.endswith("weight"):
+                            p.fill_(1.0 if role in first or self.config.schedule == "blend" else 0.0)
+                        elif key.endswith("bias"):
+                            p.zero_()
+                        else:
+                            nn.init.trunc_normal_(p, std=0.02)
+        ref = build(self.config.clip_config_dict(1, 1), seed=seed)
+        self._copy_non_block(ref)
+
+    @torch.no_grad()
+    def _copy_non_block(self, model: nn.Module) -> None:
+        state = model.state_dict()
+        for key, (_, name) in NON_BLOCK.items():
+            src = state.get(name)
+            if src is None or src.shape != self.non_block[key].shape:
+                got = None if src is None else tuple(src.shape)
+                raise ClipforgeError(f"ancestry tensor {name} has shape {got}, the learngene needs "
+                                     f"{tuple(self.non_block[key].shape)}: build the learngene config with "
+                                     "LearngeneConfig.from_ancestry")
+            self.non_block[key].copy_(src)
+
+    @torch.no_grad()
+    def _init_from_ancestry(self, ancestry: nn.Module) -> None:
+        state = ancestry.state_dict()
+        cfg = self.config
+        depths = {t: getattr(ancestry.config, f"{t}_config").num_hidden_layers for t in TOWERS}
+        for role in self.blocks:
+            towers = [t for t in TOWERS if role in self.roles(t)]
+            is_first = role in self._first_roles()
+            for s, stage in enumerate(self.blocks[role]):
+                layers = [(t, i) for t in towers for i in range(depths[t]) if cfg.stage(i, depths[t]) == s]
+                layers = layers or [(t, i) for t in towers for i in range(depths[t])]  # stage unused at this depth
+                for key, p in stage.items():
+                    names = [block_param_name(t, i, BLOCK_PARTS[key]) for t, i in layers]
+                    srcs = [state[n] for n in names]
+                    if srcs[0].shape != p.shape:
+                        raise ClipforgeError(f"ancestry block tensor {names[0]} has shape "
+                                             f"{tuple(srcs[0].shape)}, the learngene needs {tuple(p.shape)}")
+                    mean = torch.stack([x.float() for x in srcs]).mean(0)
+                    p.copy_(mean if is_first or cfg.schedule == "blend" else torch.zeros_like(mean))
+        self._copy_non_block(ancestry)
+
+    @torch.no_grad()
+    def _init_schedule(self) -> None:
+        """Learned schedules start as the linear one: a = 1, b = j/K."""
+        if self.config.schedule != "learned":
+            return
+        for t in TOWERS:
+            k = self.config.aux_depth(t)
+            self.schedule_a[t].fill_(1.0)
+            self.schedule_b[t].copy_(torch.arange(k, dtype=torch.float32) / k)
+
+    # --- size and storage ----------------------------------------------------------------------
+
+    def num_parameters(self) -> int:
+        """Parameters stored (every tensor of the learngene, each once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def parameter_breakdown(self) -> dict[str, int]:
+        """Parameters per role, non-block parts and schedule."""
+        out = {role: sum(p.numel() for p in self.blocks[role].parameters()) for role in self.blocks}
+        out["non_block"] = sum(p.numel() for p in self.non_block.parameters())
+        if self.config.schedule == "learned":
+            out["schedule"] = sum(p.numel() for p in (*self.schedule_a.values(), *self.schedule_b.values()))
+        out["total"] = self.num_parameters()
+        return out
+
+    def save(self, out_dir: str | os.PathLike, *, provenance: dict[str, Any] | None = None) -> Path:
+        """Write `learngene.safetensors`, `learngene.json` (format, config, provenance) and a card, atomically."""
+        from ..models.io import _atomic_dir
+
+        out_dir = Path(out_dir)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        meta = {"format": FORMAT, "config": self.config.to_dict(), "num_parameters": self.num_parameters(),
+                "provenance": dict(provenance or {})}
+        with _atomic_dir(out_dir) as tmp:
+            save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT})
+            (tmp / CONFIG).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+            (tmp / "README.md").write_text(self.card(meta["provenance"]))
+        return out_dir
+
+    @classmethod
+    def load(cls, model_dir: str | os.PathLike) -> "Learngene":
+        """Rebuild a saved learngene exactly (every tensor, the config)."""
+        model_dir = Path(model_dir)
+        meta_path, weights = model_dir / CONFIG, model_dir / WEIGHTS
+        if not meta_path.is_file() or not weights.is_file():
+            raise ClipforgeError(f"{model_dir}: not a learngene directory (needs {CONFIG} and {WEIGHTS})")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format") != FORMAT:
+            raise ClipforgeError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+        lg = cls(LearngeneConfig.from_dict(meta["config"]), initialise=False)
+        state = load_file(str(weights))
+        try:
+            lg.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            raise ClipforgeError(f"{weights}: does not match {meta_path} ({str(e).splitlines()[0]})") from None
+        return lg
+
+    def card(self, provenance: dict[str, Any] | None = None) -> str:
+        """A README for the saved learngene: what it is, its choices, its size."""
+        c = self.config
+        lines = ["# MM-LG learngene (clipforge)", "",
+                 "clipforge's MM-LG is a reconstruction from the paper's abstract (arXiv 2506.16673) and its "
+                 "TLEG/SWS lineage; every choice below is a config field in `learngene.json`.", "",
+                 "Layer l of a tower of depth L uses `a(l, L)·first + b(l, L)·second` per block tensor.", "",
+                 "| choice | value |", "|---|---|"]
+        lines += [f"| {k} | {getattr(c, k)} |" for k in ("mode", "schedule", "num_stages", "aux_depth_vision",
+                                                          "aux_depth_text", "init")]
+        lines += ["", f"Blocks: width {c.width}, {c.heads} heads, MLP {c.mlp}, {c.act}. Inputs: {c.image_size} px "
+                  f"(patch {c.patch_size}), {c.context} tokens. Projection {c.projection_dim}.", "",
+                  "## Parameters", "", "| part | parameters |", "|---|---|"]
+        lines += [f"| {k} | {v:,} |" for k, v in self.parameter_breakdown().items()]
+        if provenance:
+            lines += ["", "## Provenance", ""]
+            lines += [f"- {k}: {json.dumps(v, default=str) if isinstance(v, (dict, list)) else v}"
+                      for k, v in provenance.items()]
+        lines += ["", "Descendants: `clipforge.learngene.descend(Learngene.load(dir), depth_vision, depth_text, "
+                  "kind)`."]
+        return "\n".join(lines) + "\n"
