@@ -1,6 +1,8 @@
-"""Parameters stored and active, per tower: what a model costs to keep and to run."""
+"""What a model costs: parameters stored and active per tower, analytic FLOPs, wall time."""
 
 from __future__ import annotations
+
+import time
 
 from torch import nn
 
@@ -33,3 +35,77 @@ def count_params(model: nn.Module) -> dict[str, int]:
 
 def count_trainable(model: nn.Module) -> int:
     return _numel(p for p in model.parameters() if p.requires_grad)
+
+
+# --- compute: analytic forward FLOPs and wall time -------------------------------------------------
+#
+# Forward FLOPs of one tower on one sample, counting multiply-adds as 2 FLOPs:
+#   per block: 2·(4d² + 2·d·m)·T  (q, k, v, out projections and the two MLP matmuls, every token)
+#            + 2·2·T²·d           (QKᵀ and attention·V; full T×T even for the causal text tower: an
+#                                  upper bound, as the masked half is computed anyway)
+#   vision stem: 2·(C·p²)·d per patch (the patch-embedding convolution)
+#   projection:  2·d·proj, once (the pooled token)
+# Layer norms, softmax, GELU, biases, embedding look-ups and the loss are left out: on these model
+# sizes they are a few percent. T = (image/patch)² + 1 for images; for captions the caller passes the
+# tokens actually processed (clipforge trims each batch's padding), else the full context is used.
+# Training ≈ 3× forward (backward costs about twice the forward: Kaplan et al. 2020, Chinchilla).
+
+TRAIN_FLOPS_FACTOR = 3
+
+
+def _tower_cfg(config_or_model, kind: str):
+    cfg = getattr(config_or_model, "config", config_or_model)
+    name = "vision_config" if kind == "image" else "text_config"
+    return getattr(cfg, name, cfg), getattr(cfg, "projection_dim", None)
+
+
+def flops_per_sample(config_or_model, kind: str, tokens: int | None = None) -> int:
+    """Analytic forward FLOPs of one image (`kind="image"`) or one caption (`"text"`) through its tower.
+
+    `config_or_model`: a `CLIPConfig`, a tower config, or a model holding one (`.config`).
+    `tokens`: caption tokens processed (default the full context); ignored for images. `kind="clip"`
+    is one image plus one caption. See the comment above for what is counted.
+    """
+    if kind == "clip":
+        return flops_per_sample(config_or_model, "image") + flops_per_sample(config_or_model, "text", tokens)
+    if kind not in ("image", "text"):
+        raise ValueError(f"kind must be 'image', 'text' or 'clip', got {kind!r}")
+    cfg, proj = _tower_cfg(config_or_model, kind)
+    d, m, n = int(cfg.hidden_size), int(cfg.intermediate_size), int(cfg.num_hidden_layers)
+    proj = int(getattr(cfg, "projection_dim", None) or proj or d)
+    if kind == "image":
+        patches = (int(cfg.image_size) // int(cfg.patch_size)) ** 2
+        t = patches + 1
+        stem = 2 * int(cfg.num_channels) * int(cfg.patch_size) ** 2 * d * patches
+    else:
+        t = int(tokens if tokens is not None else cfg.max_position_embeddings)
+        stem = 0
+    per_block = 2 * (4 * d * d + 2 * d * m) * t + 4 * t * t * d
+    return int(stem + n * per_block + 2 * d * proj)
+
+
+def train_flops(forward_flops: float, samples: float) -> float:
+    """Training FLOPs of `samples` samples at `forward_flops` each (≈ 3× forward)."""
+    return TRAIN_FLOPS_FACTOR * forward_flops * samples
+
+
+class Timer:
+    """`with Timer() as t: ...` then `t.seconds` (wall time, `time.perf_counter`); readable while running."""
+
+    def __init__(self) -> None:
+        self.start: float | None = None
+        self.end: float | None = None
+
+    def __enter__(self) -> "Timer":
+        self.start, self.end = time.perf_counter(), None
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.end = time.perf_counter()
+        return False
+
+    @property
+    def seconds(self) -> float:
+        if self.start is None:
+            return 0.0
+        return (self.end if self.end is not None else time.perf_counter()) - self.start

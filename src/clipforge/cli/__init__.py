@@ -19,7 +19,11 @@ COMMANDS: dict[str, str] = {
     "build": "models",
     "import": "models",
     "info": "models",
+    "ancestry": "train",
+    "train": "train",
+    "eval": "train",
     "demo": "demo",
+    "learngene": "learngene",
 }
 
 

@@ -148,6 +148,9 @@ def _load_config(model_dir: Path):
         raise ClipforgeError(f"{cfg_path}: not valid JSON ({e.msg} at line {e.lineno})") from None
     arch = (raw.get("architectures") or [None])[0]
     if arch not in ARCHITECTURES:
+        # The CLIP-MoE registers itself on import; io stays free of it until a model needs it.
+        import clipforge.moe.model  # noqa: F401
+    if arch not in ARCHITECTURES:
         known = ", ".join(sorted(ARCHITECTURES))
         raise ClipforgeError(f"{cfg_path}: architecture {arch!r} is not one clipforge loads (known: {known}; "
                              "a CLIP-MoE needs `import clipforge` first)")

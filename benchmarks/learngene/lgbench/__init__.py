@@ -1,0 +1,1 @@
+"""Pieces of the MM-LG benchmark (`benchmarks/learngene/run.py`): budgets, data, methods, tasks, report."""

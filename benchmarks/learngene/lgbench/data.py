@@ -1,0 +1,69 @@
+"""The benchmark's data: fixed, seeded pools, rendered once and held in memory.
+
+Rendering a procedural scene costs about as much as a training step of a small model on it, and the
+benchmark reads the same scenes in dozens of runs, so scene pools are drawn once up front. Every pool
+is a deterministic function of (split, seed, size), so a resumed benchmark sees the same data.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from clipforge.data import ConcatImageText
+from clipforge.data.base import ImageTextDataset, Sample
+from clipforge.data.classification import MNIST, FashionMNIST
+from clipforge.data.scenes import ScenesDataset
+
+from .budget import Budget
+
+
+class Cached(ImageTextDataset):
+    """Every item of `dataset` read once, up front; same items, same order."""
+
+    def __init__(self, dataset: Any, name: str) -> None:
+        self.name = name
+        self.classnames = getattr(dataset, "classnames", None)
+        self.templates = getattr(dataset, "templates", None)
+        self.items: list[Sample] = [dataset[i] for i in range(len(dataset))]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> Sample:
+        return self.items[i]
+
+
+def scenes(split: str, size: int, seed: int, image_size: int) -> Cached:
+    return Cached(ScenesDataset(split=split, size=size, seed=seed, image_size=image_size),
+                  f"scenes[{split},seed{seed},n{size},{image_size}px]")
+
+
+def pretraining(budget: Budget, image_size: int) -> Dataset:
+    """Scenes (train, seed 0: the ancestry's stream) plus the first Fashion-MNIST train images."""
+    parts = [scenes("train", budget.pt_scenes, 0, image_size)]
+    if budget.pt_fashion:
+        parts.append(FashionMNIST(split="train", limit=budget.pt_fashion))
+    data = ConcatImageText(parts)
+    # The name is what extraction records and compares on a rerun: make it say exactly what was used.
+    data.name = "+".join([parts[0].name] + ([f"fashion-mnist[train,n{budget.pt_fashion}]"]
+                                            if budget.pt_fashion else []))
+    return data
+
+
+def classification(name: str, budget: Budget) -> tuple[Dataset, Dataset]:
+    """(train, test) of Fashion-MNIST or MNIST at the budget's sizes."""
+    cls = FashionMNIST if name == "fashion-mnist" else MNIST
+    return cls(split="train", limit=budget.ft_vision_train), cls(split="test", limit=budget.eval_classify)
+
+
+def scene_captions(split: str, size: int, seed: int) -> tuple[list[str], list[int]]:
+    """(first caption, object count − 1) of `size` scenes, drawn without rendering any image."""
+    ds = ScenesDataset(split=split, size=size, seed=seed)
+    texts, labels = [], []
+    for i in range(size):
+        spec = ds.spec_at(i)
+        texts.append(ds.captions_at(i, spec)[0])
+        labels.append(min(sum(o.count for o in spec.objects), 5) - 1)
+    return texts, labels

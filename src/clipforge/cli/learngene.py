@@ -1,0 +1,140 @@
+"""`clipforge learngene extract|descend|bench`: MM-LG learngenes from the command line.
+
+Every subcommand is resumable: rerunning the same command skips finished work and continues an
+interrupted training run from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+
+from ..errors import ClipforgeError
+
+BENCH = Path("benchmarks") / "learngene" / "run.py"
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    top = sub.add_parser(
+        "learngene", help="MM-LG: extract a learngene from an ancestry CLIP, descend models, benchmark",
+        description="MM-LG (clipforge's reconstruction of the Multimodal Learngene, arXiv 2506.16673, from its "
+                    "abstract and the TLEG/SWS lineage): extract a learngene from a trained ancestry CLIP, "
+                    "descend CLIP, vision-only and text-only models of any depth from it, and run the benchmark.")
+    lsub = top.add_subparsers(dest="learngene_command", metavar="SUBCOMMAND")
+    lsub.required = True
+    _add_extract(lsub)
+    _add_descend(lsub)
+    _add_bench(lsub)
+
+
+def _add_extract(lsub: argparse._SubParsersAction) -> None:
+    p = lsub.add_parser(
+        "extract", help="extract a learngene by distillation from an ancestry",
+        description="Build an Aux-Net whose blocks are weighted sums of the learngene's multimodal and unimodal "
+                    "blocks, train it by KD from the frozen ancestry on image-text data, and save the learngene "
+                    "to OUT/learngene (the run lives in OUT/extract). Rerun to resume or to skip a finished one.")
+    p.add_argument("--ancestry", type=Path, required=True,
+                   help="ancestry model directory, or a `clipforge ancestry` run directory holding model/")
+    p.add_argument("--data", action="append",
+                   help="training data: scenes, fashion-mnist, mnist or a path; repeat to mix "
+                        "(default scenes + fashion-mnist)")
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--mode", choices=["mmlg", "tleg_per_tower", "shared_only"], default="mmlg",
+                   help="mmlg: shared multimodal + per-tower unimodal blocks; tleg_per_tower: no shared block; "
+                        "shared_only: no unimodal blocks (default mmlg)")
+    p.add_argument("--schedule", choices=["linear", "blend", "learned"], default="linear",
+                   help="weighted-sum coefficients over depth (default linear, TLEG's)")
+    p.add_argument("--stages", type=int, default=1, help="SWS-style stages, each with its own blocks (default 1)")
+    p.add_argument("--aux-depth-vision", type=int, help="Aux-Net vision depth (default: the ancestry's)")
+    p.add_argument("--aux-depth-text", type=int, help="Aux-Net text depth (default: the ancestry's)")
+    p.add_argument("--init", choices=["random", "ancestry"], default="random",
+                   help="learngene init: TLEG's random init, or the mean of the ancestry's blocks (default random)")
+    p.add_argument("--alpha", type=float, default=1.0, help="KD weight; 1 - alpha weighs InfoNCE (default 1)")
+    p.add_argument("--beta", type=float, default=0.0, help="feature-distillation weight (default 0)")
+    p.add_argument("--tau", type=float, default=1.0, help="KD temperature (default 1)")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="redo the extraction even if one is finished")
+    p.set_defaults(func=run_extract)
+
+
+def _add_descend(lsub: argparse._SubParsersAction) -> None:
+    p = lsub.add_parser(
+        "descend", help="initialise models of any depth and modality from a learngene",
+        description="Write one plain Hugging Face model directory per --shape under OUT (clip-v4-t4, vision-v6, "
+                    "text-t2), optionally after a short contrastive pre-training. Finished shapes are skipped.")
+    p.add_argument("--learngene", type=Path, required=True,
+                   help="learngene directory (OUT/learngene of `learngene extract`, or its parent)")
+    p.add_argument("--shape", action="append", required=True,
+                   help="clip:DV:DT (or clip:D), vision:D or text:D; repeat for a family")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--pretrain-steps", type=int, default=0, help="short pre-training per descendant (default 0)")
+    p.add_argument("--data", action="append", help="pre-training data (default scenes + fashion-mnist)")
+    p.add_argument("--kd-from", type=Path,
+                   help="ancestry: CLIP descendants pre-train by KD from it; one-tower descendants pair with its "
+                        "other tower (default for them: the learngene's own ancestry)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="redo descendants even if finished")
+    p.set_defaults(func=run_descend)
+
+
+def _add_bench(lsub: argparse._SubParsersAction) -> None:
+    p = lsub.add_parser(
+        "bench", help="run the MM-LG benchmark (benchmarks/learngene/run.py)",
+        description="MM-LG vs scratch, PT-FT, Heur-LG, Auto-LG, TLEG-per-tower and shared-only on descendants "
+                    "of three depths; writes results.json, results.md and plots. Resumable.")
+    module = _bench_module(required=False)
+    if module is not None:
+        module.add_arguments(p)
+    p.set_defaults(func=run_bench)
+
+
+def _bench_module(required: bool = True) -> ModuleType | None:
+    """`benchmarks/learngene/run.py` of this source tree (or of the working directory)."""
+    for root in (Path(__file__).resolve().parents[3], Path.cwd()):
+        path = root / BENCH
+        if path.is_file():
+            spec = importlib.util.spec_from_file_location("clipforge_learngene_bench", path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            return module
+    if required:
+        raise ClipforgeError(f"{BENCH} not found: run from a clipforge source checkout")
+    return None
+
+
+def run_extract(args: argparse.Namespace) -> int:
+    from ..learngene.pipeline import extract
+
+    lg_dir = extract(args.ancestry, args.data or ["scenes", "fashion-mnist"], args.out, mode=args.mode,
+                     schedule=args.schedule, num_stages=args.stages, aux_depth_vision=args.aux_depth_vision,
+                     aux_depth_text=args.aux_depth_text, init=args.init, alpha=args.alpha, beta=args.beta,
+                     tau=args.tau, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                     force=args.force)
+    meta = json.loads((lg_dir / "learngene.json").read_text())
+    print(f"learngene: {lg_dir} ({meta['num_parameters']:,} parameters)")
+    return 0
+
+
+def run_descend(args: argparse.Namespace) -> int:
+    from ..learngene.pipeline import descend_family
+
+    lg_dir = args.learngene if (args.learngene / "learngene.json").is_file() else args.learngene / "learngene"
+    data = (args.data or ["scenes", "fashion-mnist"]) if args.pretrain_steps > 0 else None
+    made = descend_family(lg_dir, args.shape, args.out, pretrain_steps=args.pretrain_steps, data=data,
+                          kd_from=args.kd_from, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                          force=args.force)
+    for name, path in made.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    return int(_bench_module().run(args) or 0)

@@ -1,0 +1,178 @@
+"""`clipforge ancestry`, `clipforge train`, `clipforge eval`: train and measure CLIPs on any data."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import fields
+from pathlib import Path
+
+from ..errors import ClipforgeError
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "ancestry", help="train (or reuse) the demo ancestry CLIP on built-in data",
+        description="Train the demo ancestry CLIP to convergence on built-in data (procedural scenes + "
+                    "Fashion-MNIST), evaluate it beside its random initialisation, and save it as a Hugging "
+                    "Face CLIP directory (OUT/model) with metrics.json and plots/loss.png. A finished ancestry "
+                    "with the same recipe is reused; an interrupted one resumes.")
+    p.add_argument("--out", type=Path, default=Path("runs/ancestry"), help="run directory (default runs/ancestry)")
+    p.add_argument("--quick", action="store_true", help="a toy ancestry for tests (tiny model, a few steps)")
+    p.add_argument("--steps", type=int, help="override the number of training steps")
+    p.add_argument("--force", action="store_true", help="retrain even if a cached ancestry exists")
+    p.set_defaults(func=run_ancestry)
+
+    p = sub.add_parser(
+        "train", help="contrastive training of any model on any image-text data",
+        description="Contrastive (CLIP) training of a model directory or registry architecture on a built-in "
+                    "dataset or your own data (CSV/TSV/JSONL, image folder, WebDataset shards, HF datasets, "
+                    "parquet). Resumable with --resume latest; works under torchrun.")
+    p.add_argument("--model", required=True, help="a model directory, or a registry name for a random init")
+    p.add_argument("--data", required=True, action="append",
+                   help="dataset: scenes, fashion-mnist, mnist or a path (repeat to mix)")
+    p.add_argument("--image-key", default="image", help="image column/field of user data (default image)")
+    p.add_argument("--caption-key", default="caption", help="caption column/field of user data (default caption)")
+    p.add_argument("--on-error", choices=["skip", "raise"], default="skip",
+                   help="a missing or corrupt image: skip and count it (default) or stop")
+    p.add_argument("--out", type=Path, required=True, help="run directory; the model is saved in OUT/model")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=256, help="global batch size")
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--weight-decay", type=float, default=0.2)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--fixed-logit-scale", type=float, help="fix exp(logit_scale) to this value (e.g. 100)")
+    p.add_argument("--trainable", nargs="*", help="parameter name patterns to train (fnmatch); default all")
+    p.add_argument("--frozen", nargs="*", help="parameter name patterns to freeze (fnmatch)")
+    p.add_argument("--grad-checkpointing", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-every", type=int, default=200, help="checkpoint every N steps (default 200)")
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--resume", help="'latest' or a checkpoint path")
+    p.set_defaults(func=run_train)
+
+    p = sub.add_parser(
+        "eval", help="evaluate a model: zero-shot, retrieval, MMVP-style pairs, linear probe, fine-tune",
+        description="Evaluate a model directory on one task and print (and optionally write) JSON metrics.")
+    p.add_argument("--model", type=Path, required=True, help="a model directory")
+    p.add_argument("--task", required=True, choices=["zeroshot", "retrieval", "mmvp", "linear-probe", "finetune"])
+    p.add_argument("--data", default=None, help="dataset (default: fashion-mnist for classification, scenes "
+                                                "for retrieval)")
+    p.add_argument("--limit", type=int, help="evaluate on the first N test samples")
+    p.add_argument("--steps", type=int, default=300, help="fine-tuning steps (task finetune)")
+    p.add_argument("--out", type=Path, help="write the metrics to this JSON file")
+    p.set_defaults(func=run_eval)
+
+
+def run_ancestry(args: argparse.Namespace) -> int:
+    from ..ancestry import AncestryRecipe, summary, train_ancestry
+
+    recipe = AncestryRecipe.quick() if args.quick else AncestryRecipe()
+    if args.steps:
+        recipe.steps = args.steps
+    model_dir = train_ancestry(args.out, recipe, force=args.force)
+    metrics_path = Path(args.out) / "metrics.json"
+    if metrics_path.exists():
+        print(summary(json.loads(metrics_path.read_text())))
+    print(f"ancestry: {model_dir}")
+    return 0
+
+
+def _load_or_build(spec: str):
+    from ..models.io import load
+    from ..models.registry import build, list_models
+
+    if Path(spec).is_dir():
+        return load(spec), {"source": f"fine-tuned from {Path(spec).resolve()}"}
+    if spec in list_models():
+        return build(spec), {"source": f"trained from random init of {spec!r}"}
+    raise ClipforgeError(f"--model {spec!r}: neither a model directory nor a registry architecture")
+
+
+def open_data(specs: list[str], split: str, image_size: int | None, scenes_size: int = 50_000, **user_kw):
+    """Built-in datasets by name (scenes drawn at the model's image size) or users' data by path."""
+    from ..data import ConcatImageText, get_dataset
+
+    parts = []
+    for s in specs:
+        if s == "scenes":
+            parts.append(get_dataset(s, split=split, image_size=image_size or 40, size=scenes_size))
+        elif s in ("fashion-mnist", "mnist"):
+            parts.append(get_dataset(s, split=split))
+        else:
+            parts.append(get_dataset(s, split=split, **user_kw))
+    return parts[0] if len(parts) == 1 else ConcatImageText(parts)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ..data.collate import Collator
+    from ..eval.results import write_json
+    from ..models.io import save
+    from ..models.preprocess import transform_for
+    from ..train.distributed import dist_info
+    from ..train.loop import TrainConfig, train
+
+    model, prov = _load_or_build(args.model)
+    size = model.config.vision_config.image_size
+    data = open_data(args.data, "train", size, image_key=args.image_key, caption_key=args.caption_key,
+                     on_error=args.on_error)
+    known = {f.name for f in fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in known and v is not None})
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / "args.json", {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                                        if k != "func"})
+    collate = Collator(transform_for(model.config), model.config.text_config.max_position_embeddings)
+    model = train(model, data, cfg, args.out, collate_fn=collate, resume=args.resume)
+    if dist_info().rank == 0:
+        save(model, args.out / "model", provenance={**prov, "data": args.data, "steps": args.steps,
+                                                    "command": "clipforge train"})
+        print(f"saved {args.out / 'model'}")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from ..eval import tasks
+    from ..eval.results import write_json
+    from ..models.io import load
+
+    model = load(args.model)
+    size = model.config.vision_config.image_size if hasattr(model.config, "vision_config") else None
+    if args.task == "mmvp":
+        result = tasks.mmvp_diagnostic(model, image_size=size)
+    else:
+        data = args.data or ("scenes" if args.task == "retrieval" else "fashion-mnist")
+        test = open_data([data], "test", size, scenes_size=args.limit or 1000)
+        if args.limit and len(test) > args.limit:
+            test = _Subset(test, args.limit)
+        if args.task == "zeroshot":
+            result = tasks.zeroshot_classification(model, test)
+        elif args.task == "retrieval":
+            result = tasks.retrieval(model, test)
+        else:
+            train_ds = open_data([data], "train", size)
+            fn = tasks.linear_probe if args.task == "linear-probe" else tasks.finetune_classifier
+            extra = {"steps": args.steps} if args.task == "finetune" else {}
+            result = fn(model, train_ds, test, **extra)
+    result = {"model": str(args.model), "task": args.task, "data": args.data, "metrics": result}
+    print(json.dumps(result, indent=2))
+    if args.out:
+        write_json(args.out, result)
+    return 0
+
+
+class _Subset:
+    """The first `n` items of a dataset, keeping its class names and templates."""
+
+    def __init__(self, ds, n: int):
+        self.ds, self.n = ds, n
+        self.classnames = getattr(ds, "classnames", None)
+        self.templates = getattr(ds, "templates", None)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        if i >= self.n:
+            raise IndexError(i)
+        return self.ds[i]

@@ -1,0 +1,427 @@
+"""MM-LG end to end: `extract` a learngene from an ancestry, then `descend_family` from it.
+
+Part of clipforge's MM-LG reconstruction (the paper's abstract plus its TLEG lineage; METHODS.md B.3,
+B.4). Both steps write to a directory, resume an interrupted run (the training loop's checkpoints)
+and skip work already finished with the same settings; finished work with *other* settings is an
+error unless `force`, so a rerun never silently mixes two recipes.
+
+* `extract`: a `LearngeneConfig` from the ancestry (`from_ancestry` plus the caller's choices), the
+  Aux-Net at the configured depths, KD from the frozen ancestry (`KDStep`) through `train()`, then
+  `OUT/learngene` (`Learngene.save`) with provenance: ancestry, data, steps, KD weights, wall time and
+  an analytic FLOPs estimate (`cost.flops_per_sample`).
+* `descend_family`: one plain HF directory per shape (`OUT/<name>`, `models.io.save`), optionally
+  after a short unconstrained pre-training through `pretrain` (CLIP: contrastive, or KD from
+  `kd_from`; one-tower descendants: contrastive against the frozen ancestry's other tower, LiT-style,
+  since a lone tower has no partner of its own).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from ..cost import Timer, count_params, flops_per_sample
+from ..errors import ClipforgeError
+from ..models.encode import image_features, text_features
+from ..train.loss import ClipLoss
+from .config import LearngeneConfig
+from .learngene import Learngene
+
+ShapeSpec = tuple[str, int | None, int | None]  # (kind, depth_vision, depth_text)
+SETTINGS = "settings.json"
+
+
+# --- inputs ----------------------------------------------------------------------------------------
+
+
+def load_ancestry(path: str | os.PathLike) -> tuple[nn.Module, Path]:
+    """The ancestry CLIP from a model directory, or from a run directory holding `model/` (`clipforge ancestry`)."""
+    from ..models.io import load
+
+    path = Path(path)
+    model_dir = path if (path / "config.json").is_file() else path / "model"
+    if not (model_dir / "config.json").is_file():
+        raise ClipforgeError(f"{path}: no ancestry model here (expected a model directory or a run with model/)")
+    return load(model_dir).eval(), model_dir.resolve()
+
+
+def open_data(data: Sequence[str] | Dataset, image_size: int, scenes_size: int = 50_000) -> tuple[Dataset, Any]:
+    """(dataset, description): built-in names or paths (scenes drawn at `image_size`), or a dataset as is."""
+    from ..data import ConcatImageText, get_dataset
+
+    if not isinstance(data, (list, tuple)):
+        return data, getattr(data, "name", type(data).__name__)
+    if not data:
+        raise ClipforgeError("no training data given")
+    parts = [get_dataset(s, split="train", image_size=image_size, size=scenes_size) if s == "scenes"
+             else get_dataset(s, split="train") for s in data]
+    return (parts[0] if len(parts) == 1 else ConcatImageText(parts)), list(data)
+
+
+def caption_tokens(dataset: Dataset, context: int, batch_size: int, n_batches: int = 8, seed: int = 0) -> float:
+    """Caption tokens a trimmed batch processes per sample: the mean, over a few random batches, of the
+    longest caption in the batch (bos and eos included). Only captions are read, never images."""
+    from ..data.collate import trim_padding
+    from ..models.tokenizer import tokenize
+
+    n = len(dataset)
+    if n == 0:
+        return float(context)
+    g = torch.Generator().manual_seed(seed)
+    lengths = []
+    for _ in range(n_batches):
+        idx = torch.randint(n, (min(batch_size, n),), generator=g).tolist()
+        captions = [_first_caption(dataset, i) for i in idx]
+        lengths.append(trim_padding(tokenize(captions, context_length=context)).shape[1])
+    return sum(lengths) / len(lengths)
+
+
+def _first_caption(dataset: Any, i: int) -> str:
+    # Scenes can caption without rendering; every other dataset yields a Sample.
+    inner, j = dataset, i
+    if hasattr(inner, "datasets") and hasattr(inner, "_starts"):  # ConcatImageText
+        import bisect
+
+        k = bisect.bisect_right(inner._starts, i) - 1
+        inner, j = inner.datasets[k], i - inner._starts[k]
+    if hasattr(inner, "captions_at"):
+        return inner.captions_at(j)[0]
+    return inner[j].captions[0]
+
+
+# --- bookkeeping -----------------------------------------------------------------------------------
+
+
+def _normalise(obj: Any) -> Any:
+    """JSON round trip, so settings compare equal to what was written (tuples → lists, paths → str)."""
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _claim(run_dir: Path, settings: dict[str, Any], force: bool) -> None:
+    """Own `run_dir` for `settings`: an unfinished run with other settings is an error (or wiped with force)."""
+    from ..eval.results import write_json
+
+    path = run_dir / SETTINGS
+    if force and run_dir.exists():
+        shutil.rmtree(run_dir)
+    elif path.is_file() and json.loads(path.read_text()) != settings:
+        raise ClipforgeError(f"{run_dir}: an unfinished run with other settings is here; "
+                             "pass --force to start over or choose another --out")
+
+    write_json(path, settings)
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _had_checkpoint(run_dir: Path) -> bool:
+    from ..train.checkpoint import CHECKPOINT_DIR, latest_checkpoint
+
+    return latest_checkpoint(run_dir / CHECKPOINT_DIR) is not None
+
+
+# --- steps for one-tower pre-training ---------------------------------------------------------------
+
+
+class TowerStep:
+    """Contrastive step for a one-tower model against a frozen partner CLIP's *other* tower (LiT-style).
+
+    The partner (the ancestry) is held here, outside what `train()` optimises, and never trained; its
+    logit scale sets the temperature. Needs equal projection sizes (descendants of a learngene built
+    with `from_ancestry` have them).
+    """
+
+    def __init__(self, partner: nn.Module, kind: str) -> None:
+        if kind not in ("vision", "text"):
+            raise ClipforgeError(f"TowerStep needs a vision or text model, got kind {kind!r}")
+        self.partner = partner.eval().requires_grad_(False)
+        self.kind = kind
+        self.loss = ClipLoss()
+
+    def __call__(self, model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
+        px, ids = batch["pixel_values"], batch["input_ids"]
+        if next(self.partner.parameters()).device != px.device:  # train() moves only the student
+            self.partner.to(px.device)
+        self.partner.eval()
+        with torch.no_grad():
+            other = text_features(self.partner, ids) if self.kind == "vision" else image_features(self.partner, px)
+        mine = image_features(model, px) if self.kind == "vision" else text_features(model, ids)
+        if mine.shape[-1] != other.shape[-1]:
+            raise ClipforgeError(f"the {self.kind} descendant projects to {mine.shape[-1]} dims, its partner to "
+                                 f"{other.shape[-1]}: one-tower pre-training needs equal projection sizes")
+        mine, other = F.normalize(mine.float(), dim=-1), F.normalize(other.float(), dim=-1)
+        img, txt = (mine, other) if self.kind == "vision" else (other, mine)
+        return self.loss(img, txt, self.partner.logit_scale.detach()), {}
+
+
+def _kind(model: nn.Module) -> str:
+    has_v, has_t = hasattr(model, "vision_model"), hasattr(model, "text_model")
+    return "clip" if has_v and has_t else "vision" if has_v else "text"
+
+
+# --- pre-training ----------------------------------------------------------------------------------
+
+
+def pretrain(model: nn.Module, dataset: Dataset, run_dir: str | os.PathLike, *, steps: int, batch_size: int = 64,
+             lr: float = 5e-4, weight_decay: float = 0.05, warmup: int | None = None, seed: int = 0,
+             partner: nn.Module | None = None, kd_from: nn.Module | None = None, kd_alpha: float = 0.5,
+             eval_fn: Callable | None = None, eval_every: int = 0, save_every: int | None = None,
+             progress: bool = True) -> dict[str, Any]:
+    """Unconstrained contrastive pre-training of `model` in place (resumable in `run_dir`); returns a record.
+
+    CLIP: InfoNCE (`kd_from`: `KDStep(kd_from, kd_alpha)` instead). One tower: `TowerStep(partner)`.
+    The record holds the settings, samples seen, wall time of this session (evaluation time apart),
+    caption tokens per sample and analytic training FLOPs (student 3× forward, plus one forward of any
+    teacher or partner).
+    """
+    from ..data.collate import Collator
+    from ..models.preprocess import transform_for
+    from ..train.loop import TrainConfig, train
+    from .distill import KDStep
+
+    kind = _kind(model)
+    ref = model if kind == "clip" else partner
+    if kind != "clip" and partner is None:
+        raise ClipforgeError(f"pre-training a {kind}-only descendant needs a partner CLIP (the ancestry) "
+                             "for the other modality")
+    context = (model.config if kind == "text" else ref.config.text_config).max_position_embeddings
+    vision_cfg = model.config if kind == "vision" else ref.config
+    collate = Collator(transform_for(vision_cfg), context)
+    step_fn = (KDStep(kd_from, alpha=kd_alpha) if kd_from is not None else None) if kind == "clip" \
+        else TowerStep(partner, kind)
+    warmup = max(1, steps // 10) if warmup is None else warmup
+    cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup=warmup,
+                      seed=seed, log_every=max(1, min(10, steps // 10)), eval_every=eval_every if eval_fn else 0,
+                      save_every=max(1, steps // 4) if save_every is None else save_every, keep_checkpoints=1)
+    run_dir = Path(run_dir)
+    resumed = _had_checkpoint(run_dir)
+    eval_timer = _TimedEval(eval_fn) if eval_fn is not None else None
+    with Timer() as t:
+        train(model, dataset, cfg, run_dir, collate_fn=collate, step_fn=step_fn, eval_fn=eval_timer,
+              resume="latest", progress=progress)
+    eval_s = eval_timer.seconds if eval_timer is not None else 0.0
+    model.eval()
+    tokens = caption_tokens(dataset, context, batch_size, seed=seed)
+    samples = steps * batch_size
+    fwd = _forward_flops(model.config, kind, tokens)
+    extra = 0
+    if kind == "clip" and kd_from is not None:
+        extra = flops_per_sample(kd_from.config, "clip", tokens)
+    elif kind != "clip":
+        extra = flops_per_sample(partner.config, "text" if kind == "vision" else "image", tokens)
+    return {"steps": steps, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "warmup": warmup,
+            "seed": seed, "objective": "kd" if kind == "clip" and kd_from is not None else
+            "infonce" if kind == "clip" else "infonce vs frozen partner tower",
+            "kd_alpha": kd_alpha if kind == "clip" and kd_from is not None else None,
+            "samples_seen": samples, "caption_tokens_per_sample": tokens,
+            "train_flops": samples * (3 * fwd + extra), "wall_time_s": round(t.seconds - eval_s, 2),
+            "eval_time_s": round(eval_s, 2), "resumed": resumed}
+
+
+class _TimedEval:
+    """Wraps an `eval_fn` and adds up its wall time, so evaluation is not billed as training."""
+
+    def __init__(self, fn: Callable) -> None:
+        self.fn, self.seconds = fn, 0.0
+
+    def __call__(self, model: nn.Module, step: int) -> Any:
+        with Timer() as t:
+            out = self.fn(model, step)
+        self.seconds += t.seconds
+        return out
+
+
+def _forward_flops(config: Any, kind: str, tokens: float) -> int:
+    if kind == "clip":
+        return flops_per_sample(config, "clip", round(tokens))
+    return flops_per_sample(config, "image" if kind == "vision" else "text", round(tokens))
+
+
+# --- extraction ------------------------------------------------------------------------------------
+
+
+def extract(ancestry_dir: str | os.PathLike, data: Sequence[str] | Dataset, out_dir: str | os.PathLike, *,
+            mode: str = "mmlg", schedule: str = "linear", num_stages: int = 1,
+            aux_depth_vision: int | None = None, aux_depth_text: int | None = None, init: str = "random",
+            alpha: float = 1.0, beta: float = 0.0, tau: float = 1.0, steps: int = 1000, batch_size: int = 64,
+            lr: float = 5e-4, weight_decay: float = 0.05, warmup: int | None = None, seed: int = 0,
+            resume: bool = True, force: bool = False, progress: bool = True) -> Path:
+    """Extract a learngene by KD from the ancestry; returns `out_dir/learngene` (skipped if already done).
+
+    Aux depths default to the ancestry's. The training run lives in `out_dir/extract` (checkpoints,
+    `log.jsonl`); `resume=False` or `force` starts it over.
+    """
+    from ..data.collate import Collator
+    from ..models.preprocess import transform_for
+    from ..train.loop import TrainConfig, train
+    from .auxnet import build_auxnet
+    from .distill import KDStep
+
+    out_dir = Path(out_dir)
+    lg_dir, run_dir = out_dir / "learngene", out_dir / "extract"
+    ancestry, anc_path = load_ancestry(ancestry_dir)
+    choices: dict[str, Any] = dict(mode=mode, schedule=schedule, num_stages=num_stages, init=init)
+    if aux_depth_vision is not None:
+        choices["aux_depth_vision"] = aux_depth_vision
+    if aux_depth_text is not None:
+        choices["aux_depth_text"] = aux_depth_text
+    cfg = LearngeneConfig.from_ancestry(ancestry.config, **choices)
+    dataset, data_desc = open_data(data, cfg.image_size)
+    warmup = max(1, steps // 10) if warmup is None else warmup
+    settings = _normalise({
+        "ancestry": str(anc_path), "data": data_desc, "learngene_config": cfg.to_dict(),
+        "kd": {"alpha": alpha, "beta": beta, "tau": tau},
+        "train": {"steps": steps, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
+                  "warmup": warmup, "seed": seed}})
+    meta_path = lg_dir / "learngene.json"
+    if meta_path.is_file() and not force:
+        if json.loads(meta_path.read_text()).get("provenance", {}).get("settings") == settings:
+            print(f"[extract] {lg_dir} is already finished with these settings: skipping")
+            return lg_dir
+        raise ClipforgeError(f"{lg_dir} holds a learngene extracted with other settings; "
+                             "pass --force to redo it or choose another --out")
+    if not resume and run_dir.exists():
+        shutil.rmtree(run_dir)
+    _claim(run_dir, settings, force)
+
+    lg = Learngene(cfg, seed=seed, ancestry=ancestry if init == "ancestry" else None)
+    aux = build_auxnet(lg)
+    tcfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup=warmup,
+                       seed=seed, log_every=max(1, min(10, steps // 10)), save_every=max(1, steps // 5),
+                       keep_checkpoints=1)
+    print(f"[extract] {mode} learngene ({lg.num_parameters():,} parameters) from {anc_path}: Aux-Net "
+          f"v{cfg.aux_depth_vision}/t{cfg.aux_depth_text}, {steps} steps of {batch_size}")
+    resumed = _had_checkpoint(run_dir)
+    with Timer() as t:
+        train(aux, dataset, tcfg, run_dir, collate_fn=Collator(transform_for(aux.config), cfg.context),
+              step_fn=KDStep(ancestry, alpha=alpha, beta=beta, tau=tau), resume="latest", progress=progress)
+    tokens = caption_tokens(dataset, cfg.context, batch_size, seed=seed)
+    student = flops_per_sample(cfg.clip_config(), "clip", round(tokens))
+    teacher = flops_per_sample(ancestry.config, "clip", round(tokens))
+    samples = steps * batch_size
+    provenance = {
+        "method": "mmlg-extract", "ancestry": str(anc_path), "data": data_desc, "steps": steps,
+        "batch_size": batch_size, "samples_seen": samples, "kd": settings["kd"], "settings": settings,
+        "wall_time_s": round(t.seconds, 2), "resumed": resumed,
+        "wall_time_note": "this session only" if resumed else "whole extraction",
+        "flops": {"student_forward_per_sample": student, "teacher_forward_per_sample": teacher,
+                  "caption_tokens_per_sample": tokens, "total": samples * (3 * student + teacher),
+                  "definition": "samples × (3 × Aux-Net forward + ancestry forward), cost.flops_per_sample"},
+        "ancestry_parameters": count_params(ancestry)["total"],
+        "reconstruction": "clipforge MM-LG is rebuilt from the paper's abstract and the TLEG/SWS lineage"}
+    lg.save(lg_dir, provenance=provenance)
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # the learngene is saved: free the disk
+    print(f"[extract] saved {lg_dir} ({lg.num_parameters():,} parameters, {t.seconds:.0f} s)")
+    return lg_dir
+
+
+# --- descendants -----------------------------------------------------------------------------------
+
+
+def parse_shape(text: str) -> ShapeSpec:
+    """`clip:4:4` (or `clip:4` for both towers), `vision:6`, `text:2` → (kind, depth_vision, depth_text)."""
+    parts = text.split(":")
+    kind, depths = parts[0], parts[1:]
+    try:
+        nums = [int(x) for x in depths]
+    except ValueError:
+        nums = []
+    ok = (kind == "clip" and len(nums) in (1, 2)) or (kind in ("vision", "text") and len(nums) == 1)
+    if not ok or any(n < 1 for n in nums):
+        raise ClipforgeError(f"shape {text!r}: expected clip:DV:DT, clip:D, vision:D or text:D with depths >= 1")
+    if kind == "clip":
+        return ("clip", nums[0], nums[-1])
+    return (kind, nums[0], None) if kind == "vision" else (kind, None, nums[0])
+
+
+def shape_name(shape: ShapeSpec) -> str:
+    """Directory name of a descendant: `clip-v4-t4`, `vision-v6`, `text-t2`."""
+    kind, dv, dt = shape
+    return {"clip": f"clip-v{dv}-t{dt}", "vision": f"vision-v{dv}", "text": f"text-t{dt}"}[kind]
+
+
+def descend_family(learngene_dir: str | os.PathLike, shapes: Sequence[ShapeSpec | str], out_dir: str | os.PathLike,
+                   pretrain_steps: int = 0, data: Sequence[str] | Dataset | None = None,
+                   kd_from: str | os.PathLike | None = None, *, kd_alpha: float = 0.5, batch_size: int = 64,
+                   lr: float = 5e-4, weight_decay: float = 0.05, seed: int = 0,
+                   eval_fn: Callable | None = None, eval_every: int = 0, force: bool = False,
+                   progress: bool = True) -> dict[str, Path]:
+    """Descendants of `shapes` as plain HF directories `out_dir/<shape_name>`; returns {name: dir}.
+
+    With `pretrain_steps` > 0 each is pre-trained on `data` (run in `out_dir/_runs/<name>`): CLIP
+    descendants contrastively (or by KD from `kd_from`, an ancestry directory); one-tower descendants
+    contrastively against the frozen other tower of `kd_from`, else of the learngene's own ancestry.
+    A descendant already finished with the same settings (and the same learngene file) is skipped.
+    """
+    from ..models.io import read_provenance, save
+    from .descend import descend, provenance
+
+    learngene_dir = Path(learngene_dir)
+    lg = Learngene.load(learngene_dir)
+    lg_meta = json.loads((learngene_dir / "learngene.json").read_text())
+    digest = _file_digest(learngene_dir / "learngene.safetensors")
+    specs = [parse_shape(s) if isinstance(s, str) else tuple(s) for s in shapes]
+    if pretrain_steps > 0 and data is None:
+        raise ClipforgeError("pre-training descendants needs --data")
+    dataset, data_desc = open_data(data, lg.config.image_size) if pretrain_steps > 0 else (None, None)
+    ancestry_src = kd_from or lg_meta.get("provenance", {}).get("ancestry")
+    ancestry = None
+    out_dir = Path(out_dir)
+    done: dict[str, Path] = {}
+    for spec in specs:
+        kind, dv, dt = spec
+        name = shape_name(spec)
+        model_dir, run_dir = out_dir / name, out_dir / "_runs" / name
+        settings = _normalise({
+            "learngene": str(learngene_dir.resolve()), "learngene_sha256": digest, "shape": list(spec),
+            "pretrain": None if pretrain_steps <= 0 else {
+                "steps": pretrain_steps, "data": data_desc, "batch_size": batch_size, "lr": lr,
+                "weight_decay": weight_decay, "seed": seed,
+                "kd_from": str(kd_from) if kd_from is not None and kind == "clip" else None,
+                "kd_alpha": kd_alpha if kd_from is not None and kind == "clip" else None,
+                "partner": str(ancestry_src) if kind != "clip" else None}})
+        if (model_dir / "config.json").is_file() and not force:
+            if read_provenance(model_dir).get("settings") == settings:
+                print(f"[descend] {name}: already finished, skipping")
+                done[name] = model_dir
+                continue
+            raise ClipforgeError(f"{model_dir} holds a descendant made with other settings; "
+                                 "pass --force to redo it or choose another --out")
+        model = descend(lg, dv, dt, kind)
+        prov = {**provenance(lg, dv, dt, kind, source=str(learngene_dir.resolve())),
+                "rule": "block i of L′ = a(i, L′)·first + b(i, L′)·second; non-block parts copied",
+                "settings": settings, "params": count_params(model)["total"]}
+        if pretrain_steps > 0:
+            _claim(run_dir, settings, force)
+            needs_ancestry = kind != "clip" or kd_from is not None
+            if needs_ancestry and ancestry is None:
+                if ancestry_src is None:
+                    raise ClipforgeError("one-tower pre-training needs the ancestry: pass --kd-from")
+                ancestry, _ = load_ancestry(ancestry_src)
+            print(f"[descend] {name}: pre-training {pretrain_steps} steps")
+            prov["pretrain"] = pretrain(
+                model, dataset, run_dir, steps=pretrain_steps, batch_size=batch_size, lr=lr,
+                weight_decay=weight_decay, seed=seed, partner=ancestry if kind != "clip" else None,
+                kd_from=ancestry if kind == "clip" and kd_from is not None else None, kd_alpha=kd_alpha,
+                eval_fn=eval_fn, eval_every=eval_every, progress=progress)
+        save(model.cpu(), model_dir, provenance=prov)
+        if pretrain_steps > 0:
+            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # the model is saved: free the disk
+        print(f"[descend] {name}: saved {model_dir} ({prov['params']:,} parameters)")
+        done[name] = model_dir
+    return done

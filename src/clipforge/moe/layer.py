@@ -1,0 +1,106 @@
+"""The sparse mixture-of-experts FFN that replaces a CLIP block's MLP.
+
+Routing is Mixtral's: router `Linear(d, E, bias=False)`, softmax in fp32, top-k, the k probabilities
+renormalised to sum to 1, output Σ g_e · Expert_e(h). The dispatch sorts the (token, slot)
+assignments by expert once and runs every used expert on one contiguous slice of tokens, so an
+expert no token chose does no work at all, and the router runs once per forward.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from transformers.models.clip.modeling_clip import CLIPMLP
+
+
+class Expert(CLIPMLP):
+    """One expert: CLIP's FFN (`fc1` → activation → `fc2`, same parameter names as a dense block's MLP)
+    with dropout on the hidden activation, which `nn.Dropout` applies only in training mode."""
+
+    def __init__(self, config, dropout: float = 0.0) -> None:
+        super().__init__(config)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, hidden_states: Tensor) -> Tensor:
+        return self.fc2(self.dropout(self.activation_fn(self.fc1(hidden_states))))
+
+
+class MoEFFN(nn.Module):
+    """Top-k mixture of `num_experts` CLIP FFNs with a linear router.
+
+    `forward(h [B, T, d], mask=None) -> (out [B, T, d], router_logits [B*T, E] fp32)`. `mask` [B, T]
+    (True = compute) lets a caller skip tokens whose output it will never read (they get a zero FFN
+    output); their router logits are still returned, and the balance losses take their own mask.
+    """
+
+    def __init__(self, config, num_experts: int, top_k: int, expert_dropout: float = 0.0) -> None:
+        super().__init__()
+        if not 1 <= top_k <= num_experts:
+            raise ValueError(f"top_k must lie in [1, {num_experts}], got {top_k}")
+        self.num_experts = num_experts
+        self.top_k = top_k
+        self.router = nn.Linear(config.hidden_size, num_experts, bias=False)
+        # Keep PyTorch's default (kaiming-uniform) router init, as the paper and code do: this flag
+        # stops transformers' `_init_weights` from redrawing it as normal(0, 0.02).
+        self.router._is_hf_initialized = True
+        self.experts = nn.ModuleList(Expert(config, expert_dropout) for _ in range(num_experts))
+
+    def route(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Router logits [N, E] (fp32), renormalised top-k gates [N, k] (fp32) and chosen experts [N, k]."""
+        # The router runs outside autocast, in its weights' precision: routing decisions are discrete
+        # and bf16 logits flip near-ties (Switch Transformer's "selective precision").
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            logits = self.router(x.to(self.router.weight.dtype)).float()
+        gates, chosen = logits.softmax(dim=-1).topk(self.top_k, dim=-1)
+        gates = gates / gates.sum(dim=-1, keepdim=True)
+        return logits, gates, chosen
+
+    def forward(self, hidden_states: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        shape = hidden_states.shape
+        x = hidden_states.reshape(-1, shape[-1])
+        logits, gates, chosen = self.route(x)
+        out = self._dispatch(x, gates, chosen, None if mask is None else mask.reshape(-1))
+        return out.reshape(shape), logits
+
+    def _dispatch(self, x: Tensor, gates: Tensor, chosen: Tensor, mask: Tensor | None) -> Tensor:
+        """Σ_slots gate · expert(x) per token, each expert run once on its contiguous group of tokens."""
+        n_tokens, k = chosen.shape
+        expert_ids = chosen.reshape(-1)
+        token_ids = torch.arange(n_tokens, device=x.device).repeat_interleave(k)
+        weights = gates.reshape(-1)
+        if mask is not None:
+            keep = mask.to(torch.bool).repeat_interleave(k)
+            expert_ids, token_ids, weights = expert_ids[keep], token_ids[keep], weights[keep]
+        order = torch.argsort(expert_ids, stable=True)
+        token_ids, weights = token_ids[order], weights[order]
+        # One device→host sync: the slice sizes. Everything else stays on the device.
+        counts = torch.bincount(expert_ids, minlength=self.num_experts).tolist()
+        inputs = x.index_select(0, token_ids)
+        pieces, start = [], 0
+        for e, n in enumerate(counts):
+            if n:
+                pieces.append(self.experts[e](inputs[start:start + n]))
+            start += n
+        out = torch.zeros_like(x)
+        if pieces:
+            y = torch.cat(pieces) * weights.unsqueeze(-1)
+            out.index_add_(0, token_ids, y.to(out.dtype))
+        return self._touch_idle_experts(out, counts)
+
+    def _touch_idle_experts(self, out: Tensor, counts: list[int]) -> Tensor:
+        """Under DDP, give every trainable parameter of an expert that got no token a zero gradient.
+
+        DDP (without `find_unused_parameters`) waits for a gradient of every trainable parameter; an
+        expert idle on one rank would stall the all-reduce. Adding 0 · Σ params keeps it in the graph
+        (its gradient here is exactly 0, and the all-reduce averages in the other ranks' gradients).
+        Single-process runs skip this, so there an idle expert's gradient stays None.
+        """
+        if not (self.training and torch.is_grad_enabled() and dist.is_available() and dist.is_initialized()):
+            return out
+        for e, n in enumerate(counts):
+            if n == 0:
+                params = [p for p in self.experts[e].parameters() if p.requires_grad]
+                if params:
+                    out = out + torch.stack([p.sum() for p in params]).sum().to(out.dtype) * 0.0
+        return out

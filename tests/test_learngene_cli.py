@@ -1,0 +1,157 @@
+"""`clipforge learngene extract|descend|bench`, the pipelines behind them, and the FLOPs/time helpers."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import CLIPModel, CLIPTextModelWithProjection, CLIPVisionModelWithProjection
+
+pytest.importorskip("clipforge.data.scenes")
+
+from clipforge.cli import main  # noqa: E402
+from clipforge.cost import Timer, flops_per_sample, train_flops  # noqa: E402
+from clipforge.errors import ClipforgeError  # noqa: E402
+from clipforge.learngene.pipeline import parse_shape, shape_name  # noqa: E402
+from clipforge.models.io import save  # noqa: E402
+from clipforge.models.registry import build, make_config  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+EXTRACT = ["--steps", "3", "--batch-size", "8", "--data", "scenes"]
+
+
+@pytest.fixture(scope="module")
+def ancestry(tmp_path_factory) -> Path:
+    """The 'tiny' architecture saved as a stand-in ancestry (training it would add nothing here)."""
+    path = tmp_path_factory.mktemp("anc") / "model"
+    save(build("tiny", seed=0), path, provenance={"source": "test stand-in ancestry"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def learngene(ancestry, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("lg")
+    assert main(["learngene", "extract", "--ancestry", str(ancestry), "--out", str(out), *EXTRACT]) == 0
+    return out
+
+
+def _mtimes(root: Path) -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+def test_extract_writes_learngene_with_parameter_count_and_rerun_skips(ancestry, learngene, capsys):
+    lg_dir = learngene / "learngene"
+    meta = json.loads((lg_dir / "learngene.json").read_text())
+    assert meta["num_parameters"] > 0 and (lg_dir / "learngene.safetensors").is_file()
+    prov = meta["provenance"]
+    assert prov["steps"] == 3 and prov["kd"] == {"alpha": 1.0, "beta": 0.0, "tau": 1.0}
+    assert prov["flops"]["total"] > 0 and prov["wall_time_s"] >= 0 and prov["ancestry"] == str(ancestry.resolve())
+    assert not (learngene / "extract" / "checkpoints").exists()  # freed once the learngene is saved
+
+    before = _mtimes(learngene)
+    capsys.readouterr()
+    assert main(["learngene", "extract", "--ancestry", str(ancestry), "--out", str(learngene), *EXTRACT]) == 0
+    out = capsys.readouterr().out
+    assert "skipping" in out and f"{meta['num_parameters']:,} parameters" in out
+    assert _mtimes(learngene) == before
+    # Other settings in the same place: refused, not mixed.
+    assert main(["learngene", "extract", "--ancestry", str(ancestry), "--out", str(learngene), "--steps", "4",
+                 "--batch-size", "8", "--data", "scenes"]) == 2
+
+
+def test_descend_every_modality_to_plain_hf_dirs_and_rerun_skips(learngene, tmp_path, capsys):
+    out = tmp_path / "family"
+    args = ["learngene", "descend", "--learngene", str(learngene), "--out", str(out),
+            "--shape", "clip:1:3", "--shape", "vision:3", "--shape", "text:1"]
+    assert main(args) == 0
+    for name, cls in (("clip-v1-t3", CLIPModel), ("vision-v3", CLIPVisionModelWithProjection),
+                      ("text-t1", CLIPTextModelWithProjection)):
+        model = cls.from_pretrained(out / name)  # plain transformers, no clipforge code
+        assert type(model) is cls
+    clip = CLIPModel.from_pretrained(out / "clip-v1-t3")
+    assert (clip.config.vision_config.num_hidden_layers, clip.config.text_config.num_hidden_layers) == (1, 3)
+    prov = json.loads((out / "vision-v3" / "clipforge.json").read_text())
+    assert prov["source"] == str((learngene / "learngene").resolve()) and "rule" in prov
+
+    before = _mtimes(out)
+    capsys.readouterr()
+    assert main(args) == 0
+    assert capsys.readouterr().out.count("already finished") == 3
+    assert _mtimes(out) == before
+
+
+def test_descend_with_short_pretraining_of_each_modality(learngene, tmp_path):
+    out = tmp_path / "pre"
+    assert main(["learngene", "descend", "--learngene", str(learngene / "learngene"), "--out", str(out),
+                 "--shape", "clip:2", "--shape", "vision:1", "--shape", "text:2", "--pretrain-steps", "2",
+                 "--batch-size", "4", "--data", "scenes"]) == 0
+    for name in ("clip-v2-t2", "vision-v1", "text-t2"):
+        pre = json.loads((out / name / "clipforge.json").read_text())["pretrain"]
+        assert pre["steps"] == 2 and pre["samples_seen"] == 8 and pre["train_flops"] > 0
+        assert not (out / "_runs" / name / "checkpoints").exists()
+    objectives = {n: json.loads((out / n / "clipforge.json").read_text())["pretrain"]["objective"]
+                  for n in ("clip-v2-t2", "vision-v1")}
+    assert objectives == {"clip-v2-t2": "infonce", "vision-v1": "infonce vs frozen partner tower"}
+
+
+def test_parse_shape():
+    assert parse_shape("clip:4:2") == ("clip", 4, 2)
+    assert parse_shape("clip:3") == ("clip", 3, 3)
+    assert parse_shape("vision:6") == ("vision", 6, None)
+    assert parse_shape("text:2") == ("text", None, 2)
+    assert [shape_name(parse_shape(s)) for s in ("clip:4:2", "vision:6", "text:2")] == ["clip-v4-t2", "vision-v6",
+                                                                                      "text-t2"]
+    for bad in ("clip", "vision:0", "text:1:2", "audio:3", "clip:a:b"):
+        with pytest.raises(ClipforgeError):
+            parse_shape(bad)
+
+
+def test_flops_per_sample_by_hand():
+    cfg = make_config("tiny")  # width 32, MLP 64, 2 blocks; 32 px, patch 8 → 16 patches + CLS; context 16
+    d, m, blocks = 32, 64, 2
+    t = 17
+    image = 2 * 3 * 8 * 8 * d * 16 + blocks * (2 * (4 * d * d + 2 * d * m) * t + 4 * t * t * d) + 2 * d * 32
+    assert flops_per_sample(cfg, "image") == image == 829_696
+    text = blocks * (2 * (4 * d * d + 2 * d * m) * 16 + 4 * 16 * 16 * d) + 2 * d * 32
+    assert flops_per_sample(cfg, "text") == text
+    assert flops_per_sample(cfg, "text", tokens=5) < text
+    assert flops_per_sample(build("tiny"), "clip") == image + text  # a model works as well as its config
+    assert flops_per_sample(cfg.vision_config, "image") == image  # so does a tower config
+    assert train_flops(100, 10) == 3000
+    with pytest.raises(ValueError):
+        flops_per_sample(cfg, "audio")
+    with Timer() as timer:
+        torch.ones(1).sum()
+    first = timer.seconds
+    assert 0 <= first < 5 and timer.seconds == first  # frozen after exit
+
+
+@pytest.mark.slow
+def test_benchmark_quick(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("learngene_bench_run", ROOT / "benchmarks/learngene/run.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    argv = ["--quick", "--out", str(tmp_path / "results"), "--work", str(tmp_path / "work"),
+            "--ancestry", str(tmp_path / "ancestry")]
+    assert bench.main(argv) == 0
+    results = json.loads((tmp_path / "results" / "results.json").read_text())
+    assert {"command", "budget", "protocol", "definitions", "downstream", "costs", "steps_to_target", "curves",
+            "learngene_parameters", "phase_wall_time_s", "wall_time_s"} <= set(results)
+    methods = {"mmlg", "scratch", "ptft", "heur_lg", "auto_lg", "tleg_per_tower", "shared_only"}
+    assert set(results["downstream"]) == methods == set(results["costs"])
+    cell = results["downstream"]["mmlg"]["1"]
+    assert {"clip", "fashion_mnist", "mnist", "text"} <= set(cell)
+    assert {"i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"} <= set(cell["clip"])
+    assert results["costs"]["ptft"]["storage_ratio_vs_ptft"] == 1.0
+    md = (tmp_path / "results" / "results.md").read_text()
+    assert "--quick" in md and "| MM-LG |" in md
+    for png in ("curves", "retrieval", "fashion_mnist", "mnist", "text"):
+        assert (tmp_path / "results" / f"{png}.png").stat().st_size > 0
+    capsys.readouterr()
+    assert bench.main(argv) == 0  # a rerun reuses every finished unit
+    out = capsys.readouterr().out
+    assert out.count("(cached)") == 2 * 7 * 1 * 2 and "skipping" in out
+    assert not [p for p in (tmp_path / "results").iterdir() if p.name.startswith(".")]  # no temp files left
