@@ -42,7 +42,7 @@ def register_architecture(cls: type[PreTrainedModel]) -> type[PreTrainedModel]:
     return cls
 
 
-def _atomic_dir(out_dir: Path):
+def atomic_dir(out_dir: Path):
     """Context: yields a temp dir beside `out_dir`; on success it replaces `out_dir` in one rename."""
 
     class _Ctx:
@@ -84,7 +84,7 @@ def save(
     prov.setdefault("clipforge_version", _version())
     if metrics is not None:
         prov["metrics"] = metrics
-    with _atomic_dir(out_dir) as tmp, _quiet_transformers():
+    with atomic_dir(out_dir) as tmp, _quiet_transformers():
         model.save_pretrained(tmp, safe_serialization=True)
         if hasattr(model, "text_model"):
             save_tokenizer(tmp)
