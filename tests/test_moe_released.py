@@ -175,3 +175,20 @@ def test_import_names_a_missing_expert(released, tmp_path):
     torch.save(sd, path)
     with pytest.raises(ClipforgeError, match=r"transformer\.resblocks\.1\.experts\.3\.c_proj\.bias"):
         load_released(path, **HEADS_KW)
+
+
+def test_cli_import_detects_the_released_layout(released, tmp_path, capsys):
+    """`clipforge import` writes a CLIP-MoE directory that `clipforge.load` rebuilds with its experts."""
+    from clipforge.cli import main
+    from clipforge.models.io import load
+
+    sd, path = released
+    out = tmp_path / "moe"
+    assert main(["import", str(path), "--out", str(out), "--vision-heads", str(HEADS),
+                 "--text-heads", str(HEADS), "--top-k", "2"]) == 0
+    model = load(out)
+    assert model.config.num_experts == EXPERTS and model.config.top_k == 2
+    pixels, ids = _inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(model.get_image_features(pixels).pooler_output, _ref_image(sd, pixels),
+                                   rtol=0, atol=1e-5)

@@ -25,9 +25,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "import", help="convert an OpenAI / open_clip checkpoint to a clipforge directory",
-        description="Convert a CLIP checkpoint in the OpenAI / open_clip state-dict layout (.pt read with "
-                    "weights_only=True, or .safetensors) into a clipforge / Hugging Face directory. The "
-                    "architecture is read from the tensor shapes.")
+        description="Convert a CLIP checkpoint in the OpenAI / open_clip state-dict layout, or a released "
+                    "CLIP-MoE checkpoint (experts + gates in OpenAI layout), into a clipforge / Hugging Face "
+                    "directory (.pt read with weights_only=True, or .safetensors). The architecture (and for "
+                    "CLIP-MoE the experts and MoE blocks) is read from the tensor names and shapes.")
     p.add_argument("checkpoint", type=Path, help="a .pt/.pth/.bin or .safetensors file")
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--act", choices=["quick_gelu", "gelu"], default="quick_gelu",
@@ -35,6 +36,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "gelu for other open_clip models (default quick_gelu)")
     p.add_argument("--vision-heads", type=int, help="attention heads of the vision tower (default width/64)")
     p.add_argument("--text-heads", type=int, help="attention heads of the text tower (default width/64)")
+    p.add_argument("--top-k", type=int, default=2,
+                   help="experts per token for a released CLIP-MoE checkpoint (not stored in it; default 2)")
     p.set_defaults(func=run_import)
 
     p = sub.add_parser(
@@ -64,14 +67,22 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_import(args: argparse.Namespace) -> int:
-    from ..models.convert_openai import load_openai
+    from ..models.convert_openai import load_openai, read_state_dict
     from ..models.io import save
 
-    model = load_openai(args.checkpoint, quick_gelu=args.act == "quick_gelu",
-                        vision_heads=args.vision_heads, text_heads=args.text_heads)
+    heads = dict(vision_heads=args.vision_heads, text_heads=args.text_heads, quick_gelu=args.act == "quick_gelu")
+    # The layout is detected from the key names; each importer then reads the file itself (a second read,
+    # small next to building the model), so both stay usable on their own.
+    from ..moe.convert_released import is_released_layout, load_released
+
+    if is_released_layout(read_state_dict(args.checkpoint)):
+        model = load_released(args.checkpoint, top_k=args.top_k, **heads)
+        fmt = f"released CLIP-MoE state dict (top-{args.top_k})"
+    else:
+        model = load_openai(args.checkpoint, **heads)
+        fmt = "openai/open_clip state dict"
     save(model, args.out, provenance={"source": f"imported from {args.checkpoint.resolve()}",
-                                      "format": "openai/open_clip state dict", "act": args.act,
-                                      "name": args.checkpoint.stem})
+                                      "format": fmt, "act": args.act, "name": args.checkpoint.stem})
     print(f"imported {args.checkpoint} to {args.out}")
     return 0
 
