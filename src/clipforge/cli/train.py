@@ -90,22 +90,8 @@ def _load_or_build(spec: str):
     raise ClipforgeError(f"--model {spec!r}: neither a model directory nor a registry architecture")
 
 
-def open_data(specs: list[str], split: str, image_size: int | None, scenes_size: int = 50_000, **user_kw):
-    """Built-in datasets by name (scenes drawn at the model's image size) or users' data by path."""
-    from ..data import ConcatImageText, get_dataset
-
-    parts = []
-    for s in specs:
-        if s == "scenes":
-            parts.append(get_dataset(s, split=split, image_size=image_size or 40, size=scenes_size))
-        elif s in ("fashion-mnist", "mnist"):
-            parts.append(get_dataset(s, split=split))
-        else:
-            parts.append(get_dataset(s, split=split, **user_kw))
-    return parts[0] if len(parts) == 1 else ConcatImageText(parts)
-
-
 def run_train(args: argparse.Namespace) -> int:
+    from ..data import open_mixture
     from ..data.collate import Collator
     from ..eval.results import write_json
     from ..models.io import save
@@ -115,7 +101,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     model, prov = _load_or_build(args.model)
     size = model.config.vision_config.image_size
-    data = open_data(args.data, "train", size, image_key=args.image_key, caption_key=args.caption_key,
+    data = open_mixture(args.data, "train", size, image_key=args.image_key, caption_key=args.caption_key,
                      on_error=args.on_error)
     known = {f.name for f in fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in known and v is not None})
@@ -132,6 +118,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from ..data import open_mixture
     from ..eval import tasks
     from ..eval.results import write_json
     from ..models.io import load
@@ -142,7 +129,7 @@ def run_eval(args: argparse.Namespace) -> int:
         result = tasks.mmvp_diagnostic(model, image_size=size)
     else:
         data = args.data or ("scenes" if args.task == "retrieval" else "fashion-mnist")
-        test = open_data([data], "test", size, scenes_size=args.limit or 1000)
+        test = open_mixture([data], "test", size, scenes_size=args.limit or 1000)
         if args.limit and len(test) > args.limit:
             test = _Subset(test, args.limit)
         if args.task == "zeroshot":
@@ -150,7 +137,7 @@ def run_eval(args: argparse.Namespace) -> int:
         elif args.task == "retrieval":
             result = tasks.retrieval(model, test)
         else:
-            train_ds = open_data([data], "train", size)
+            train_ds = open_mixture([data], "train", size)
             fn = tasks.linear_probe if args.task == "linear-probe" else tasks.finetune_classifier
             extra = {"steps": args.steps} if args.task == "finetune" else {}
             result = fn(model, train_ds, test, **extra)

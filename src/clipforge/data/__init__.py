@@ -1,4 +1,7 @@
-"""data"""
+"""Image-text data: built-in datasets (scenes, fashion-mnist, mnist), users' formats, mixing.
+
+Every dataset yields `clipforge.data.base.Sample`s; `clipforge.data.collate` turns them into tensors.
+"""
 
 from __future__ import annotations
 
@@ -86,3 +89,24 @@ class ConcatImageText(ImageTextDataset):
 
 
 __all__ = ["BUILTINS", "ConcatImageText", "ImageTextDataset", "Sample", "get_dataset"]
+
+
+def open_mixture(specs: Sequence[str], split: str, image_size: int | None = None, scenes_size: int = 50_000,
+                 **user_kw: Any) -> ImageTextDataset:
+    """Datasets named by `specs` (built-in names or paths), mixed end to end.
+
+    `scenes` is drawn at `image_size` (a model's input size) with `scenes_size` samples; other
+    built-ins take no options; `user_kw` (column names, `on_error`, ...) go to users' data only.
+    """
+    if not specs:
+        raise ClipforgeError("no dataset given")
+    parts = []
+    for spec in specs:
+        key = _ALIASES.get(spec.lower(), spec.lower())
+        if key == "scenes":
+            parts.append(get_dataset(key, split=split, image_size=image_size or 40, size=scenes_size))
+        elif key in BUILTINS:
+            parts.append(get_dataset(key, split=split))
+        else:
+            parts.append(get_dataset(spec, split=split, **user_kw))
+    return parts[0] if len(parts) == 1 else ConcatImageText(parts)

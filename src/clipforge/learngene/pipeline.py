@@ -57,15 +57,11 @@ def load_ancestry(path: str | os.PathLike) -> tuple[nn.Module, Path]:
 
 def open_data(data: Sequence[str] | Dataset, image_size: int, scenes_size: int = 50_000) -> tuple[Dataset, Any]:
     """(dataset, description): built-in names or paths (scenes drawn at `image_size`), or a dataset as is."""
-    from ..data import ConcatImageText, get_dataset
+    from ..data import open_mixture
 
     if not isinstance(data, (list, tuple)):
         return data, getattr(data, "name", type(data).__name__)
-    if not data:
-        raise ClipforgeError("no training data given")
-    parts = [get_dataset(s, split="train", image_size=image_size, size=scenes_size) if s == "scenes"
-             else get_dataset(s, split="train") for s in data]
-    return (parts[0] if len(parts) == 1 else ConcatImageText(parts)), list(data)
+    return open_mixture(data, "train", image_size, scenes_size), list(data)
 
 
 def caption_tokens(dataset: Dataset, context: int, batch_size: int, n_batches: int = 8, seed: int = 0) -> float:
