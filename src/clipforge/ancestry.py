@@ -61,22 +61,15 @@ def training_data(recipe: AncestryRecipe):
 
 
 def evaluate(model, recipe: AncestryRecipe, quick_curve: bool = False) -> dict[str, Any]:
-    """Fashion-MNIST prompt accuracy, held-out scenes retrieval, MMVP-style pair accuracy."""
-    from .data.classification import FashionMNIST
-    from .data.scenes import ScenesDataset
-    from .eval.tasks import mmvp_diagnostic, retrieval, zeroshot_classification
+    """Fashion-MNIST prompt accuracy, held-out scenes retrieval, MMVP-style pair accuracy (the built-in
+    suite of `clipforge.eval.suite`); `quick_curve`: smaller sets and no pairs, for the training curve."""
+    from .eval.suite import SuiteConfig, evaluate_builtin
 
-    size = model.config.vision_config.image_size
-    n_scenes = min(recipe.eval_scenes, 300) if quick_curve else recipe.eval_scenes
-    n_fashion = 1000 if quick_curve else recipe.eval_fashion
-    out: dict[str, Any] = {}
-    fm = FashionMNIST(split="test", limit=n_fashion)
-    out["fashion_mnist"] = zeroshot_classification(model, fm)
-    out["scenes_retrieval"] = retrieval(
-        model, ScenesDataset(split="test", size=n_scenes, seed=recipe.seed + 1, image_size=size))
-    if not quick_curve:
-        out["mmvp"] = mmvp_diagnostic(model, n=recipe.eval_pairs, seed=recipe.seed, image_size=size)
-    return out
+    suite = SuiteConfig(scenes=min(recipe.eval_scenes, 300) if quick_curve else recipe.eval_scenes,
+                        pairs=recipe.eval_pairs, fashion=1000 if quick_curve else recipe.eval_fashion,
+                        seed=recipe.seed,
+                        tasks=("fashion_mnist", "scenes_retrieval") + (() if quick_curve else ("mmvp",)))
+    return evaluate_builtin(model, suite)
 
 
 def _flat_curve(metrics: dict[str, Any]) -> dict[str, float]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import torch
 from torch import nn
 
 
@@ -81,7 +82,60 @@ def flops_per_sample(config_or_model, kind: str, tokens: int | None = None) -> i
         t = int(tokens if tokens is not None else cfg.max_position_embeddings)
         stem = 0
     per_block = 2 * (4 * d * d + 2 * d * m) * t + 4 * t * t * d
-    return int(stem + n * per_block + 2 * d * proj)
+    return int(stem + n * per_block + 2 * d * proj + _moe_extra(config_or_model, kind, d, m, t))
+
+
+def _moe_extra(config_or_model, kind: str, d: int, m: int, t: int) -> int:
+    """Extra forward FLOPs of a CLIP-MoE over its dense twin: per MoE block and token, top_k − 1 more
+    FFNs (2·2·d·m each) and the router (2·d·E). Zero for dense models."""
+    cfg = getattr(config_or_model, "config", config_or_model)
+    if not hasattr(cfg, "top_k") or not hasattr(cfg, "moe_layers"):
+        return 0
+    blocks = len(cfg.moe_layers("vision" if kind == "image" else "text"))
+    return blocks * t * ((int(cfg.top_k) - 1) * 4 * d * m + 2 * d * int(cfg.num_experts))
+
+
+@torch.no_grad()
+def latency(model: nn.Module, kind: str, batch_size: int = 32, tokens: int | None = None, repeats: int = 10,
+            warmup: int = 2) -> dict[str, float]:
+    """Measured forward wall time of one tower (`kind` "image" or "text") on a synthetic batch.
+
+    Median over `repeats` timed calls after `warmup` untimed ones, in eval mode on the model's device;
+    returns milliseconds per batch and per sample. Captions are `tokens` long (default the context).
+    """
+    from .models.encode import image_features, text_features
+    from .models.registry import BOS_TOKEN_ID, EOS_TOKEN_ID
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    cfg, _ = _tower_cfg(model, kind)
+    gen = torch.Generator().manual_seed(0)
+    if kind == "image":
+        size = int(cfg.image_size)
+        x = torch.randn(batch_size, int(cfg.num_channels), size, size, generator=gen).to(device)
+        fn = lambda: image_features(model, x)  # noqa: E731
+    elif kind == "text":
+        t = int(tokens or cfg.max_position_embeddings)
+        ids = torch.randint(1, 49000, (batch_size, t), generator=gen)
+        ids[:, 0], ids[:, -1] = BOS_TOKEN_ID, EOS_TOKEN_ID
+        ids = ids.to(device)
+        fn = lambda: text_features(model, ids)  # noqa: E731
+    else:
+        raise ValueError(f"kind must be 'image' or 'text', got {kind!r}")
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    model.train(was_training)
+    ms = 1000 * sorted(times)[len(times) // 2]
+    return {"ms_per_batch": ms, "ms_per_sample": ms / batch_size, "batch_size": batch_size}
 
 
 def train_flops(forward_flops: float, samples: float) -> float:

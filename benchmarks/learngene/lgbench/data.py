@@ -7,32 +7,15 @@ is a deterministic function of (split, seed, size), so a resumed benchmark sees 
 
 from __future__ import annotations
 
-from typing import Any
 
 from torch.utils.data import Dataset
 
 from clipforge.data import ConcatImageText
-from clipforge.data.base import ImageTextDataset, Sample
+from clipforge.data.cached import Cached
 from clipforge.data.classification import MNIST, FashionMNIST
 from clipforge.data.scenes import ScenesDataset
 
 from .budget import Budget
-
-
-class Cached(ImageTextDataset):
-    """Every item of `dataset` read once, up front; same items, same order."""
-
-    def __init__(self, dataset: Any, name: str) -> None:
-        self.name = name
-        self.classnames = getattr(dataset, "classnames", None)
-        self.templates = getattr(dataset, "templates", None)
-        self.items: list[Sample] = [dataset[i] for i in range(len(dataset))]
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> Sample:
-        return self.items[i]
 
 
 def scenes(split: str, size: int, seed: int, image_size: int) -> Cached:

@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "eval": "train",
     "demo": "demo",
     "learngene": "learngene",
+    "moe": "moe",
 }
 
 

@@ -92,10 +92,11 @@ __all__ = ["BUILTINS", "ConcatImageText", "ImageTextDataset", "Sample", "get_dat
 
 
 def open_mixture(specs: Sequence[str], split: str, image_size: int | None = None, scenes_size: int = 50_000,
-                 **user_kw: Any) -> ImageTextDataset:
+                 scenes_seed: int = 0, **user_kw: Any) -> ImageTextDataset:
     """Datasets named by `specs` (built-in names or paths), mixed end to end.
 
-    `scenes` is drawn at `image_size` (a model's input size) with `scenes_size` samples; other
+    `scenes` is drawn at `image_size` (a model's input size) with `scenes_size` samples from generator
+    seed `scenes_seed` (0 is the ancestry's own training scenes; another seed gives new ones); other
     built-ins take no options; `user_kw` (column names, `on_error`, ...) go to users' data only.
     """
     if not specs:
@@ -104,7 +105,8 @@ def open_mixture(specs: Sequence[str], split: str, image_size: int | None = None
     for spec in specs:
         key = _ALIASES.get(spec.lower(), spec.lower())
         if key == "scenes":
-            parts.append(get_dataset(key, split=split, image_size=image_size or 40, size=scenes_size))
+            parts.append(get_dataset(key, split=split, image_size=image_size or 40, size=scenes_size,
+                                     seed=scenes_seed))
         elif key in BUILTINS:
             parts.append(get_dataset(key, split=split))
         else:

@@ -34,11 +34,11 @@ from ..cost import Timer, count_params, flops_per_sample
 from ..errors import ClipforgeError
 from ..models.encode import image_features, text_features
 from ..train.loss import ClipLoss
+from ..train.runs import claim, had_checkpoint, normalise
 from .config import LearngeneConfig
 from .learngene import Learngene
 
 ShapeSpec = tuple[str, int | None, int | None]  # (kind, depth_vision, depth_text)
-SETTINGS = "settings.json"
 
 
 # --- inputs ----------------------------------------------------------------------------------------
@@ -98,37 +98,12 @@ def _first_caption(dataset: Any, i: int) -> str:
 # --- bookkeeping -----------------------------------------------------------------------------------
 
 
-def _normalise(obj: Any) -> Any:
-    """JSON round trip, so settings compare equal to what was written (tuples → lists, paths → str)."""
-    return json.loads(json.dumps(obj, default=str))
-
-
-def _claim(run_dir: Path, settings: dict[str, Any], force: bool) -> None:
-    """Own `run_dir` for `settings`: an unfinished run with other settings is an error (or wiped with force)."""
-    from ..eval.results import write_json
-
-    path = run_dir / SETTINGS
-    if force and run_dir.exists():
-        shutil.rmtree(run_dir)
-    elif path.is_file() and json.loads(path.read_text()) != settings:
-        raise ClipforgeError(f"{run_dir}: an unfinished run with other settings is here; "
-                             "pass --force to start over or choose another --out")
-
-    write_json(path, settings)
-
-
 def _file_digest(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()[:16]
-
-
-def _had_checkpoint(run_dir: Path) -> bool:
-    from ..train.checkpoint import CHECKPOINT_DIR, latest_checkpoint
-
-    return latest_checkpoint(run_dir / CHECKPOINT_DIR) is not None
 
 
 # --- steps for one-tower pre-training ---------------------------------------------------------------
@@ -205,7 +180,7 @@ def pretrain(model: nn.Module, dataset: Dataset, run_dir: str | os.PathLike, *, 
                       seed=seed, log_every=max(1, min(10, steps // 10)), eval_every=eval_every if eval_fn else 0,
                       save_every=max(1, steps // 4) if save_every is None else save_every, keep_checkpoints=1)
     run_dir = Path(run_dir)
-    resumed = _had_checkpoint(run_dir)
+    resumed = had_checkpoint(run_dir)
     eval_timer = _TimedEval(eval_fn) if eval_fn is not None else None
     with Timer() as t:
         train(model, dataset, cfg, run_dir, collate_fn=collate, step_fn=step_fn, eval_fn=eval_timer,
@@ -279,7 +254,7 @@ def extract(ancestry_dir: str | os.PathLike, data: Sequence[str] | Dataset, out_
     cfg = LearngeneConfig.from_ancestry(ancestry.config, **choices)
     dataset, data_desc = open_data(data, cfg.image_size)
     warmup = max(1, steps // 10) if warmup is None else warmup
-    settings = _normalise({
+    settings = normalise({
         "ancestry": str(anc_path), "data": data_desc, "learngene_config": cfg.to_dict(),
         "kd": {"alpha": alpha, "beta": beta, "tau": tau},
         "train": {"steps": steps, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
@@ -293,7 +268,7 @@ def extract(ancestry_dir: str | os.PathLike, data: Sequence[str] | Dataset, out_
                              "pass --force to redo it or choose another --out")
     if not resume and run_dir.exists():
         shutil.rmtree(run_dir)
-    _claim(run_dir, settings, force)
+    claim(run_dir, settings, force)
 
     lg = Learngene(cfg, seed=seed, ancestry=ancestry if init == "ancestry" else None)
     aux = build_auxnet(lg)
@@ -302,7 +277,7 @@ def extract(ancestry_dir: str | os.PathLike, data: Sequence[str] | Dataset, out_
                        keep_checkpoints=1)
     print(f"[extract] {mode} learngene ({lg.num_parameters():,} parameters) from {anc_path}: Aux-Net "
           f"v{cfg.aux_depth_vision}/t{cfg.aux_depth_text}, {steps} steps of {batch_size}")
-    resumed = _had_checkpoint(run_dir)
+    resumed = had_checkpoint(run_dir)
     with Timer() as t:
         train(aux, dataset, tcfg, run_dir, collate_fn=Collator(transform_for(aux.config), cfg.context),
               step_fn=KDStep(ancestry, alpha=alpha, beta=beta, tau=tau), resume="latest", progress=progress)
@@ -383,7 +358,7 @@ def descend_family(learngene_dir: str | os.PathLike, shapes: Sequence[ShapeSpec 
         kind, dv, dt = spec
         name = shape_name(spec)
         model_dir, run_dir = out_dir / name, out_dir / "_runs" / name
-        settings = _normalise({
+        settings = normalise({
             "learngene": str(learngene_dir.resolve()), "learngene_sha256": digest, "shape": list(spec),
             "pretrain": None if pretrain_steps <= 0 else {
                 "steps": pretrain_steps, "data": data_desc, "batch_size": batch_size, "lr": lr,
@@ -403,7 +378,7 @@ def descend_family(learngene_dir: str | os.PathLike, shapes: Sequence[ShapeSpec 
                 "rule": "block i of L′ = a(i, L′)·first + b(i, L′)·second; non-block parts copied",
                 "settings": settings, "params": count_params(model)["total"]}
         if pretrain_steps > 0:
-            _claim(run_dir, settings, force)
+            claim(run_dir, settings, force)
             needs_ancestry = kind != "clip" or kd_from is not None
             if needs_ancestry and ancestry is None:
                 if ancestry_src is None:

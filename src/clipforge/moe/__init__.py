@@ -1,12 +1,14 @@
 """CLIP-MoE: diversified multiplet upcycling (METHODS.md Part A).
 
-`config` (CLIPMoEConfig), `layer` (MoEFFN), `model` (CLIPMoEModel), `balance` (balance losses and
-RouterStep), `pack` (pack / upcycle dense stages), `convert_released` (the released checkpoints).
+The model: `config` (CLIPMoEConfig), `layer` (MoEFFN), `model` (CLIPMoEModel), `convert_released`
+(the released checkpoints). The method: `clusters` + `cluster_sampler` + `mcl` (the MCL stages),
+`pack` (stage models → experts), `balance` + `routers` (router training), `dmu` (the whole pipeline),
+`baselines` (direct FT, sparse upcycling, w/o MCL), `routing` + `report` (what it gains and costs).
 
 Names are imported on first use: `clipforge` imports this package (for `.config`) from an import
 hook that fires right after `transformers` loads (see `clipforge._register_moe`), so nothing heavy
 may load here. Keep new entries lazy too. (`pack` is not re-exported: the name would clash with the submodule
-`clipforge.moe.pack`; use `from clipforge.moe.pack import pack`.)
+`clipforge.moe.pack`; use `from clipforge.moe.pack import pack`; likewise `from clipforge.moe.dmu import dmu`.)
 """
 
 from __future__ import annotations
@@ -32,6 +34,18 @@ _EXPORTS = {
     "released_to_hf": ".convert_released",
     "export_released": ".convert_released",
     "is_released_layout": ".convert_released",
+    "MCLConfig": ".mcl",
+    "run_stages": ".mcl",
+    "RouterConfig": ".routers",
+    "train_routers": ".routers",
+    "DMUConfig": ".dmu",
+    "FinetuneConfig": ".baselines",
+    "direct_ft": ".baselines",
+    "sparse_upcycling": ".baselines",
+    "without_mcl": ".baselines",
+    "routing_stats": ".routing",
+    "plot_routing": ".routing",
+    "model_costs": ".report",
 }
 
 __all__ = sorted(_EXPORTS)

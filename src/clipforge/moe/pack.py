@@ -101,10 +101,13 @@ def pack(stages: Sequence[Stage], top_k: int = 2, moe_layers_vision: list[int] |
     ffn_keys = {k for k in states[0] if _FFN.fullmatch(k)}
     # Non-FFN weights should be shared by all stages (MCL trains FFNs only): a difference is worth a
     # warning. FFNs of non-MoE blocks differ by design when a stage trained every block: a note.
-    shared = _differences(states, list(sources), set(states[0]) - ffn_keys, "shared (non-FFN) tensors")
+    # The logit scale differs by design too when stages train with a fixed one (the released recipe).
+    shared = _differences(states, list(sources), set(states[0]) - ffn_keys - {"logit_scale"},
+                          "shared (non-FFN) tensors")
     for note in shared:
         warnings.warn(f"pack: {note}", stacklevel=2)
     notes = shared + _differences(states, list(sources), ffn_keys - expert_keys, "FFN tensors of non-MoE blocks")
+    notes += _differences(states, list(sources), {"logit_scale"} & set(states[0]), "logit scale")
     if notes:
         cfg.pack_notes = notes
 

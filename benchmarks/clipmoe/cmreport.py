@@ -1,0 +1,174 @@
+"""Tables and plots of the CLIP-MoE benchmark, rebuilt from its saved units."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+MAIN_METRICS = ["fmnist_acc1", "t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10", "mmvp_mean",
+                "mmvp_binding", "mmvp_relation", "mmvp_count"]
+ATTRS = ["colour", "shape", "size", "fill", "position", "orientation", "count", "binding", "relation", "mean"]
+ORDER = ["base", "direct FT (FFN)", "direct FT (full)", "sparse upcycling", "w/o MCL", "CLIP-MoE"]
+
+DEFINITIONS = {
+    "fmnist_acc1": "Fashion-MNIST zero-shot top-1 (prompt ensemble, CLIP_benchmark protocol), test images as budgeted: "
+                   "what the ancestry knew and fine-tuning on scenes may forget (the paper's ImageNet column)",
+    "t2i_r@k / i2t_r@k": "held-out scenes (test split, seed 1, unseen shape-colour combinations) text->image and "
+                         "image->text recall@k, all captions of an image count (the paper's Flickr30k/COCO columns)",
+    "mmvp_<attr>": "MMVP-style pair accuracy: two images differing in one attribute, both must pick their own "
+                   "caption (chance 0.25)",
+    "same steps": "every method gets T = (E-1)*S + R optimizer steps of the same global batch on the same data; "
+                  "w/o MCL reuses the direct-FT (FFN) model of the same seed and trains its routers R steps",
+    "mean ± std": "over seeds (sample std, ddof 1); the base has no seed",
+    "params_active_per_token": "parameters a token passes through: stored minus the (E - k) unused experts per MoE block",
+    "diff ± se": "ablation: stage model minus direct FT with the same steps and trainable parameters, paired by "
+                 "seed; se = std of the paired differences / sqrt(seeds); 'significant' when |diff| > 2 se",
+}
+
+
+def mean_std(values: list[float]) -> dict[str, float]:
+    n = len(values)
+    m = sum(values) / n
+    s = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return {"mean": m, "std": s, "n": n}
+
+
+def _agg(per_seed: dict[Any, dict[str, float]], keys: list[str]) -> dict[str, dict[str, float]]:
+    return {k: mean_std([rec[k] for rec in per_seed.values() if k in rec]) for k in keys
+            if any(k in rec for rec in per_seed.values())}
+
+
+def build(budget, units: dict, base: dict, ablation: dict, work: Path, command: str, wall: float,
+          ancestry: str) -> dict[str, Any]:
+    main: dict[str, Any] = {"base": {"metrics": {k: {"mean": v, "std": 0.0, "n": 1} for k, v in base["headline"].items()},
+                                     "cost": base["cost"]}}
+    for method, per_seed in units.items():
+        if method.startswith("stage"):
+            continue
+        first = per_seed[min(per_seed)]
+        main[method] = {"metrics": _agg({s: u["headline"] for s, u in per_seed.items()}, list(first["headline"])),
+                        "cost": first.get("cost", {}),
+                        "wall_time_s": mean_std([u["wall_time_s"] for u in per_seed.values()])}
+    table1 = {"stage0 (base)": {a: {"mean": base["headline"][f"mmvp_{a}"], "std": 0.0, "n": 1} for a in ATTRS}}
+    for method in sorted(k for k in units if k.startswith("stage")):
+        table1[method] = _agg({s: {a: u["headline"][f"mmvp_{a}"] for a in ATTRS} for s, u in units[method].items()},
+                              ATTRS)
+    if "CLIP-MoE" in units:
+        table1["CLIP-MoE"] = _agg({s: {a: u["headline"][f"mmvp_{a}"] for a in ATTRS}
+                                   for s, u in units["CLIP-MoE"].items()}, ATTRS)
+    abl: dict[str, Any] = {}
+    significant = []
+    for name, a in ablation.items():
+        keys = [f"mmvp_{x}" for x in ATTRS] + ["t2i_r1", "i2t_r1", "fmnist_acc1"]
+        seeds = sorted(set(a["stage"]) & set(a["direct_ft"]))
+        diff = {}
+        for k in keys:
+            d = [a["stage"][s][k] - a["direct_ft"][s][k] for s in seeds]
+            ms = mean_std(d)
+            se = ms["std"] / math.sqrt(len(d)) if len(d) > 1 else float("nan")
+            sig = len(d) > 1 and abs(ms["mean"]) > 2 * se
+            diff[k] = {"mean": ms["mean"], "se": se, "n": len(d), "significant": bool(sig)}
+            if sig:
+                significant.append({"setting": name, "metric": k, "diff": ms["mean"], "se": se})
+        abl[name] = {k: a[k] for k in ("k", "steps", "trains", "reference")} | {
+            "stage": _agg({s: a["stage"][s] for s in seeds}, keys),
+            "direct_ft": _agg({s: a["direct_ft"][s] for s in seeds}, keys), "diff": diff}
+    return {"command": command, "wall_time_s": wall, "ancestry": ancestry, "budget": asdict(budget),
+            "definitions": DEFINITIONS, "main": main, "table1_stages_mmvp": table1, "ablation": abl,
+            "ablation_significant": significant, "work": str(work)}
+
+
+def _cell(ms: dict[str, float] | None, pct: bool = False) -> str:
+    if not ms:
+        return "–"
+    f = 100.0 if pct else 1.0
+    if ms.get("n", 1) > 1:
+        return f"{f * ms['mean']:.1f} ± {f * ms['std']:.1f}" if pct else f"{ms['mean']:.3f} ± {ms['std']:.3f}"
+    return f"{f * ms['mean']:.1f}" if pct else f"{ms['mean']:.3f}"
+
+
+def write_markdown(results: dict[str, Any], path: Path) -> None:
+    b = results["budget"]
+    lines = [f"# CLIP-MoE benchmark (miniature of the paper's Tables 1, 2, 4, 5 and Fig. 3)", "",
+             f"Made by `{results['command']}` in {results['wall_time_s'] / 60:.1f} min (units cached in "
+             f"`{results['work']}` are not re-timed). Ancestry: `{results['ancestry']}`.", "",
+             f"Budget: fine-tuning pool {b['train_scenes']:,} scenes (seed 1, unseen by the ancestry), global batch "
+             f"{b['batch']}, {b['experts']} experts top-{b['top_k']}, MCL stages of S = {b['stage_steps']} steps "
+             f"(lr {b['stage_lr']}, {b['k']}x{b['k']} clusters, FFN only), routers R = {b['router_steps']} steps "
+             f"(lr {b['router_lr']}, switch balance loss, alpha 0.01), baselines T = {(b['experts'] - 1) * b['stage_steps'] + b['router_steps']} "
+             f"steps (lr {b['ft_lr']}), seeds {list(b['seeds'])}. Numbers in % (mean ± std over seeds).", "",
+             "## Main table (paper Tables 2, 4, 5)", "",
+             "| model | FMNIST top-1 | T→I R@1 | T→I R@5 | T→I R@10 | I→T R@1 | I→T R@5 | I→T R@10 | MMVP mean | "
+             "binding | relation | count | params stored | active / token | GFLOPs / image | train wall s |",
+             "|---|" + "---|" * 15]
+    main = results["main"]
+    for name in [n for n in ORDER if n in main] + [n for n in main if n not in ORDER]:
+        m = main[name]
+        c = m.get("cost", {})
+        wall = m.get("wall_time_s")
+        cells = [_cell(m["metrics"].get(k), pct=True) for k in MAIN_METRICS]
+        cells += [f"{c.get('params_stored', 0):,}", f"{c.get('params_active_per_token', 0):,}",
+                  f"{c.get('flops_per_image', 0) / 1e9:.3f}", f"{wall['mean']:.0f}" if wall else "–"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "## Table 1: MMVP-style pair accuracy of every dense MCL stage model", "",
+              "| model | " + " | ".join(ATTRS) + " |", "|---|" + "---|" * len(ATTRS)]
+    for name, row in results["table1_stages_mmvp"].items():
+        lines.append(f"| {name} | " + " | ".join(_cell(row.get(a), pct=True) for a in ATTRS) + " |")
+    if results["ablation"]:
+        lines += ["", "## Ablation: one MCL stage vs direct FT with the same steps and trainable parameters", "",
+                  "Paired difference (stage − direct FT) in points, ± its standard error over seeds; **bold** when "
+                  "|diff| > 2 se.", "",
+                  "| setting | k | steps | trains | " + " | ".join(ATTRS) + " | T→I R@1 | FMNIST |",
+                  "|---|---|---|---|" + "---|" * (len(ATTRS) + 2)]
+        for name, a in results["ablation"].items():
+            cells = []
+            for k in [f"mmvp_{x}" for x in ATTRS] + ["t2i_r1", "fmnist_acc1"]:
+                d = a["diff"][k]
+                txt = f"{100 * d['mean']:+.1f} ± {100 * d['se']:.1f}" if d["n"] > 1 else f"{100 * d['mean']:+.1f}"
+                cells.append(f"**{txt}**" if d["significant"] else txt)
+            lines.append(f"| {name} | {a['k']}x{a['k']} | {a['steps']} | {a['trains']} | " + " | ".join(cells) + " |")
+    lines += ["", "## Definitions", ""] + [f"* **{k}**: {v}" for k, v in results["definitions"].items()]
+    lines += ["", "Plots: `plots/main.png`, `plots/table1_stages_mmvp.png`, `plots/ablation.png`, "
+              "`plots/fig3_routing.png`.", ""]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("\n".join(lines))
+    os.replace(tmp, path)
+
+
+def plots(results: dict[str, Any], work: Path, out: Path) -> None:
+    from clipforge.models import io
+    from clipforge.data.scenes import ScenesDataset
+    from clipforge.eval.results import write_json
+    from clipforge.moe.routing import plot_routing, routing_stats
+    from clipforge.report.plots import grouped_bars
+
+    main = results["main"]
+    names = [n for n in ORDER if n in main]
+    keys = ["fmnist_acc1", "t2i_r1", "i2t_r1", "mmvp_mean", "mmvp_binding", "mmvp_relation", "mmvp_count"]
+    grouped_bars(keys, {n: [main[n]["metrics"].get(k, {}).get("mean", 0) for k in keys] for n in names},
+                 out / "plots" / "main.png", title="CLIP-MoE vs baselines (mean over seeds)", ylabel="score",
+                 errors={n: [main[n]["metrics"].get(k, {}).get("std", 0) for k in keys] for n in names})
+    t1 = results["table1_stages_mmvp"]
+    grouped_bars(ATTRS, {n: [row[a]["mean"] for a in ATTRS] for n, row in t1.items()},
+                 out / "plots" / "table1_stages_mmvp.png", title="MMVP-style pair accuracy per MCL stage model",
+                 ylabel="pair accuracy", errors={n: [row[a]["std"] for a in ATTRS] for n, row in t1.items()},
+                 chance=0.25)
+    if results["ablation"]:
+        keys = [f"mmvp_{x}" for x in ATTRS] + ["t2i_r1"]
+        grouped_bars([k.replace("mmvp_", "") for k in keys],
+                     {n: [a["diff"][k]["mean"] for k in keys] for n, a in results["ablation"].items()},
+                     out / "plots" / "ablation.png", title="MCL stage minus direct FT (same steps); bars: 2 se",
+                     ylabel="difference", errors={n: [2 * (a["diff"][k]["se"] if a["diff"][k]["n"] > 1 else 0)
+                                                      for k in keys] for n, a in results["ablation"].items()})
+    moe_dir = work / "clip_moe" / f"seed{results['budget']['seeds'][0]}" / "model"
+    if moe_dir.is_dir():
+        model = io.load(moe_dir)
+        size = int(model.config.vision_config.image_size)
+        stats = routing_stats(model, ScenesDataset(split="test", size=min(500, results["budget"]["eval_scenes"]),
+                                                   seed=1, image_size=size))
+        write_json(out / "routing.json", stats)
+        plot_routing(stats, out / "plots" / "fig3_routing.png",
+                     title="CLIP-MoE routing on held-out scenes (seed 0; paper Fig. 3)")

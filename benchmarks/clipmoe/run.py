@@ -1,0 +1,314 @@
+"""CLIP-MoE benchmark: the paper's Tables 1, 2, 4, 5 and Fig. 3 in miniature, from the trained ancestry.
+
+    python benchmarks/clipmoe/run.py            # full (budgets below; ~1 h on 2 CPU cores)
+    python benchmarks/clipmoe/run.py --quick    # smoke test (tiny ancestry, one seed, minutes), used by the tests
+    clipforge moe bench [--quick]               # the same
+
+Main table (paper Tables 2, 4, 5), every method fine-tuned on the same held-out-seed scenes with the
+same number of optimizer steps T = (E-1)·S + R and the same global batch:
+  base, direct FT (FFN-only), direct FT (full), sparse upcycling (E copies, experts + routers trained),
+  w/o MCL (2 experts: base + direct-FT FFN, routers R steps), CLIP-MoE (E-1 MCL stages of S steps, routers R).
+Table 1: every dense MCL stage model's MMVP-style pair accuracy per attribute.
+Ablation: one MCL stage against direct FT with the same steps and parameters, over cluster counts,
+stage length and what MCL trains, with paired differences and their standard errors across seeds.
+Fig. 3: routing heat map of the CLIP-MoE.
+
+Every unit (a method at a seed) is a resumable run directory under --work; results are rebuilt from
+the saved units, so an interrupted benchmark continues where it stopped. Imports stay inside
+functions: `clipforge moe bench` loads this file to build its parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass
+class Budget:
+    """Everything that sizes the benchmark (recorded in the results)."""
+
+    train_scenes: int = 10_000  # fine-tuning pool: scenes seed 1 (never seen by the ancestry)
+    batch: int = 128
+    experts: int = 4
+    top_k: int = 2
+    stage_steps: int = 60  # S
+    router_steps: int = 40  # R
+    stage_lr: float = 1e-4
+    ft_lr: float = 1e-4
+    router_lr: float = 2e-3
+    k: int = 3  # clusters per modality and stage (paper 3 x 3)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    # evaluation
+    eval_scenes: int = 1000
+    eval_pairs: int = 200
+    eval_fashion: int | None = 5000
+    # ablation: (name, k, stage steps as a multiple of S, train attention)
+    ablation: tuple[tuple[str, int, int, bool], ...] = (
+        ("k3 FFN", 3, 1, False), ("k10 FFN", 10, 1, False), ("k10 FFN+attn", 10, 1, True),
+        ("k3 FFN 3xS", 3, 3, False))
+
+    @property
+    def total_steps(self) -> int:
+        return (self.experts - 1) * self.stage_steps + self.router_steps
+
+    @classmethod
+    def quick(cls) -> "Budget":
+        return cls(train_scenes=256, batch=32, experts=3, stage_steps=3, router_steps=2, stage_lr=1e-3,
+                   ft_lr=1e-3, router_lr=1e-2, k=2, seeds=(0,), eval_scenes=64, eval_pairs=20, eval_fashion=200,
+                   ablation=(("k2 FFN", 2, 1, False), ("k3 FFN+attn", 3, 1, True)))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The benchmark's options (shared with `clipforge moe bench`)."""
+    p.add_argument("--quick", action="store_true", help="smoke test: tiny ancestry, one seed, toy budgets")
+    p.add_argument("--out", type=Path, help="results directory (default benchmarks/clipmoe/results, or "
+                                            "results/quick with --quick)")
+    p.add_argument("--work", type=Path, help="models and runs (default runs/bench-clipmoe[-quick])")
+    p.add_argument("--ancestry", type=Path, help="ancestry model or run directory (default runs/ancestry, "
+                                                 "runs/ancestry-quick with --quick; trained if missing)")
+    p.add_argument("--seeds", type=int, help="number of seeds (default 3, quick 1)")
+    p.add_argument("--skip-ablation", action="store_true", help="main table only")
+    p.add_argument("--force", action="store_true", help="discard a work directory made with another budget")
+
+
+def _command(args: argparse.Namespace) -> str:
+    parts = ["python benchmarks/clipmoe/run.py"] + (["--quick"] if args.quick else [])
+    for name in ("out", "work", "ancestry", "seeds"):
+        if getattr(args, name, None) is not None:
+            parts.append(f"--{name} {getattr(args, name)}")
+    return " ".join(parts + (["--skip-ablation"] if args.skip_ablation else []))
+
+
+def _ancestry(path: Path | None, quick: bool) -> Path:
+    from clipforge.ancestry import ensure_ancestry
+
+    for p in ([path] if path else []):
+        if (p / "config.json").is_file():
+            return p
+        if (p / "model" / "config.json").is_file():
+            return p / "model"
+    return ensure_ancestry(path or Path("runs/ancestry-quick" if quick else "runs/ancestry"), quick=quick)
+
+
+class Bench:
+    """The benchmark's units, each cached in its own directory under `work`."""
+
+    def __init__(self, budget: Budget, ancestry: Path, work: Path) -> None:
+        from clipforge.data.cached import Cached
+        from clipforge.data.scenes import ScenesDataset
+        from clipforge.eval.suite import SuiteConfig
+        from clipforge.models import io
+
+        self.b, self.ancestry, self.work = budget, ancestry, work
+        self.base = io.load(ancestry).eval()
+        size = int(self.base.config.vision_config.image_size)
+        t = time.perf_counter()
+        self.data = Cached(ScenesDataset(split="train", size=budget.train_scenes, seed=1, image_size=size),
+                           f"scenes[train,seed1,n{budget.train_scenes},{size}px]")
+        print(f"[bench] fine-tuning pool: {self.data.name} ({time.perf_counter() - t:.0f} s to render)", flush=True)
+        self.suite = SuiteConfig(scenes=budget.eval_scenes, pairs=budget.eval_pairs, fashion=budget.eval_fashion)
+
+    # --- evaluation, cached per model directory -----------------------------------------------------
+
+    def evaluate(self, model_dir: Path, mmvp_only: bool = False) -> dict[str, Any]:
+        from clipforge.eval.results import write_json
+        from clipforge.eval.suite import evaluate_builtin, headline
+        from clipforge.models import io
+        from clipforge.moe.report import model_costs
+
+        path = model_dir.parent / ("eval_mmvp.json" if mmvp_only else "eval.json")
+        if path.is_file():
+            return json.loads(path.read_text())
+        model = io.load(model_dir).eval()
+        suite = replace(self.suite, tasks=("mmvp",)) if mmvp_only else self.suite
+        t = time.perf_counter()
+        metrics = evaluate_builtin(model, suite)
+        rec = {"model": str(model_dir), "headline": headline(metrics), "eval_s": round(time.perf_counter() - t, 1)}
+        if not mmvp_only:
+            rec["cost"] = model_costs(model)
+        write_json(path, rec)
+        return rec
+
+    def _timed(self, fn, run_dir: Path) -> float:
+        """Run `fn` and record its wall time once (a cached unit keeps the time it first took)."""
+        from clipforge.eval.results import write_json
+
+        path = run_dir / "wall_time.json"
+        if path.is_file():
+            fn()
+            return json.loads(path.read_text())["wall_time_s"]
+        t = time.perf_counter()
+        fn()
+        s = round(time.perf_counter() - t, 1)
+        write_json(path, {"wall_time_s": s})
+        return s
+
+    # --- methods ------------------------------------------------------------------------------------
+
+    def _ft(self, name: str, seed: int, steps: int, params: str) -> Path:
+        from clipforge.moe.baselines import FinetuneConfig, direct_ft
+
+        b = self.b
+        run = self.work / name / f"seed{seed}"
+        cfg = FinetuneConfig(steps=steps, lr=b.ft_lr, global_batch=b.batch, warmup=max(1, steps // 10),
+                             params=params, seed=seed, log_every=5)
+        self._timed(lambda: direct_ft(str(self.ancestry), self.data, run, cfg, progress=False), run)
+        return run / "model"
+
+    def _router_cfg(self, seed: int, steps: int, lr: float):
+        from clipforge.moe.routers import RouterConfig
+
+        return RouterConfig(steps=steps, lr=lr, global_batch=self.b.batch, warmup=max(1, steps // 10), seed=seed,
+                            log_every=5)
+
+    def clip_moe(self, seed: int) -> Path:
+        from clipforge.moe.dmu import DMUConfig, dmu
+        from clipforge.moe.mcl import MCLConfig
+
+        b = self.b
+        run = self.work / "clip_moe" / f"seed{seed}"
+        cfg = DMUConfig(mcl=MCLConfig(num_experts=b.experts, k_img=b.k, k_txt=b.k, steps=b.stage_steps,
+                                      lr=b.stage_lr, global_batch=b.batch, warmup=max(1, b.stage_steps // 10),
+                                      seed=seed, log_every=5, embed_batch_size=512),
+                        router=self._router_cfg(seed, b.router_steps, b.router_lr), top_k=b.top_k)
+        self._timed(lambda: dmu(str(self.ancestry), self.data, run, cfg, suite=None, progress=False), run)
+        return run / "model"
+
+    def sparse_upcycling(self, seed: int) -> Path:
+        from clipforge.moe.baselines import sparse_upcycling
+
+        b = self.b
+        run = self.work / "sparse_upcycling" / f"seed{seed}"
+        cfg = self._router_cfg(seed, b.total_steps, b.ft_lr)
+        self._timed(lambda: sparse_upcycling(str(self.ancestry), self.data, run, cfg, num_experts=b.experts,
+                                             top_k=b.top_k, progress=False), run)
+        return run / "model"
+
+    def without_mcl(self, seed: int, ft_dir: Path) -> Path:
+        from clipforge.moe.baselines import without_mcl
+
+        b = self.b
+        run = self.work / "without_mcl" / f"seed{seed}"
+        cfg = self._router_cfg(seed, b.router_steps, b.router_lr)
+        self._timed(lambda: without_mcl(str(self.ancestry), str(ft_dir), self.data, run, cfg, top_k=b.top_k,
+                                        progress=False), run)
+        return run / "model"
+
+    def stage(self, name: str, seed: int, k: int, steps: int, attention: bool) -> Path:
+        """One MCL stage (the dense stage-1 model) with these settings."""
+        from clipforge.moe.mcl import MCLConfig, run_stage
+
+        b = self.b
+        out = self.work / "ablation" / name.replace(" ", "_") / f"seed{seed}"
+        if (out / "stage1" / "model" / "config.json").is_file():
+            return out / "stage1" / "model"
+        cfg = MCLConfig(num_experts=2, k_img=k, k_txt=k, steps=steps, lr=b.stage_lr, global_batch=b.batch,
+                        warmup=max(1, steps // 10), seed=seed, train_attention=attention, log_every=5,
+                        embed_batch_size=512)
+        t = time.perf_counter()
+        run_stage(str(self.ancestry), None, self.data, None, 1, cfg, out, resume="latest", progress=False)
+        from clipforge.eval.results import write_json
+        write_json(out / "stage1" / "wall_time.json", {"wall_time_s": round(time.perf_counter() - t, 1)})
+        return out / "stage1" / "model"
+
+
+def run(args: argparse.Namespace) -> int:
+    from clipforge.eval.results import write_json
+    from clipforge.train.runs import claim
+
+    sys.path.insert(0, str(HERE))
+    import cmreport
+
+    budget = Budget.quick() if args.quick else Budget()
+    if args.seeds:
+        budget = replace(budget, seeds=tuple(range(args.seeds)))
+    out = args.out or (HERE / "results" / "quick" if args.quick else HERE / "results")
+    work = args.work or Path("runs/bench-clipmoe-quick" if args.quick else "runs/bench-clipmoe")
+    ancestry = _ancestry(args.ancestry, args.quick)
+    claim(work, {"budget": asdict(budget) | {"seeds": None}, "ancestry": str(ancestry.resolve())}, args.force)
+    started = time.perf_counter()
+    bench = Bench(budget, ancestry, work)
+    b = budget
+    units: dict[str, dict[int, dict[str, Any]]] = {}
+
+    def record(method: str, seed: int, model_dir: Path, **extra: Any) -> None:
+        units.setdefault(method, {})[seed] = {**bench.evaluate(model_dir), **extra}
+
+    # The ancestry directory may not be ours to write into: evaluate the base into the work directory.
+    base_eval = _base_eval(bench, work)
+    for seed in b.seeds:
+        print(f"[bench] seed {seed}: CLIP-MoE ({b.experts - 1} MCL stages x {b.stage_steps} steps + routers "
+              f"{b.router_steps})", flush=True)
+        moe_dir = bench.clip_moe(seed)
+        wall = json.loads((moe_dir.parent / "wall_time.json").read_text())["wall_time_s"]
+        record("CLIP-MoE", seed, moe_dir, wall_time_s=wall)
+        for j in range(1, b.experts):
+            units.setdefault(f"stage{j}", {})[seed] = bench.evaluate(
+                moe_dir.parent / "mcl" / f"stage{j}" / "model", mmvp_only=True)
+        print(f"[bench] seed {seed}: direct FT (FFN, full) {b.total_steps} steps", flush=True)
+        for name, params in (("direct FT (FFN)", "ffn"), ("direct FT (full)", "full")):
+            d = bench._ft(f"direct_ft_{params}", seed, b.total_steps, params)
+            record(name, seed, d, wall_time_s=json.loads((d.parent / "wall_time.json").read_text())["wall_time_s"])
+        print(f"[bench] seed {seed}: sparse upcycling, w/o MCL", flush=True)
+        d = bench.sparse_upcycling(seed)
+        record("sparse upcycling", seed, d, wall_time_s=json.loads((d.parent / "wall_time.json").read_text())["wall_time_s"])
+        ft = bench.work / "direct_ft_ffn" / f"seed{seed}" / "model"
+        d = bench.without_mcl(seed, ft)
+        record("w/o MCL", seed, d, wall_time_s=json.loads((d.parent / "wall_time.json").read_text())["wall_time_s"])
+    ablation: dict[str, Any] = {}
+    if not args.skip_ablation:
+        for name, k, mult, attn in b.ablation:
+            steps = b.stage_steps * mult
+            params = "ffn+attention" if attn else "ffn"
+            ref = f"direct FT ({params}, {steps} steps)"
+            for seed in b.seeds:
+                print(f"[bench] ablation {name}, seed {seed}", flush=True)
+                if name.startswith(f"k{b.k} FFN") and mult == 1 and not attn:
+                    sdir = bench.work / "clip_moe" / f"seed{seed}" / "mcl" / "stage1" / "model"  # the main run's
+                else:
+                    sdir = bench.stage(name, seed, k, steps, attn)
+                rdir = bench._ft(f"ablation_ref/{params}_{steps}", seed, steps, params)
+                ablation.setdefault(name, {"k": k, "steps": steps, "trains": params, "reference": ref,
+                                           "stage": {}, "direct_ft": {}})
+                ablation[name]["stage"][seed] = bench.evaluate(sdir)["headline"]
+                ablation[name]["direct_ft"][seed] = bench.evaluate(rdir)["headline"]
+    results = cmreport.build(budget, units, base_eval, ablation, work, _command(args),
+                             round(time.perf_counter() - started, 1), str(ancestry))
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "results.json", results)
+    cmreport.write_markdown(results, out / "results.md")
+    cmreport.plots(results, work, out)
+    print((out / "results.md").read_text())
+    return 0
+
+
+def _base_eval(bench: Bench, work: Path) -> dict[str, Any]:
+    from clipforge.eval.results import write_json
+    from clipforge.eval.suite import evaluate_builtin, headline
+    from clipforge.moe.report import model_costs
+
+    path = work / "base" / "eval.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    metrics = evaluate_builtin(bench.base, bench.suite)
+    rec = {"model": str(bench.ancestry), "headline": headline(metrics), "cost": model_costs(bench.base)}
+    write_json(path, rec)
+    return rec
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,228 @@
+"""Speed of clipforge's MoE FFN layer (forward + backward) against its floor and the released loop.
+
+    python benchmarks/moe_layer/run.py [--quick] [--out benchmarks/moe_layer/results.json] [--threads N] [--repeats N]
+
+Three layers on the same tokens, E=4 experts, top-2:
+  * moe            `clipforge.moe.layer.MoEFFN` (tokens sorted by expert once, one contiguous slice per expert);
+  * two_dense      two CLIP FFNs (`CLIPMLP`) on every token: the compute floor of top-2 routing;
+  * released_loop  the Mixtral-style loop the released CLIP-MoE code uses (one-hot mask, `torch.where`
+                   and a gather per expert), re-implemented below and loaded with the moe layer's weights.
+Writes results.json (atomically) and results.md beside it, and prints the table. fp32 on CPU; on CUDA
+the layers run under bf16 autocast (the equivalence check stays fp32).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import CLIPVisionConfig
+from transformers.models.clip.modeling_clip import CLIPMLP
+
+from clipforge.moe.layer import MoEFFN
+
+HERE = Path(__file__).resolve().parent
+EXPERTS, TOP_K, TOLERANCE = 4, 2, 1e-5
+
+
+class Shape(NamedTuple):
+    """One benchmarked input: FFN width, activation and tokens (a NamedTuple, not a dataclass, so the file
+    loads through `spec_from_file_location` without being registered in `sys.modules`)."""
+
+    name: str
+    hidden: int
+    intermediate: int
+    act: str
+    batch: int
+    seq: int
+
+
+def shapes(quick: bool, cuda: bool) -> list[Shape]:
+    """The benchmarked shapes: the demo ancestry's towers and ViT-B/16 (or tiny ones with `quick`)."""
+    if quick:
+        return [Shape("tiny-vision", 32, 128, "gelu", 16, 26), Shape("tiny-text", 32, 128, "gelu", 16, 20)]
+    # ViT-B/16 at batch 8 keeps a CPU run to about a minute; a GPU gets a batch closer to training's.
+    return [Shape("demo-vision", 128, 512, "gelu", 256, 26),  # 40 px, patch 8: 25 patches + CLS
+            Shape("demo-text", 128, 512, "gelu", 256, 20),
+            Shape("vit-b16", 768, 3072, "quick_gelu", 64 if cuda else 8, 197)]
+
+
+class ReleasedLoopMoE(nn.Module):
+    """The released CLIP-MoE FFN: transformers' `MixtralSparseMoeBlock` loop over experts."""
+
+    def __init__(self, config: CLIPVisionConfig, num_experts: int, top_k: int) -> None:
+        super().__init__()
+        self.num_experts, self.top_k = num_experts, top_k
+        self.gate = nn.Linear(config.hidden_size, num_experts, bias=False)
+        self.experts = nn.ModuleList(CLIPMLP(config) for _ in range(num_experts))
+
+    def forward(self, hidden_states: Tensor) -> tuple[Tensor, Tensor]:
+        shape = hidden_states.shape
+        x = hidden_states.reshape(-1, shape[-1])
+        logits = self.gate(x)
+        probs = F.softmax(logits, dim=-1, dtype=torch.float)
+        weights, selected = probs.topk(self.top_k, dim=-1)
+        weights = (weights / weights.sum(dim=-1, keepdim=True)).to(x.dtype)
+        out = torch.zeros_like(x)
+        # mask[e, slot, token]: every expert scans the whole mask and gathers its tokens itself.
+        mask = F.one_hot(selected, self.num_experts).permute(2, 1, 0)
+        for e in range(self.num_experts):
+            slot, token = torch.where(mask[e])
+            y = self.experts[e](x[token]) * weights[token, slot, None]
+            out.index_add_(0, token, y.to(out.dtype))
+        return out.reshape(shape), logits
+
+
+class TwoDense(nn.Module):
+    """Two CLIP FFNs on every token: what top-2 routing costs with no routing overhead at all."""
+
+    def __init__(self, config: CLIPVisionConfig) -> None:
+        super().__init__()
+        self.a, self.b = CLIPMLP(config), CLIPMLP(config)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, None]:
+        return self.a(x) + self.b(x), None
+
+
+def build(shape: Shape, device: torch.device) -> tuple[dict[str, nn.Module], float, list[int]]:
+    """The three layers (the loop loaded with the moe layer's weights), the max |Δ| of their outputs and
+    the moe layer's tokens per expert."""
+    # Only the FFN fields matter; one head keeps the config's width/heads check quiet at any width.
+    config = CLIPVisionConfig(hidden_size=shape.hidden, intermediate_size=shape.intermediate, hidden_act=shape.act,
+                              num_attention_heads=1)
+    torch.manual_seed(0)
+    moe = MoEFFN(config, EXPERTS, TOP_K).to(device)
+    loop = ReleasedLoopMoE(config, EXPERTS, TOP_K).to(device)
+    with torch.no_grad():
+        loop.gate.weight.copy_(moe.router.weight)
+        for mine, theirs in zip(moe.experts, loop.experts):
+            theirs.load_state_dict(mine.state_dict())
+        x = torch.randn(shape.batch, shape.seq, shape.hidden, device=device)
+        diff = (moe(x)[0] - loop(x)[0]).abs().max().item()
+        load = torch.bincount(moe.route(x.reshape(-1, shape.hidden))[2].reshape(-1), minlength=EXPERTS).tolist()
+    if not diff <= TOLERANCE:
+        raise AssertionError(f"{shape.name}: moe and released loop differ by {diff:.3g} > {TOLERANCE}")
+    return {"moe": moe, "two_dense": TwoDense(config).to(device), "released_loop": loop}, diff, load
+
+
+def time_layers(layers: dict[str, nn.Module], x: Tensor, warmup: int, repeats: int) -> dict[str, float]:
+    """Median ms of forward + backward of `out.sum()` (w.r.t. input and parameters) per layer."""
+    cuda = x.device.type == "cuda"
+    sync: Callable[[], None] = torch.cuda.synchronize if cuda else (lambda: None)
+    times: dict[str, list[float]] = {name: [] for name in layers}
+    x = x.detach().requires_grad_(True)
+    for i in range(warmup + repeats):
+        # Round-robin, not one layer after another: slow drift (other load, clocks) hits all three alike.
+        for name, layer in layers.items():
+            layer.zero_grad(set_to_none=True)
+            x.grad = None
+            sync()
+            t0 = time.perf_counter()
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+                out = layer(x)[0]
+            out.float().sum().backward()
+            sync()
+            if i >= warmup:
+                times[name].append((time.perf_counter() - t0) * 1e3)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def all_cores() -> int:
+    """The cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def describe_device(device: torch.device) -> dict[str, object]:
+    """torch version, the processor's name and the thread count, for results.json."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"torch": torch.__version__, "device": device.type, "cpu": cpu, "threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "dtype": "bf16 autocast" if device.type == "cuda" else "fp32"}
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write via a temp file in the same directory and `os.replace`, so no reader sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def markdown(results: dict) -> str:
+    """results.md: the command, the device and one table row per shape."""
+    d = results["device"]
+    where = f"{d['gpu']} (bf16 autocast)" if d["gpu"] else f"{d['cpu']}, {d['threads']} threads, fp32"
+    lines = [f"`{results['command']}`", "",
+             f"MoE FFN layer, E={EXPERTS}, top-{TOP_K}, forward + backward, median of {results['repeats']} "
+             f"(after {results['warmup']} warm-up); {where}; torch {d['torch']}.", "",
+             "| shape | tokens (batch × seq) | d / d_ff | moe ms | two dense ms | released loop ms "
+             "| moe / two dense | moe / released loop | max abs diff |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in results["shapes"]:
+        lines.append(f"| {r['name']} | {r['batch'] * r['seq']} ({r['batch']} × {r['seq']}) | {r['hidden']} / "
+                     f"{r['intermediate']} | {r['ms']['moe']:.2f} | {r['ms']['two_dense']:.2f} | "
+                     f"{r['ms']['released_loop']:.2f} | {r['ratio_vs_two_dense']:.2f} | "
+                     f"{r['ratio_vs_released_loop']:.2f} | {r['max_abs_diff']:.1e} |")
+    if any(r["name"] == "vit-b16" for r in results["shapes"]) and not d["gpu"]:
+        lines += ["", "ViT-B/16 runs at batch 8 on CPU (64 on CUDA) to keep a CPU run short."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny shapes, few repeats (smoke test, a few seconds)")
+    p.add_argument("--out", type=Path, default=HERE / "results.json", help="results.json path (results.md beside it)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
+    p.add_argument("--repeats", type=int, help="timed repetitions per layer (default 20, quick 3)")
+    p.add_argument("--warmup", type=int, help="untimed repetitions first (default 3, quick 1)")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    command = shlex.join(["python", "benchmarks/moe_layer/run.py", *(sys.argv[1:] if argv is None else argv)])
+
+    torch.set_num_threads(args.threads or all_cores())
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    repeats = args.repeats or (3 if args.quick else 20)
+    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
+    results: dict = {"command": command, "device": describe_device(device), "experts": EXPERTS, "top_k": TOP_K,
+                     "warmup": warmup, "repeats": repeats, "shapes": []}
+    for shape in shapes(args.quick, device.type == "cuda"):
+        print(f"[moe_layer] {shape.name}: {shape.batch} × {shape.seq} tokens, d={shape.hidden}, "
+              f"d_ff={shape.intermediate}", flush=True)
+        layers, diff, load = build(shape, device)
+        x = torch.randn(shape.batch, shape.seq, shape.hidden, device=device)
+        ms = time_layers(layers, x, warmup, repeats)
+        results["shapes"].append({**shape._asdict(), "ms": ms, "max_abs_diff": diff, "expert_load": load,
+                                  "ratio_vs_two_dense": ms["moe"] / ms["two_dense"],
+                                  "ratio_vs_released_loop": ms["moe"] / ms["released_loop"]})
+    write_atomic(args.out, json.dumps(results, indent=2) + "\n")
+    table = markdown(results)
+    write_atomic(args.out.with_suffix(".md"), table)
+    print(table, end="")
+    print(f"[moe_layer] wrote {args.out} and {args.out.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

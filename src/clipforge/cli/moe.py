@@ -1,0 +1,326 @@
+"""`clipforge moe dmu|stage|pack|route|baseline|stats|bench`: CLIP-MoE from the command line.
+
+`dmu` runs the whole Diversified Multiplet Upcycling pipeline; each phase is also its own command.
+Every command is resumable (rerun it) and every output directory records its provenance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+from dataclasses import replace
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from ..errors import ClipforgeError
+
+BENCH = Path("benchmarks") / "clipmoe" / "run.py"
+
+# flag → (config part, field, type, help). Unset flags keep the preset's value.
+MCL_FLAGS: list[tuple[str, str, type, str]] = [
+    ("--experts", "num_experts", int, "experts per MoE block = MCL stages + 1 (paper 4)"),
+    ("--k-img", "k_img", int, "image clusters per stage (paper 3)"),
+    ("--k-txt", "k_txt", int, "text clusters per stage (paper 3)"),
+    ("--stage-steps", "steps", int, "optimizer steps per MCL stage (paper: one epoch)"),
+    ("--stage-lr", "lr", float, "MCL stage learning rate (paper 1e-5)"),
+    ("--stage-batch", "global_batch", int, "MCL global batch (paper 800)"),
+    ("--stage-warmup", "warmup", int, "MCL warm-up steps (paper 200)"),
+    ("--policy", "policy", str, "small-cluster policy: drop, keep_remainder, merge_small"),
+]
+ROUTER_FLAGS: list[tuple[str, str, type, str]] = [
+    ("--router-steps", "steps", int, "router-training steps (paper: one epoch)"),
+    ("--router-lr", "lr", float, "router learning rate (paper 1e-6)"),
+    ("--router-batch", "global_batch", int, "router global batch (paper 800)"),
+    ("--router-warmup", "warmup", int, "router warm-up steps (paper 200)"),
+    ("--balance-loss", "balance_loss", str, "switch (paper) or mixtral (released code)"),
+    ("--alpha", "alpha", float, "balance-loss weight (paper 0.01)"),
+]
+
+
+def presets() -> dict[str, Any]:
+    """Named settings: `paper` is the released recipe; `demo` is sized for the demo ancestry on 2 CPU cores."""
+    from ..moe.dmu import DMUConfig
+    from ..moe.mcl import MCLConfig
+    from ..moe.routers import RouterConfig
+
+    return {
+        "paper": DMUConfig(),
+        # Chosen by `benchmarks/clipmoe` (see its results): short stages, larger lr than the paper's
+        # (which is for a 428M-param model), routers with a learning rate at which they move.
+        "demo": DMUConfig(
+            mcl=MCLConfig(num_experts=4, k_img=3, k_txt=3, steps=80, lr=1e-4, global_batch=256, warmup=10,
+                          embed_batch_size=512),
+            router=RouterConfig(steps=60, lr=1e-3, global_batch=256, warmup=6),
+        ),
+        "quick": DMUConfig(
+            mcl=MCLConfig(num_experts=3, k_img=2, k_txt=2, steps=4, lr=1e-3, global_batch=32, warmup=1,
+                          embed_batch_size=64, kmeans_niter=5),
+            router=RouterConfig(steps=4, lr=1e-2, global_batch=32, warmup=1),
+        ),
+    }
+
+
+def _data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--data", action="append", required=required,
+                   help="training data: scenes, fashion-mnist, mnist or a path (repeat to mix)")
+    p.add_argument("--scenes-size", type=int, default=20_000, help="scenes to draw for --data scenes (default 20000)")
+    p.add_argument("--scenes-seed", type=int, default=1,
+                   help="scenes generator seed (default 1: scenes the demo ancestry never saw; 0 = its own)")
+    p.add_argument("--image-key", default="image", help="image column/field of user data (default image)")
+    p.add_argument("--caption-key", default="caption", help="caption column/field of user data (default caption)")
+    p.add_argument("--on-error", choices=["skip", "raise"], default="skip",
+                   help="a missing or corrupt image: skip and count it (default) or stop")
+
+
+def _config_args(p: argparse.ArgumentParser, mcl: bool = True, router: bool = True) -> None:
+    p.add_argument("--preset", choices=["paper", "demo", "quick"], default="paper",
+                   help="base settings (default paper: the released recipe); flags below override them")
+    for flags in ([MCL_FLAGS] if mcl else []) + ([ROUTER_FLAGS] if router else []):
+        for flag, _, typ, help_ in flags:
+            p.add_argument(flag, type=typ, help=help_)
+    if mcl:
+        p.add_argument("--train-attention", action="store_true",
+                       help="MCL stages train attention too (beyond the paper; default FFN only)")
+        p.add_argument("--init", choices=["base", "previous"], help="each stage starts from (paper: base)")
+    p.add_argument("--top-k", type=int, help="experts per token (paper 2)")
+    p.add_argument("--seed", type=int, help="seed of clustering, sampling and routers (default 0)")
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    top = sub.add_parser(
+        "moe", help="CLIP-MoE: grow a CLIP by Diversified Multiplet Upcycling",
+        description="CLIP-MoE (arXiv 2409.19291): MCL stages fine-tune the base's FFNs on cluster-pure batches, "
+                    "the stage FFNs become the experts of a top-k MoE in every block, and only the routers train.")
+    msub = top.add_subparsers(dest="moe_command", metavar="SUBCOMMAND")
+    msub.required = True
+
+    p = msub.add_parser("dmu", help="the whole pipeline: stages, packing, routers, evaluation",
+                        description="Run DMU from a dense CLIP directory on your data. Resumable: rerun the same "
+                                    "command after an interruption.")
+    p.add_argument("--base", type=Path, required=True, help="dense CLIP model directory (or a clipforge ancestry run)")
+    _data_args(p)
+    p.add_argument("--out", type=Path, required=True, help="output directory; the CLIP-MoE is OUT/model")
+    _config_args(p)
+    p.add_argument("--no-eval", action="store_true", help="skip the built-in evaluation")
+    p.add_argument("--eval-size", choices=["full", "quick"], default="full",
+                   help="built-in evaluation sets: full (1k scenes, 200 pairs per attribute, 10k FMNIST) or quick")
+    p.add_argument("--force", action="store_true", help="start over in OUT")
+    p.set_defaults(func=run_dmu)
+
+    p = msub.add_parser("stage", help="MCL stages only: the dense stage models (experts)",
+                        description="Run MCL stages 1..E-1 from a base; OUT/stage{j}/model is expert j.")
+    p.add_argument("--base", type=Path, required=True)
+    _data_args(p)
+    p.add_argument("--out", type=Path, required=True)
+    _config_args(p, router=False)
+    p.set_defaults(func=run_stage)
+
+    p = msub.add_parser("pack", help="pack dense stage models into one CLIP-MoE",
+                        description="Expert e of every MoE block is that block's FFN from the e-th --stage model "
+                                    "(the first is the base); routers are freshly drawn.")
+    p.add_argument("--stage", type=Path, action="append", required=True, help="stage model directory (repeat, base first)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--top-k", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0, help="router init seed")
+    p.set_defaults(func=run_pack)
+
+    p = msub.add_parser("route", help="train the routers of a CLIP-MoE",
+                        description="Train only the routers (InfoNCE + alpha * balance loss) on shuffled batches.")
+    p.add_argument("--model", type=Path, required=True, help="a CLIP-MoE directory (e.g. from `moe pack`)")
+    _data_args(p)
+    p.add_argument("--out", type=Path, required=True, help="run directory; the result is OUT/model")
+    _config_args(p, mcl=False)
+    p.set_defaults(func=run_route)
+
+    p = msub.add_parser("baseline", help="direct fine-tuning, sparse upcycling or the w/o-MCL ablation",
+                        description="The baselines of the CLIP-MoE paper on the same data.")
+    p.add_argument("method", choices=["direct-ft", "sparse-upcycling", "without-mcl"])
+    p.add_argument("--base", type=Path, required=True)
+    p.add_argument("--finetuned", type=Path, help="without-mcl: the direct-FT model directory")
+    _data_args(p)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--steps", type=int, required=True, help="training steps")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--batch", type=int, default=256, help="global batch")
+    p.add_argument("--params", choices=["ffn", "ffn+attention", "full"], default="ffn", help="direct-ft: what trains")
+    p.add_argument("--experts", type=int, default=4, help="sparse-upcycling: experts")
+    p.add_argument("--top-k", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run_baseline)
+
+    p = msub.add_parser("stats", help="routing statistics and the built-in evaluation of a CLIP-MoE",
+                        description="Share of tokens per block and expert as first / second choice (JSON + heat "
+                                    "map), parameters stored and active, FLOPs and latency.")
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="directory for routing.json, cost.json, routing.png")
+    p.add_argument("--samples", type=int, default=500, help="held-out scenes to route (default 500)")
+    p.set_defaults(func=run_stats)
+
+    p = msub.add_parser("bench", help="run the CLIP-MoE benchmark (benchmarks/clipmoe/run.py)",
+                        description="Base, direct FT, sparse upcycling, w/o MCL and CLIP-MoE from the trained "
+                                    "ancestry, 3 seeds, plus the MCL ablation. Resumable.")
+    module = _bench_module(required=False)
+    if module is not None:
+        module.add_arguments(p)
+    p.set_defaults(func=run_bench)
+
+
+def _bench_module(required: bool = True) -> ModuleType | None:
+    for root in (Path(__file__).resolve().parents[3], Path.cwd()):
+        path = root / BENCH
+        if path.is_file():
+            spec = importlib.util.spec_from_file_location("clipforge_clipmoe_bench", path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            return module
+    if required:
+        raise ClipforgeError(f"{BENCH} not found: run from a clipforge source checkout")
+    return None
+
+
+def _model_dir(path: Path) -> Path:
+    """A model directory, or a run directory holding model/ (e.g. `clipforge ancestry --out`)."""
+    if (path / "config.json").is_file():
+        return path
+    if (path / "model" / "config.json").is_file():
+        return path / "model"
+    raise ClipforgeError(f"{path}: not a model directory (no config.json in it or in {path / 'model'})")
+
+
+def _config(args: argparse.Namespace):
+    cfg = presets()[args.preset]
+    mcl, router = cfg.mcl, cfg.router
+    over = {field: getattr(args, flag[2:].replace("-", "_")) for flag, field, _, _ in MCL_FLAGS
+            if getattr(args, flag[2:].replace("-", "_"), None) is not None}
+    if getattr(args, "train_attention", False):
+        over["train_attention"] = True
+    if getattr(args, "init", None):
+        over["init"] = args.init
+    if args.seed is not None:
+        over["seed"] = args.seed
+    mcl = replace(mcl, **over) if over else mcl
+    rover = {field: getattr(args, flag[2:].replace("-", "_")) for flag, field, _, _ in ROUTER_FLAGS
+             if getattr(args, flag[2:].replace("-", "_"), None) is not None}
+    if args.seed is not None:
+        rover["seed"] = args.seed
+    router = replace(router, **rover) if rover else router
+    top = {"top_k": args.top_k} if args.top_k is not None else {}
+    return replace(cfg, mcl=mcl, router=router, **top)
+
+
+def _open(args: argparse.Namespace, image_size: int):
+    from ..data import open_mixture
+
+    return open_mixture(args.data, "train", image_size, scenes_size=args.scenes_size, scenes_seed=args.scenes_seed,
+                        image_key=args.image_key, caption_key=args.caption_key, on_error=args.on_error)
+
+
+def _image_size(model_dir: Path) -> int:
+    cfg = json.loads((model_dir / "config.json").read_text())
+    return int(cfg.get("vision_config", {}).get("image_size", 224))
+
+
+def run_dmu(args: argparse.Namespace) -> int:
+    from ..eval.suite import SuiteConfig
+    from ..moe.dmu import dmu
+
+    base = _model_dir(args.base)
+    cfg = _config(args)
+    data = _open(args, _image_size(base))
+    print(f"[moe dmu] base {base}, {len(data):,} training samples, {cfg.mcl.num_experts} experts "
+          f"({cfg.mcl.num_experts - 1} MCL stages of {cfg.mcl.steps or 'one epoch of'} steps), top-{cfg.top_k}, "
+          f"router {cfg.router.steps or 'one epoch of'} steps; output {args.out}")
+    suite = None if args.no_eval else (SuiteConfig.quick() if args.eval_size == "quick" else SuiteConfig())
+    model_dir = dmu(str(base), data, args.out, cfg, suite=suite, force=args.force)
+    if (args.out / "eval.md").is_file():
+        print((args.out / "eval.md").read_text())
+    print(f"CLIP-MoE: {model_dir}")
+    return 0
+
+
+def run_stage(args: argparse.Namespace) -> int:
+    from ..moe.mcl import run_stages
+
+    base = _model_dir(args.base)
+    cfg = _config(args)
+    dirs = run_stages(str(base), _open(args, _image_size(base)), cfg.mcl, args.out)
+    for j, d in enumerate(dirs):
+        print(f"expert {j}: {d}")
+    return 0
+
+
+def run_pack(args: argparse.Namespace) -> int:
+    from ..models import io
+    from ..moe.pack import pack
+    from ..moe.model import moe_param_counts
+
+    stages = [_model_dir(s) for s in args.stage]
+    model = pack([str(s) for s in stages], top_k=args.top_k, seed=args.seed)
+    io.save(model, args.out, provenance={"source": "clipforge moe pack", "experts": [str(s) for s in stages],
+                                         "top_k": args.top_k, "router_seed": args.seed})
+    c = moe_param_counts(model)
+    print(f"packed {len(stages)} experts (top-{args.top_k}): {c['stored']:,} parameters stored, "
+          f"{c['active_per_token']:,} active per token -> {args.out}")
+    return 0
+
+
+def run_route(args: argparse.Namespace) -> int:
+    from ..models import io
+    from ..moe.routers import train_routers
+
+    model_dir = _model_dir(args.model)
+    cfg = _config(args)
+    model = io.load(model_dir)
+    if args.top_k is not None:
+        raise ClipforgeError("--top-k: a packed model's top-k is fixed at packing (`moe pack --top-k`)")
+    train_routers(model, _open(args, _image_size(model_dir)), args.out, cfg.router,
+                  {"model": str(model_dir.resolve())}, {"name": "CLIP-MoE (routers trained)"})
+    print(f"CLIP-MoE: {args.out / 'model'}")
+    return 0
+
+
+def run_baseline(args: argparse.Namespace) -> int:
+    from ..moe import baselines as B
+    from ..moe.routers import RouterConfig
+
+    base = _model_dir(args.base)
+    data = _open(args, _image_size(base))
+    if args.method == "direct-ft":
+        cfg = B.FinetuneConfig(steps=args.steps, lr=args.lr, global_batch=args.batch, params=args.params,
+                               seed=args.seed, warmup=max(1, args.steps // 10))
+        B.direct_ft(str(base), data, args.out, cfg)
+    else:
+        rcfg = RouterConfig(steps=args.steps, lr=args.lr, global_batch=args.batch, seed=args.seed,
+                            warmup=max(1, args.steps // 10))
+        if args.method == "sparse-upcycling":
+            B.sparse_upcycling(str(base), data, args.out, rcfg, num_experts=args.experts, top_k=args.top_k)
+        else:
+            if args.finetuned is None:
+                raise ClipforgeError("without-mcl needs --finetuned (a `moe baseline direct-ft` model)")
+            B.without_mcl(str(base), str(_model_dir(args.finetuned)), data, args.out, rcfg, top_k=args.top_k)
+    print(f"{args.method}: {args.out / 'model'}")
+    return 0
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    from ..data.scenes import ScenesDataset
+    from ..eval.results import write_json
+    from ..models import io
+    from ..moe.report import model_costs
+    from ..moe.routing import load_shares, plot_routing, routing_stats
+
+    model_dir = _model_dir(args.model)
+    model = io.load(model_dir)
+    size = int(model.config.vision_config.image_size)
+    stats = routing_stats(model, ScenesDataset(split="test", size=args.samples, seed=1, image_size=size))
+    write_json(args.out / "routing.json", stats)
+    write_json(args.out / "cost.json", model_costs(model))
+    plot = plot_routing(stats, args.out / "routing.png", title=f"routing: {model_dir}")
+    print(json.dumps({"routing": load_shares(stats), "heat_map": str(plot)}, indent=2))
+    return 0
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    return int(_bench_module().run(args) or 0)

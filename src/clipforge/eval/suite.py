@@ -1,0 +1,66 @@
+"""The built-in evaluation suite every clipforge CLIP is measured on (ancestry, CLIP-MoE, descendants).
+
+Fashion-MNIST prompt accuracy (what a model fine-tuned on scenes may forget: the paper's ImageNet
+column), held-out scenes retrieval (the paper's Flickr30k / COCO columns) and the MMVP-style pair
+accuracy per attribute (the paper's MMVP table). The same sets at the same seeds for every model, so
+numbers from different commands compare.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from torch import nn
+
+
+@dataclass
+class SuiteConfig:
+    """Sizes and seeds of the built-in evaluation sets."""
+
+    scenes: int = 1000  # held-out test scenes (seed `seed + 1`, as the ancestry's evaluation)
+    pairs: int = 200  # MMVP-style pairs per attribute
+    fashion: int | None = None  # Fashion-MNIST test images (None: all 10k)
+    seed: int = 0
+    tasks: tuple[str, ...] = ("fashion_mnist", "scenes_retrieval", "mmvp")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def quick(cls) -> "SuiteConfig":
+        return cls(scenes=64, pairs=20, fashion=200)
+
+
+def evaluate_builtin(model: nn.Module, cfg: SuiteConfig | None = None) -> dict[str, Any]:
+    """Run the suite on a CLIP (or CLIP-MoE); returns {"fashion_mnist", "scenes_retrieval", "mmvp"}."""
+    from ..data.classification import FashionMNIST
+    from ..data.scenes import ScenesDataset
+    from .tasks import mmvp_diagnostic, retrieval, zeroshot_classification
+
+    cfg = cfg or SuiteConfig()
+    size = int(model.config.vision_config.image_size)
+    out: dict[str, Any] = {}
+    if "fashion_mnist" in cfg.tasks:
+        out["fashion_mnist"] = zeroshot_classification(model, FashionMNIST(split="test", limit=cfg.fashion))
+    if "scenes_retrieval" in cfg.tasks:
+        out["scenes_retrieval"] = retrieval(
+            model, ScenesDataset(split="test", size=cfg.scenes, seed=cfg.seed + 1, image_size=size))
+    if "mmvp" in cfg.tasks:
+        out["mmvp"] = mmvp_diagnostic(model, n=cfg.pairs, seed=cfg.seed, image_size=size)
+    return out
+
+
+def headline(metrics: dict[str, Any]) -> dict[str, float]:
+    """The flat numbers a table shows: FMNIST acc1, retrieval R@1/5/10 both ways, MMVP per attribute."""
+    flat: dict[str, float] = {}
+    if "fashion_mnist" in metrics:
+        flat["fmnist_acc1"] = metrics["fashion_mnist"]["acc1"]
+    if "scenes_retrieval" in metrics:
+        r = metrics["scenes_retrieval"]
+        for k in (1, 5, 10):
+            flat[f"t2i_r{k}"] = r[f"image_retrieval_recall@{k}"]
+            flat[f"i2t_r{k}"] = r[f"text_retrieval_recall@{k}"]
+    for name, value in metrics.get("mmvp", {}).items():
+        flat[f"mmvp_{name}"] = value
+    return flat

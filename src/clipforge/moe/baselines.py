@@ -1,0 +1,106 @@
+"""The baselines CLIP-MoE is compared with (METHODS.md A.4), on the same data with the same steps.
+
+* `direct_ft`: fine-tune the base on ordinary shuffled batches, FFN-only or full.
+* `sparse_upcycling`: E copies of the base FFN as experts, new routers; experts + routers trained
+  (Komatsuzaki et al. 2023).
+* `without_mcl`: the paper's "w/o MCL" ablation: a 2-expert MoE of the base FFN and one directly
+  fine-tuned FFN, routers trained.
+
+Each writes a resumable run directory whose `model/` is the result.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from torch import nn
+
+from ..errors import ClipforgeError
+from ..models import io
+from ..train.loop import TrainConfig
+from ..train.runs import train_run
+from .mcl import ATTENTION_PATTERNS, FFN_PATTERNS, _default_collate, _identity
+from .pack import pack, upcycle
+from .routers import EXPERT_AND_ROUTER_PATTERNS, RouterConfig, train_routers
+
+
+@dataclass
+class FinetuneConfig:
+    """Plain fine-tuning settings (shuffled batches); `params`: "ffn", "ffn+attention" or "full"."""
+
+    steps: int = 1000
+    lr: float = 1e-5
+    weight_decay: float = 0.2
+    warmup: int = 200
+    max_warmup_frac: float = 0.2
+    global_batch: int = 800
+    label_smoothing: float = 0.1
+    fixed_logit_scale: float | None = 100.0
+    params: str = "ffn"
+    seed: int = 0
+    amp: str = "auto"
+    grad_checkpointing: bool = False
+    num_workers: int = 0
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        if self.params not in ("ffn", "ffn+attention", "full"):
+            raise ClipforgeError(f"params must be 'ffn', 'ffn+attention' or 'full', got {self.params!r}")
+
+    def trainable(self) -> list[str] | None:
+        return {"ffn": FFN_PATTERNS, "ffn+attention": FFN_PATTERNS + ATTENTION_PATTERNS, "full": None}[self.params]
+
+    def train_config(self, num_samples: int) -> TrainConfig:
+        batch = min(self.global_batch, num_samples)
+        return TrainConfig(steps=self.steps, batch_size=batch, lr=self.lr, weight_decay=self.weight_decay,
+                           warmup=min(self.warmup, int(self.max_warmup_frac * self.steps)),
+                           label_smoothing=self.label_smoothing, fixed_logit_scale=self.fixed_logit_scale,
+                           trainable=self.trainable(), amp=self.amp, grad_checkpointing=self.grad_checkpointing,
+                           seed=self.seed, log_every=self.log_every, save_every=max(1, self.steps // 5),
+                           keep_checkpoints=1, num_workers=self.num_workers)
+
+
+def _load(model_or_dir: nn.Module | str | os.PathLike) -> nn.Module:
+    if isinstance(model_or_dir, nn.Module):
+        return copy.deepcopy(model_or_dir)  # never train a caller's model in place
+    return io.load(model_or_dir)
+
+
+def direct_ft(base: nn.Module | str | os.PathLike, dataset: Any, run_dir: str | os.PathLike, cfg: FinetuneConfig,
+              collate_fn: Callable | None = None, force: bool = False, progress: bool = True) -> nn.Module:
+    """Direct fine-tuning of the base on `dataset` (shuffled batches); the result is `run_dir/model`."""
+    model = _load(base)
+    settings = {"method": "direct_ft", "base": _identity(base), "num_samples": len(dataset), "config": asdict(cfg)}
+    prov = {"source": "clipforge.moe.baselines", "name": f"direct FT ({cfg.params})", "base": _identity(base)}
+    return train_run(model, dataset, Path(run_dir), cfg.train_config(len(dataset)), settings, prov,
+                     collate_fn=collate_fn or _default_collate(model), force=force, progress=progress)
+
+
+def sparse_upcycling(base: nn.Module | str | os.PathLike, dataset: Any, run_dir: str | os.PathLike,
+                     cfg: RouterConfig, num_experts: int = 4, top_k: int = 2, collate_fn: Callable | None = None,
+                     force: bool = False, progress: bool = True, **moe_config: Any) -> nn.Module:
+    """E copies of the base FFN + new routers, experts and routers trained with `cfg` (its `trainable`
+    is replaced by experts + routers)."""
+    cfg = copy.deepcopy(cfg)
+    cfg.trainable = list(EXPERT_AND_ROUTER_PATTERNS)
+    model = upcycle(_load(base), num_experts=num_experts, top_k=top_k, seed=cfg.seed, **moe_config)
+    settings = {"method": "sparse_upcycling", "base": _identity(base), "num_experts": num_experts, "top_k": top_k,
+                "moe_config": moe_config}
+    prov = {"name": f"sparse upcycling ({num_experts} experts, top-{top_k})", "base": _identity(base)}
+    return train_routers(model, dataset, run_dir, cfg, settings, prov, collate_fn, force, progress)
+
+
+def without_mcl(base: nn.Module | str | os.PathLike, finetuned: nn.Module | str | os.PathLike, dataset: Any,
+                run_dir: str | os.PathLike, cfg: RouterConfig, top_k: int = 2, collate_fn: Callable | None = None,
+                force: bool = False, progress: bool = True, **moe_config: Any) -> nn.Module:
+    """The "w/o MCL" ablation: pack [base, direct-FT model] into a 2-expert MoE, train the routers."""
+    model = pack([_load(base), _load(finetuned)], top_k=min(top_k, 2), seed=cfg.seed,
+                 expert_sources=[_identity(base), _identity(finetuned)], **moe_config)
+    settings = {"method": "without_mcl", "base": _identity(base), "finetuned": _identity(finetuned),
+                "top_k": min(top_k, 2), "moe_config": moe_config}
+    prov = {"name": "w/o MCL (base + direct-FT experts)", "base": _identity(base)}
+    return train_routers(model, dataset, run_dir, cfg, settings, prov, collate_fn, force, progress)

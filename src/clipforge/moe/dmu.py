@@ -1,0 +1,129 @@
+"""Diversified Multiplet Upcycling end to end: MCL stages → pack → routers → evaluation.
+
+`dmu(base, dataset, out, cfg)` runs every phase and can be interrupted anywhere: rerun it with the
+same arguments and finished phases are skipped, an interrupted training resumes from its last
+checkpoint (bit-exact on the CPU), so it ends with the same model. On disk (`out`):
+
+    settings.json        what decides the result (a rerun with other settings is refused)
+    mcl/                 the MCL stages (see `clipforge.moe.mcl`): stage{j}/model is expert j
+    packed/              the CLIP-MoE as packed, routers freshly drawn
+    log.jsonl, checkpoints/   router training
+    model/               the final CLIP-MoE (loads with `clipforge.load` or `AutoModel`)
+    eval.json            base vs CLIP-MoE on the built-in suite, parameters, FLOPs, latency
+    routing.json, plots/routing.png, plots/*.png     routing statistics and curves
+    dmu.json             the manifest: phases, their wall time, where everything is
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from torch import nn
+
+from ..errors import ClipforgeError
+from ..eval.results import write_json
+from ..eval.suite import SuiteConfig
+from ..models import io
+from ..train import distributed as D
+from ..train.runs import claim, normalise
+from .mcl import MCLConfig, _identity, run_stages
+from .pack import pack
+from .routers import RouterConfig, router_record, train_routers
+
+log = logging.getLogger("clipforge.moe")
+
+
+@dataclass
+class DMUConfig:
+    """Everything DMU does: the MCL stages, the MoE's shape, router training."""
+
+    mcl: MCLConfig = field(default_factory=MCLConfig)
+    router: RouterConfig = field(default_factory=RouterConfig)
+    top_k: int = 2
+    moe_layers_vision: list[int] | None = None  # None: every block
+    moe_layers_text: list[int] | None = None
+    expert_dropout: float = 0.1  # [C]
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.top_k <= self.mcl.num_experts:
+            raise ClipforgeError(f"top_k must lie in [1, num_experts={self.mcl.num_experts}], got {self.top_k}")
+
+    def moe_config(self) -> dict[str, Any]:
+        return {"moe_layers_vision": self.moe_layers_vision, "moe_layers_text": self.moe_layers_text,
+                "expert_dropout": self.expert_dropout, "balance_loss": self.router.balance_loss,
+                "balance_alpha": self.router.alpha}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _phase(manifest: dict[str, Any], name: str, started: float, **info: Any) -> None:
+    manifest["phases"][name] = {"wall_time_s": round(time.perf_counter() - started, 2), **info}
+
+
+def pack_stages(expert_dirs: list[Path], out: Path, cfg: DMUConfig) -> nn.Module:
+    """Pack the stage models into `out` (skipped if already there); returns the packed CLIP-MoE."""
+    if (out / "config.json").is_file():
+        return io.load(out)
+    model = pack([str(d) for d in expert_dirs], top_k=cfg.top_k, seed=cfg.router.seed, **cfg.moe_config())
+    if D.rank() == 0:
+        io.save(model, out, provenance={"source": "clipforge.moe.dmu", "name": "CLIP-MoE (packed, routers untrained)",
+                                        "experts": [str(d) for d in expert_dirs], "top_k": cfg.top_k})
+    D.barrier()
+    return model
+
+
+def dmu(base: nn.Module | str | os.PathLike, dataset: Any, out: str | os.PathLike, cfg: DMUConfig | None = None,
+        *, suite: SuiteConfig | None = None, eval_stages: bool = True, routing_samples: int = 500,
+        collate_fn: Callable | None = None, force: bool = False, progress: bool = True) -> Path:
+    """Run DMU from `base` (a dense CLIP or its directory) on `dataset`; returns `out/model`.
+
+    `suite`: the built-in evaluation (None: skip evaluation); `eval_stages`: also score every dense
+    stage model on the MMVP-style pairs (the paper's Table 1). Rerun to resume; `force` starts over.
+    """
+    cfg = cfg or DMUConfig()
+    out = Path(out)
+    if isinstance(base, (str, os.PathLike)) and not (Path(base) / "config.json").is_file():
+        raise ClipforgeError(f"--base {base}: not a model directory (no config.json)")
+    settings = {"method": "dmu", "base": _identity(base),
+                "dataset": getattr(dataset, "name", type(dataset).__name__), "dmu": cfg.to_dict()}
+    record = router_record(cfg.router, len(dataset), settings)
+    if D.rank() == 0:
+        claim(out, record, force)
+    D.barrier()
+    manifest: dict[str, Any] = {"settings": normalise(settings), "phases": {}}
+    old = out / "dmu.json"
+    if old.is_file():
+        manifest["phases"] = json.loads(old.read_text()).get("phases", {})
+
+    t = time.perf_counter()
+    expert_dirs = run_stages(base, dataset, cfg.mcl, out / "mcl", collate_fn=collate_fn, progress=progress)
+    _phase(manifest, "mcl_stages", t, experts=[str(d) for d in expert_dirs])
+
+    t = time.perf_counter()
+    packed = pack_stages(expert_dirs, out / "packed", cfg)
+    _phase(manifest, "pack", t, model=str(out / "packed"))
+
+    t = time.perf_counter()
+    model = train_routers(packed, dataset, out, cfg.router, settings,
+                          {"name": "CLIP-MoE (DMU)", "method": "Diversified Multiplet Upcycling",
+                           "experts": [str(d) for d in expert_dirs]}, collate_fn=collate_fn, progress=progress)
+    _phase(manifest, "routers", t, model=str(out / "model"))
+    if D.rank() == 0:
+        write_json(out / "dmu.json", manifest)
+
+    if suite is not None and D.rank() == 0 and not (out / "eval.json").is_file():
+        from .report import evaluate_moe_run
+
+        t = time.perf_counter()
+        evaluate_moe_run(out, base, model, expert_dirs if eval_stages else [], suite, routing_samples)
+        _phase(manifest, "evaluation", t, results=str(out / "eval.json"))
+        write_json(out / "dmu.json", manifest)
+    D.barrier()
+    return out / "model"

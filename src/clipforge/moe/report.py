@@ -1,0 +1,109 @@
+"""What a CLIP-MoE gains and costs, measured the same way for every model.
+
+`model_card_numbers(model)`: parameters stored and active per token, analytic FLOPs per image and per
+caption, measured forward latency. `evaluate_moe_run(out, ...)`: the base and the CLIP-MoE on the
+built-in suite, each stage model's MMVP-style scores, routing statistics and plots, written to
+`out/eval.json`, `out/eval.md`, `out/routing.json` and `out/plots/`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from torch import nn
+
+from ..cost import count_params, flops_per_sample, latency
+from ..eval.results import write_json
+from ..eval.suite import SuiteConfig, evaluate_builtin, headline
+from ..models import io
+
+CAPTION_TOKENS = 16  # FLOPs and latency per caption are quoted at this many tokens (scenes captions: ~10-20)
+
+
+def model_costs(model: nn.Module, latency_batch: int = 64, repeats: int = 5) -> dict[str, Any]:
+    """Parameters stored / active per token, forward FLOPs per image and caption, measured latency."""
+    from .model import moe_param_counts
+
+    if hasattr(model, "moe_layers"):
+        counts = moe_param_counts(model)
+        stored, active = counts["stored"], counts["active_per_token"]
+    else:
+        stored = active = count_params(model)["total"]
+    return {"params_stored": stored, "params_active_per_token": active,
+            "flops_per_image": flops_per_sample(model, "image"),
+            "flops_per_caption": flops_per_sample(model, "text", CAPTION_TOKENS),
+            "caption_tokens": CAPTION_TOKENS,
+            "latency_image_ms": latency(model, "image", latency_batch, repeats=repeats)["ms_per_sample"],
+            "latency_caption_ms": latency(model, "text", latency_batch, CAPTION_TOKENS, repeats)["ms_per_sample"],
+            "latency_batch": latency_batch}
+
+
+def measure(model: nn.Module, suite: SuiteConfig) -> dict[str, Any]:
+    """Suite metrics (full and flat) plus costs of one model."""
+    metrics = evaluate_builtin(model, suite)
+    return {"metrics": metrics, "headline": headline(metrics), "cost": model_costs(model)}
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def markdown_table(rows: dict[str, dict[str, Any]], columns: Sequence[str]) -> str:
+    """A markdown table: one row per model, the given columns of its flat record."""
+    lines = ["| model | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for name, rec in rows.items():
+        lines.append(f"| {name} | " + " | ".join(_fmt(rec.get(c, "")) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def evaluate_moe_run(out: str | os.PathLike, base: nn.Module | str | os.PathLike, model: nn.Module,
+                     stage_dirs: Sequence[str | os.PathLike], suite: SuiteConfig, routing_samples: int = 500) -> dict:
+    """Evaluate a DMU run directory: base vs CLIP-MoE, stage models' MMVP, routing; write the files."""
+    from ..data.scenes import ScenesDataset
+    from ..eval.tasks import mmvp_diagnostic
+    from ..report.plots import grouped_bars, loss_curve, read_log
+    from .routing import load_shares, plot_routing, routing_stats
+
+    out = Path(out)
+    base_model = base if isinstance(base, nn.Module) else io.load(base)
+    result: dict[str, Any] = {"suite": suite.to_dict(), "models": {}}
+    result["models"]["base"] = measure(base_model.eval(), suite)
+    result["models"]["clip_moe"] = measure(model.eval(), suite)
+    size = int(model.config.vision_config.image_size)
+    stages: dict[str, Any] = {}
+    for j, d in enumerate(stage_dirs):
+        if j == 0:
+            stages["stage0"] = result["models"]["base"]["metrics"].get("mmvp")
+            continue
+        stages[f"stage{j}"] = mmvp_diagnostic(io.load(d), n=suite.pairs, seed=suite.seed, image_size=size)
+    result["stages_mmvp"] = stages
+    test = ScenesDataset(split="test", size=min(routing_samples, suite.scenes), seed=suite.seed + 1, image_size=size)
+    stats = routing_stats(model, test)
+    write_json(out / "routing.json", stats)
+    result["routing"] = load_shares(stats)
+    plot_routing(stats, out / "plots" / "routing.png", title="CLIP-MoE routing on held-out scenes")
+    if (out / "log.jsonl").is_file():
+        loss_curve(read_log(out / "log.jsonl"), out / "plots" / "routers_loss.png", title="router training")
+    if stages and all(v for v in stages.values()):
+        attrs = [a for a in next(iter(stages.values())) if a != "mean"]
+        grouped_bars(attrs, {name: [s[a] for a in attrs] for name, s in stages.items()} |
+                     {"clip_moe": [result["models"]["clip_moe"]["metrics"]["mmvp"][a] for a in attrs]},
+                     out / "plots" / "stages_mmvp.png", title="MMVP-style pair accuracy per stage model",
+                     ylabel="pair accuracy", chance=0.25)
+    write_json(out / "eval.json", result)
+    rows = {name: {**m["headline"], **m["cost"]} for name, m in result["models"].items()}
+    cols = ["fmnist_acc1", "t2i_r1", "t2i_r5", "i2t_r1", "i2t_r5", "mmvp_mean", "params_stored",
+            "params_active_per_token", "flops_per_image", "latency_image_ms"]
+    text = ["# CLIP-MoE run", "", markdown_table(rows, cols), ""]
+    if stages:
+        attrs = [a for a in next(iter(stages.values())) or {}]
+        text += ["## MMVP-style pair accuracy per stage model", "",
+                 markdown_table({k: v for k, v in stages.items() if v}, attrs), ""]
+    (out / "eval.md").write_text("\n".join(text))
+    return result
