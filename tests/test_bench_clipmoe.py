@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,14 +10,11 @@ import pytest
 from clipforge.models.io import save
 from clipforge.models.registry import build
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("clipmoe_bench_test", ROOT / "benchmarks" / "clipmoe" / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from clipforge.cli._bench import load_benchmark
+
+    return load_benchmark(Path("benchmarks/clipmoe/run.py"), "clipforge_clipmoe_bench")
 
 
 @pytest.fixture(scope="module")

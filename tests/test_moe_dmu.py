@@ -160,7 +160,8 @@ def test_routing_stats_count_choices_and_skip_padding(base):
     from clipforge.models.preprocess import transform_for
     from clipforge.moe.balance import text_token_mask
 
-    batch = Collator(transform_for(model.config), 77, caption="first")([data[i] for i in range(24)])
+    batch = Collator(transform_for(model.config), model.config.text_config.max_position_embeddings,
+                     caption="first")([data[i] for i in range(24)])
     out = model.get_text_features(input_ids=batch["input_ids"], output_router_logits=True)
     mask = text_token_mask(batch["input_ids"]).reshape(-1)
     first = out.router_logits[0].topk(2, dim=-1).indices[:, 0][mask]

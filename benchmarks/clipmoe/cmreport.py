@@ -92,7 +92,7 @@ def _cell(ms: dict[str, float] | None, pct: bool = False) -> str:
 
 def write_markdown(results: dict[str, Any], path: Path) -> None:
     b = results["budget"]
-    lines = [f"# CLIP-MoE benchmark (miniature of the paper's Tables 1, 2, 4, 5 and Fig. 3)", "",
+    lines = ["# CLIP-MoE benchmark (miniature of the paper's Tables 1, 2, 4, 5 and Fig. 3)", "",
              f"Made by `{results['command']}` in {results['wall_time_s'] / 60:.1f} min (units cached in "
              f"`{results['work']}` are not re-timed). Ancestry: `{results['ancestry']}`.", "",
              f"Budget: fine-tuning pool {b['train_scenes']:,} scenes (seed 1, unseen by the ancestry), global batch "

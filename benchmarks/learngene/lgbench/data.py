@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 from clipforge.data import ConcatImageText
 from clipforge.data.cached import Cached
 from clipforge.data.classification import MNIST, FashionMNIST
-from clipforge.data.scenes import ScenesDataset
+from clipforge.data.scenes import ScenesDataset, count_captions
 
 from .budget import Budget
 
@@ -43,10 +43,4 @@ def classification(name: str, budget: Budget) -> tuple[Dataset, Dataset]:
 
 def scene_captions(split: str, size: int, seed: int) -> tuple[list[str], list[int]]:
     """(first caption, object count − 1) of `size` scenes, drawn without rendering any image."""
-    ds = ScenesDataset(split=split, size=size, seed=seed)
-    texts, labels = [], []
-    for i in range(size):
-        spec = ds.spec_at(i)
-        texts.append(ds.captions_at(i, spec)[0])
-        labels.append(min(sum(o.count for o in spec.objects), 5) - 1)
-    return texts, labels
+    return count_captions(split, size, seed)

@@ -18,13 +18,10 @@ import copy
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from clipforge.data.collate import Collator
-from clipforge.eval.embed import embed_texts
-from clipforge.eval.metrics import classification_metrics
-from clipforge.eval.tasks import _fit_logreg, finetune_classifier, retrieval, zeroshot_classification
+from clipforge.eval.tasks import finetune_classifier, retrieval, text_linear_probe, zeroshot_classification
 from clipforge.models.preprocess import transform_for
 from clipforge.train.loop import TrainConfig, train
 
@@ -57,24 +54,11 @@ def vision_classification(model: nn.Module, train_ds: Any, test_ds: Any, budget:
     return {"acc1": r["acc1"], "mean_per_class_recall": r["mean_per_class_recall"]}
 
 
-@torch.no_grad()
 def text_counting(model: nn.Module, train: tuple[list[str], list[int]], test: tuple[list[str], list[int]],
                   seed: int) -> dict[str, float]:
     """(c): linear probe on frozen text features: scene object count (5 classes) from its caption."""
-    x_tr, x_te = embed_texts(model, train[0]), embed_texts(model, test[0])
-    y_tr, y_te = torch.tensor(train[1]), torch.tensor(test[1])
-    mean, std = x_tr.mean(0), x_tr.std(0, unbiased=False).clamp_min(1e-6)
-    x_tr, x_te = (x_tr - mean) / std, (x_te - mean) / std
-    n_val = len(y_tr) // 5
-    perm = torch.randperm(len(y_tr), generator=torch.Generator().manual_seed(seed))
-    val, fit = perm[:n_val], perm[n_val:]
-    best, best_wd = -1.0, WEIGHT_DECAYS[0]
-    for wd in WEIGHT_DECAYS:  # strongest first: a tie keeps the stronger decay
-        acc = classification_metrics(_fit_logreg(x_tr[fit], y_tr[fit], 5, wd, 200)(x_tr[val]), y_tr[val])["acc1"]
-        if acc > best:
-            best, best_wd = acc, wd
-    r = classification_metrics(_fit_logreg(x_tr, y_tr, 5, best_wd, 200)(x_te), y_te)
-    return {"acc1": r["acc1"], "mean_per_class_recall": r["mean_per_class_recall"], "weight_decay": best_wd}
+    r = text_linear_probe(model, train, test, weight_decays=WEIGHT_DECAYS, seed=seed)
+    return {"acc1": r["acc1"], "mean_per_class_recall": r["mean_per_class_recall"], "weight_decay": r["weight_decay"]}
 
 
 class CurveEval:

@@ -7,12 +7,10 @@ interrupted training run from its last checkpoint.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 from pathlib import Path
 from types import ModuleType
 
-from ..errors import ClipforgeError
 
 BENCH = Path("benchmarks") / "learngene" / "run.py"
 
@@ -97,17 +95,9 @@ def _add_bench(lsub: argparse._SubParsersAction) -> None:
 
 
 def _bench_module(required: bool = True) -> ModuleType | None:
-    """`benchmarks/learngene/run.py` of this source tree (or of the working directory)."""
-    for root in (Path(__file__).resolve().parents[3], Path.cwd()):
-        path = root / BENCH
-        if path.is_file():
-            spec = importlib.util.spec_from_file_location("clipforge_learngene_bench", path)
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-            return module
-    if required:
-        raise ClipforgeError(f"{BENCH} not found: run from a clipforge source checkout")
-    return None
+    from ._bench import load_benchmark
+
+    return load_benchmark(BENCH, "clipforge_learngene_bench", required)
 
 
 def run_extract(args: argparse.Namespace) -> int:

@@ -7,12 +7,10 @@ Every command is resumable (rerun it) and every output directory records its pro
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 from ..errors import ClipforgeError
 
@@ -37,29 +35,6 @@ ROUTER_FLAGS: list[tuple[str, str, type, str]] = [
     ("--balance-loss", "balance_loss", str, "switch (paper) or mixtral (released code)"),
     ("--alpha", "alpha", float, "balance-loss weight (paper 0.01)"),
 ]
-
-
-def presets() -> dict[str, Any]:
-    """Named settings: `paper` is the released recipe; `demo` is sized for the demo ancestry on 2 CPU cores."""
-    from ..moe.dmu import DMUConfig
-    from ..moe.mcl import MCLConfig
-    from ..moe.routers import RouterConfig
-
-    return {
-        "paper": DMUConfig(),
-        # Chosen by `benchmarks/clipmoe` (see its results): short stages, larger lr than the paper's
-        # (which is for a 428M-param model), routers with a learning rate at which they move.
-        "demo": DMUConfig(
-            mcl=MCLConfig(num_experts=4, k_img=3, k_txt=3, steps=80, lr=1e-4, global_batch=256, warmup=10,
-                          embed_batch_size=512),
-            router=RouterConfig(steps=60, lr=1e-3, global_batch=256, warmup=6),
-        ),
-        "quick": DMUConfig(
-            mcl=MCLConfig(num_experts=3, k_img=2, k_txt=2, steps=4, lr=1e-3, global_batch=32, warmup=1,
-                          embed_batch_size=64, kmeans_niter=5),
-            router=RouterConfig(steps=4, lr=1e-2, global_batch=32, warmup=1),
-        ),
-    }
 
 
 def _data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -168,16 +143,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _bench_module(required: bool = True) -> ModuleType | None:
-    for root in (Path(__file__).resolve().parents[3], Path.cwd()):
-        path = root / BENCH
-        if path.is_file():
-            spec = importlib.util.spec_from_file_location("clipforge_clipmoe_bench", path)
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-            return module
-    if required:
-        raise ClipforgeError(f"{BENCH} not found: run from a clipforge source checkout")
-    return None
+    from ._bench import load_benchmark
+
+    return load_benchmark(BENCH, "clipforge_clipmoe_bench", required)
 
 
 def _model_dir(path: Path) -> Path:
@@ -190,6 +158,8 @@ def _model_dir(path: Path) -> Path:
 
 
 def _config(args: argparse.Namespace):
+    from ..moe.presets import presets
+
     cfg = presets()[args.preset]
     mcl, router = cfg.mcl, cfg.router
     over = {field: getattr(args, flag[2:].replace("-", "_")) for flag, field, _, _ in MCL_FLAGS
@@ -213,8 +183,14 @@ def _config(args: argparse.Namespace):
 def _open(args: argparse.Namespace, image_size: int):
     from ..data import open_mixture
 
-    return open_mixture(args.data, "train", image_size, scenes_size=args.scenes_size, scenes_seed=args.scenes_seed,
+    data = open_mixture(args.data, "train", image_size, scenes_size=args.scenes_size, scenes_seed=args.scenes_seed,
                         image_key=args.image_key, caption_key=args.caption_key, on_error=args.on_error)
+    if [d.lower() for d in args.data] == ["scenes"] and args.scenes_size <= 200_000:
+        from ..data.cached import Cached
+
+        # DMU reads the pool once per stage to embed it and again to train: render the scenes once.
+        data = Cached(data, f"scenes[train,seed{args.scenes_seed},n{args.scenes_size},{image_size}px]")
+    return data
 
 
 def _image_size(model_dir: Path) -> int:

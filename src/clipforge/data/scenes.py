@@ -242,3 +242,18 @@ def save_pairs_grid(path: str, seed: int = 0, image_size: int = 40) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def count_captions(split: str, size: int, seed: int, max_count: int = 5) -> tuple[list[str], list[int]]:
+    """(first caption, object count − 1, capped at `max_count`) of `size` scenes, without rendering images.
+
+    A text task for text towers: the count needs number words, plurals and lists read together
+    ("three red stars and a heart" → 4), which no single token gives away.
+    """
+    ds = ScenesDataset(split=split, size=size, seed=seed)
+    texts, labels = [], []
+    for i in range(size):
+        spec = ds.spec_at(i)
+        texts.append(ds.captions_at(i, spec)[0])
+        labels.append(min(sum(o.count for o in spec.objects), max_count) - 1)
+    return texts, labels

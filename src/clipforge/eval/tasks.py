@@ -217,6 +217,44 @@ def linear_probe(
     return out
 
 
+@torch.no_grad()
+def text_linear_probe(
+    model: nn.Module,
+    train: tuple[Sequence[str], Sequence[int]],
+    test: tuple[Sequence[str], Sequence[int]],
+    weight_decays: Sequence[float] = (1e-2, 1e-3, 1e-4),
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    max_iter: int = 200,
+    device: Device = None,
+) -> dict[str, float]:
+    """Linear probe on frozen, standardised text features: `(texts, labels)` to fit, `(texts, labels)` to score.
+
+    Same protocol as `linear_probe` (decay picked on a seeded held-out fraction, ties to the stronger
+    decay, refit on all training texts). Works for CLIPs and text-only models.
+    """
+    _need(model, False, True, "the text linear probe")
+    x_tr, x_te = embed_texts(model, list(train[0]), device=device), embed_texts(model, list(test[0]), device=device)
+    y_tr, y_te = torch.tensor(list(train[1])), torch.tensor(list(test[1]))
+    n_cls = int(max(int(y_tr.max()), int(y_te.max())) + 1)
+    mean, std = x_tr.mean(0), x_tr.std(0, unbiased=False).clamp_min(1e-6)
+    x_tr, x_te = (x_tr - mean) / std, (x_te - mean) / std
+    decays = sorted({float(w) for w in weight_decays}, reverse=True)
+    best_wd, best_acc = decays[0], -1.0
+    n_val = int(round(val_fraction * len(y_tr)))
+    if len(decays) > 1 and 0 < n_val < len(y_tr):
+        perm = torch.randperm(len(y_tr), generator=torch.Generator().manual_seed(seed))
+        val, fit = perm[:n_val], perm[n_val:]
+        for wd in decays:
+            acc = classification_metrics(_fit_logreg(x_tr[fit], y_tr[fit], n_cls, wd, max_iter)(x_tr[val]),
+                                         y_tr[val])["acc1"]
+            if acc > best_acc:
+                best_acc, best_wd = acc, wd
+    out = classification_metrics(_fit_logreg(x_tr, y_tr, n_cls, best_wd, max_iter)(x_te), y_te)
+    out["weight_decay"] = best_wd
+    return out
+
+
 class _VisionClassifier(nn.Module):
     """A model's image encoder followed by a linear head on its projected (unnormalised) features."""
 

@@ -94,6 +94,7 @@ def dmu(base: nn.Module | str | os.PathLike, dataset: Any, out: str | os.PathLik
     settings = {"method": "dmu", "base": _identity(base),
                 "dataset": getattr(dataset, "name", type(dataset).__name__), "dmu": cfg.to_dict()}
     record = router_record(cfg.router, len(dataset), settings)
+    D.init_distributed()  # under torchrun: join the group before any rank-0-only write
     if D.rank() == 0:
         claim(out, record, force)
     D.barrier()

@@ -1,0 +1,85 @@
+"""One record per model of the family, measured the same way whatever its kind.
+
+CLIPs and CLIP-MoEs: the built-in suite (Fashion-MNIST zero-shot, held-out scenes retrieval, MMVP-
+style pairs). Vision-only: Fashion-MNIST linear probe (a vision tower alone cannot do zero-shot).
+Text-only: object counting from captions, a linear probe on frozen text features. Every model: parameters
+stored and active per token, analytic FLOPs per image / caption, measured forward latency.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..cost import count_params, flops_per_sample, latency
+from ..eval.results import write_json
+from ..eval.suite import SuiteConfig, evaluate_builtin, headline
+from ..models import io
+from ..models.encode import has_text, has_vision
+
+CAPTION_TOKENS = 16
+
+
+def kind_of(model: nn.Module) -> str:
+    v, t = has_vision(model), has_text(model)
+    return "clip" if v and t else "vision" if v else "text"
+
+
+def costs(model: nn.Module, latency_batch: int = 64, repeats: int = 5) -> dict[str, Any]:
+    """Parameters stored / active per token, FLOPs and latency per image and per caption (towers it has)."""
+    from ..moe.model import moe_param_counts
+
+    if hasattr(model, "moe_layers"):
+        c = moe_param_counts(model)
+        stored, active = c["stored"], c["active_per_token"]
+    else:
+        stored = active = count_params(model)["total"]
+    out: dict[str, Any] = {"params_stored": stored, "params_active_per_token": active, "caption_tokens": CAPTION_TOKENS}
+    if has_vision(model):
+        out["flops_per_image"] = flops_per_sample(model, "image")
+        out["latency_image_ms"] = latency(model, "image", latency_batch, repeats=repeats)["ms_per_sample"]
+    if has_text(model):
+        out["flops_per_caption"] = flops_per_sample(model, "text", CAPTION_TOKENS)
+        out["latency_caption_ms"] = latency(model, "text", latency_batch, CAPTION_TOKENS, repeats)["ms_per_sample"]
+    return out
+
+
+def measure(name: str, model_dir: Path, suite: SuiteConfig, cache: Path, probe_train: int = 5000) -> dict[str, Any]:
+    """The record of one model (cached in `cache/<name>.json`, keyed by the model directory and suite)."""
+    path = cache / f"{name.replace(' ', '_').replace('/', '_')}.json"
+    key = {"model": str(Path(model_dir).resolve()), "suite": suite.to_dict(), "probe_train": probe_train,
+           "mtime": (Path(model_dir) / "model.safetensors").stat().st_mtime_ns}
+    if path.is_file():
+        rec = json.loads(path.read_text())
+        if rec.get("key") == json.loads(json.dumps(key)):
+            return rec
+    model = io.load(model_dir).eval()
+    kind = kind_of(model)
+    t = time.perf_counter()
+    rec: dict[str, Any] = {"name": name, "kind": kind, "model": str(model_dir), "key": key}
+    if kind == "clip":
+        rec["metrics"] = evaluate_builtin(model, suite)
+        rec["headline"] = headline(rec["metrics"])
+    elif kind == "vision":
+        from ..data.classification import FashionMNIST
+        from ..eval.tasks import linear_probe
+
+        r = linear_probe(model, FashionMNIST(split="train", limit=probe_train), FashionMNIST(split="test",
+                                                                                            limit=suite.fashion))
+        rec["metrics"] = {"fashion_mnist_linear_probe": r}
+        rec["headline"] = {"fmnist_probe_acc1": r["acc1"]}
+    else:
+        from ..data.scenes import count_captions
+        from ..eval.tasks import text_linear_probe
+
+        r = text_linear_probe(model, count_captions("train", probe_train, 0), count_captions("test", 1000, 1))
+        rec["metrics"] = {"scenes_count_text_probe": r}
+        rec["headline"] = {"count_probe_acc1": r["acc1"]}
+    rec["eval_s"] = round(time.perf_counter() - t, 1)
+    rec["cost"] = costs(model)
+    write_json(path, rec)
+    return rec

@@ -1,0 +1,167 @@
+"""`clipforge demo`: the whole story on built-in data, phase by phase, resumable.
+
+ancestry (trained once, cached) → CLIP-MoE by DMU → MM-LG learngene → a family of descendants (CLIP at
+a quarter, half and three quarters of the depth, vision-only, text-only) → a CLIP-MoE grown from a
+descendant (the two methods composed) → every model measured the same way → one report.
+
+Every phase writes its own directory under `out` and is skipped when already done with the same
+settings, so an interrupted demo continues where it stopped. Progress: a line per phase with an
+overall ETA, tqdm inside each training run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import ClipforgeError
+from ..eval.results import write_json
+from ..eval.suite import SuiteConfig
+
+
+@dataclass
+class DemoConfig:
+    """The demo's budgets; `estimates` (seconds per phase on 2 CPU cores) drive the printed ETA."""
+
+    quick: bool = False
+    ancestry: str = "runs/ancestry"
+    train_scenes: int = 20_000  # fine-tuning pool for DMU: scenes seed 1 (unseen by the ancestry)
+    moe_preset: str = "demo"
+    composed_stage_steps: int = 40
+    composed_router_steps: int = 30
+    extract_steps: int = 600
+    extract_batch: int = 64
+    pretrain_steps: int = 100
+    depth_fractions: tuple[float, ...] = (0.25, 0.5, 0.75)
+    suite: SuiteConfig = field(default_factory=SuiteConfig)
+    probe_train: int = 5000
+    estimates: dict[str, float] = field(default_factory=lambda: {
+        "ancestry": 2400, "clip_moe": 420, "learngene": 300, "descendants": 240, "composed": 200,
+        "evaluate": 300, "report": 30})
+
+    @classmethod
+    def quick_config(cls) -> "DemoConfig":
+        return cls(quick=True, ancestry="runs/ancestry-quick", train_scenes=128, moe_preset="quick",
+                   composed_stage_steps=2, composed_router_steps=2, extract_steps=4, extract_batch=16,
+                   pretrain_steps=2, depth_fractions=(0.5, 1.0), suite=SuiteConfig.quick(), probe_train=200,
+                   estimates={"ancestry": 30, "clip_moe": 20, "learngene": 5, "descendants": 5, "composed": 10,
+                              "evaluate": 40, "report": 10})
+
+
+class Progress:
+    """Prints one line per phase with the overall ETA (estimates, corrected by the phases already run)."""
+
+    def __init__(self, estimates: dict[str, float]) -> None:
+        self.estimates = dict(estimates)
+        self.done: dict[str, float] = {}
+        self.start = time.perf_counter()
+
+    def run(self, name: str, title: str, fn: Callable[[], Any]) -> Any:
+        names = list(self.estimates)
+        i = names.index(name) + 1
+        left = sum(v for k, v in self.estimates.items() if k not in self.done)
+        print(f"[demo] phase {i}/{len(names)}: {title} (about {_mins(self.estimates[name])}; "
+              f"about {_mins(left)} left in all)", flush=True)
+        t = time.perf_counter()
+        out = fn()
+        self.done[name] = round(time.perf_counter() - t, 1)
+        print(f"[demo] phase {i}/{len(names)} done in {_mins(self.done[name])}", flush=True)
+        return out
+
+
+def _mins(s: float) -> str:
+    return f"{s:.0f} s" if s < 90 else f"{s / 60:.1f} min"
+
+
+def _scenes(n: int, image_size: int, seed: int = 1):
+    from ..data.cached import Cached
+    from ..data.scenes import ScenesDataset
+
+    return Cached(ScenesDataset(split="train", size=n, seed=seed, image_size=image_size),
+                  f"scenes[train,seed{seed},n{n},{image_size}px]")
+
+
+def run_demo(out: str | Path, cfg: DemoConfig | None = None) -> dict[str, Any]:
+    """Run (or resume) the demo into `out`; returns the report's paths and per-phase wall times."""
+    from ..ancestry import AncestryRecipe, train_ancestry
+    from ..learngene.pipeline import descend_family, extract
+    from ..models import io
+    from ..moe.dmu import dmu
+    from ..moe.presets import presets
+    from .measure import measure
+    from .report import write_report
+
+    cfg = cfg or DemoConfig()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    progress = Progress(cfg.estimates)
+    anc_run = Path(cfg.ancestry)
+    recipe = AncestryRecipe.quick() if cfg.quick else AncestryRecipe()
+    cached = (anc_run / "model" / "config.json").is_file()
+    if not cached:
+        print(f"[demo] no cached ancestry in {anc_run}: this first run trains it "
+              f"(about {_mins(cfg.estimates['ancestry'])} on 2 CPU cores); later runs reuse it", flush=True)
+    else:
+        progress.estimates["ancestry"] = 5
+    anc_dir = progress.run("ancestry", "the ancestry CLIP (trained once, then cached)",
+                           lambda: train_ancestry(anc_run, recipe))
+    ancestry = io.load(anc_dir)
+    size = int(ancestry.config.vision_config.image_size)
+    L = int(ancestry.config.vision_config.num_hidden_layers)
+    depths = sorted({max(1, round(f * L)) for f in cfg.depth_fractions})
+    mid = depths[len(depths) // 2]
+
+    data = _scenes(cfg.train_scenes, size)
+    preset = presets()[cfg.moe_preset]
+    moe_dir = progress.run("clip_moe", f"CLIP-MoE by DMU ({preset.mcl.num_experts} experts, top-{preset.top_k})",
+                           lambda: dmu(str(anc_dir), data, out / "clip_moe", preset, suite=None))
+
+    lg_dir = progress.run("learngene", "MM-LG learngene extraction (KD from the ancestry)", lambda: extract(
+        anc_dir, ["scenes", "fashion-mnist"], out / "learngene", steps=cfg.extract_steps,
+        batch_size=cfg.extract_batch))
+    shapes = [f"clip:{d}:{d}" for d in depths] + [f"vision:{mid}", f"text:{mid}"]
+    family = progress.run("descendants", f"descendants {', '.join(shapes)}", lambda: descend_family(
+        lg_dir, shapes, out / "descendants", pretrain_steps=cfg.pretrain_steps, data=["scenes", "fashion-mnist"],
+        kd_from=anc_dir, batch_size=cfg.extract_batch))
+
+    composed_cfg = _composed(preset, cfg)
+    seed_clip = family[f"clip-v{mid}-t{mid}"]
+    composed_dir = progress.run("composed", f"CLIP-MoE grown from the MM-LG descendant clip-v{mid}-t{mid}",
+                                lambda: dmu(str(seed_clip), data, out / "clip_moe_from_descendant", composed_cfg,
+                                            suite=None))
+
+    members = {"ancestry": anc_dir, "CLIP-MoE": moe_dir}
+    members |= {f"MM-LG clip {d}+{d}": family[f"clip-v{d}-t{d}"] for d in depths}
+    members |= {f"MM-LG vision {mid}": family[f"vision-v{mid}"], f"MM-LG text {mid}": family[f"text-t{mid}"],
+                f"CLIP-MoE of MM-LG clip {mid}+{mid}": composed_dir}
+    records = progress.run("evaluate", f"measuring {len(members)} models on the same tasks", lambda: {
+        name: measure(name, Path(d), cfg.suite, out / "eval", cfg.probe_train) for name, d in members.items()})
+
+    phases = dict(progress.done)
+    paths = progress.run("report", "writing report.md and report.html", lambda: write_report(
+        out, records, phases, cfg, anc_run, cached, ancestry_dir=anc_dir, moe_dir=moe_dir))
+    phases["report"] = progress.done["report"]
+    write_json(out / "demo.json", {"config": asdict(cfg), "phases_s": phases, "ancestry_was_cached": cached,
+                                   "models": {k: str(v) for k, v in members.items()},
+                                   "report": [str(p) for p in paths]})
+    total = sum(v for k, v in phases.items() if k != "ancestry")
+    print(f"[demo] done: {paths[1]} ({_mins(total)} without the ancestry)", flush=True)
+    return {"report": paths, "phases_s": phases}
+
+
+def _composed(preset, cfg: DemoConfig):
+    from dataclasses import replace
+
+    mcl = replace(preset.mcl, steps=cfg.composed_stage_steps, warmup=max(1, cfg.composed_stage_steps // 10))
+    router = replace(preset.router, steps=cfg.composed_router_steps, warmup=max(1, cfg.composed_router_steps // 10))
+    return replace(preset, mcl=mcl, router=router)
+
+
+def load_demo(out: str | Path) -> dict[str, Any]:
+    path = Path(out) / "demo.json"
+    if not path.is_file():
+        raise ClipforgeError(f"{path} not found: run `clipforge demo --out {out}` first")
+    return json.loads(path.read_text())

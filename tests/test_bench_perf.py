@@ -1,0 +1,69 @@
+"""benchmarks/perf/run.py --quick: all three parts (train overhead, eval throughput, MoE layer) in one results file."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "perf" / "run.py"
+
+
+def _bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("clipforge_perf_bench", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.timeout(120)  # about 10 s when the machine is free; the bound only catches a hang
+def test_quick_run_writes_every_part(tmp_path: Path) -> None:
+    bench = _bench()
+    out = tmp_path / "r.json"
+    threads = torch.get_num_threads()
+    try:
+        # One thread: the test suite shares the machine; the benchmark's default is all cores.
+        assert bench.main(["--quick", "--out", str(out), "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)  # the benchmark sets it process-wide
+    r = json.loads(out.read_text())
+    assert r["command"].startswith("python benchmarks/perf/run.py --quick") and r["quick"] is True
+    assert r["machine"]["torch"] == torch.__version__ and r["machine"]["threads"] == 1
+
+    train = r["train"]
+    cases = bench.train_cases(quick=True, cuda=torch.cuda.is_available())
+    assert [(c["arch"], c["batch"]) for c in train["cases"]] == [tuple(c) for c in cases]
+    for c in train["cases"]:
+        for loop in ("clipforge", "bare"):
+            assert c["ms_per_step"][loop] > 0 and math.isfinite(c["ms_per_step"][loop]), c
+            # Warm-up and the extra last step are not timed: exactly `steps` per round.
+            assert len(c["step_ms"][loop]) == train["steps"] * train["rounds"]
+        assert math.isfinite(c["overhead"]) and c["overhead"] > -1
+        assert c["within_goal"] == (c["overhead"] <= train["goal"])
+
+    ev = r["eval"]
+    assert ev["n"] == 64 and ev["images_per_s"] > 0 and ev["captions_per_s"] > 0
+    assert math.isfinite(ev["images_per_s"]) and math.isfinite(ev["captions_per_s"])
+
+    moe = r["moe"]
+    assert [s["name"] for s in moe["shapes"]] == ["tiny-vision", "tiny-text"]
+    for s in moe["shapes"]:
+        assert math.isfinite(s["ratio_vs_two_dense"]) and math.isfinite(s["ratio_vs_released_loop"])
+        assert 0 <= s["max_abs_diff"] < 1e-5
+
+    md = out.with_suffix(".md").read_text()
+    assert md.startswith("`python benchmarks/perf/run.py --quick")
+    assert all(h in md for h in ("## Training step", "## Evaluation", "## MoE")) and "tiny-text" in md
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temp files behind
+
+
+def test_step_times_skip_warmup() -> None:
+    """Stamps mark each step's start: step k lasts until step k+1's stamp; warm-up steps are dropped."""
+    bench = _bench()
+    assert bench.step_ms([0.0, 1.0, 3.0, 6.0], warmup=1) == pytest.approx([2000.0, 3000.0])
+    assert bench.step_ms([0.0, 1.0], warmup=1) == []
