@@ -7,4 +7,5 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# CLIPFORGE_TEST_THREADS lets the suite share a machine with a running benchmark.
+torch.set_num_threads(int(os.environ.get("CLIPFORGE_TEST_THREADS", max(1, min(2, os.cpu_count() or 1)))))

@@ -130,6 +130,15 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
                 txt = f"{100 * d['mean']:+.1f} ± {100 * d['se']:.1f}" if d["n"] > 1 else f"{100 * d['mean']:+.1f}"
                 cells.append(f"**{txt}**" if d["significant"] else txt)
             lines.append(f"| {name} | {a['k']}x{a['k']} | {a['steps']} | {a['trains']} | " + " | ".join(cells) + " |")
+        base = results["main"]["base"]["metrics"]
+        keys = [f"mmvp_{x}" for x in ATTRS] + ["t2i_r1", "fmnist_acc1"]
+        lines += ["", "The same runs in absolute terms (%, mean ± std over seeds), beside the base:", "",
+                  "| model | " + " | ".join(ATTRS) + " | T→I R@1 | FMNIST |", "|---|" + "---|" * (len(ATTRS) + 2),
+                  "| base (ancestry) | " + " | ".join(_cell(base.get(k), pct=True) for k in keys) + " |"]
+        for name, a in results["ablation"].items():
+            lines.append(f"| MCL stage, {name} | " + " | ".join(_cell(a["stage"].get(k), pct=True) for k in keys) + " |")
+            lines.append(f"| {a['reference']} | " + " | ".join(_cell(a["direct_ft"].get(k), pct=True) for k in keys)
+                         + " |")
     lines += ["", "## Definitions", ""] + [f"* **{k}**: {v}" for k, v in results["definitions"].items()]
     lines += ["", "Plots: `plots/main.png`, `plots/table1_stages_mmvp.png`, `plots/ablation.png`, "
               "`plots/fig3_routing.png`.", ""]

@@ -40,7 +40,7 @@ ROUTER_FLAGS: list[tuple[str, str, type, str]] = [
 def _data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--data", action="append", required=required,
                    help="training data: scenes, fashion-mnist, mnist or a path (repeat to mix)")
-    p.add_argument("--scenes-size", type=int, default=20_000, help="scenes to draw for --data scenes (default 20000)")
+    p.add_argument("--scenes-size", type=int, default=8_000, help="scenes to draw for --data scenes (default 8000)")
     p.add_argument("--scenes-seed", type=int, default=1,
                    help="scenes generator seed (default 1: scenes the demo ancestry never saw; 0 = its own)")
     p.add_argument("--image-key", default="image", help="image column/field of user data (default image)")

@@ -28,9 +28,9 @@ class DemoConfig:
 
     quick: bool = False
     ancestry: str = "runs/ancestry"
-    train_scenes: int = 20_000  # fine-tuning pool for DMU: scenes seed 1 (unseen by the ancestry)
+    train_scenes: int = 8_000  # fine-tuning pool for DMU: scenes seed 1 (unseen by the ancestry)
     moe_preset: str = "demo"
-    composed_stage_steps: int = 40
+    composed_stage_steps: int = 50
     composed_router_steps: int = 30
     extract_steps: int = 600
     extract_batch: int = 64
