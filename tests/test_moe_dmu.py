@@ -178,6 +178,12 @@ def test_moe_flops_add_the_extra_experts_and_the_router(base):
     t = (dense.config.vision_config.image_size // dense.config.vision_config.patch_size) ** 2 + 1
     extra = n * t * (4 * d * m + 2 * d * 4)
     assert flops_per_sample(moe, "image") - flops_per_sample(dense, "image") == extra
+    # parameters a token passes through: the generic count agrees with the MoE model's own
+    from clipforge.cost import active_params
+    from clipforge.moe.model import moe_param_counts
+
+    assert active_params(moe) == moe_param_counts(moe)["active_per_token"] < sum(p.numel() for p in moe.parameters())
+    assert active_params(dense) == sum(p.numel() for p in dense.parameters())
 
 
 def test_stats_command(dmu_run, tmp_path, capsys):

@@ -126,7 +126,7 @@ class Bench:
         from clipforge.eval.results import write_json
         from clipforge.eval.suite import evaluate_builtin, headline
         from clipforge.models import io
-        from clipforge.moe.report import model_costs
+        from clipforge.cost import model_costs
 
         path = model_dir.parent / ("eval_mmvp.json" if mmvp_only else "eval.json")
         if path.is_file():
@@ -305,7 +305,7 @@ def run(args: argparse.Namespace) -> int:
 def _base_eval(bench: Bench, work: Path) -> dict[str, Any]:
     from clipforge.eval.results import write_json
     from clipforge.eval.suite import evaluate_builtin, headline
-    from clipforge.moe.report import model_costs
+    from clipforge.cost import model_costs
 
     path = work / "base" / "eval.json"
     if path.is_file():

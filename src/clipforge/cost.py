@@ -163,3 +163,31 @@ class Timer:
         if self.start is None:
             return 0.0
         return (self.end if self.end is not None else time.perf_counter()) - self.start
+
+
+def active_params(model: nn.Module) -> int:
+    """Parameters a token passes through: all of them, minus the unused experts of each mixture-of-
+    experts block (modules with `experts` and `top_k`: a token runs top_k of them)."""
+    idle = 0
+    for module in model.modules():
+        experts, k = getattr(module, "experts", None), getattr(module, "top_k", None)
+        if isinstance(experts, nn.ModuleList) and isinstance(k, int) and len(experts) > k:
+            idle += _numel(experts[0].parameters()) * (len(experts) - k)
+    return _numel(model.parameters()) - idle
+
+
+def model_costs(model: nn.Module, latency_batch: int = 64, repeats: int = 5, caption_tokens: int = 16
+                ) -> dict[str, float | int]:
+    """Parameters stored / active per token, analytic forward FLOPs and measured latency per image and
+    per caption (for the towers the model has; captions at `caption_tokens` tokens)."""
+    has_v, has_t = hasattr(model, "vision_model"), hasattr(model, "text_model")
+    out: dict[str, float | int] = {"params_stored": _numel(model.parameters()),
+                                   "params_active_per_token": active_params(model), "caption_tokens": caption_tokens}
+    if has_v:
+        out["flops_per_image"] = flops_per_sample(model, "image")
+        out["latency_image_ms"] = latency(model, "image", latency_batch, repeats=repeats)["ms_per_sample"]
+    if has_t:
+        out["flops_per_caption"] = flops_per_sample(model, "text", caption_tokens)
+        out["latency_caption_ms"] = latency(model, "text", latency_batch, caption_tokens, repeats)["ms_per_sample"]
+    out["latency_batch"] = latency_batch
+    return out

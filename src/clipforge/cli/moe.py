@@ -284,7 +284,7 @@ def run_stats(args: argparse.Namespace) -> int:
     from ..data.scenes import ScenesDataset
     from ..eval.results import write_json
     from ..models import io
-    from ..moe.report import model_costs
+    from ..cost import model_costs
     from ..moe.routing import load_shares, plot_routing, routing_stats
 
     model_dir = _model_dir(args.model)

@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from ..cost import count_params, flops_per_sample, latency
+from ..cost import model_costs
 from ..eval.results import write_json
 from ..eval.suite import SuiteConfig, evaluate_builtin, headline
 from ..models import io
@@ -27,25 +27,6 @@ CAPTION_TOKENS = 16
 def kind_of(model: nn.Module) -> str:
     v, t = has_vision(model), has_text(model)
     return "clip" if v and t else "vision" if v else "text"
-
-
-def costs(model: nn.Module, latency_batch: int = 64, repeats: int = 5) -> dict[str, Any]:
-    """Parameters stored / active per token, FLOPs and latency per image and per caption (towers it has)."""
-    from ..moe.model import moe_param_counts
-
-    if hasattr(model, "moe_layers"):
-        c = moe_param_counts(model)
-        stored, active = c["stored"], c["active_per_token"]
-    else:
-        stored = active = count_params(model)["total"]
-    out: dict[str, Any] = {"params_stored": stored, "params_active_per_token": active, "caption_tokens": CAPTION_TOKENS}
-    if has_vision(model):
-        out["flops_per_image"] = flops_per_sample(model, "image")
-        out["latency_image_ms"] = latency(model, "image", latency_batch, repeats=repeats)["ms_per_sample"]
-    if has_text(model):
-        out["flops_per_caption"] = flops_per_sample(model, "text", CAPTION_TOKENS)
-        out["latency_caption_ms"] = latency(model, "text", latency_batch, CAPTION_TOKENS, repeats)["ms_per_sample"]
-    return out
 
 
 def measure(name: str, model_dir: Path, suite: SuiteConfig, cache: Path, probe_train: int = 5000) -> dict[str, Any]:
@@ -80,6 +61,6 @@ def measure(name: str, model_dir: Path, suite: SuiteConfig, cache: Path, probe_t
         rec["metrics"] = {"scenes_count_text_probe": r}
         rec["headline"] = {"count_probe_acc1": r["acc1"]}
     rec["eval_s"] = round(time.perf_counter() - t, 1)
-    rec["cost"] = costs(model)
+    rec["cost"] = model_costs(model, caption_tokens=CAPTION_TOKENS)
     write_json(path, rec)
     return rec

@@ -45,7 +45,6 @@ _EXPORTS = {
     "without_mcl": ".baselines",
     "routing_stats": ".routing",
     "plot_routing": ".routing",
-    "model_costs": ".report",
 }
 
 __all__ = sorted(_EXPORTS)

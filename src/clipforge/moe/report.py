@@ -1,7 +1,7 @@
 """What a CLIP-MoE gains and costs, measured the same way for every model.
 
-`model_card_numbers(model)`: parameters stored and active per token, analytic FLOPs per image and per
-caption, measured forward latency. `evaluate_moe_run(out, ...)`: the base and the CLIP-MoE on the
+`measure(model, suite)`: the built-in suite plus `cost.model_costs` (parameters stored and active per
+token, analytic FLOPs, measured latency). `evaluate_moe_run(out, ...)`: the base and the CLIP-MoE on the
 built-in suite, each stage model's MMVP-style scores, routing statistics and plots, written to
 `out/eval.json`, `out/eval.md`, `out/routing.json` and `out/plots/`.
 """
@@ -14,31 +14,10 @@ from typing import Any, Sequence
 
 from torch import nn
 
-from ..cost import count_params, flops_per_sample, latency
+from ..cost import model_costs
 from ..eval.results import write_json
 from ..eval.suite import SuiteConfig, evaluate_builtin, headline
 from ..models import io
-
-CAPTION_TOKENS = 16  # FLOPs and latency per caption are quoted at this many tokens (scenes captions: ~10-20)
-
-
-def model_costs(model: nn.Module, latency_batch: int = 64, repeats: int = 5) -> dict[str, Any]:
-    """Parameters stored / active per token, forward FLOPs per image and caption, measured latency."""
-    from .model import moe_param_counts
-
-    if hasattr(model, "moe_layers"):
-        counts = moe_param_counts(model)
-        stored, active = counts["stored"], counts["active_per_token"]
-    else:
-        stored = active = count_params(model)["total"]
-    return {"params_stored": stored, "params_active_per_token": active,
-            "flops_per_image": flops_per_sample(model, "image"),
-            "flops_per_caption": flops_per_sample(model, "text", CAPTION_TOKENS),
-            "caption_tokens": CAPTION_TOKENS,
-            "latency_image_ms": latency(model, "image", latency_batch, repeats=repeats)["ms_per_sample"],
-            "latency_caption_ms": latency(model, "text", latency_batch, CAPTION_TOKENS, repeats)["ms_per_sample"],
-            "latency_batch": latency_batch}
-
 
 def measure(model: nn.Module, suite: SuiteConfig) -> dict[str, Any]:
     """Suite metrics (full and flat) plus costs of one model."""
