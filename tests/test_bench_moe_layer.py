@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -10,14 +9,10 @@ from types import ModuleType
 
 import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "moe_layer" / "run.py"
-
+from clipforge.cli._bench import load_benchmark
 
 def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("clipforge_moe_layer_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark(Path("benchmarks/moe_layer/run.py"), "clipforge_moe_layer_bench")
 
 
 def test_quick_run_writes_every_shape(tmp_path: Path) -> None:

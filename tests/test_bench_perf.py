@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -11,14 +10,10 @@ from types import ModuleType
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "perf" / "run.py"
-
+from clipforge.cli._bench import load_benchmark
 
 def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("clipforge_perf_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark(Path("benchmarks/perf/run.py"), "clipforge_perf_bench")
 
 
 @pytest.mark.timeout(120)  # about 10 s when the machine is free; the bound only catches a hang

@@ -15,6 +15,7 @@ to build its parser, which must stay fast.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -237,7 +238,8 @@ def run(args: argparse.Namespace, prefix: str = "clipforge learngene bench") -> 
         "quick": bool(args.quick), "command": _command(args, prefix), "date": time.strftime("%Y-%m-%d %H:%M"),
         "device": gpu or f"CPU ({platform.machine()}, {torch.get_num_threads()} threads), torch {torch.__version__}",
         "budget": budget.to_dict(), "methods": list(METHODS),
-        "ancestry": {"path": str(anc_path), "params": anc_counts["total"],
+        # Shown relative to the working directory: results files must not carry this machine's paths.
+        "ancestry": {"path": os.path.relpath(anc_path), "params": anc_counts["total"],
                      "depth": ancestry.config.vision_config.num_hidden_layers},
         "protocol": protocol(budget), "definitions": definitions(),
         "downstream": aggregate(units, depths, seeds),

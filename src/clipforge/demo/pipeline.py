@@ -11,13 +11,11 @@ overall ETA, tqdm inside each training run.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import ClipforgeError
 from ..eval.results import write_json
 from ..eval.suite import SuiteConfig
 
@@ -159,9 +157,3 @@ def _composed(preset, cfg: DemoConfig):
     router = replace(preset.router, steps=cfg.composed_router_steps, warmup=max(1, cfg.composed_router_steps // 10))
     return replace(preset, mcl=mcl, router=router)
 
-
-def load_demo(out: str | Path) -> dict[str, Any]:
-    path = Path(out) / "demo.json"
-    if not path.is_file():
-        raise ClipforgeError(f"{path} not found: run `clipforge demo --out {out}` first")
-    return json.loads(path.read_text())
