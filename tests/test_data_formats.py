@@ -1,4 +1,8 @@
-"""open_dataset on every user format: a tiny dataset with 6 good images, one corrupt, one missing."""
+"""open_dataset on every user format: a tiny dataset with 6 good images, one corrupt, one missing.
+
+Most tests open with `validate=True` (every image checked at open, bad ones dropped) so they can check
+the dataset's contents by index; lazy opening (the default) has its own tests here and in
+test_data_lazy.py."""
 
 from __future__ import annotations
 
@@ -90,7 +94,7 @@ def test_csv_one_caption(tmp_path: Path) -> None:
     write_images(tmp_path)
     write_csv(tmp_path / "data.csv", None)
     with pytest.warns(UserWarning, match="skipped 2 of 8 samples"):
-        ds = open_dataset(tmp_path / "data.csv")
+        ds = open_dataset(tmp_path / "data.csv", validate=True)
     check(ds, FILE_BAD, n_caps=1)
 
 
@@ -99,7 +103,8 @@ def test_csv_with_separator_and_root(tmp_path: Path) -> None:
     (tmp_path / "meta").mkdir()
     write_csv(tmp_path / "meta" / "data.csv", "|")
     with pytest.warns(UserWarning):
-        ds = open_dataset(str(tmp_path / "meta" / "data.csv"), caption_sep="|", root=tmp_path / "elsewhere")
+        ds = open_dataset(str(tmp_path / "meta" / "data.csv"), caption_sep="|", root=tmp_path / "elsewhere",
+                          validate=True)
     check(ds, FILE_BAD)
 
 
@@ -107,7 +112,7 @@ def test_tsv(tmp_path: Path) -> None:
     write_images(tmp_path)
     write_csv(tmp_path / "data.tsv", " || ", delimiter="\t")
     with pytest.warns(UserWarning):
-        ds = open_dataset(tmp_path / "data.tsv", caption_sep="||")
+        ds = open_dataset(tmp_path / "data.tsv", caption_sep="||", validate=True)
     check(ds, FILE_BAD)
 
 
@@ -121,7 +126,7 @@ def test_jsonl_caption_lists(tmp_path: Path) -> None:
     write_images(tmp_path)
     write_jsonl(tmp_path / "data.jsonl")
     with pytest.warns(UserWarning):
-        ds = open_dataset(tmp_path / "data.jsonl")
+        ds = open_dataset(tmp_path / "data.jsonl", validate=True)
     check(ds, FILE_BAD)
     assert ds[0].meta["id"] == "imgs/g0.png"
 
@@ -133,7 +138,7 @@ def test_raise_names_first_bad_file(tmp_path: Path, suffix: str) -> None:
     write_csv(path, None) if suffix == ".csv" else write_jsonl(path)
     line = 4 if suffix == ".csv" else 3  # the CSV has a header line
     with pytest.raises(ClipforgeError, match=rf"imgs/gone\.png \(line {line} of data{suffix}\): missing"):
-        open_dataset(path, on_error="raise")
+        open_dataset(path, on_error="raise", validate=True)
 
 
 def test_missing_caption_column(tmp_path: Path) -> None:
@@ -144,19 +149,22 @@ def test_missing_caption_column(tmp_path: Path) -> None:
     with pytest.raises(ClipforgeError, match="data.csv: no caption column 'caption'"):
         open_dataset(tmp_path / "data.csv")
     with pytest.warns(UserWarning):
-        ds = open_dataset(tmp_path / "data.csv", caption_key="words")
+        ds = open_dataset(tmp_path / "data.csv", caption_key="words", validate=True)
     assert len(ds) == 6
 
 
 def test_lazy_skip_at_read_time(tmp_path: Path) -> None:
     write_images(tmp_path)
     write_csv(tmp_path / "data.csv", None)
-    ds = open_dataset(tmp_path / "data.csv", validate=False)
+    ds = open_dataset(tmp_path / "data.csv")  # lazy is the default
     assert len(ds) == 8 and ds.skipped == []
-    with pytest.warns(UserWarning, match="gone.png"):
-        s = ds[2]  # missing → the next good sample
+    s = ds[2]  # missing → the next good sample
     assert s.captions == caps("g2")[:1]
+    assert ds.skipped == []  # reported when the pass ends
+    with pytest.warns(UserWarning, match=r"pass 1: .*skipped 1 of 8 samples: imgs/gone.png \(missing\)"):
+        assert ds.end_pass() == [("imgs/gone.png", "missing")]
     assert ds.skipped == [("imgs/gone.png", "missing")]
+    assert ds[2].captions == caps("g2")[:1] and ds.end_pass() == []  # known bad: not reported again
     strict = open_dataset(tmp_path / "data.csv", validate=False, on_error="raise")
     with pytest.raises(ClipforgeError, match="bad.png"):
         strict[4]
@@ -174,7 +182,7 @@ def test_imagefolder(tmp_path: Path, meta: str) -> None:
     else:
         write_jsonl(folder / meta, img_key="file_name")
     with pytest.warns(UserWarning):
-        ds = open_dataset(tmp_path, split="train", caption_sep="|")  # split subfolder
+        ds = open_dataset(tmp_path, split="train", caption_sep="|", validate=True)  # split subfolder
     check(ds, FILE_BAD)
 
 
@@ -208,10 +216,10 @@ def write_shards(folder: Path, n_shards: int, name: str = "shard") -> list[Path]
 def test_webdataset_single_tar(tmp_path: Path) -> None:
     (p,) = write_shards(tmp_path, 1)
     with pytest.warns(UserWarning):
-        ds = open_dataset(p)
+        ds = open_dataset(p, validate=True)
     check(ds, {"shard-000.tar:gone", "shard-000.tar:bad.png"}, n_caps=1)
     with pytest.raises(ClipforgeError, match="shard-000.tar:gone"):
-        open_dataset(p, on_error="raise")
+        open_dataset(p, on_error="raise", validate=True)
 
 
 def test_webdataset_brace_glob_and_folder(tmp_path: Path) -> None:
@@ -219,7 +227,7 @@ def test_webdataset_brace_glob_and_folder(tmp_path: Path) -> None:
     bad = {"shard-000.tar:gone", "shard-001.tar:bad.png"}
     for spec in [tmp_path / "shards/shard-{000..001}.tar", tmp_path / "shards/*.tar", tmp_path / "shards"]:
         with pytest.warns(UserWarning):
-            ds = open_dataset(str(spec))
+            ds = open_dataset(str(spec), validate=True)
         check(ds, bad, n_caps=1)
     with pytest.raises(ClipforgeError, match="shard-002.tar"):
         open_dataset(str(tmp_path / "shards/shard-{000..002}.tar"))
@@ -259,13 +267,13 @@ def test_parquet(tmp_path: Path, kind: str, bad: set[str]) -> None:
     table = pa.table({"image": parquet_cells(kind), "caption": [caps(r) for r in ROWS]})
     pq.write_table(table, tmp_path / "data.parquet", row_group_size=3)
     with pytest.warns(UserWarning):
-        ds = open_dataset(tmp_path / "data.parquet")
+        ds = open_dataset(tmp_path / "data.parquet", validate=True)
     check(ds, bad)
     assert [ds[i].captions for i in range(len(ds))] == [caps(r) for r in GOOD]
     again = pickle.loads(pickle.dumps(ds))  # DataLoader workers get a copy
     assert again[5].captions == caps("g5")
     with pytest.raises(ClipforgeError, match=r"row 2"):
-        open_dataset(tmp_path / "data.parquet", on_error="raise")
+        open_dataset(tmp_path / "data.parquet", on_error="raise", validate=True)
 
 
 def test_datasets_save_to_disk(tmp_path: Path) -> None:
@@ -276,7 +284,7 @@ def test_datasets_save_to_disk(tmp_path: Path) -> None:
     paths = datasets.Dataset.from_dict(columns)
     paths.save_to_disk(str(tmp_path / "hf_paths"))
     with pytest.warns(UserWarning):
-        ds = open_dataset(tmp_path / "hf_paths", root=tmp_path)
+        ds = open_dataset(tmp_path / "hf_paths", root=tmp_path, validate=True)
     check(ds, FILE_BAD)
 
     # An Image feature with embedded bytes (a missing file cannot even be saved, so only corrupt).
@@ -288,7 +296,8 @@ def test_datasets_save_to_disk(tmp_path: Path) -> None:
     with pytest.raises(ClipforgeError, match="holds splits train, test"):
         open_dataset(tmp_path / "hf_dict", image_key="img", caption_key="text")
     with pytest.warns(UserWarning, match="row 3 \\(cannot identify"):
-        ds = open_dataset(tmp_path / "hf_dict", split="train", image_key="img", caption_key="text")
+        ds = open_dataset(tmp_path / "hf_dict", split="train", image_key="img", caption_key="text",
+                          validate=True)
     assert [s.captions[0] for s in (ds[i] for i in range(len(ds)))] == [caps(r)[0] for r in GOOD]
     assert ds.skipped == [("row 3", "cannot identify image file")]
     assert len(pickle.loads(pickle.dumps(ds))) == 6
@@ -320,5 +329,5 @@ def test_get_dataset_falls_back_to_paths(tmp_path: Path) -> None:
     write_images(tmp_path)
     write_jsonl(tmp_path / "data.jsonl")
     with pytest.warns(UserWarning):
-        ds = get_dataset(str(tmp_path / "data.jsonl"), "train")
+        ds = get_dataset(str(tmp_path / "data.jsonl"), "train", validate=True)
     assert len(ds) == 6

@@ -37,6 +37,7 @@ class AncestryRecipe:
     eval_scenes: int = 1000
     eval_pairs: int = 200
     eval_fashion: int | None = None  # None: the whole 10k test split
+    caption_style: str = "full"  # training scenes' captions: full, alt or dense (clipforge.data.scenes_styles)
 
     @classmethod
     def quick(cls) -> "AncestryRecipe":
@@ -53,7 +54,8 @@ def training_data(recipe: AncestryRecipe):
     from .models.registry import make_config
 
     size = make_config(recipe.arch).vision_config.image_size
-    parts = [ScenesDataset(split="train", size=recipe.scenes, seed=recipe.seed, image_size=size)]
+    parts = [ScenesDataset(split="train", size=recipe.scenes, seed=recipe.seed, image_size=size,
+                           caption_style=recipe.caption_style)]
     if recipe.fashion:
         parts.append(FashionMNIST(split="train"))
     return parts[0] if len(parts) == 1 else ConcatImageText(parts)
@@ -90,11 +92,17 @@ def convergence(records: list[dict], window: int = 150) -> dict[str, float]:
     return {"last": a, "previous": b, "relative_change": (b - a) / b if prev else float("nan")}
 
 
+def _same_recipe(stored: dict | None, wanted: dict[str, Any]) -> bool:
+    # Recipes saved before caption styles existed trained on today's captions: "full".
+    return isinstance(stored, dict) and {"caption_style": "full", **stored} == wanted
+
+
 def train_ancestry(out: str | Path, recipe: AncestryRecipe | None = None, force: bool = False,
                    progress: bool = True) -> Path:
     """Train (or reuse) the ancestry in `out`; returns the model directory `out/model`."""
     from .eval.results import write_json
     from .data.collate import Collator
+    from .data.scenes_styles import check_style
     from .models.io import read_provenance, save
     from .models.preprocess import transform_for
     from .models.registry import build
@@ -102,18 +110,19 @@ def train_ancestry(out: str | Path, recipe: AncestryRecipe | None = None, force:
     from .train.loop import TrainConfig, train
 
     recipe = recipe or AncestryRecipe()
+    check_style(recipe.caption_style, "ancestry recipe caption_style")  # fail before any training
     out = Path(out)
     model_dir = out / "model"
     wanted = asdict(recipe)
     if model_dir.is_dir() and not force:
-        if read_provenance(model_dir).get("recipe") == wanted:
+        if _same_recipe(read_provenance(model_dir).get("recipe"), wanted):
             print(f"[ancestry] reusing the cached ancestry in {model_dir} (same recipe)")
             return model_dir
         raise ClipforgeError(f"{model_dir} holds an ancestry trained with another recipe; "
                              "pass --force to retrain or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     args_path = out / "args.json"
-    if args_path.exists() and json.loads(args_path.read_text()) != wanted and not force:
+    if args_path.exists() and not _same_recipe(json.loads(args_path.read_text()), wanted) and not force:
         raise ClipforgeError(f"{args_path}: an unfinished run with another recipe is here; "
                              "pass --force to start over or choose another --out")
     write_json(args_path, wanted)

@@ -19,12 +19,14 @@ COMMANDS: dict[str, str] = {
     "build": "models",
     "import": "models",
     "info": "models",
+    "stretch": "models",
     "ancestry": "train",
     "train": "train",
     "eval": "train",
     "demo": "demo",
     "learngene": "learngene",
     "moe": "moe",
+    "export": "export",
 }
 
 

@@ -13,6 +13,22 @@ from types import ModuleType
 
 
 BENCH = Path("benchmarks") / "learngene" / "run.py"
+WORKERS_HELP = ("DataLoader worker processes (default: the machine's cores per rank minus one, at most 8; "
+                "0 = in the main process)")
+
+
+def _with_workers(run):
+    """Run a command with its `--workers` as the process default for every DataLoader it builds."""
+    import functools
+
+    @functools.wraps(run)
+    def wrapped(args: argparse.Namespace) -> int:
+        from ..data.loader import default_workers
+
+        with default_workers(getattr(args, "workers", None)):
+            return run(args)
+
+    return wrapped
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -58,6 +74,7 @@ def _add_extract(lsub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="redo the extraction even if one is finished")
+    p.add_argument("--workers", type=int, metavar="N", help=WORKERS_HELP)
     p.set_defaults(func=run_extract)
 
 
@@ -80,6 +97,7 @@ def _add_descend(lsub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="redo descendants even if finished")
+    p.add_argument("--workers", type=int, metavar="N", help=WORKERS_HELP)
     p.set_defaults(func=run_descend)
 
 
@@ -100,6 +118,7 @@ def _bench_module(required: bool = True) -> ModuleType | None:
     return load_benchmark(BENCH, "clipforge_learngene_bench", required)
 
 
+@_with_workers
 def run_extract(args: argparse.Namespace) -> int:
     from ..learngene.pipeline import extract
 
@@ -113,6 +132,7 @@ def run_extract(args: argparse.Namespace) -> int:
     return 0
 
 
+@_with_workers
 def run_descend(args: argparse.Namespace) -> int:
     from ..learngene.pipeline import descend_family
 

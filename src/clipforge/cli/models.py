@@ -38,7 +38,20 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--text-heads", type=int, help="attention heads of the text tower (default width/64)")
     p.add_argument("--top-k", type=int, default=2,
                    help="experts per token for a released CLIP-MoE checkpoint (not stored in it; default 2)")
+    p.add_argument("--long-context", action="store_true",
+                   help="stretch the text positions Long-CLIP style (77 -> 248 tokens; see `clipforge stretch`)")
     p.set_defaults(func=run_import)
+
+    p = sub.add_parser(
+        "stretch", help="stretch a CLIP's text context Long-CLIP style (77 -> 248 tokens)",
+        description="Copy a model directory with its text position table stretched as Long-CLIP does: the first "
+                    "--keep positions kept, every later gap interpolated into --factor positions, the last "
+                    "extrapolated (77 positions become 20 + 4*57 = 248), so long, dense captions are not cut.")
+    p.add_argument("model", type=Path, help="a model directory with a text tower (dense or CLIP-MoE)")
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--keep", type=int, default=20, help="leading positions kept as they are (default 20)")
+    p.add_argument("--factor", type=int, default=4, help="positions each later gap becomes (default 4)")
+    p.set_defaults(func=run_stretch)
 
     p = sub.add_parser(
         "info", help="describe a model directory",
@@ -73,17 +86,44 @@ def run_import(args: argparse.Namespace) -> int:
     heads = dict(vision_heads=args.vision_heads, text_heads=args.text_heads, quick_gelu=args.act == "quick_gelu")
     # The layout is detected from the key names; each importer then reads the file itself (a second read,
     # small next to building the model), so both stay usable on their own.
-    from ..moe.convert_released import is_released_layout, load_released
+    from ..moe.convert_released import (is_released_dense_layout, is_released_layout, load_released,
+                                        load_released_dense)
 
-    if is_released_layout(read_state_dict(args.checkpoint)):
+    sd = read_state_dict(args.checkpoint)
+    if is_released_layout(sd):
         model = load_released(args.checkpoint, top_k=args.top_k, **heads)
         fmt = f"released CLIP-MoE state dict (top-{args.top_k})"
+    elif is_released_dense_layout(sd):
+        model = load_released_dense(args.checkpoint, **heads)
+        fmt = "released CLIP-MoE dense (stage) state dict, Long-CLIP position tables merged"
     else:
         model = load_openai(args.checkpoint, **heads)
         fmt = "openai/open_clip state dict"
+    if args.long_context:
+        from ..models.positions import stretch_text_positions
+
+        model = stretch_text_positions(model)
+        fmt += ", text positions stretched Long-CLIP style"
     save(model, args.out, provenance={"source": f"imported from {args.checkpoint.resolve()}",
                                       "format": fmt, "act": args.act, "name": args.checkpoint.stem})
     print(f"imported {args.checkpoint} to {args.out}")
+    return 0
+
+
+def run_stretch(args: argparse.Namespace) -> int:
+    from ..models.io import load, read_provenance, save
+    from ..models.positions import stretch_text_positions
+
+    model = load(args.model)
+    before = model.text_model.embeddings.position_embedding.weight.shape[0] if hasattr(model, "text_model") else 0
+    out = stretch_text_positions(model, keep=args.keep, factor=args.factor)
+    after = out.text_model.embeddings.position_embedding.weight.shape[0]
+    prov = dict(read_provenance(args.model))
+    prov.update(source=f"{args.model.resolve()}, text positions stretched Long-CLIP style "
+                       f"({before} -> {after}, keep {args.keep}, factor {args.factor})")
+    prov.pop("metrics", None)  # they were the unstretched model's
+    save(out, args.out, provenance=prov)
+    print(f"stretched {args.model} ({before} -> {after} text positions) to {args.out}")
     return 0
 
 

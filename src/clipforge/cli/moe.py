@@ -43,10 +43,29 @@ def _data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--scenes-size", type=int, default=8_000, help="scenes to draw for --data scenes (default 8000)")
     p.add_argument("--scenes-seed", type=int, default=1,
                    help="scenes generator seed (default 1: scenes the demo ancestry never saw; 0 = its own)")
+    p.add_argument("--scenes-captions", choices=["full", "alt", "dense"], default="full",
+                   help="caption style of --data scenes: full (default), alt (short alt-text) or dense (every "
+                        "attribute, counts, relations); see clipforge.data.scenes_styles")
     p.add_argument("--image-key", default="image", help="image column/field of user data (default image)")
     p.add_argument("--caption-key", default="caption", help="caption column/field of user data (default caption)")
     p.add_argument("--on-error", choices=["skip", "raise"], default="skip",
                    help="a missing or corrupt image: skip and count it (default) or stop")
+    p.add_argument("--workers", type=int, metavar="N", help="DataLoader worker processes per rank for training, "
+                   "embedding and evaluation (default: the machine's cores per rank minus one, at most 8)")
+
+
+def _with_workers(run):
+    """Run a command with its `--workers` as the process default (configs keep 0, so records do not change)."""
+    import functools
+
+    @functools.wraps(run)
+    def wrapped(args: argparse.Namespace) -> int:
+        from ..data.loader import default_workers
+
+        with default_workers(getattr(args, "workers", None)):
+            return run(args)
+
+    return wrapped
 
 
 def _config_args(p: argparse.ArgumentParser, mcl: bool = True, router: bool = True) -> None:
@@ -184,12 +203,14 @@ def _open(args: argparse.Namespace, image_size: int):
     from ..data import open_mixture
 
     data = open_mixture(args.data, "train", image_size, scenes_size=args.scenes_size, scenes_seed=args.scenes_seed,
-                        image_key=args.image_key, caption_key=args.caption_key, on_error=args.on_error)
+                        scenes_captions=args.scenes_captions, image_key=args.image_key, caption_key=args.caption_key,
+                        on_error=args.on_error)
     if [d.lower() for d in args.data] == ["scenes"] and args.scenes_size <= 200_000:
         from ..data.cached import Cached
 
         # DMU reads the pool once per stage to embed it and again to train: render the scenes once.
-        data = Cached(data, f"scenes[train,seed{args.scenes_seed},n{args.scenes_size},{image_size}px]")
+        style = "" if args.scenes_captions == "full" else f",{args.scenes_captions}"
+        data = Cached(data, f"scenes[train,seed{args.scenes_seed},n{args.scenes_size},{image_size}px{style}]")
     return data
 
 
@@ -198,6 +219,7 @@ def _image_size(model_dir: Path) -> int:
     return int(cfg.get("vision_config", {}).get("image_size", 224))
 
 
+@_with_workers
 def run_dmu(args: argparse.Namespace) -> int:
     from ..eval.suite import SuiteConfig
     from ..moe.dmu import dmu
@@ -216,6 +238,7 @@ def run_dmu(args: argparse.Namespace) -> int:
     return 0
 
 
+@_with_workers
 def run_stage(args: argparse.Namespace) -> int:
     from ..moe.mcl import run_stages
 
@@ -242,6 +265,7 @@ def run_pack(args: argparse.Namespace) -> int:
     return 0
 
 
+@_with_workers
 def run_route(args: argparse.Namespace) -> int:
     from ..models import io
     from ..moe.routers import train_routers
@@ -257,6 +281,7 @@ def run_route(args: argparse.Namespace) -> int:
     return 0
 
 
+@_with_workers
 def run_baseline(args: argparse.Namespace) -> int:
     from ..moe import baselines as B
     from ..moe.routers import RouterConfig

@@ -9,6 +9,15 @@ from pathlib import Path
 
 from ..errors import ClipforgeError
 
+WORKERS_HELP = ("DataLoader worker processes per rank that decode and preprocess images "
+                "(default: the machine's cores per rank minus one, at most 8; 0 = in the main process)")
+
+# = clipforge.data.scenes_styles.CAPTION_STYLES (not imported here: the parser stays cheap to build).
+SCENES_CAPTIONS = ("full", "alt", "dense")
+SCENES_CAPTIONS_HELP = ("caption style of --data scenes: full (default: colour, shape, count and relation), "
+                        "alt (web alt-text: one object, no counts or relations) or dense (every attribute, "
+                        "counts, relations)")
+
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -21,6 +30,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="a toy ancestry for tests (tiny model, a few steps)")
     p.add_argument("--steps", type=int, help="override the number of training steps")
     p.add_argument("--force", action="store_true", help="retrain even if a cached ancestry exists")
+    p.add_argument("--scenes-captions", choices=SCENES_CAPTIONS,
+                   help="caption style of the training scenes (default: the recipe's, full)")
     p.set_defaults(func=run_ancestry)
 
     p = sub.add_parser(
@@ -35,6 +46,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--caption-key", default="caption", help="caption column/field of user data (default caption)")
     p.add_argument("--on-error", choices=["skip", "raise"], default="skip",
                    help="a missing or corrupt image: skip and count it (default) or stop")
+    p.add_argument("--scenes-captions", choices=SCENES_CAPTIONS, default="full", help=SCENES_CAPTIONS_HELP)
     p.add_argument("--out", type=Path, required=True, help="run directory; the model is saved in OUT/model")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=256, help="global batch size")
@@ -48,7 +60,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grad-checkpointing", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=200, help="checkpoint every N steps (default 200)")
-    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--workers", "--num-workers", dest="num_workers", type=int, default=None, metavar="N",
+                   help=WORKERS_HELP)
     p.add_argument("--resume", help="'latest' or a checkpoint path")
     p.set_defaults(func=run_train)
 
@@ -60,8 +73,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=None, help="dataset (default: fashion-mnist for classification, scenes "
                                                 "for retrieval)")
     p.add_argument("--limit", type=int, help="evaluate on the first N test samples")
+    p.add_argument("--scenes-captions", choices=SCENES_CAPTIONS, default="full", help=SCENES_CAPTIONS_HELP)
     p.add_argument("--steps", type=int, default=300, help="fine-tuning steps (task finetune)")
     p.add_argument("--out", type=Path, help="write the metrics to this JSON file")
+    p.add_argument("--workers", dest="num_workers", type=int, default=None, metavar="N", help=WORKERS_HELP)
     p.set_defaults(func=run_eval)
 
 
@@ -71,6 +86,8 @@ def run_ancestry(args: argparse.Namespace) -> int:
     recipe = AncestryRecipe.quick() if args.quick else AncestryRecipe()
     if args.steps:
         recipe.steps = args.steps
+    if args.scenes_captions:
+        recipe.caption_style = args.scenes_captions
     model_dir = train_ancestry(args.out, recipe, force=args.force)
     metrics_path = Path(args.out) / "metrics.json"
     if metrics_path.exists():
@@ -93,22 +110,26 @@ def _load_or_build(spec: str):
 def run_train(args: argparse.Namespace) -> int:
     from ..data import open_mixture
     from ..data.collate import Collator
+    from ..data.loader import resolve_workers
     from ..eval.results import write_json
     from ..models.io import save
     from ..models.preprocess import transform_for
+    from ..models.tokenizer import tokenizer_for
     from ..train.distributed import dist_info
     from ..train.loop import TrainConfig, train
 
     model, prov = _load_or_build(args.model)
     size = model.config.vision_config.image_size
     data = open_mixture(args.data, "train", size, image_key=args.image_key, caption_key=args.caption_key,
-                     on_error=args.on_error)
+                     on_error=args.on_error, scenes_captions=args.scenes_captions)
+    args.num_workers = resolve_workers(args.num_workers)
     known = {f.name for f in fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in known and v is not None})
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "args.json", {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                                         if k != "func"})
-    collate = Collator(transform_for(model.config), model.config.text_config.max_position_embeddings)
+    collate = Collator(transform_for(model.config), model.config.text_config.max_position_embeddings,
+                       tokenizer=tokenizer_for(model))
     model = train(model, data, cfg, args.out, collate_fn=collate, resume=args.resume)
     if dist_info().rank == 0:
         save(model, args.out / "model", provenance={**prov, "data": args.data, "steps": args.steps,
@@ -118,6 +139,13 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from ..data.loader import default_workers
+
+    with default_workers(args.num_workers):  # the evaluation's embedding passes
+        return _run_eval(args)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
     from ..data import open_mixture
     from ..eval import tasks
     from ..eval.results import write_json
@@ -129,7 +157,7 @@ def run_eval(args: argparse.Namespace) -> int:
         result = tasks.mmvp_diagnostic(model, image_size=size)
     else:
         data = args.data or ("scenes" if args.task == "retrieval" else "fashion-mnist")
-        test = open_mixture([data], "test", size, scenes_size=args.limit or 1000)
+        test = open_mixture([data], "test", size, scenes_size=args.limit or 1000, scenes_captions=args.scenes_captions)
         if args.limit and len(test) > args.limit:
             test = _Subset(test, args.limit)
         if args.task == "zeroshot":

@@ -92,11 +92,12 @@ __all__ = ["BUILTINS", "ConcatImageText", "ImageTextDataset", "Sample", "get_dat
 
 
 def open_mixture(specs: Sequence[str], split: str, image_size: int | None = None, scenes_size: int = 50_000,
-                 scenes_seed: int = 0, **user_kw: Any) -> ImageTextDataset:
+                 scenes_seed: int = 0, scenes_captions: str = "full", **user_kw: Any) -> ImageTextDataset:
     """Datasets named by `specs` (built-in names or paths), mixed end to end.
 
     `scenes` is drawn at `image_size` (a model's input size) with `scenes_size` samples from generator
-    seed `scenes_seed` (0 is the ancestry's own training scenes; another seed gives new ones); other
+    seed `scenes_seed` (0 is the ancestry's own training scenes; another seed gives new ones), captioned
+    in style `scenes_captions` ("full", "alt" or "dense": `clipforge.data.scenes_styles`); other
     built-ins take no options; `user_kw` (column names, `on_error`, ...) go to users' data only.
     """
     if not specs:
@@ -106,7 +107,7 @@ def open_mixture(specs: Sequence[str], split: str, image_size: int | None = None
         key = _ALIASES.get(spec.lower(), spec.lower())
         if key == "scenes":
             parts.append(get_dataset(key, split=split, image_size=image_size or 40, size=scenes_size,
-                                     seed=scenes_seed))
+                                     seed=scenes_seed, caption_style=scenes_captions))
         elif key in BUILTINS:
             parts.append(get_dataset(key, split=split))
         else:

@@ -7,11 +7,12 @@ compute (on the demo data they are most of the context).
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
+from ..errors import ClipforgeError
 from .base import Sample
 
 
@@ -22,8 +23,10 @@ class Collator:
     restores RNG state, draws the same ones); `"first"` always takes the first.
     """
 
-    def __init__(self, transform: Callable | None, context_length: int, caption: str = "random", trim: bool = True):
+    def __init__(self, transform: Callable | None, context_length: int, caption: str = "random", trim: bool = True,
+                 tokenizer: Any = None):
         self.transform = transform
+        self.tokenizer = tokenizer  # None: the packaged CLIP tokenizer (`models.tokenizer.tokenizer_for`)
         self.context_length = context_length
         self.caption = caption
         self.trim = trim
@@ -36,7 +39,7 @@ class Collator:
             batch["pixel_values"] = torch.stack([self.transform(s.image) for s in samples])
         if self.context_length:
             texts = [self._pick(s.captions) for s in samples]
-            ids = tokenize(texts, context_length=self.context_length)
+            ids = tokenize(texts, context_length=self.context_length, tokenizer=self.tokenizer)
             batch["input_ids"] = trim_padding(ids) if self.trim else ids
         if all(s.label is not None for s in samples):
             batch["labels"] = torch.tensor([s.label for s in samples], dtype=torch.long)
@@ -53,3 +56,32 @@ def trim_padding(ids: Tensor, pad_id: int = 0) -> Tensor:
     nonpad = (ids != pad_id).any(0).nonzero()
     last = int(nonpad.max()) + 1 if len(nonpad) else 1
     return ids[:, :last].contiguous()
+
+
+class EmbedCollator:
+    """`collate_fn` of embedding passes: preprocessed pixels, plus each item's captions when asked.
+
+    Runs in DataLoader workers, so images are decoded and transformed off the main process; the
+    captions travel with the batch (a worker's copy of the dataset cannot hand them back otherwise).
+    Items may be `Sample`s, bare images or `(image, ...)` tuples.
+    """
+
+    def __init__(self, transform: Callable, captions: bool = False) -> None:
+        self.transform = transform
+        self.captions = captions
+
+    def __call__(self, items: list) -> dict:
+        from ..eval.embed import as_image
+
+        batch: dict = {"pixel_values": torch.stack([self.transform(as_image(x)) for x in items])}
+        if self.captions:
+            caps = []
+            for i, x in enumerate(items):
+                c = getattr(x, "captions", None)
+                if not c:
+                    meta = getattr(x, "meta", {}) or {}
+                    raise ClipforgeError(f"dataset item {meta.get('id', i)} has no captions; "
+                                         "this pass embeds image-text pairs")
+                caps.append([c] if isinstance(c, str) else list(c))
+            batch["captions"] = caps
+        return batch

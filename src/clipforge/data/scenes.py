@@ -14,6 +14,10 @@ Scene mix (train and test alike):
   * 20% "binding":  two (70%) or three different objects, all shapes and colours distinct;
   * 30% "count":    one to three groups of 1-4 identical objects ("three red stars and a heart").
 
+Caption styles (`caption_style`, see `scenes_styles`): "full" (the default, described above: colour,
+shape, count and relation always named), "alt" (short web alt-text: one object group, no counts or
+relations) and "dense" (every object with every attribute, counts, binding and relations).
+
 Held-out rule: a fixed set `HELD_OUT` of 11 of the 70 (shape, colour) combinations (16%; drawn
 once with `HOLDOUT_SEED`, the same for every dataset seed; each shape and colour is in at most two
 of them) never occurs in a train scene, in any role. Every test scene contains at least one
@@ -44,11 +48,12 @@ from .scenes_render import render
 from .scenes_spec import (COLOURS, FILLS, HELD_OUT, HOLDOUT_SEED, ORIENTED_SHAPES, POSITIONS, SHAPES,
                           SPLIT_IDS, Draws, SceneObject, SceneSpec, packed_scene, pick_combos, place_pair,
                           place_single, sample_relation, sample_scene, sample_single, with_object)
+from .scenes_styles import CAPTION_STYLES, caption_styled, check_style
 from .scenes_text import caption
 
-__all__ = ["COLOURS", "HELD_OUT", "HOLDOUT_SEED", "PAIR_TYPES", "SHAPES", "DiagnosticPair", "SceneObject",
-           "SceneSpec", "ScenesDataset", "caption", "diagnostic_pairs", "render", "sample_scene",
-           "save_grid", "save_pairs_grid"]
+__all__ = ["CAPTION_STYLES", "COLOURS", "HELD_OUT", "HOLDOUT_SEED", "PAIR_TYPES", "SHAPES", "DiagnosticPair",
+           "SceneObject", "SceneSpec", "ScenesDataset", "caption", "caption_styled", "diagnostic_pairs", "render",
+           "sample_scene", "save_grid", "save_pairs_grid"]
 
 PAIR_TYPES = ("colour", "shape", "size", "fill", "position", "orientation", "count", "binding", "relation")
 # Streams of one item's generator: 0 scene, 1 image, 2 captions.
@@ -56,12 +61,15 @@ _SCENE, _IMAGE, _TEXT = 0, 1, 2
 
 
 class ScenesDataset(ImageTextDataset):
-    """`size` procedural scenes of one split; item i is a `Sample` with `meta["spec"]` (a dict)."""
+    """`size` procedural scenes of one split; item i is a `Sample` with `meta["spec"]` (a dict).
+
+    `caption_style` is one of CAPTION_STYLES ("full", the default, "alt" or "dense").
+    """
 
     name = "scenes"
 
     def __init__(self, split: str = "train", size: int = 10_000, seed: int = 0, image_size: int = 40,
-                 captions_per_image: int = 1) -> None:
+                 captions_per_image: int = 1, caption_style: str = "full") -> None:
         if split not in ("train", "test"):
             raise ClipforgeError(f"scenes split must be 'train' or 'test', got {split!r}")
         if size < 0 or image_size < 8 or captions_per_image < 1:
@@ -69,6 +77,7 @@ class ScenesDataset(ImageTextDataset):
                                  f"(got {size}, {image_size}, {captions_per_image})")
         self.split, self.size, self.seed = split, size, seed
         self.image_size, self.captions_per_image = image_size, captions_per_image
+        self.caption_style = check_style(caption_style, "scenes caption_style")
 
     def __len__(self) -> int:
         return self.size
@@ -87,7 +96,7 @@ class ScenesDataset(ImageTextDataset):
         spec = spec or self.spec_at(i)
         d, out = Draws(self._rng(i, _TEXT)), []
         for _ in range(4 * self.captions_per_image):
-            text = caption(spec, d)
+            text = caption_styled(spec, d, self.caption_style)
             if text not in out:
                 out.append(text)
             if len(out) == self.captions_per_image:
@@ -203,13 +212,14 @@ def _show(ax: Any, image: Image.Image, text: str, width: int = 26) -> None:
     ax.axis("off")
 
 
-def save_grid(path: str, n: int = 16, seed: int = 0, split: str = "train", image_size: int = 40) -> None:
-    """A PNG of `n` samples (upscaled, nearest neighbour) titled with their captions."""
+def save_grid(path: str, n: int = 16, seed: int = 0, split: str = "train", image_size: int = 40,
+              caption_style: str = "full") -> None:
+    """A PNG of `n` samples (upscaled, nearest neighbour) titled with their captions (in `caption_style`)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ds, cols = ScenesDataset(split, size=n, seed=seed, image_size=image_size), 4
+    ds, cols = ScenesDataset(split, size=n, seed=seed, image_size=image_size, caption_style=caption_style), 4
     rows = -(-n // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.7 * rows), squeeze=False)
     for k, ax in enumerate(axes.flat):

@@ -12,476 +12,170 @@ The format is detected from `spec`:
   of ``.tar`` files. Samples are grouped by ``__key__``; the image is the ``jpg``/``jpeg``/``png``
   /``webp`` member, the caption the member named `caption_key`, else ``txt`` (for the default
   key "caption" only), else the `caption_key` field of the ``json`` member. Shards are indexed
-  once (uncompressed tar only) so samples can be read in any order.
+  once (uncompressed tar only) so samples can be read in any order; `clipforge.data.webdataset`
+  streams them instead (any tar, shuffled with a buffer, split over ranks and workers).
 * ``datasets`` folders written by ``save_to_disk`` (a ``DatasetDict`` needs `split` unless it has
   one split) and ``.parquet`` files (or a folder of them). The image column may be a ``datasets``
   Image struct ``{"bytes", "path"}``, raw bytes, or a path string.
 
-Bad samples (missing or undecodable image, no caption) are handled by `on_error`: "raise" raises
-`ClipforgeError` naming the file and row; "skip" drops them, lists them in `dataset.skipped` and
-warns once with a summary. By default every image is decoded once up front (`validate=True`) so
-bad ones are found before training starts; with ``validate=False`` they are found when read, and
-in "skip" mode the next good sample is returned instead.
+Opening reads the file list and the captions only (`user_formats`); images are decoded when a
+sample is read. Bad samples are handled by `on_error`: "raise" raises `ClipforgeError` naming the
+file and row; "skip" leaves them out and counts them: a row without a usable caption (none, or
+not valid UTF-8) at open, a missing or corrupt image when it is read (the next good sample is
+returned instead). At the end of every pass through a `reporting` loader (training, embedding and
+evaluation use one) the dataset warns with the count and the first names found, also by
+DataLoader workers. `validate=True` decodes every image once at open instead, dropping bad ones.
 """
 
 from __future__ import annotations
 
-import csv
 import glob
-import io
-import json
+import logging
 import os
 import re
-import tarfile
 import warnings
-from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, NamedTuple
+from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+import numpy as np
 
+from clipforge.data import user_formats as fmt
 from clipforge.data.base import ImageTextDataset, Sample
+from clipforge.data.loader import SkipLog, in_worker
+from clipforge.data.user_formats import Bad, Records
 from clipforge.errors import ClipforgeError
 
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+log = logging.getLogger("clipforge.data")
+
+IMAGE_EXTS = fmt.IMAGE_EXTS
 METADATA_FILES = ("metadata.csv", "metadata.jsonl", "metadata.tsv")
-# Tried, in order, when the default key is absent: common names in the wild.
-_IMAGE_ALIASES = ("image", "file_name", "image_path", "path", "filepath")
-_CAPTION_ALIASES = ("caption", "text", "captions", "txt")
 _PROGRESS_OVER = 1000  # show a progress bar when validating more items than this
-
-
-class _TarRef(NamedTuple):
-    shard: str
-    offset: int
-    size: int
-
-
-@dataclass(slots=True)
-class _Rec:
-    ident: str  # how messages name the image: its path as written, or "shard.tar:key.jpg"
-    where: str  # where the row came from, e.g. "line 4 of data.csv"
-    loc: Any  # Path | _TarRef | a table locator (parquet / datasets rows)
-    captions: list[str]
-
-
-class _Bad(Exception):
-    """An image that cannot be read; `reason` is short ("missing", "cannot identify image file")."""
-
-    def __init__(self, reason: str, ident: str | None = None) -> None:
-        super().__init__(reason)
-        self.reason, self.ident = reason, ident
-
-
-# ----------------------------------------------------------------------------------------------
-# Reading one image
-
-
-def _decode(src: Path | bytes) -> Image.Image:
-    """Open, fully load and convert to RGB; the file handle is closed on return."""
-    try:
-        fp: Any = io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else src
-        with Image.open(fp) as im:
-            im.load()
-            return im.convert("RGB")  # always a new, detached image
-    except FileNotFoundError:
-        raise _Bad("missing") from None
-    except IsADirectoryError:
-        raise _Bad("is a folder") from None
-    except UnidentifiedImageError:
-        raise _Bad("cannot identify image file") from None
-    except Exception as e:  # noqa: BLE001 - any decoder failure means a corrupt image
-        msg = str(e).splitlines()[0][:80] if str(e) else type(e).__name__
-        raise _Bad(f"corrupt ({msg})") from None
-
-
-def _cell_source(cell: Any, base: Path) -> tuple[Path | bytes, str | None]:
-    """A parquet/datasets image cell → (bytes or path, the path it names if any)."""
-    if isinstance(cell, dict):
-        if cell.get("bytes"):
-            return bytes(cell["bytes"]), cell.get("path")
-        if cell.get("path"):
-            return _resolve(base, cell["path"]), cell["path"]
-        raise _Bad("missing (empty image cell)")
-    if isinstance(cell, (bytes, bytearray, memoryview)):
-        return bytes(cell), None
-    if isinstance(cell, str) and cell:
-        return _resolve(base, cell), cell
-    raise _Bad("missing (empty image cell)")
-
-
-def _resolve(base: Path, p: str) -> Path:
-    path = Path(p).expanduser()
-    return path if path.is_absolute() else base / path
-
-
-# ----------------------------------------------------------------------------------------------
-# Row-oriented tables whose image cells are read on demand
-
-
-class _ParquetTable:
-    """Image cells of parquet files, read one row group at a time (a few groups cached)."""
-
-    def __init__(self, files: list[str], column: str, base: Path) -> None:
-        self.files, self.column, self.base = files, column, base
-        self._groups: OrderedDict[tuple[int, int], list[Any]] = OrderedDict()
-
-    def __getstate__(self) -> dict[str, Any]:
-        # DataLoader workers get a copy without cached row groups.
-        return {**self.__dict__, "_groups": OrderedDict()}
-
-    def cell(self, loc: tuple[int, int, int]) -> Any:
-        import pyarrow.parquet as pq
-
-        f, g, r = loc
-        if (f, g) not in self._groups:
-            col = pq.ParquetFile(self.files[f]).read_row_group(g, columns=[self.column]).column(0)
-            self._groups[(f, g)] = col.to_pylist()
-            if len(self._groups) > 4:
-                self._groups.popitem(last=False)
-        return self._groups[(f, g)][r]
-
-
-class _HFTable:
-    """Image cells of a `datasets.Dataset` (memory-mapped; pickles by file reference)."""
-
-    def __init__(self, ds: Any, column: str, base: Path) -> None:
-        self.ds, self.column, self.base = ds, column, base
-
-    def cell(self, loc: int) -> Any:
-        return self.ds[loc][self.column]
-
-
-# ----------------------------------------------------------------------------------------------
-# The dataset
+_SHOWN = 5  # bad samples named in a summary
 
 
 class UserDataset(ImageTextDataset):
     """Samples from a user's files; build it with `open_dataset`.
 
-    `skipped` lists ``(identifier, reason)`` for every sample left out; `validate()` decodes all
-    images once and drops bad ones.
+    `skipped` lists ``(identifier, reason)`` for every sample left out so far (at open, and by the
+    passes reported since); `end_pass()` collects what the last pass found, here and in workers.
     """
 
-    def __init__(
-        self,
-        name: str,
-        source: str,
-        records: list[_Rec],
-        *,
-        on_error: str = "skip",
-        skipped: list[tuple[str, str]] | None = None,
-        table: _ParquetTable | _HFTable | None = None,
-    ) -> None:
+    def __init__(self, name: str, source: str, records: Records, *, on_error: str = "skip",
+                 skipped: list[tuple[str, str]] | None = None) -> None:
         self.name = name
         self.source = source
-        self.records = records
         self.on_error = on_error
         self.skipped: list[tuple[str, str]] = list(skipped or [])
-        self._table = table
+        self.passes = 0
+        self._rec = records
+        self._keep = np.arange(len(records), dtype=np.int64)  # record rows this dataset serves
+        self._known_bad: set[int] = set()  # rows found unreadable: skipped without another decode
+        self._log = SkipLog()
         self._total = len(records) + len(self.skipped)
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self._keep)
 
-    def _load(self, rec: _Rec) -> Image.Image:
-        loc = rec.loc
-        if isinstance(loc, Path):
-            return _decode(loc)
-        if isinstance(loc, _TarRef):
-            try:
-                with open(loc.shard, "rb") as f:
-                    f.seek(loc.offset)
-                    data = f.read(loc.size)
-            except FileNotFoundError:
-                raise _Bad("shard missing") from None
-            return _decode(data)
-        assert self._table is not None
-        src, named = _cell_source(self._table.cell(loc), self._table.base)
+    def ident(self, i: int) -> str:
+        """How messages name sample `i` (its image path as written, or "shard.tar:key.jpg")."""
+        return self._rec.idents[int(self._keep[i])]
+
+    def captions(self, i: int) -> list[str]:
+        """Sample `i`'s captions, without reading its image."""
+        return self._rec.caption_list(int(self._keep[i]))
+
+    def _load(self, row: int):
+        src, named = self._rec.image_source(row)
         try:
-            return _decode(src)
-        except _Bad as e:
-            # Name the file a row points at, which is more useful than the row number alone.
-            raise _Bad(e.reason, f"{rec.ident} ({named})" if named else None) from None
+            return fmt.decode(src)
+        except Bad as e:
+            # Name the file a table row points at, which is more useful than the row number alone.
+            raise Bad(e.reason, f"{self._rec.idents[row]} ({named})" if named else None) from None
 
-    def _error(self, rec: _Rec, bad: _Bad) -> ClipforgeError:
-        ident = bad.ident or rec.ident
-        return ClipforgeError(f"cannot read image {ident} ({rec.where}): {bad.reason}")
+    def _error(self, row: int, bad: Bad) -> ClipforgeError:
+        ident = bad.ident or self._rec.idents[row]
+        return ClipforgeError(f"cannot read image {ident} ({self._rec.where(row)}): {bad.reason}")
 
     def validate(self, progress: bool | None = None) -> list[tuple[str, str]]:
         """Decode every image once; drop bad ones (skip mode) or raise on the first (raise mode).
 
         Returns the bad samples found by this pass; they are also appended to `skipped`.
         """
-        items: Iterable[_Rec] = self.records
-        if progress or (progress is None and len(self.records) > _PROGRESS_OVER):
+        rows: Any = self._keep
+        if progress or (progress is None and len(rows) > _PROGRESS_OVER):
             from tqdm.auto import tqdm
 
-            items = tqdm(self.records, desc=f"checking {self.name}", unit="img")
+            rows = tqdm(rows, desc=f"checking {self.name}", unit="img")
         good, found = [], []
-        for rec in items:
+        for row in rows:
             try:
-                self._load(rec)
-            except _Bad as e:
+                self._load(int(row))
+            except Bad as e:
                 if self.on_error == "raise":
-                    raise self._error(rec, e) from None
-                found.append((e.ident or rec.ident, e.reason))
+                    raise self._error(int(row), e) from None
+                found.append((e.ident or self._rec.idents[int(row)], e.reason))
                 continue
-            good.append(rec)
-        self.records = good
+            good.append(int(row))
+        self._keep = np.asarray(good, dtype=np.int64)
         self.skipped.extend(found)
         return found
 
     def summary(self) -> str:
         """One line: "skipped 2 of 1,000 samples: a.jpg (missing), b.jpg (...)"."""
-        shown = ", ".join(f"{i} ({r})" for i, r in self.skipped[:5])
-        more = len(self.skipped) - 5
+        shown = ", ".join(f"{i} ({r})" for i, r in self.skipped[:_SHOWN])
+        more = len(self.skipped) - _SHOWN
         tail = f", and {more:,} more (see dataset.skipped)" if more > 0 else ""
         return f"{self.source}: skipped {len(self.skipped):,} of {self._total:,} samples: {shown}{tail}"
 
+    def end_pass(self, complete: bool = True) -> list[tuple[str, str]]:
+        """Collect the bad images the pass found (also in workers), mark them, and report.
+
+        Warns with the count and the first names when the pass found new ones; returns the new ones.
+        Later passes skip marked images without reading them again (workers forked after this see it).
+        """
+        self.passes += 1
+        known = {i for i, _ in self.skipped}
+        new = [(i, r) for i, r in self._log.collect() if i not in known]
+        if new:
+            self.skipped.extend(new)
+            names = {i for i, _ in new}
+            # Table rows are named "ident (path)": match on the row's own ident, the part before " (".
+            heads = {n.split(" (", 1)[0] for n in names}
+            for row, ident in enumerate(self._rec.idents):
+                if ident in names or ident in heads:
+                    self._known_bad.add(row)
+        what = "pass" if complete else "partial pass"
+        if new:
+            warnings.warn(f"{what} {self.passes}: {self.summary()}", stacklevel=2)
+        elif self.skipped:
+            log.info("%s %d: %s", what, self.passes, self.summary())
+        return new
+
     def __getitem__(self, i: int) -> Sample:
-        n = len(self.records)
+        n = len(self._keep)
         if not -n <= i < n:
             raise IndexError(i)
         i %= n
         for step in range(n):
-            j = (i + step) % n
-            rec = self.records[j]
+            k = (i + step) % n
+            row = int(self._keep[k])
+            if row in self._known_bad:
+                continue
             try:
-                image = self._load(rec)
-            except _Bad as e:
+                image = self._load(row)
+            except Bad as e:
                 if self.on_error == "raise":
-                    raise self._error(rec, e) from None
-                # Found at read time (validate=False or the file changed): keep training going
-                # with the next sample, and say so once per bad image.
-                ident = e.ident or rec.ident
-                if all(ident != s for s, _ in self.skipped):
-                    self.skipped.append((ident, e.reason))
-                    warnings.warn(f"{self.source}: skipping {ident} ({e.reason})", stacklevel=2)
+                    raise self._error(row, e) from None
+                # Keep the pass going with the next sample; the pass report names this one.
+                ident = e.ident or self._rec.idents[row]
+                self._known_bad.add(row)
+                self._log.add(ident, e.reason)
+                if not in_worker():
+                    log.debug("%s: skipping %s (%s)", self.source, ident, e.reason)
                 continue
-            meta = {"id": rec.ident, "source": self.source, "index": j}
-            return Sample(image=image, captions=list(rec.captions), label=None, meta=meta)
+            meta = {"id": self._rec.idents[row], "source": self.source, "index": k}
+            return Sample(image=image, captions=self._rec.caption_list(row), label=None, meta=meta)
         raise ClipforgeError(f"{self.source}: none of its {n:,} images can be read")
-
-
-# ----------------------------------------------------------------------------------------------
-# Building records, one reader per format
-
-
-class _Collector:
-    """Accumulates good records and rejects rows according to `on_error`."""
-
-    def __init__(self, on_error: str, sep: str | None) -> None:
-        self.on_error, self.sep = on_error, sep
-        self.records: list[_Rec] = []
-        self.bad: list[tuple[str, str]] = []
-
-    def captions(self, value: Any) -> list[str]:
-        if value is None:
-            return []
-        items = value if isinstance(value, (list, tuple)) else [value]
-        out = []
-        for v in items:
-            if v is None:
-                continue
-            parts = str(v).split(self.sep) if self.sep else [str(v)]
-            out += [p.strip() for p in parts if p.strip()]
-        return out
-
-    def add(self, ident: str, where: str, loc: Any, caption_value: Any) -> None:
-        caps = self.captions(caption_value)
-        if not caps:
-            self.reject(ident, where, "no caption")
-        else:
-            self.records.append(_Rec(ident, where, loc, caps))
-
-    def reject(self, ident: str, where: str, reason: str) -> None:
-        if self.on_error == "raise":
-            raise ClipforgeError(f"bad sample {ident} ({where}): {reason}")
-        self.bad.append((ident, reason))
-
-
-def _pick(columns: list[str], key: str, default: str, aliases: tuple[str, ...], what: str, file: Any) -> str:
-    """The column to use for `key`; the default name falls back to common aliases."""
-    if key in columns:
-        return key
-    if key == default:
-        for a in aliases:
-            if a in columns:
-                return a
-    shown = ", ".join(columns) if columns else "none"
-    flag = f"{what}_key"
-    raise ClipforgeError(f"{file}: no {what} column {key!r} (columns: {shown}); choose one with {flag}")
-
-
-def _read_table_file(path: Path, image_key: str, caption_key: str, base: Path, col: _Collector) -> None:
-    """CSV / TSV / JSONL (and imagefolder metadata files)."""
-    if path.suffix.lower() == ".jsonl":
-        rows: list[tuple[int, Any]] = []
-        with open(path, encoding="utf-8-sig") as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rows.append((n, json.loads(line)))
-                    except json.JSONDecodeError:
-                        rows.append((n, None))
-        keys = [k for _, r in rows if isinstance(r, dict) for k in r]
-        columns = list(dict.fromkeys(keys))
-    else:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-            columns = list(reader.fieldnames or [])
-            rows = [(reader.line_num, r) for r in reader]
-    if not columns:
-        raise ClipforgeError(f"{path}: empty file, expected a header row / JSON objects")
-    img = _pick(columns, image_key, "image", _IMAGE_ALIASES, "image", path)
-    cap = _pick(columns, caption_key, "caption", _CAPTION_ALIASES, "caption", path)
-    for n, row in rows:
-        where = f"line {n} of {path.name}"
-        if not isinstance(row, dict):
-            col.reject(f"line {n}", where, "not a JSON object")
-            continue
-        name = row.get(img)
-        if not isinstance(name, str) or not name.strip():
-            col.reject(f"line {n}", where, f"no {img!r}")
-            continue
-        col.add(name, where, _resolve(base, name.strip()), row.get(cap))
-
-
-_WDS_KEY = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset's "__key__.ext" split
-
-
-def _index_shard(shard: str, caption_key: str, col: _Collector, seen_exts: set[str]) -> int:
-    """Index one tar: group members by key, read captions, point at image bytes. Returns #captioned."""
-    groups: dict[str, dict[str, tuple[int, int]]] = {}
-    try:
-        with tarfile.open(shard, "r:") as tf:
-            for m in tf:
-                match = _WDS_KEY.match(m.name) if m.isfile() else None
-                if match:
-                    key, ext = match.group(1), match.group(2).lower()
-                    groups.setdefault(key, {})[ext] = (m.offset_data, m.size)
-    except tarfile.ReadError as e:
-        raise ClipforgeError(f"{shard}: not an uncompressed tar shard ({e})") from None
-    name, captioned = Path(shard).name, 0
-    with open(shard, "rb") as f:
-
-        def read(ref: tuple[int, int]) -> bytes:
-            f.seek(ref[0])
-            return f.read(ref[1])
-
-        for key, members in groups.items():
-            seen_exts.update(members)
-            caption: Any = None
-            if caption_key in members:
-                caption = read(members[caption_key]).decode("utf-8", "replace")
-            elif "txt" in members and caption_key == "caption":  # an explicit key means that key
-                caption = read(members["txt"]).decode("utf-8", "replace")
-            elif "json" in members:
-                try:
-                    caption = json.loads(read(members["json"])).get(caption_key)
-                except (json.JSONDecodeError, AttributeError):
-                    caption = None
-            captioned += caption is not None
-            where = f"key {key} in {name}"
-            ext = next((e for e in IMAGE_EXTS if e in members), None)
-            if ext is None:
-                col.reject(f"{name}:{key}", where, "missing (no " + "/".join(IMAGE_EXTS) + " member)")
-                continue
-            off, size = members[ext]
-            col.add(f"{name}:{key}.{ext}", where, _TarRef(shard, off, size), caption)
-    return captioned
-
-
-def _read_shards(shards: list[str], caption_key: str, col: _Collector) -> None:
-    seen: set[str] = set()
-    captioned = sum(_index_shard(s, caption_key, col, seen) for s in shards)
-    if seen and not captioned:
-        raise ClipforgeError(
-            f"{shards[0]}: no caption: no {caption_key!r} or 'txt' member and no {caption_key!r} "
-            f"field in 'json' (extensions: {', '.join(sorted(seen))}); choose one with caption_key"
-        )
-
-
-def _read_parquet(
-    files: list[str], image_key: str, caption_key: str, base: Path, col: _Collector
-) -> _ParquetTable | None:
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError as e:
-        raise ClipforgeError("reading .parquet needs pyarrow: pip install 'clipforge[data]'") from e
-    table: _ParquetTable | None = None
-    img_col = None
-    for fi, file in enumerate(files):
-        pf = pq.ParquetFile(file)
-        names = pf.schema_arrow.names
-        img = _pick(names, image_key, "image", _IMAGE_ALIASES, "image", file)
-        cap = _pick(names, caption_key, "caption", _CAPTION_ALIASES, "caption", file)
-        if img_col is not None and img != img_col:
-            raise ClipforgeError(f"{file}: image column {img!r} differs from {img_col!r} in {files[0]}")
-        img_col = img
-        captions = pf.read(columns=[cap]).column(0).to_pylist()
-        name = Path(file).name
-        if pa.types.is_string(pf.schema_arrow.field(img).type) or pa.types.is_large_string(
-            pf.schema_arrow.field(img).type
-        ):
-            # Path strings: cheap to read all, and messages can name each file.
-            paths = pf.read(columns=[img]).column(0).to_pylist()
-            for row, (p, c) in enumerate(zip(paths, captions)):
-                where = f"row {row} of {name}"
-                if not p:
-                    col.reject(f"{name}:row {row}", where, f"no {img!r}")
-                else:
-                    col.add(p, where, _resolve(base, p), c)
-            continue
-        if table is None:
-            table = _ParquetTable(list(files), img, base)
-        row = 0
-        for g in range(pf.num_row_groups):
-            for r in range(pf.metadata.row_group(g).num_rows):
-                col.add(f"{name}:row {row}", f"row {row} of {name}", (fi, g, r), captions[row])
-                row += 1
-    return table
-
-
-def _read_hf(
-    folder: Path, split: str | None, image_key: str, caption_key: str, base: Path, col: _Collector
-) -> _HFTable | None:
-    try:
-        import datasets
-    except ImportError as e:
-        msg = "reading a save_to_disk folder needs datasets: pip install 'clipforge[data]'"
-        raise ClipforgeError(msg) from e
-    obj = datasets.load_from_disk(str(folder))
-    if isinstance(obj, datasets.DatasetDict):
-        splits = list(obj)
-        if split is None and len(splits) == 1:
-            split = splits[0]
-        if split not in obj:
-            got = "no split" if split is None else f"split {split!r}"
-            raise ClipforgeError(f"{folder}: {got}; it holds splits {', '.join(splits)} (pass split)")
-        obj = obj[split]
-    names = list(obj.column_names)
-    img = _pick(names, image_key, "image", _IMAGE_ALIASES, "image", folder)
-    cap = _pick(names, caption_key, "caption", _CAPTION_ALIASES, "caption", folder)
-    captions = list(obj[cap])
-    feat = obj.features[img]
-    if isinstance(feat, datasets.Value) and feat.dtype in ("string", "large_string"):
-        for row, (p, c) in enumerate(zip(list(obj[img]), captions)):
-            where = f"row {row} of {folder.name}"
-            if not p:
-                col.reject(f"row {row}", where, f"no {img!r}")
-            else:
-                col.add(p, where, _resolve(base, p), c)
-        return None
-    cells = obj.select_columns([img])
-    if isinstance(feat, datasets.Image):
-        cells = cells.cast_column(img, datasets.Image(decode=False))  # dicts, not decoded PIL
-    for row, c in enumerate(captions):
-        col.add(f"row {row}", f"row {row} of {folder.name}", row, c)
-    return _HFTable(cells, img, base)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -537,19 +231,19 @@ def open_dataset(
     on_error: str = "skip",
     split: str | None = None,
     caption_sep: str | None = None,
-    validate: bool = True,
+    validate: bool = False,
     progress: bool | None = None,
 ) -> UserDataset:
     """Open a user's image-text data, detecting its format (see the module docstring).
 
-    `root` is the folder relative image paths start from (default: the metadata file's folder,
-    the image folder, or the dataset folder). `split` is used only by formats that have splits.
+    Reads file lists and captions only; images are decoded on access (`validate=True`: all of them
+    once, now). `root` is the folder relative image paths start from (default: the metadata file's
+    folder, the image folder, or the dataset folder). `split` is used only by formats with splits.
     """
     _check_on_error(on_error)
     spec_s = os.fspath(spec)
-    col = _Collector(on_error, caption_sep)
+    rec = Records(on_error, caption_sep)
     base_override = Path(root).expanduser() if root is not None else None
-    table: Any = None
     name = Path(spec_s.rstrip("/")).name
 
     many = _many_files(spec_s)
@@ -558,9 +252,9 @@ def open_dataset(
         kinds = {Path(f).suffix.lower() for f in many}
         base = base_override or Path(many[0]).parent
         if kinds == {".tar"}:
-            _read_shards(many, caption_key, col)
+            fmt.read_shards(many, caption_key, rec)
         elif kinds == {".parquet"}:
-            table = _read_parquet(many, image_key, caption_key, base, col)
+            fmt.read_parquet(many, image_key, caption_key, base, rec)
         else:
             raise ClipforgeError(f"{spec_s}: a pattern must name only .tar or only .parquet files")
     elif not path.exists():
@@ -569,20 +263,20 @@ def open_dataset(
         suffix = path.suffix.lower()
         base = base_override or path.parent
         if suffix in (".csv", ".tsv", ".jsonl"):
-            _read_table_file(path, image_key, caption_key, base, col)
+            fmt.read_table_file(path, image_key, caption_key, base, rec)
         elif suffix == ".tar":
-            _read_shards([str(path)], caption_key, col)
+            fmt.read_shards([str(path)], caption_key, rec)
         elif suffix == ".parquet":
-            table = _read_parquet([str(path)], image_key, caption_key, base, col)
+            fmt.read_parquet([str(path)], image_key, caption_key, base, rec)
         else:
             raise ClipforgeError(
                 f"{path}: unknown dataset format {suffix or '(no extension)'!r} "
                 "(expected .csv, .tsv, .jsonl, .tar, .parquet or a folder)"
             )
     else:
-        table = _open_folder(path, split, image_key, caption_key, base_override, col)
+        _open_folder(path, split, image_key, caption_key, base_override, rec)
 
-    ds = UserDataset(name, spec_s, col.records, on_error=on_error, skipped=col.bad, table=table)
+    ds = UserDataset(name, spec_s, rec, on_error=on_error, skipped=rec.bad)
     if validate:
         ds.validate(progress)
     if not len(ds):
@@ -592,28 +286,29 @@ def open_dataset(
     return ds
 
 
-def _open_folder(
-    path: Path, split: str | None, image_key: str, caption_key: str, root: Path | None, col: _Collector
-) -> Any:
-    """Detect a folder's format and read it; returns the lazy image table, if any."""
+def _open_folder(path: Path, split: str | None, image_key: str, caption_key: str, root: Path | None,
+                 rec: Records) -> None:
+    """Detect a folder's format and read it into `rec`."""
     if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file() or (
         path / "dataset_info.json"
     ).is_file():
-        return _read_hf(path, split, image_key, caption_key, root or path, col)
+        fmt.read_hf(path, split, image_key, caption_key, root or path, rec)
+        return
     has_meta = any((path / m).is_file() for m in METADATA_FILES)
     if split is not None and (path / split).is_dir() and not has_meta:
         path = path / split  # imagefolder layout with per-split subfolders
     for meta in METADATA_FILES:
         if (path / meta).is_file():
-            _read_table_file(path / meta, image_key, caption_key, root or path, col)
-            return None
+            fmt.read_table_file(path / meta, image_key, caption_key, root or path, rec)
+            return
     tars = sorted(str(p) for p in path.glob("*.tar"))
     if tars:
-        _read_shards(tars, caption_key, col)
-        return None
+        fmt.read_shards(tars, caption_key, rec)
+        return
     parquets = sorted(str(p) for p in path.glob("*.parquet"))
     if parquets:
-        return _read_parquet(parquets, image_key, caption_key, root or path, col)
+        fmt.read_parquet(parquets, image_key, caption_key, root or path, rec)
+        return
     raise ClipforgeError(
         f"{path}: unknown dataset format (expected metadata.csv/metadata.jsonl, .tar shards, "
         ".parquet files or a datasets save_to_disk folder)"

@@ -306,8 +306,13 @@ def _shape_message(oa_key: str, hf_key: str, got: tuple[int, ...], want: tuple[i
 
 def load_openai(path: str | Path, **kw: Any) -> CLIPModel:
     """A `CLIPModel` holding the weights of an OpenAI / open_clip checkpoint file (see `openai_to_hf`)."""
+    return load_state_dict_openai(read_state_dict(path), str(path), **kw)
+
+
+def load_state_dict_openai(sd: Mapping[str, Tensor], path: str, **kw: Any) -> CLIPModel:
+    """A `CLIPModel` of an OpenAI-layout state dict read from `path` (named in errors)."""
     try:
-        cfg, hf = openai_to_hf(read_state_dict(path), **kw)
+        cfg, hf = openai_to_hf(sd, **kw)
     except ClipforgeError as e:
         msg = str(e)
         raise ClipforgeError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None

@@ -17,30 +17,16 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
-from transformers import AutoConfig, PreTrainedModel
+from transformers import PreTrainedModel
 
 from ..errors import ClipforgeError
 from .registry import MODEL_CLASSES
 
 WEIGHTS = "model.safetensors"
 PROVENANCE = "clipforge.json"
-
-# `architectures[0]` in config.json → class. Other model families (the CLIP-MoE) register here on import.
-ARCHITECTURES: dict[str, type[PreTrainedModel]] = {cls.__name__: cls for cls in MODEL_CLASSES.values()}
-# Optional extra writers for a model family (e.g. the model card section of a CLIP-MoE).
-CARD_SECTIONS: list[Callable[[PreTrainedModel], str]] = []
-
-
-def register_architecture(cls: type[PreTrainedModel]) -> type[PreTrainedModel]:
-    """Let `load()` rebuild models of class `cls` from their `config.json`."""
-    ARCHITECTURES[cls.__name__] = cls
-    return cls
-
 
 def atomic_dir(out_dir: Path):
     """Context: yields a temp dir beside `out_dir`; on success it replaces `out_dir` in one rename."""
@@ -76,7 +62,7 @@ def save(
 ) -> Path:
     """Write `model` to `out_dir` (HF layout + tokenizer + preprocessing + provenance + model card)."""
     from .preprocess import save_preprocessor_config
-    from .tokenizer import save_tokenizer
+    from .tokenizer import TOKENIZER_ATTR, save_tokenizer
 
     out_dir = Path(out_dir)
     prov = dict(provenance or {})
@@ -86,27 +72,36 @@ def save(
         prov["metrics"] = metrics
     with atomic_dir(out_dir) as tmp, _quiet_transformers():
         model.save_pretrained(tmp, safe_serialization=True)
+        if getattr(model.config, "model_type", None) == "clipforge_clip_moe":
+            from ..moe.remote import ship_code  # loads without clipforge: trust_remote_code=True
+
+            ship_code(tmp)
         if hasattr(model, "text_model"):
-            save_tokenizer(tmp)
+            save_tokenizer(tmp, context_length=_text_config(model.config).max_position_embeddings,
+                           processor=hasattr(model, "vision_model"), tokenizer=getattr(model, TOKENIZER_ATTR, None))
         if hasattr(model, "vision_model"):
-            save_preprocessor_config(model.config, tmp)
+            save_preprocessor_config(model.config, tmp, processor=hasattr(model, "text_model"))
         (tmp / PROVENANCE).write_text(json.dumps(prov, indent=2, default=str) + "\n")
         (tmp / "README.md").write_text(model_card(model, prov))
     return out_dir
 
 
 class _quiet_transformers:
-    """Silence transformers' per-save progress bars: a save is instant and the bars clutter logs."""
+    """Silence transformers' progress bars and load reports: a save or load is quick, the bars clutter
+    logs, and clipforge turns whatever a load report would say into its own one-line error."""
 
     def __enter__(self):
         from transformers.utils import logging as hf_logging
 
         self._was = hf_logging.is_progress_bar_enabled()
+        self._level = hf_logging.get_verbosity()
         hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
 
     def __exit__(self, *exc):
         from transformers.utils import logging as hf_logging
 
+        hf_logging.set_verbosity(self._level)
         if self._was:
             hf_logging.enable_progress_bar()
         return False
@@ -136,6 +131,28 @@ def update_provenance(model_dir: str | os.PathLike, **fields: Any) -> None:
     os.replace(tmp, model_dir / PROVENANCE)
 
 
+# The weight files transformers reads, in the order it prefers them.
+WEIGHT_FILES = (WEIGHTS, "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+# `model_type` → class, for configs that do not name their architecture (some hub directories).
+_BY_MODEL_TYPE = {"clip": "CLIPModel", "clip_vision_model": "CLIPVisionModelWithProjection",
+                  "clip_text_model": "CLIPTextModelWithProjection", "clipforge_clip_moe": "CLIPMoEModel"}
+# Hub directories name the towers without projection; clipforge's towers always carry theirs.
+_TOWER_ALIASES = {"CLIPVisionModel": "CLIPVisionModelWithProjection", "CLIPTextModel": "CLIPTextModelWithProjection"}
+
+
+def model_class(arch: str | None) -> type[PreTrainedModel] | None:
+    """The class clipforge rebuilds for an `architectures[0]` name (None if it is not a CLIP it knows)."""
+    arch = _TOWER_ALIASES.get(arch, arch)
+    dense = {cls.__name__: cls for cls in MODEL_CLASSES.values()}
+    if arch in dense:
+        return dense[arch]
+    if arch == "CLIPMoEModel":
+        from ..moe.model import CLIPMoEModel  # imported only when a CLIP-MoE is met
+
+        return CLIPMoEModel
+    return None
+
+
 def _load_config(model_dir: Path):
     cfg_path = model_dir / "config.json"
     if not model_dir.exists():
@@ -144,55 +161,79 @@ def _load_config(model_dir: Path):
         raise ClipforgeError(f"{cfg_path}: missing config.json (not a clipforge / Hugging Face model directory)")
     try:
         raw = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ClipforgeError(f"{cfg_path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-    arch = (raw.get("architectures") or [None])[0]
-    if arch not in ARCHITECTURES:
-        # The CLIP-MoE registers itself on import; io stays free of it until a model needs it.
-        import clipforge.moe.model  # noqa: F401
-    if arch not in ARCHITECTURES:
-        known = ", ".join(sorted(ARCHITECTURES))
-        raise ClipforgeError(f"{cfg_path}: architecture {arch!r} is not one clipforge loads (known: {known}; "
-                             "a CLIP-MoE needs `import clipforge` first)")
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ClipforgeError(f"{cfg_path}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise ClipforgeError(f"{cfg_path}: not a config (a JSON object is expected)")
+    arch = (raw.get("architectures") or [None])[0] or _BY_MODEL_TYPE.get(raw.get("model_type"))
+    cls = model_class(arch)
+    if cls is None:
+        known = ", ".join(sorted(set(_BY_MODEL_TYPE.values()) | set(_TOWER_ALIASES)))
+        raise ClipforgeError(f"{cfg_path}: architecture {arch!r} is not one clipforge loads (known: {known})")
     try:
-        config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+        # The class's own config type, so legacy fields (`text_config_dict`, ...) are read as transformers does.
+        config = cls.config_class.from_pretrained(model_dir, local_files_only=True)
     except Exception as e:  # transformers raises many types for a malformed config
-        raise ClipforgeError(f"{cfg_path}: cannot be read as a model config ({str(e).splitlines()[0]})") from None
-    return ARCHITECTURES[arch], config
+        raise ClipforgeError(f"{cfg_path}: cannot be read as a model config ({_first_line(e)})") from None
+    return cls, config
 
 
-def load(model_dir: str | os.PathLike, *, device: str | torch.device = "cpu") -> PreTrainedModel:
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def load(model_dir: str | os.PathLike, *, device: str | torch.device = "cpu",
+         dtype: torch.dtype | None = torch.float32) -> PreTrainedModel:
     """Rebuild a saved model from its directory alone (config next to weights), in eval mode.
 
-    Errors name the culprit: a missing `config.json`, a missing or corrupt weights file, or weights
+    Reads what transformers reads, through transformers' own loader: `model.safetensors`, sharded
+    safetensors with `model.safetensors.index.json`, or `pytorch_model.bin` (unpickled with
+    `weights_only=True`, so a file holding code is refused), legacy config fields, the hub's stored
+    `position_ids` buffers. Weights come in as `dtype` (float32 unless None: the checkpoint's own).
+    Errors name the culprit: a missing `config.json`, a missing or unreadable weights file, or tensors
     whose names or shapes disagree with the config.
     """
     model_dir = Path(model_dir)
     cls, config = _load_config(model_dir)
-    weights = model_dir / WEIGHTS
-    if not weights.is_file():
-        raise ClipforgeError(f"{weights}: missing weights file")
+    if not any((model_dir / name).is_file() for name in WEIGHT_FILES):
+        raise ClipforgeError(f"{model_dir}: missing weights file (one of {', '.join(WEIGHT_FILES)})")
     try:
-        state = load_file(str(weights))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ClipforgeError(f"{weights}: cannot read safetensors ({str(e).splitlines()[0]})") from None
-    with torch.device("meta"):
-        model = cls(config)
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
-        what = (f"missing {missing[:3]}" if missing else "") + (" " if missing and unexpected else "") + (
-            f"unexpected {unexpected[:3]}" if unexpected else "")
-        raise ClipforgeError(f"{weights}: weights do not match {model_dir / 'config.json'}: {what}")
-    for k, v in expected.items():
-        if tuple(state[k].shape) != tuple(v.shape):
-            raise ClipforgeError(
-                f"{weights}: tensor {k!r} has shape {tuple(state[k].shape)} but config.json implies {tuple(v.shape)}")
-    model.load_state_dict(state, strict=True, assign=True)
-    # Non-persistent buffers (position ids) were created on the meta device: rebuild them.
-    _materialize_buffers(model)
+        with _quiet_transformers():
+            model, info = cls.from_pretrained(model_dir, config=config, local_files_only=True, dtype=dtype,
+                                              weights_only=True, ignore_mismatched_sizes=True,
+                                              output_loading_info=True)
+    except Exception as e:  # unreadable file, bad shard index, pickled code, ...
+        raise ClipforgeError(f"{model_dir}: cannot read the weights ({_first_line(e)})") from None
+    problems = []
+    order = {k: i for i, k in enumerate(model.state_dict())}  # report in the model's own order
+    mismatched = sorted(info.get("mismatched_keys") or (), key=lambda m: order.get(m[0], len(order)))
+    if mismatched:  # (name, checkpoint shape, model shape)
+        key, got, want = mismatched[0][:3]
+        problems.append(f"tensor {key!r} has shape {tuple(got)} but config.json implies {tuple(want)}")
+    if info.get("missing_keys"):
+        problems.append(f"missing {sorted(info['missing_keys'], key=lambda k: order.get(k, len(order)))[:3]}")
+    if info.get("unexpected_keys"):
+        problems.append(f"unexpected {sorted(info['unexpected_keys'])[:3]}")
+    if info.get("error_msgs"):
+        problems.append(_first_line(RuntimeError(info["error_msgs"][0])))
+    if problems:
+        raise ClipforgeError(f"{model_dir}: weights do not match config.json: {'; '.join(problems)}")
+    _adopt_processing(model, model_dir)
     return model.to(device).eval()
+
+
+def _adopt_processing(model: PreTrainedModel, model_dir: Path) -> None:
+    """The directory's own preprocessing and tokenizer become the model's (they travel with it)."""
+    from .preprocess import read_preprocessor_config
+    from .tokenizer import TOKENIZER_ATTR, load_tokenizer
+
+    if hasattr(model, "vision_model"):
+        read_preprocessor_config(model.config, model_dir)
+    if hasattr(model, "text_model"):
+        tok = load_tokenizer(model_dir)
+        if tok is not None:
+            setattr(model, TOKENIZER_ATTR, tok)
 
 
 def _materialize_buffers(model: torch.nn.Module) -> None:
@@ -214,8 +255,7 @@ def model_card(model: PreTrainedModel, provenance: dict[str, Any]) -> str:
     lines = ["---", "library_name: transformers", "tags: [clip, clipforge]", "---", "",
              f"# {provenance.get('name', type(model).__name__)}", "",
              f"A `{type(model).__name__}` written by clipforge. Load it with plain transformers:", "",
-             "```python", "from transformers import AutoModel", "model = AutoModel.from_pretrained(\"<this directory>\")",
-             "```", "", "## Architecture", "", "| tower | layers | width | heads | MLP | act | input |",
+             *_load_snippet(model), "", "## Architecture", "", "| tower | layers | width | heads | MLP | act | input |",
              "|---|---|---|---|---|---|---|"]
     for tower, sub in _towers(cfg):
         inp = (f"{sub.image_size}px, patch {sub.patch_size}, {sub.num_channels} ch" if tower == "vision"
@@ -225,10 +265,10 @@ def model_card(model: PreTrainedModel, provenance: dict[str, Any]) -> str:
     lines += ["", f"Projection dim: {getattr(cfg, 'projection_dim', '?')}.", "",
               "## Parameters", "", "| part | parameters |", "|---|---|"]
     lines += [f"| {k} | {v:,} |" for k, v in counts.items() if v]
-    for section in CARD_SECTIONS:
-        text = section(model)
-        if text:
-            lines += ["", text]
+    if getattr(cfg, "model_type", None) == "clipforge_clip_moe":
+        from ..moe.card import card_section
+
+        lines += ["", card_section(model)]
     lines += ["", "## Where the weights came from", ""]
     src = provenance.get("source", "unknown")
     lines.append(f"- source: {src}")
@@ -244,6 +284,30 @@ def model_card(model: PreTrainedModel, provenance: dict[str, Any]) -> str:
     else:
         lines.append("Not measured yet.")
     return "\n".join(lines) + "\n"
+
+
+def _load_snippet(model: PreTrainedModel) -> list[str]:
+    """How to load this directory with plain transformers: the class that keeps the projection."""
+    name = type(model).__name__
+    if getattr(model.config, "model_type", None) == "clipforge_clip_moe":
+        return ["```python", "from transformers import AutoModel, AutoProcessor",
+                "# the modelling code ships in this directory; clipforge need not be installed",
+                "model = AutoModel.from_pretrained(\"<this directory>\", trust_remote_code=True)",
+                "processor = AutoProcessor.from_pretrained(\"<this directory>\")", "```"]
+    extra = {"CLIPModel": ["processor = AutoProcessor.from_pretrained(\"<this directory>\")"],
+             "CLIPVisionModelWithProjection": ["processor = AutoImageProcessor.from_pretrained(\"<this directory>\")"],
+             "CLIPTextModelWithProjection": ["tokenizer = AutoTokenizer.from_pretrained(\"<this directory>\")"]}
+    helper = {"CLIPModel": "AutoProcessor", "CLIPVisionModelWithProjection": "AutoImageProcessor",
+              "CLIPTextModelWithProjection": "AutoTokenizer"}.get(name)
+    lines = ["```python", f"from transformers import {name}" + (f", {helper}" if helper else ""),
+             f"model = {name}.from_pretrained(\"<this directory>\")", *extra.get(name, [])]
+    if name != "CLIPModel":
+        lines.insert(2, "# not AutoModel: it would build the tower without its projection")
+    return lines + ["```"]
+
+
+def _text_config(cfg):
+    return getattr(cfg, "text_config", None) or cfg
 
 
 def _towers(cfg):

@@ -25,6 +25,8 @@ PREPROCESSOR_CONFIG = "preprocessor_config.json"
 # ITU-R 601 luma weights, the ones PIL uses for RGB -> L; they fold RGB statistics into one channel.
 LUMA = (0.299, 0.587, 0.114)
 _HIGH_DEPTH_MODES = ("I", "F")
+# Vision-config field for a resize larger than the crop (absent: resize straight to the crop).
+RESIZE_FIELD = "image_resize_size"
 
 
 def _stats(values: float | Sequence[float], num_channels: int, what: str) -> tuple[float, ...]:
@@ -58,12 +60,17 @@ class ImageTransform:
     """PIL image -> normalised float tensor [C, image_size, image_size]."""
 
     def __init__(self, image_size: int, mean: float | Sequence[float] = CLIP_MEAN,
-                 std: float | Sequence[float] = CLIP_STD, num_channels: int = 3) -> None:
+                 std: float | Sequence[float] = CLIP_STD, num_channels: int = 3,
+                 resize_size: int | None = None) -> None:
         if num_channels not in (1, 3):
             raise ClipforgeError(f"num_channels must be 1 or 3, got {num_channels}")
         if int(image_size) < 1:
             raise ClipforgeError(f"image_size must be positive, got {image_size}")
         self.image_size = int(image_size)
+        # The shorter side before the centre crop (CLIPs resize straight to the crop: the default).
+        self.resize_size = int(resize_size) if resize_size else self.image_size
+        if self.resize_size < self.image_size:
+            raise ClipforgeError(f"resize size {self.resize_size} is smaller than the crop {self.image_size}")
         self.num_channels = num_channels
         self.mean = _stats(mean, num_channels, "mean")
         self.std = _stats(std, num_channels, "std")
@@ -71,15 +78,16 @@ class ImageTransform:
         self._std = np.asarray(self.std, dtype=np.float32).reshape(num_channels, 1, 1)
 
     def __repr__(self) -> str:
+        resize = f", resize_size={self.resize_size}" if self.resize_size != self.image_size else ""
         return (f"ImageTransform(image_size={self.image_size}, mean={list(self.mean)}, "
-                f"std={list(self.std)}, num_channels={self.num_channels})")
+                f"std={list(self.std)}, num_channels={self.num_channels}{resize})")
 
     def resize_and_crop(self, image: Image.Image) -> Image.Image:
         """Converted, resized and centre-cropped PIL image (before scaling and normalising)."""
         if not isinstance(image, Image.Image):
             raise ClipforgeError(f"expected a PIL image, got {type(image).__name__}")
         image = _to_8bit(image).convert("L" if self.num_channels == 1 else "RGB")
-        size, (w, h) = self.image_size, image.size
+        size, (w, h) = self.resize_size, image.size
         if w < 1 or h < 1:
             raise ClipforgeError(f"image has no pixels ({w}x{h})")
         # Shorter side to `size`, longer side truncated, as torchvision's Resize(int) does.
@@ -87,8 +95,9 @@ class ImageTransform:
         if (new_w, new_h) != (w, h):
             image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
         # torchvision's CenterCrop offsets: round-half-even of the surplus / 2.
-        left, top = int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
-        return image.crop((left, top, left + size, top + size))
+        crop = self.image_size
+        left, top = int(round((new_w - crop) / 2.0)), int(round((new_h - crop) / 2.0))
+        return image.crop((left, top, left + crop, top + crop))
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         arr = np.asarray(self.resize_and_crop(image), dtype=np.float32) / np.float32(255.0)
@@ -107,21 +116,59 @@ def _vision_config(config: Any) -> Any:
     return config
 
 
-def _settings(config: Any) -> tuple[int, list[float], list[float], int]:
+def _settings(config: Any) -> tuple[int, list[float], list[float], int, int | None]:
     vc = _vision_config(config)
     mean = getattr(vc, "image_mean", None) or CLIP_MEAN
     std = getattr(vc, "image_std", None) or CLIP_STD
-    return int(vc.image_size), list(mean), list(std), int(getattr(vc, "num_channels", 3) or 3)
+    return (int(vc.image_size), list(mean), list(std), int(getattr(vc, "num_channels", 3) or 3),
+            getattr(vc, RESIZE_FIELD, None))
 
 
 def transform_for(config: Any) -> ImageTransform:
     """The `ImageTransform` of a CLIPConfig, CLIPVisionConfig or model (CLIP mean/std when unset)."""
-    size, mean, std, channels = _settings(config)
-    return ImageTransform(size, mean, std, channels)
+    size, mean, std, channels, resize = _settings(config)
+    return ImageTransform(size, mean, std, channels, resize)
 
 
-def save_preprocessor_config(config: Any, out_dir: str | Path) -> Path:
-    """Write `preprocessor_config.json` (Hugging Face `CLIPImageProcessor` format) into `out_dir`."""
+def read_preprocessor_config(config: Any, model_dir: str | Path) -> None:
+    """Adopt a directory's `preprocessor_config.json` as the model's preprocessing (recorded in its config).
+
+    A hub directory brings its own normalisation and resize; clipforge records them in the vision
+    config (`image_mean`, `image_std`, `image_resize_size`), so `transform_for` and every later save use
+    them. The crop must be the model's input size: anything else is the wrong processor for these weights.
+    """
+    path = Path(model_dir) / PREPROCESSOR_CONFIG
+    if not path.is_file():
+        return
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ClipforgeError(f"{path}: not valid JSON ({e})") from None
+    vc = _vision_config(config)
+
+    def edge(value: Any, key: str) -> int | None:
+        if isinstance(value, dict):
+            value = value.get(key, value.get("height"))
+        return int(value) if isinstance(value, (int, float)) else None
+
+    crop = edge(data.get("crop_size"), "height") if data.get("do_center_crop", True) else None
+    if crop is not None and crop != int(vc.image_size):
+        raise ClipforgeError(f"{path}: crop_size {crop} differs from the model's image_size {vc.image_size}")
+    for key in ("image_mean", "image_std"):
+        if data.get(key) is not None:
+            values = _stats(data[key], int(getattr(vc, "num_channels", 3) or 3), key.split("_")[1])
+            setattr(vc, key, list(values))
+    resize = edge(data.get("size"), "shortest_edge")
+    if resize is not None and resize != int(vc.image_size):
+        setattr(vc, RESIZE_FIELD, resize)
+    _stats(getattr(vc, "image_std", None) or CLIP_STD, int(getattr(vc, "num_channels", 3) or 3), "std")
+
+
+def save_preprocessor_config(config: Any, out_dir: str | Path, *, processor: bool = False) -> Path:
+    """Write `preprocessor_config.json` (Hugging Face `CLIPImageProcessor` format) into `out_dir`.
+
+    `processor=True` (a full CLIP) also names `CLIPProcessor`, so `AutoProcessor` builds one.
+    """
     transform = transform_for(config)
     size = transform.image_size
     data = {
@@ -137,8 +184,10 @@ def save_preprocessor_config(config: Any, out_dir: str | Path) -> Path:
         "image_std": list(transform.std),
         "resample": int(Image.Resampling.BICUBIC),
         "rescale_factor": 1 / 255,
-        "size": {"shortest_edge": size},
+        "size": {"shortest_edge": transform.resize_size},
     }
+    if processor:
+        data["processor_class"] = "CLIPProcessor"
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / PREPROCESSOR_CONFIG

@@ -26,17 +26,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..models.captions import caption_mask
 from ..models.registry import EOS_TOKEN_ID
 from ..train import distributed as D
 from ..train.loss import ClipLoss, logit_scale_param
 
 
 def text_token_mask(input_ids: Tensor, eos_token_id: int = EOS_TOKEN_ID) -> Tensor:
-    """[B, T] bool: True up to and including each row's first end-of-text token (every token if none)."""
-    is_eos = input_ids == eos_token_id
-    positions = torch.arange(input_ids.shape[-1], device=input_ids.device)
-    first = torch.where(is_eos.any(dim=-1), is_eos.int().argmax(dim=-1), input_ids.shape[-1] - 1)
-    return positions.unsqueeze(0) <= first.unsqueeze(-1)
+    """[B, T] bool: True at real caption tokens (see `clipforge.models.captions.caption_mask`)."""
+    return caption_mask(input_ids, eos_token_id)
 
 
 def _weights(mask: Tensor | None, n_tokens: int, device: torch.device) -> Tensor:

@@ -106,9 +106,13 @@ class CLIPMoEConfig(CLIPConfig):
         return cfg
 
 
-AutoConfig.register(MODEL_TYPE, CLIPMoEConfig, exist_ok=True)
+# Inside clipforge only: the copy a saved directory ships (see `moe.remote`) is registered by
+# transformers itself when loaded with `trust_remote_code=True`.
+_IN_CLIPFORGE = __name__.startswith("clipforge.")
+if _IN_CLIPFORGE:
+    AutoConfig.register(MODEL_TYPE, CLIPMoEConfig, exist_ok=True)
 
-_model_registered = False
+_model_registered = not _IN_CLIPFORGE
 
 
 def _ensure_model() -> None:

@@ -23,10 +23,11 @@ from torch import Tensor, nn
 from ..errors import ClipforgeError
 from ..models.convert_openai import hf_to_openai, openai_to_hf, read_state_dict
 from ..models.io import _materialize_buffers
+from ..models.positions import LONG_CLIP_KEEP, merge_two_tables
 from .config import CLIPMoEConfig
 from .model import CLIPMoEModel
 
-LONG_CLIP_SPLIT = 20  # Long-CLIP: positions < 20 keep the first table, >= 20 read the second
+LONG_CLIP_SPLIT = LONG_CLIP_KEEP  # Long-CLIP: positions < 20 keep the first table, >= 20 read the second
 RES_KEY = "positional_embedding_res"
 HF_RES_KEY = "text_model.embeddings.position_embedding_res.weight"
 
@@ -43,6 +44,34 @@ _PARTS = ("c_fc.weight", "c_fc.bias", "c_proj.weight", "c_proj.bias")
 def is_released_layout(sd: Mapping[str, Any]) -> bool:
     """True when `sd` holds released CLIP-MoE gate tensors."""
     return any(k.endswith(".gate.weight") and _RELEASED.fullmatch(k) for k in sd)
+
+
+def is_released_dense_layout(sd: Mapping[str, Any]) -> bool:
+    """True for the released code's dense checkpoints (its MCL stage models): OpenAI layout plus
+    Long-CLIP's second position table, no gates."""
+    return RES_KEY in sd and not is_released_layout(sd)
+
+
+def released_dense_to_openai(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The plain OpenAI-layout state dict of a released dense checkpoint: its two position tables merged.
+
+    Each position reads exactly one of the two tables, so one merged table is the same model (see
+    `clipforge.models.positions`); the result imports with the OpenAI importer.
+    """
+    out = {k: v for k, v in sd.items() if k != RES_KEY}
+    out["positional_embedding"] = merge_two_tables(sd["positional_embedding"], sd[RES_KEY], LONG_CLIP_SPLIT)
+    return out
+
+
+def load_released_dense(path: str | Path, **kw: Any) -> nn.Module:
+    """A plain `CLIPModel` holding a released dense (MCL stage) checkpoint file, in eval mode."""
+    from ..models.convert_openai import load_state_dict_openai
+
+    try:
+        sd = released_dense_to_openai(read_state_dict(path))
+    except ClipforgeError as e:
+        raise ClipforgeError(f"{path}: {e}") from None
+    return load_state_dict_openai(sd, str(path), **kw)
 
 
 def _collect(sd: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[tuple[str, int], dict[str, Any]]]:

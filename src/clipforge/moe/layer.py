@@ -4,9 +4,18 @@ Routing is Mixtral's: router `Linear(d, E, bias=False)`, softmax in fp32, top-k,
 renormalised to sum to 1, output Σ g_e · Expert_e(h). The dispatch sorts the (token, slot)
 assignments by expert once and runs every used expert on one contiguous slice of tokens, so an
 expert no token chose does no work at all, and the router runs once per forward.
+
+That dispatch sizes its slices from the routing (data-dependent shapes), which `torch.export` and
+ONNX cannot trace. `dispatch="dense"` (or the `dense_dispatch(model)` context) runs every expert on
+every token and weights the outputs by the top-k gates scattered into an [N, E] matrix (zero for
+unchosen experts): the same sum, so equal outputs up to float rounding, at E/k times the FLOPs.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -26,13 +35,21 @@ class Expert(CLIPMLP):
         return self.fc2(self.dropout(self.activation_fn(self.fc1(hidden_states))))
 
 
+Dispatch = Literal["sparse", "dense"]
+DISPATCH_MODES: tuple[str, ...] = ("sparse", "dense")
+
+
 class MoEFFN(nn.Module):
     """Top-k mixture of `num_experts` CLIP FFNs with a linear router.
 
     `forward(h [B, T, d], mask=None) -> (out [B, T, d], router_logits [B*T, E] fp32)`. `mask` [B, T]
     (True = compute) lets a caller skip tokens whose output it will never read (they get a zero FFN
     output); their router logits are still returned, and the balance losses take their own mask.
+    `dispatch` ("sparse", the default, or "dense" for export; see the module docstring) is a plain
+    attribute, not part of the config or the weights.
     """
+
+    dispatch: Dispatch
 
     def __init__(self, config, num_experts: int, top_k: int, expert_dropout: float = 0.0) -> None:
         super().__init__()
@@ -45,6 +62,7 @@ class MoEFFN(nn.Module):
         # stops transformers' `_init_weights` from redrawing it as normal(0, 0.02).
         self.router._is_hf_initialized = True
         self.experts = nn.ModuleList(Expert(config, expert_dropout) for _ in range(num_experts))
+        self.dispatch = "sparse"
 
     def route(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Router logits [N, E] (fp32), renormalised top-k gates [N, k] (fp32) and chosen experts [N, k]."""
@@ -60,8 +78,27 @@ class MoEFFN(nn.Module):
         shape = hidden_states.shape
         x = hidden_states.reshape(-1, shape[-1])
         logits, gates, chosen = self.route(x)
-        out = self._dispatch(x, gates, chosen, None if mask is None else mask.reshape(-1))
+        flat_mask = None if mask is None else mask.reshape(-1)
+        if self.dispatch == "dense":
+            out = self._dense_dispatch(x, gates, chosen, flat_mask)
+        elif self.dispatch == "sparse":
+            out = self._dispatch(x, gates, chosen, flat_mask)
+        else:
+            raise ValueError(f"MoEFFN.dispatch must be one of {DISPATCH_MODES}, got {self.dispatch!r}")
         return out.reshape(shape), logits
+
+    def _dense_dispatch(self, x: Tensor, gates: Tensor, chosen: Tensor, mask: Tensor | None) -> Tensor:
+        """Σ_e w[:, e] · expert_e(x) with w the top-k gates scattered into [N, E]: static shapes only."""
+        weights = torch.zeros(x.shape[0], self.num_experts, dtype=gates.dtype, device=x.device)
+        weights = weights.scatter(1, chosen, gates)
+        if mask is not None:
+            weights = weights * mask.to(weights.dtype).unsqueeze(-1)
+        out = torch.zeros_like(x)
+        for e, expert in enumerate(self.experts):
+            # Same order of operations as the sparse path (expert output · gate, cast, then summed),
+            # so the two differ only by the order of the k-term sum.
+            out = out + (expert(x) * weights[:, e:e + 1]).to(out.dtype)
+        return out
 
     def _dispatch(self, x: Tensor, gates: Tensor, chosen: Tensor, mask: Tensor | None) -> Tensor:
         """Σ_slots gate · expert(x) per token, each expert run once on its contiguous group of tokens."""
@@ -104,3 +141,17 @@ class MoEFFN(nn.Module):
                 if params:
                     out = out + torch.stack([p.sum() for p in params]).sum().to(out.dtype) * 0.0
         return out
+
+
+@contextmanager
+def dense_dispatch(model: nn.Module) -> Iterator[nn.Module]:
+    """Context: every `MoEFFN` in `model` uses the dense (exportable) dispatch; restored after."""
+    layers = [m for m in model.modules() if isinstance(m, MoEFFN)]
+    before = [m.dispatch for m in layers]
+    for m in layers:
+        m.dispatch = "dense"
+    try:
+        yield model
+    finally:
+        for m, mode in zip(layers, before):
+            m.dispatch = mode

@@ -36,7 +36,7 @@ from ..train import distributed as D
 from ..train.checkpoint import CHECKPOINT_DIR, latest_checkpoint
 from ..train.loop import TrainConfig, train
 from .cluster_sampler import POLICIES, cluster_sampler_factory, plan_batches, policy_report
-from .clusters import ClusterLabels, embed_dataset, stage_labels
+from .clusters import ClusterLabels, labels_for_stage
 
 log = logging.getLogger("clipforge.moe")
 
@@ -129,8 +129,10 @@ def _default_collate(model: nn.Module) -> Callable:
     from ..data.collate import Collator
     from ..eval.embed import model_context_length
     from ..models.preprocess import transform_for
+    from ..models.tokenizer import tokenizer_for
 
-    return Collator(transform_for(model.config), model_context_length(model), caption="random")
+    return Collator(transform_for(model.config), model_context_length(model), caption="random",
+                    tokenizer=tokenizer_for(model))
 
 
 def _stage_record(cfg: MCLConfig, stage: int, base_id: str, dataset: Any) -> dict[str, Any]:
@@ -169,10 +171,10 @@ def _make_labels(prev_model: nn.Module, dataset: Any, labels_so_far: ClusterLabe
                  cfg: MCLConfig, device: Any) -> ClusterLabels:
     log.info("MCL stage %d: embedding %d samples with the stage-%d model", stage, len(dataset), stage - 1)
     prev_model.to(device)
-    u, w = embed_dataset(prev_model, dataset, batch_size=cfg.embed_batch_size, device=device, caption=cfg.caption)
-    seed = cfg.seed + stage
-    y = stage_labels(u, w, cfg.k_img, cfg.k_txt, seed=seed, **cfg.kmeans_kwargs())
-    return ClusterLabels.extend(labels_so_far, y, cfg.k_img, cfg.k_txt, seed)
+    # Each rank embeds 1/world of the data; rank 0 clusters the gathered embeddings and broadcasts the labels.
+    return labels_for_stage(prev_model, dataset, labels_so_far, cfg.k_img, cfg.k_txt, cfg.seed + stage,
+                            batch_size=cfg.embed_batch_size, device=device, caption=cfg.caption,
+                            num_workers=cfg.num_workers, **cfg.kmeans_kwargs())
 
 
 def run_stage(base: nn.Module | str | os.PathLike, prev_stage_model: nn.Module | None, dataset: Any,
@@ -203,9 +205,7 @@ def run_stage(base: nn.Module | str | os.PathLike, prev_stage_model: nn.Module |
 
     fresh = not (same and labels_file.is_file())
     if fresh:
-        labels = _make_labels(prev, dataset, labels_so_far, j, cfg, info.device)
-        # Every rank clusters the same embeddings; rank 0's copy makes the labels identical by construction.
-        labels = D.broadcast_object(labels)
+        labels = _make_labels(prev, dataset, labels_so_far, j, cfg, info.device)  # the same on every rank
     else:
         labels = ClusterLabels.load(labels_file)
         if labels.num_samples != len(dataset) or labels.stage != j:

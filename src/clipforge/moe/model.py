@@ -6,7 +6,9 @@ logits and every level hands them up explicitly (no globals, no hooks): ask for 
 `output_router_logits=True` on `get_image_features`, `get_text_features` or `forward`, and one
 forward gives both the embeddings and the logits the balance loss needs.
 
-Importing this module registers the model with `transformers.AutoModel` and `clipforge.load`.
+Importing this module registers the model with `transformers.AutoModel`. It imports only torch,
+transformers and its siblings `config`, `layer` and `models.captions`: a saved directory ships copies
+of these four files, so the model loads without clipforge (`trust_remote_code=True`, see `moe.remote`).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from transformers.models.clip.modeling_clip import (
     CLIPVisionModel,
 )
 
-from ..models.io import CARD_SECTIONS, register_architecture
+from ..models.captions import caption_end
 from .config import CLIPMoEConfig
 from .layer import MoEFFN
 
@@ -182,21 +184,13 @@ class MoECLIPTextModel(CLIPTextModel):
         input_ids = input_ids.view(-1, input_ids.shape[-1])
         hidden_states = self.embeddings(input_ids=input_ids, position_ids=position_ids)
         mask = create_causal_mask(config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask,
-                                  past_key_values=None)
+                                  cache=None)
         enc = self.encoder(hidden_states, mask, output_hidden_states=output_hidden_states, is_causal=True, **kwargs)
         last = self.final_layer_norm(enc.last_hidden_state)
         rows = torch.arange(last.shape[0], device=last.device)
-        pooled = last[rows, eos_positions(input_ids, self.eos_token_id).to(last.device)]
+        pooled = last[rows, caption_end(input_ids, self.eos_token_id).to(last.device)]
         return MoEModelOutput(last_hidden_state=last, pooler_output=pooled, hidden_states=enc.hidden_states,
                               router_logits=enc.router_logits if output_router_logits else None)
-
-
-def eos_positions(input_ids: Tensor, eos_token_id: int) -> Tensor:
-    """Where HF's CLIP pools: the first end-of-text token (the argmax id for legacy configs with eos id 2)."""
-    ids = input_ids.to(torch.int)
-    if eos_token_id == 2:
-        return ids.argmax(dim=-1)
-    return (ids == eos_token_id).int().argmax(dim=-1)
 
 
 class MoECLIPVisionModel(CLIPVisionModel):
@@ -306,32 +300,5 @@ def moe_param_counts(model: nn.Module) -> dict[str, int]:
     return {"stored": stored, "active_per_token": stored - idle, "experts": experts, "routers": routers}
 
 
-def _card_section(model: nn.Module) -> str:
-    """The model card's MoE section (empty for other models)."""
-    if not isinstance(model, CLIPMoEModel):
-        return ""
-    cfg = model.config
-    counts = moe_param_counts(model)
-    lines = ["## Mixture of experts", "",
-             f"{cfg.num_experts} experts per MoE block, top-{cfg.top_k} routing (softmax in fp32, the top-k "
-             f"probabilities renormalised), expert dropout {cfg.expert_dropout} in training.", "",
-             "| tower | MoE blocks |", "|---|---|"]
-    for tower in ("vision", "text"):
-        lines.append(f"| {tower} | {', '.join(map(str, cfg.moe_layers(tower))) or 'none'} |")
-    lines += ["", f"Parameters: {counts['stored']:,} stored, {counts['active_per_token']:,} active per token "
-                  f"(routers: {counts['routers']:,}).",
-              f"Balance loss for router training: {cfg.balance_loss}, alpha {cfg.balance_alpha}."]
-    if cfg.text_position_split is not None:
-        lines.append(f"Text positions: Long-CLIP two tables, split at {cfg.text_position_split}.")
-    lines += ["", "Experts:"]
-    sources = cfg.expert_sources or ["unknown"] * cfg.num_experts
-    lines += [f"- expert {e}: {src}" for e, src in enumerate(sources)]
-    for note in cfg.pack_notes or []:
-        lines.append(f"- note: {note}")
-    return "\n".join(lines)
-
-
-AutoModel.register(CLIPMoEConfig, CLIPMoEModel, exist_ok=True)
-register_architecture(CLIPMoEModel)
-if _card_section not in CARD_SECTIONS:
-    CARD_SECTIONS.append(_card_section)
+if __name__.startswith("clipforge."):  # not in the copy a saved directory ships (see `moe.remote`)
+    AutoModel.register(CLIPMoEConfig, CLIPMoEModel, exist_ok=True)

@@ -40,6 +40,7 @@ def routing_stats(model: nn.Module, dataset: Any, batch_size: int = 128, limit: 
     from ..data.collate import Collator
     from ..eval.embed import model_context_length
     from ..models.preprocess import transform_for
+    from ..models.tokenizer import tokenizer_for
 
     if not hasattr(model, "moe_layers"):
         raise ClipforgeError(f"routing statistics need a CLIP-MoE, got {type(model).__name__}")
@@ -47,7 +48,7 @@ def routing_stats(model: nn.Module, dataset: Any, batch_size: int = 128, limit: 
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
-    collate = Collator(transform_for(cfg), model_context_length(model), caption="first")
+    collate = Collator(transform_for(cfg), model_context_length(model), caption="first", tokenizer=tokenizer_for(model))
     n = len(dataset) if limit is None else min(limit, len(dataset))
     eos = getattr(cfg.text_config, "eos_token_id", EOS_TOKEN_ID)
     counts: dict[str, Tensor | None] = {"vision": None, "text": None}

@@ -293,8 +293,10 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, out_dir: str | o
         log.warning("starting fresh in %s: its existing checkpoints will be superseded", out_dir)
 
     loader_gen = torch.Generator()
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn, num_workers=cfg.num_workers,
-                        pin_memory=info.device.type == "cuda", generator=loader_gen)
+    from ..data.loader import reporting, worker_count  # each pass ends with the datasets' skip reports
+    loader = reporting(DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn,
+                                  num_workers=worker_count(cfg.num_workers), pin_memory=info.device.type == "cuda",
+                                  generator=loader_gen), dataset)
     runner: nn.Module = _StepModule(model, step_fn)
     if info.world_size > 1:
         ddp_kwargs: dict[str, Any] = {"find_unused_parameters": cfg.find_unused_parameters}

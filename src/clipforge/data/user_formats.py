@@ -1,0 +1,423 @@
+"""Readers behind `open_dataset`: each format's file list and captions, read up front without any image.
+
+A reader fills a `Records` table (one row per sample: how messages name it, where it came from, how
+to find its image bytes, its captions), kept in flat columns so a million rows cost a few hundred
+bytes each. Images are decoded only by `decode`, when a sample is read.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import tarfile
+from array import array
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from clipforge.errors import ClipforgeError
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+# Tried, in order, when the default key is absent: common names in the wild.
+IMAGE_ALIASES = ("image", "file_name", "image_path", "path", "filepath")
+CAPTION_ALIASES = ("caption", "text", "captions", "txt")
+
+
+class Bad(Exception):
+    """An image that cannot be read; `reason` is short ("missing", "cannot identify image file")."""
+
+    def __init__(self, reason: str, ident: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason, self.ident = reason, ident
+
+
+def decode(src: str | Path | bytes) -> Image.Image:
+    """Open, fully load and convert to RGB; the file handle is closed on return."""
+    try:
+        fp: Any = io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else src
+        with Image.open(fp) as im:
+            im.load()
+            return im.convert("RGB")  # always a new, detached image
+    except FileNotFoundError:
+        raise Bad("missing") from None
+    except IsADirectoryError:
+        raise Bad("is a folder") from None
+    except UnidentifiedImageError:
+        raise Bad("cannot identify image file") from None
+    except Exception as e:  # noqa: BLE001 - any decoder failure means a corrupt image
+        msg = str(e).splitlines()[0][:80] if str(e) else type(e).__name__
+        raise Bad(f"corrupt ({msg})") from None
+
+
+def resolve(base: Path, p: str) -> Path:
+    path = Path(p).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def cell_source(cell: Any, base: Path) -> tuple[Path | bytes, str | None]:
+    """A parquet/datasets image cell → (bytes or path, the path it names if any)."""
+    if isinstance(cell, dict):
+        if cell.get("bytes"):
+            return bytes(cell["bytes"]), cell.get("path")
+        if cell.get("path"):
+            return resolve(base, cell["path"]), cell["path"]
+        raise Bad("missing (empty image cell)")
+    if isinstance(cell, (bytes, bytearray, memoryview)):
+        return bytes(cell), None
+    if isinstance(cell, str) and cell:
+        return resolve(base, cell), cell
+    raise Bad("missing (empty image cell)")
+
+
+def _utf8_problem(s: str) -> str | None:
+    """None if `s` (read with surrogateescape) was valid UTF-8, else the first bad byte, e.g. "0xff"."""
+    if s.isascii():
+        return None
+    try:
+        s.encode("utf-8")
+        return None
+    except UnicodeEncodeError as e:
+        return f"0x{ord(s[e.start]) - 0xDC00:02x}" if 0xDC80 <= ord(s[e.start]) <= 0xDCFF else "?"
+
+
+class ParquetTable:
+    """Image cells of parquet files, read one row group at a time (a few groups cached)."""
+
+    def __init__(self, files: list[str], column: str, base: Path) -> None:
+        self.files, self.column, self.base = files, column, base
+        self._groups: OrderedDict[tuple[int, int], list[Any]] = OrderedDict()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # DataLoader workers get a copy without cached row groups.
+        return {**self.__dict__, "_groups": OrderedDict()}
+
+    def cell(self, loc: tuple[int, int, int]) -> Any:
+        import pyarrow.parquet as pq
+
+        f, g, r = loc
+        if (f, g) not in self._groups:
+            col = pq.ParquetFile(self.files[f]).read_row_group(g, columns=[self.column]).column(0)
+            self._groups[(f, g)] = col.to_pylist()
+            if len(self._groups) > 4:
+                self._groups.popitem(last=False)
+        return self._groups[(f, g)][r]
+
+
+class HFTable:
+    """Image cells of a `datasets.Dataset` (memory-mapped; pickles by file reference)."""
+
+    def __init__(self, ds: Any, column: str, base: Path) -> None:
+        self.ds, self.column, self.base = ds, column, base
+
+    def cell(self, loc: int) -> Any:
+        return self.ds[loc][self.column]
+
+
+class Records:
+    """Flat columns, one row per sample. `kind`: "file" (path = base / ident), "tar" or "table".
+
+    `where(i)` says where row i came from ("line 4 of data.csv"); `loc(i)` how to find its image.
+    """
+
+    def __init__(self, on_error: str, sep: str | None) -> None:
+        self.on_error, self.sep = on_error, sep
+        self.kind = "file"
+        self.base = Path(".")
+        self.idents: list[str] = []
+        self.captions: list[str | tuple[str, ...]] = []
+        self.sources: list[str] = []  # file names rows come from
+        self.unit = "line"  # "line" / "row" / "key"
+        self._src = array("i")
+        self._pos = array("q")
+        self._a = array("q")  # tar: offset; table: parquet file / hf row
+        self._b = array("q")  # tar: size; table: row group
+        self._c = array("q")  # table: row in group
+        self.shards: list[str] = []
+        self.table: ParquetTable | HFTable | None = None
+        self.bad: list[tuple[str, str]] = []
+
+    def __len__(self) -> int:
+        return len(self.idents)
+
+    # -- filling ------------------------------------------------------------------------------------
+    def source(self, name: str, unit: str) -> int:
+        self.sources.append(name)
+        self.unit = unit
+        return len(self.sources) - 1
+
+    def split(self, value: Any) -> tuple[str, ...]:
+        if value is None:
+            return ()
+        items = value if isinstance(value, (list, tuple)) else [value]
+        out: list[str] = []
+        for v in items:
+            if v is None:
+                continue
+            parts = str(v).split(self.sep) if self.sep else [str(v)]
+            out += [p.strip() for p in parts if p.strip()]
+        return tuple(out)
+
+    def add(self, ident: str, src: int, pos: Any, caption_value: Any, loc: tuple[int, ...] = ()) -> None:
+        caps = self.split(caption_value)
+        if not caps:
+            self.reject(ident, self._where(src, pos), "no caption")
+            return
+        self.idents.append(ident)
+        self.captions.append(caps[0] if len(caps) == 1 else caps)
+        self._src.append(src)
+        self._pos.append(pos if isinstance(pos, int) else 0)
+        for col, v in zip((self._a, self._b, self._c), loc):
+            col.append(v)
+
+    def reject(self, ident: str, where: str, reason: str) -> None:
+        if self.on_error == "raise":
+            raise ClipforgeError(f"bad sample {ident} ({where}): {reason}")
+        # A caption problem names its line: the row has no image name to show, or only that of a good image.
+        self.bad.append((ident, f"{reason}, {where}" if "UTF-8" in reason else reason))
+
+    # -- reading ------------------------------------------------------------------------------------
+    def _where(self, src: int, pos: Any) -> str:
+        name = self.sources[src] if self.sources else "?"
+        if self.unit == "key":
+            return f"key {pos} in {name}"
+        return f"{self.unit} {pos} of {name}"
+
+    def where(self, i: int) -> str:
+        if self.unit == "key":
+            return self._where(self._src[i], self.idents[i].split(":", 1)[1].rsplit(".", 1)[0])
+        return self._where(self._src[i], self._pos[i])
+
+    def caption_list(self, i: int) -> list[str]:
+        c = self.captions[i]
+        return [c] if isinstance(c, str) else list(c)
+
+    def image_source(self, i: int) -> tuple[Path | bytes, str | None]:
+        """The image's path or bytes, and the file a table row names (for messages)."""
+        if self.kind == "file":
+            return resolve(self.base, self.idents[i].strip()), None
+        if self.kind == "tar":
+            try:
+                with open(self.shards[self._src[i]], "rb") as f:
+                    f.seek(self._a[i])
+                    return f.read(self._b[i]), None
+            except FileNotFoundError:
+                raise Bad("shard missing") from None
+        assert self.table is not None
+        loc: Any = (self._a[i], self._b[i], self._c[i]) if isinstance(self.table, ParquetTable) else self._a[i]
+        return cell_source(self.table.cell(loc), self.table.base)
+
+
+def pick(columns: list[str], key: str, default: str, aliases: tuple[str, ...], what: str, file: Any) -> str:
+    """The column to use for `key`; the default name falls back to common aliases."""
+    if key in columns:
+        return key
+    if key == default:
+        for a in aliases:
+            if a in columns:
+                return a
+    shown = ", ".join(columns) if columns else "none"
+    raise ClipforgeError(f"{file}: no {what} column {key!r} (columns: {shown}); choose one with {what}_key")
+
+
+def read_table_file(path: Path, image_key: str, caption_key: str, base: Path, rec: Records) -> None:
+    """CSV / TSV / JSONL (and imagefolder metadata files). Invalid UTF-8 is found per line, not per file."""
+    rec.kind, rec.base = "file", base
+    src = rec.source(path.name, "line")
+    rows: list[tuple[int, Any]] = []
+    if path.suffix.lower() == ".jsonl":
+        with open(path, "rb") as fb:
+            for n, raw in enumerate(fb, 1):
+                if not raw.strip():
+                    continue
+                try:
+                    rows.append((n, json.loads(raw.decode("utf-8-sig" if n == 1 else "utf-8"))))
+                except UnicodeDecodeError as e:
+                    rows.append((n, UnicodeError(f"0x{raw[e.start]:02x}")))
+                except json.JSONDecodeError:
+                    rows.append((n, None))
+        columns = list(dict.fromkeys(k for _, r in rows if isinstance(r, dict) for k in r))
+    else:
+        with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
+            reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+            columns = list(reader.fieldnames or [])
+            rows = [(reader.line_num, r) for r in reader]
+        bad_header = next((c for c in columns if _utf8_problem(c)), None)
+        if bad_header is not None:
+            raise ClipforgeError(f"{path}: line 1 (the header) is not valid UTF-8")
+    if not columns:
+        raise ClipforgeError(f"{path}: empty file, expected a header row / JSON objects")
+    img = pick(columns, image_key, "image", IMAGE_ALIASES, "image", path)
+    cap = pick(columns, caption_key, "caption", CAPTION_ALIASES, "caption", path)
+    for n, row in rows:
+        where = f"line {n} of {path.name}"
+        if isinstance(row, UnicodeError):
+            rec.reject(f"line {n}", where, f"not valid UTF-8 (byte {row})")
+            continue
+        if not isinstance(row, dict):
+            rec.reject(f"line {n}", where, "not a JSON object")
+            continue
+        name = row.get(img)
+        if not isinstance(name, str) or not name.strip():
+            rec.reject(f"line {n}", where, f"no {img!r}")
+            continue
+        caption = row.get(cap)
+        for value, what in ((name, "image name"), (caption, "caption")):
+            byte = _utf8_problem(value) if isinstance(value, str) else None
+            if byte is not None:
+                shown = name if what == "caption" else f"line {n}"
+                rec.reject(shown.encode("utf-8", "backslashreplace").decode(), where,
+                           f"{what} is not valid UTF-8 (byte {byte})")
+                break
+        else:
+            rec.add(name, src, n, caption)
+
+
+_WDS_KEY = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset's "__key__.ext" split
+
+
+def _index_shard(shard: str, caption_key: str, rec: Records, seen_exts: set[str]) -> int:
+    """Index one tar: group members by key, read captions, point at image bytes. Returns #captioned."""
+    groups: dict[str, dict[str, tuple[int, int]]] = {}
+    try:
+        with tarfile.open(shard, "r:") as tf:
+            for m in tf:
+                match = _WDS_KEY.match(m.name) if m.isfile() else None
+                if match:
+                    key, ext = match.group(1), match.group(2).lower()
+                    groups.setdefault(key, {})[ext] = (m.offset_data, m.size)
+    except tarfile.ReadError as e:
+        raise ClipforgeError(f"{shard}: not an uncompressed tar shard ({e})") from None
+    name, captioned = Path(shard).name, 0
+    rec.shards.append(shard)
+    src = rec.source(name, "key")
+    with open(shard, "rb") as f:
+
+        def read(ref: tuple[int, int]) -> bytes:
+            f.seek(ref[0])
+            return f.read(ref[1])
+
+        for key, members in groups.items():
+            seen_exts.update(members)
+            where = f"key {key} in {name}"
+            caption: Any = None
+            try:
+                caption = caption_of(members, caption_key, read)
+            except UnicodeDecodeError:
+                rec.reject(f"{name}:{key}", where, "caption is not valid UTF-8")
+                captioned += 1
+                continue
+            captioned += caption is not None
+            ext = next((e for e in IMAGE_EXTS if e in members), None)
+            if ext is None:
+                rec.reject(f"{name}:{key}", where, "missing (no " + "/".join(IMAGE_EXTS) + " member)")
+                continue
+            rec.add(f"{name}:{key}.{ext}", src, 0, caption, members[ext])
+    return captioned
+
+
+def caption_of(members: dict[str, Any], caption_key: str, read: Any) -> Any:
+    """A WebDataset sample's caption: member `caption_key`, else `txt` (default key only), else json field."""
+    if caption_key in members:
+        return read(members[caption_key]).decode("utf-8")
+    if "txt" in members and caption_key == "caption":  # an explicit key means that key
+        return read(members["txt"]).decode("utf-8")
+    if "json" in members:
+        try:
+            return json.loads(read(members["json"])).get(caption_key)
+        except (json.JSONDecodeError, AttributeError):
+            return None
+    return None
+
+
+def read_shards(shards: list[str], caption_key: str, rec: Records) -> None:
+    rec.kind = "tar"
+    seen: set[str] = set()
+    captioned = sum(_index_shard(s, caption_key, rec, seen) for s in shards)
+    if seen and not captioned:
+        raise ClipforgeError(
+            f"{shards[0]}: no caption: no {caption_key!r} or 'txt' member and no {caption_key!r} "
+            f"field in 'json' (extensions: {', '.join(sorted(seen))}); choose one with caption_key"
+        )
+
+
+def read_parquet(files: list[str], image_key: str, caption_key: str, base: Path, rec: Records) -> None:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as e:
+        raise ClipforgeError("reading .parquet needs pyarrow: pip install 'clipforge[data]'") from e
+    img_col = None
+    rec.base = base
+    for fi, file in enumerate(files):
+        pf = pq.ParquetFile(file)
+        names = pf.schema_arrow.names
+        img = pick(names, image_key, "image", IMAGE_ALIASES, "image", file)
+        cap = pick(names, caption_key, "caption", CAPTION_ALIASES, "caption", file)
+        if img_col is not None and img != img_col:
+            raise ClipforgeError(f"{file}: image column {img!r} differs from {img_col!r} in {files[0]}")
+        img_col = img
+        captions = pf.read(columns=[cap]).column(0).to_pylist()
+        name = Path(file).name
+        src = rec.source(name, "row")
+        typ = pf.schema_arrow.field(img).type
+        if pa.types.is_string(typ) or pa.types.is_large_string(typ):
+            # Path strings: cheap to read all, and messages can name each file.
+            rec.kind = "file"
+            paths = pf.read(columns=[img]).column(0).to_pylist()
+            for row, (p, c) in enumerate(zip(paths, captions)):
+                if not p:
+                    rec.reject(f"{name}:row {row}", f"row {row} of {name}", f"no {img!r}")
+                else:
+                    rec.add(p, src, row, c)
+            continue
+        rec.kind = "table"
+        if rec.table is None:
+            rec.table = ParquetTable(list(files), img, base)
+        row = 0
+        for g in range(pf.num_row_groups):
+            for r in range(pf.metadata.row_group(g).num_rows):
+                rec.add(f"{name}:row {row}", src, row, captions[row], (fi, g, r))
+                row += 1
+
+
+def read_hf(folder: Path, split: str | None, image_key: str, caption_key: str, base: Path, rec: Records) -> None:
+    try:
+        import datasets
+    except ImportError as e:
+        msg = "reading a save_to_disk folder needs datasets: pip install 'clipforge[data]'"
+        raise ClipforgeError(msg) from e
+    obj = datasets.load_from_disk(str(folder))
+    if isinstance(obj, datasets.DatasetDict):
+        splits = list(obj)
+        if split is None and len(splits) == 1:
+            split = splits[0]
+        if split not in obj:
+            got = "no split" if split is None else f"split {split!r}"
+            raise ClipforgeError(f"{folder}: {got}; it holds splits {', '.join(splits)} (pass split)")
+        obj = obj[split]
+    names = list(obj.column_names)
+    img = pick(names, image_key, "image", IMAGE_ALIASES, "image", folder)
+    cap = pick(names, caption_key, "caption", CAPTION_ALIASES, "caption", folder)
+    captions = list(obj[cap])
+    feat = obj.features[img]
+    rec.base = base
+    src = rec.source(folder.name, "row")
+    if isinstance(feat, datasets.Value) and feat.dtype in ("string", "large_string"):
+        rec.kind = "file"
+        for row, (p, c) in enumerate(zip(list(obj[img]), captions)):
+            if not p:
+                rec.reject(f"row {row}", f"row {row} of {folder.name}", f"no {img!r}")
+            else:
+                rec.add(p, src, row, c)
+        return
+    cells = obj.select_columns([img])
+    if isinstance(feat, datasets.Image):
+        cells = cells.cast_column(img, datasets.Image(decode=False))  # dicts, not decoded PIL
+    rec.kind = "table"
+    for row, c in enumerate(captions):
+        rec.add(f"row {row}", src, row, c, (row,))
+    rec.table = HFTable(cells, img, base)

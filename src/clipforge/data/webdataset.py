@@ -1,0 +1,187 @@
+"""WebDataset shards streamed: read front to back, shuffled with a buffer, split over ranks and workers.
+
+`open_dataset` indexes uncompressed shards for random access; `WebDatasetStream` never seeks, so it
+reads compressed shards too and starts at once however many shards there are. Every epoch each
+sample goes to exactly one (rank, DataLoader worker) "slot":
+
+* "shard" split: the epoch's shard order (the same on every rank, drawn from `seed` and the epoch)
+  dealt round-robin to the slots: each shard is read by one slot;
+* "sample" split: every slot reads every shard and keeps every `slots`-th sample;
+* "auto" (default): "shard" when the shards divide evenly over the slots, else "sample".
+
+Within a slot, samples pass through a shuffle buffer (`shuffle_buffer` samples of raw bytes;
+images are decoded when they leave it). Bad samples follow `on_error` as in `open_dataset`; the
+skipped ones are reported by `end_pass()` (a `reporting` loader calls it).
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+import numpy as np
+from torch.utils.data import IterableDataset, get_worker_info
+
+from ..errors import ClipforgeError
+from .base import Sample
+from .loader import SkipLog
+from .user_formats import _WDS_KEY, IMAGE_EXTS, Bad, caption_of, decode
+
+SPLITS = ("auto", "shard", "sample")
+
+
+def shard_list(spec: str | os.PathLike[str]) -> list[str]:
+    """The shards a spec names: a .tar file, a brace pattern, a glob, or a folder of .tar files."""
+    from .user import _many_files
+
+    s = os.fspath(spec)
+    many = _many_files(s)
+    if many is not None:
+        return many
+    p = Path(s).expanduser()
+    if p.is_dir():
+        found = sorted(str(x) for x in p.iterdir() if x.name.endswith((".tar", ".tar.gz", ".tgz")))
+        if not found:
+            raise ClipforgeError(f"{p}: no .tar shards in this folder")
+        return found
+    if not p.is_file():
+        raise ClipforgeError(f"dataset not found: {s}")
+    return [str(p)]
+
+
+def _slot() -> tuple[int, int, int, int]:
+    """(rank, world size, worker id, workers) of the calling process."""
+    from ..train import distributed as D
+
+    info = get_worker_info()
+    return D.rank(), D.world_size(), (info.id if info else 0), (info.num_workers if info else 1)
+
+
+def _groups(shard: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {ext: bytes}) of one shard's samples, in file order, reading it as a stream."""
+    key, members = None, {}
+    try:
+        with open(shard, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*") as tf:
+            for m in tf:
+                match = _WDS_KEY.match(m.name) if m.isfile() else None
+                if not match:
+                    continue
+                stem, ext = match.group(1), match.group(2)
+                f = tf.extractfile(m)
+                data = f.read() if f is not None else b""
+                if stem != key and key is not None:
+                    yield key, members
+                    members = {}
+                key = stem
+                members[ext.lower()] = data
+    except FileNotFoundError:
+        raise ClipforgeError(f"shard not found: {shard}") from None
+    except tarfile.TarError as e:
+        raise ClipforgeError(f"{shard}: not a tar shard ({e})") from None
+    if key is not None:
+        yield key, members
+
+
+class WebDatasetStream(IterableDataset):
+    """Samples of WebDataset shards, streamed; call `set_epoch(e)` before each epoch for a new order."""
+
+    def __init__(self, spec: str | os.PathLike[str], *, caption_key: str = "caption", shuffle_buffer: int = 1000,
+                 seed: int = 0, on_error: str = "skip", split: str = "auto") -> None:
+        if on_error not in ("skip", "raise"):
+            raise ClipforgeError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
+        if split not in SPLITS:
+            raise ClipforgeError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+        if shuffle_buffer < 0:
+            raise ClipforgeError(f"shuffle_buffer must be 0 or more, got {shuffle_buffer}")
+        self.shards = shard_list(spec)
+        self.name = Path(os.fspath(spec).rstrip("/")).name
+        self.source = os.fspath(spec)
+        self.caption_key, self.shuffle_buffer, self.seed = caption_key, int(shuffle_buffer), int(seed)
+        self.on_error, self.split = on_error, split
+        self.epoch = 0
+        self.passes = 0
+        self.skipped: list[tuple[str, str]] = []
+        self._log = SkipLog()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def plan(self, slot: int, slots: int) -> tuple[list[str], int | None]:
+        """The shards slot `slot` of `slots` reads this epoch, and (sample split) which residue it keeps."""
+        order = [self.shards[i] for i in np.random.default_rng([self.seed, self.epoch]).permutation(len(self.shards))]
+        mode = self.split
+        if mode == "auto":
+            mode = "shard" if len(order) % slots == 0 else "sample"
+        if mode == "shard":
+            if len(order) < slots:
+                raise ClipforgeError(f"{self.source}: {len(order)} shards cannot feed {slots} rank×worker slots "
+                                     "with split='shard'; use split='sample'")
+            return order[slot::slots], None
+        return order, slot
+
+    def __iter__(self) -> Iterator[Sample]:
+        rank, world, worker, workers = _slot()
+        slots, slot = world * workers, rank * workers + worker
+        shards, residue = self.plan(slot, slots)
+        rng = np.random.default_rng([self.seed, self.epoch, slot, 1])
+        buffer: list[tuple[str, dict[str, bytes]]] = []
+        j = 0
+        for shard in shards:
+            name = Path(shard).name
+            for key, members in _groups(shard):
+                j += 1
+                if residue is not None and (j - 1) % slots != residue:
+                    continue
+                item = (f"{name}:{key}", members)
+                if len(buffer) < self.shuffle_buffer:
+                    buffer.append(item)
+                    continue
+                k = int(rng.integers(len(buffer)))
+                buffer[k], item = item, buffer[k]
+                sample = self._sample(*item)
+                if sample is not None:
+                    yield sample
+        rng.shuffle(buffer)  # type: ignore[arg-type]
+        for item in buffer:
+            sample = self._sample(*item)
+            if sample is not None:
+                yield sample
+
+    def _sample(self, ident: str, members: dict[str, bytes]) -> Sample | None:
+        try:
+            caption = caption_of(members, self.caption_key, lambda data: data)
+        except UnicodeDecodeError:
+            return self._bad(ident, "caption is not valid UTF-8")
+        caps = [str(c).strip() for c in (caption if isinstance(caption, list) else [caption]) if c is not None]
+        caps = [c for c in caps if c]
+        if not caps:
+            return self._bad(ident, "no caption")
+        ext = next((e for e in IMAGE_EXTS if e in members), None)
+        if ext is None:
+            return self._bad(ident, "missing (no " + "/".join(IMAGE_EXTS) + " member)")
+        try:
+            image = decode(members[ext])
+        except Bad as e:
+            return self._bad(f"{ident}.{ext}", e.reason)
+        return Sample(image=image, captions=caps, label=None, meta={"id": f"{ident}.{ext}", "source": self.source})
+
+    def _bad(self, ident: str, reason: str) -> None:
+        if self.on_error == "raise":
+            raise ClipforgeError(f"bad sample {ident}: {reason}")
+        self._log.add(ident, reason)
+        return None
+
+    def end_pass(self, complete: bool = True) -> list[tuple[str, str]]:
+        """Collect what the pass skipped (also in workers); warn with the count and the first names."""
+        self.passes += 1
+        new = self._log.collect()
+        self.skipped.extend(new)
+        if new:
+            shown = ", ".join(f"{i} ({r})" for i, r in new[:5])
+            more = f", and {len(new) - 5:,} more" if len(new) > 5 else ""
+            what = "pass" if complete else "partial pass"
+            warnings.warn(f"{self.source}: {what} {self.passes}: skipped {len(new):,} samples: {shown}{more}",
+                          stacklevel=2)
+        return new
