@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, get_worker_info
 
 from clipforge.data.base import ImageTextDataset, Sample
 from clipforge.data.webdataset import WebDatasetStream
+from clipforge.eval.embed import embed_images
 from clipforge.models.registry import build
 from clipforge.moe.clusters import embed_dataset, labels_for_stage
 
@@ -84,13 +85,17 @@ def _rank(rank: int, port: int, out: str) -> None:
         read = sorted(ds.log)
         ds.log.clear()
         labels = labels_for_stage(model, ds, None, 3, 2, seed=5, batch_size=BATCH, num_workers=0)
-        result = {"read": read, "read_again": sorted(ds.log), "ids": labels.ids.tolist(),
+        read_again = sorted(ds.log)
+        images = embed_images(model, ds, batch_size=BATCH, shard=True)  # an evaluation pass, sharded
+        result = {"images": images.tolist(), "read": read, "read_again": read_again, "ids": labels.ids.tolist(),
                   "u": u.astype(np.float32).tolist(), "w": w.astype(np.float32).tolist(), "streams": {}}
         for name in ("uneven", "even"):
             stream = WebDatasetStream(Path(out) / name, shuffle_buffer=4, seed=3)
             for epoch in (0, 1):
                 stream.set_epoch(epoch)
-                loader = DataLoader(stream, batch_size=3, num_workers=2, collate_fn=_with_worker)
+                # fork: processes started by mp.spawn would spawn their workers (a fresh import each).
+                loader = DataLoader(stream, batch_size=3, num_workers=2, collate_fn=_with_worker,
+                                    multiprocessing_context="fork")
                 result["streams"][f"{name}/{epoch}"] = [p for batch in loader for p in batch]
         Path(out, f"rank{rank}.json").write_text(json.dumps(result))
     finally:
@@ -111,6 +116,9 @@ def test_sharded_embedding_and_streamed_shards(tmp_path: Path) -> None:
     for r in ranks:
         assert np.array_equal(np.asarray(r["u"], np.float32), u.astype(np.float32))
         assert np.array_equal(np.asarray(r["w"], np.float32), w.astype(np.float32))
+    full = embed_images(model, Squares(), batch_size=BATCH)
+    for r in ranks:
+        assert torch.equal(torch.tensor(r["images"]), full)
     single = labels_for_stage(model, Squares(), None, 3, 2, seed=5, batch_size=BATCH)
     assert ranks[0]["ids"] == ranks[1]["ids"] == single.ids.tolist()
     assert len(set(single.ids.tolist())) > 1

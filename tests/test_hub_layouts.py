@@ -174,3 +174,39 @@ def test_legacy_eos_balance_loss_and_routing_statistics(hub_dirs):
     assert int(mask.sum()) == hand
     real = switch_balance_loss([x.reshape(6, 16, -1)[mask] for x in out.router_logits])
     assert torch.allclose(switch_balance_loss(out.router_logits, mask), real)
+
+
+@pytest.mark.parametrize("kind", ["vision", "text", "moe"])
+def test_towers_and_moe_in_hub_layouts(kind, tmp_path):
+    """Vision-only as `.bin` with stored position ids, text-only sharded, a CLIP-MoE in fp16 and sharded."""
+    from transformers import AutoModel, CLIPTextModelWithProjection, CLIPVisionModelWithProjection
+
+    from clipforge.models.io import save as cf_save
+    from clipforge.moe.pack import upcycle
+
+    d = tmp_path / kind
+    if kind == "vision":
+        model = build("tiny", seed=1, kind="vision")
+        d.mkdir()
+        model.config.save_pretrained(d)
+        state = dict(model.state_dict())
+        state["vision_model.embeddings.position_ids"] = torch.arange(model.vision_model.embeddings.num_positions)[None]
+        torch.save(state, d / "pytorch_model.bin")
+        theirs = CLIPVisionModelWithProjection.from_pretrained(d).eval()
+    elif kind == "text":
+        model = build("tiny", seed=2, kind="text")
+        model.save_pretrained(d, max_shard_size="40KB")
+        assert (d / "model.safetensors.index.json").is_file()
+        theirs = CLIPTextModelWithProjection.from_pretrained(d).eval()
+    else:
+        model = upcycle(build("tiny", seed=3), num_experts=2, top_k=1).half()
+        cf_save(model, d)
+        theirs = AutoModel.from_pretrained(d, dtype=torch.float32).eval()
+    ours = load(d)
+    assert type(ours) is type(theirs) and next(ours.parameters()).dtype == torch.float32
+    pixels, ids = fake_batch(2)
+    with torch.no_grad():
+        if kind != "text":
+            torch.testing.assert_close(image_features(ours, pixels), image_features(theirs, pixels), rtol=0, atol=1e-5)
+        if kind != "vision":
+            torch.testing.assert_close(text_features(ours, ids), text_features(theirs, ids), rtol=0, atol=1e-5)

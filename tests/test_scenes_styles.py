@@ -12,7 +12,7 @@ import pytest
 from clipforge.data import open_mixture
 from clipforge.data.scenes import PAIR_TYPES, SceneSpec, ScenesDataset, diagnostic_pairs
 from clipforge.data.scenes_spec import COLOURS, ORIENTED_SHAPES, SHAPES
-from clipforge.data.scenes_styles import (CAPTION_STYLES, COUNT_WORDS, clear_relation, dense_relations)
+from clipforge.data.scenes_styles import CAPTION_STYLES, COUNT_WORDS, clear_relation, dense_relations
 from clipforge.data.scenes_text import (CROSS_ORIENT_WORDS, FILL_ADJ, FILL_POST, ORIENT_WORDS, POSITION_WORDS,
                                         RELATION_WORDS, SIZE_WORDS)
 from clipforge.errors import ClipforgeError
@@ -63,13 +63,13 @@ def test_styles_deterministic(style: str) -> None:
     assert all(first[i][0] != full.captions_at(i)[0] for i in range(60))
 
 
-def _attr_words(obj) -> dict[str, set[str]]:
-    """Every attribute word alt may use, mapped to whether it is true of `obj`."""
+def _true_attrs(obj) -> set[str]:
+    """The attribute words (size, fill, orientation) that are true of `obj`."""
     orient = CROSS_ORIENT_WORDS if obj.shape == "cross" else ORIENT_WORDS
     true = set(SIZE_WORDS[obj.size]) | set(FILL_ADJ[obj.fill]) | set(FILL_POST[obj.fill])
     if obj.shape in ORIENTED_SHAPES:
         true |= set(orient[obj.orientation])
-    return {"true": true}
+    return true
 
 
 ALL_ATTRS = ({w for ws in SIZE_WORDS.values() for w in ws} | {w for ws in FILL_ADJ.values() for w in ws}
@@ -96,10 +96,11 @@ def test_alt_one_object_no_counts_no_relations() -> None:
                 assert len(shapes) == 1 and len(colours) <= 1, text
                 # The named group exists in the scene, with that colour and every attribute said.
                 said = [a for a in ALL_ATTRS if re.search(rf"\b{a}\b", text)]
-                said = [a for a in said if not any(a != b and a in b for b in said)]  # "solid" in "in solid colour"
+                # one attribute, not two: "solid" inside "in solid colour"
+                said = [a for a in said if not any(a != b and a in b for b in said)]
                 assert len(said) <= 1, text  # at most one more attribute
                 assert any(o.shape == shapes[0] and (not colours or o.colour == colours[0])
-                           and set(said) <= _attr_words(o)["true"] for o in spec.objects), (text, spec)
+                           and set(said) <= _true_attrs(o) for o in spec.objects), (text, spec)
                 n_shape_only += not colours
                 n_extra += bool(said)
                 frames.add(" ".join("X" if w in SHAPES or w in COLOURS or w in ALL_ATTRS else w for w in words))
@@ -199,7 +200,8 @@ def test_cli_flag(tmp_path, capsys) -> None:
     moe_cli._data_args(p)
     args = p.parse_args(["--data", "scenes", "--scenes-size", "4", "--scenes-captions", "alt"])
     data = moe_cli._open(args, 16)
-    assert "alt" in data.name and data[0].captions == ScenesDataset("train", 4, 1, 16, caption_style="alt").captions_at(0)
+    assert "alt" in data.name
+    assert data[0].captions == ScenesDataset("train", 4, 1, 16, caption_style="alt").captions_at(0)
 
 
 def test_ancestry_recipe_field() -> None:

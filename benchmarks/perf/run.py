@@ -2,12 +2,15 @@
 
     python benchmarks/perf/run.py [--quick] [--out benchmarks/perf/results.json] [--threads N]
 
-Three parts, one results file:
+Five parts, one results file:
   * train  `clipforge.train.loop.train` against a bare transformers loop (`CLIPModel(..., return_loss=True)`,
            AdamW, grad clip, step) on the same architecture and the same pre-collated batch; ms/step of each
            and the overhead clipforge / bare - 1 (goal: at most 5 %);
   * eval   images/s and captions/s of `clipforge.eval.embed.embed_images` / `embed_texts` (demo ancestry);
-  * moe    the per-shape ratios of `benchmarks/moe_layer/run.py` (its functions, run here).
+  * moe    the per-shape ratios of `benchmarks/moe_layer/run.py` (its functions, run here);
+  * options  the step under each speed option (AdamW kernels, attention, bf16, torch.compile, the new default) on
+           the ancestry @ 256 and ViT-B/16 @ 8: ms/step, GFLOP/s, share of the fp32 / bf16 matmul peaks measured here;
+  * profile  where one ancestry step's time goes (torch.profiler, by kind), and the data path (step_options.py).
 Writes results.json (atomically) and results.md beside it, and prints the tables. See README.md for the method.
 """
 
@@ -38,10 +41,12 @@ from clipforge.data.scenes import ScenesDataset
 from clipforge.eval.embed import embed_images, embed_texts
 from clipforge.models.preprocess import transform_for
 from clipforge.models.registry import build
+from clipforge.train.fast import adamw_kwargs
 from clipforge.train.loop import TrainConfig, train
 
 HERE = Path(__file__).resolve().parent
 MOE_BENCH = HERE.parent / "moe_layer" / "run.py"
+OPTIONS_BENCH = HERE / "step_options.py"
 OVERHEAD_GOAL = 0.05
 EVAL_ARCH = "ancestry"
 
@@ -60,9 +65,30 @@ def train_cases(quick: bool, cuda: bool) -> list[TrainCase]:
     return [TrainCase("ancestry", 256), TrainCase("ViT-B-32", 64 if cuda else 8)]
 
 
-def load_moe_bench() -> ModuleType:
-    """benchmarks/moe_layer/run.py as a module (it is a script, not part of the package)."""
-    spec = importlib.util.spec_from_file_location("clipforge_moe_layer_bench_for_perf", MOE_BENCH)
+def option_cases(quick: bool, cuda: bool) -> list[tuple[str, int]]:
+    """The options part's cases: the demo ancestry at its training batch and a ViT-B/16-shaped step."""
+    return [("tiny", 16)] if quick else [("ancestry", 256), ("ViT-B-16", 64 if cuda else 8)]
+
+
+def options_part(bench: ModuleType, quick: bool, steps: int, rounds: int, threads: int, device: torch.device) -> dict:
+    """step_options.py's table: every option on each case (ViT-B/16: one round, fewer steps; a CPU step takes seconds)."""
+    peak = bench.peaks(threads, device, quick)
+    print(f"[perf] matmul peaks: fp32 {peak['float32']['gflops']:.0f}, bf16 {peak['bfloat16']['gflops']:.1f} GFLOP/s",
+          flush=True)
+    items = lambda batch, n: PrebuiltItems(list(batch["pixel_values"].unbind(0)), n)  # noqa: E731
+    stamper = lambda batch: StampingCollate(batch, syncer(device))  # noqa: E731
+    parts = []
+    for i, case in enumerate(option_cases(quick, device.type == "cuda")):
+        big = i > 0 and device.type == "cpu"
+        parts.append(bench.options_part([case], 1 if big else 2, max(2, steps // 2) if big else steps,
+                                        1 if big else rounds, device, quick, peak, fixed_batch, stamper, items))
+    return {"peaks": peak, "new_default": parts[0]["new_default"],
+            "cases": [{k: v for k, v in p.items() if k not in ("peaks", "new_default")} for p in parts]}
+
+
+def load_moe_bench(path: Path = MOE_BENCH, name: str = "clipforge_moe_layer_bench_for_perf") -> ModuleType:
+    """benchmarks/moe_layer/run.py (or another benchmark script) as a module (scripts, not part of the package)."""
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -151,8 +177,9 @@ def run_bare(case: TrainCase, warmup: int, steps: int, device: torch.device) -> 
     cfg = train_config(case, total, device)
     model = build(case.arch, seed=0).to(device).train()
     batch = fixed_batch(model, case.batch)
+    # The same AdamW kernel as clipforge's default, so the difference is the loop's machinery only.
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
-                            weight_decay=cfg.weight_decay)
+                            weight_decay=cfg.weight_decay, **adamw_kwargs(cfg.optimizer, model.parameters()))
     sync, cuda = syncer(device), device.type == "cuda"
     stamps: list[float] = []
     for _ in range(total):
@@ -284,6 +311,9 @@ def markdown(results: dict) -> str:
         lines.append(f"| {r['name']} | {r['batch'] * r['seq']} | {r['hidden']} / {r['intermediate']} | "
                      f"{r['ms']['moe']:.2f} | {r['ms']['two_dense']:.2f} | {r['ms']['released_loop']:.2f} | "
                      f"{r['ratio_vs_two_dense']:.2f} | {r['ratio_vs_released_loop']:.2f} |")
+    if "options" in results:
+        bench = load_moe_bench(OPTIONS_BENCH, "clipforge_perf_step_options")
+        lines += bench.markdown(results["options"], results["profile"])
     return "\n".join(lines) + "\n"
 
 
@@ -304,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, help="untimed training steps first (default 2, quick 1)")
     p.add_argument("--rounds", type=int, help="runs of each training loop, alternating (default 2, quick 1)")
     p.add_argument("--eval-n", type=int, help="images and captions embedded (default 2000, quick 64)")
+    p.add_argument("--option-steps", type=int, help="timed steps per option run (default 5, quick 2; ViT-B/16 half)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     command = shlex.join(["python", "benchmarks/perf/run.py", *(sys.argv[1:] if argv is None else argv)])
 
@@ -319,6 +350,10 @@ def main(argv: list[str] | None = None) -> int:
     results["train"] = train_part(train_cases(q, device.type == "cuda"), warmup, steps, rounds, device)
     results["eval"] = eval_part(eval_n, 1 if q else 3, device)
     results["moe"] = moe_part(moe, q, device)
+    opts = load_moe_bench(OPTIONS_BENCH, "clipforge_perf_step_options")
+    results["options"] = options_part(opts, q, args.option_steps or (2 if q else 5), rounds,
+                                      torch.get_num_threads(), device)
+    results["profile"] = opts.profile_part(*(("tiny", 16) if q else ("ancestry", 256)), q)
 
     moe.write_atomic(args.out, json.dumps(results, indent=2) + "\n")
     table = markdown(results)

@@ -76,7 +76,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scenes-captions", choices=SCENES_CAPTIONS, default="full", help=SCENES_CAPTIONS_HELP)
     p.add_argument("--steps", type=int, default=300, help="fine-tuning steps (task finetune)")
     p.add_argument("--out", type=Path, help="write the metrics to this JSON file")
-    p.add_argument("--workers", dest="num_workers", type=int, default=None, metavar="N", help=WORKERS_HELP)
     p.set_defaults(func=run_eval)
 
 
@@ -139,13 +138,6 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from ..data.loader import default_workers
-
-    with default_workers(args.num_workers):  # the evaluation's embedding passes
-        return _run_eval(args)
-
-
-def _run_eval(args: argparse.Namespace) -> int:
     from ..data import open_mixture
     from ..eval import tasks
     from ..eval.results import write_json
@@ -157,7 +149,8 @@ def _run_eval(args: argparse.Namespace) -> int:
         result = tasks.mmvp_diagnostic(model, image_size=size)
     else:
         data = args.data or ("scenes" if args.task == "retrieval" else "fashion-mnist")
-        test = open_mixture([data], "test", size, scenes_size=args.limit or 1000, scenes_captions=args.scenes_captions)
+        test = open_mixture([data], "test", size, scenes_size=args.limit or 1000,
+                            scenes_captions=args.scenes_captions)
         if args.limit and len(test) > args.limit:
             test = _Subset(test, args.limit)
         if args.task == "zeroshot":

@@ -20,6 +20,9 @@ class Cached(ImageTextDataset):
         self.classnames = getattr(dataset, "classnames", None)
         self.templates = getattr(dataset, "templates", None)
         self.items: list[Sample] = [dataset[i] for i in range(len(dataset))]
+        from .loader import end_pass
+
+        end_pass(dataset)  # a user dataset reports the bad images this read skipped
 
     def __len__(self) -> int:
         return len(self.items)

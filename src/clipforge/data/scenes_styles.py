@@ -41,7 +41,8 @@ INTRO_ONE = ("a single shape", "one object", "a picture of one shape", "an image
 INTRO_MANY = ("{n} shapes", "{n} objects in all", "a picture of {n} shapes", "an image with {n} objects",
               "{n} shapes on grey")
 DETAIL_P = 0.5  # chance of a per-group attribute sentence (it repeats the list's words, bound to colour)
-BIND = ("the {noun} {be} {colour}", "every {shape} in the image is {colour}", "the colour of the {noun} is {colour}")
+BIND = ("the {noun} {be} {colour}", "every {shape} in the image is {colour}",
+        "the colour of the {noun} is {colour}")
 ATTRS = ("the {colour} {noun} {be} {attrs}", "the {noun} that {be} {colour} {be} {attrs}")
 POS_SENT = ("the {colour} {noun} is {pos} of the image", "it sits {pos}", "the {noun} is placed {pos}")
 REL_SENT = ("the {a} {be_a} {r} the {b}", "the {b} {be_b} {ir} the {a}")
@@ -176,4 +177,6 @@ def caption_styled(spec: SceneSpec, rng: np.random.Generator | Draws, style: str
     """One caption of `spec` in `style` (see the module docstring)."""
     check_style(style)
     d = rng if isinstance(rng, Draws) else Draws(rng)
-    return caption(spec, d) if style == "full" else alt_caption(spec, d) if style == "alt" else dense_caption(spec, d)
+    if style == "full":
+        return caption(spec, d)
+    return alt_caption(spec, d) if style == "alt" else dense_caption(spec, d)

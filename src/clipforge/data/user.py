@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from clipforge.data import user_formats as fmt
+from clipforge.data import user_tables as tables
 from clipforge.data.base import ImageTextDataset, Sample
 from clipforge.data.loader import SkipLog, in_worker
 from clipforge.data.user_formats import Bad, Records
@@ -254,7 +255,7 @@ def open_dataset(
         if kinds == {".tar"}:
             fmt.read_shards(many, caption_key, rec)
         elif kinds == {".parquet"}:
-            fmt.read_parquet(many, image_key, caption_key, base, rec)
+            tables.read_parquet(many, image_key, caption_key, base, rec)
         else:
             raise ClipforgeError(f"{spec_s}: a pattern must name only .tar or only .parquet files")
     elif not path.exists():
@@ -267,7 +268,7 @@ def open_dataset(
         elif suffix == ".tar":
             fmt.read_shards([str(path)], caption_key, rec)
         elif suffix == ".parquet":
-            fmt.read_parquet([str(path)], image_key, caption_key, base, rec)
+            tables.read_parquet([str(path)], image_key, caption_key, base, rec)
         else:
             raise ClipforgeError(
                 f"{path}: unknown dataset format {suffix or '(no extension)'!r} "
@@ -292,7 +293,7 @@ def _open_folder(path: Path, split: str | None, image_key: str, caption_key: str
     if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file() or (
         path / "dataset_info.json"
     ).is_file():
-        fmt.read_hf(path, split, image_key, caption_key, root or path, rec)
+        tables.read_hf(path, split, image_key, caption_key, root or path, rec)
         return
     has_meta = any((path / m).is_file() for m in METADATA_FILES)
     if split is not None and (path / split).is_dir() and not has_meta:
@@ -307,7 +308,7 @@ def _open_folder(path: Path, split: str | None, image_key: str, caption_key: str
         return
     parquets = sorted(str(p) for p in path.glob("*.parquet"))
     if parquets:
-        fmt.read_parquet(parquets, image_key, caption_key, root or path, rec)
+        tables.read_parquet(parquets, image_key, caption_key, root or path, rec)
         return
     raise ClipforgeError(
         f"{path}: unknown dataset format (expected metadata.csv/metadata.jsonl, .tar shards, "

@@ -51,12 +51,17 @@ def shard_list(spec: str | os.PathLike[str]) -> list[str]:
     return [str(p)]
 
 
-def _slot() -> tuple[int, int, int, int]:
-    """(rank, world size, worker id, workers) of the calling process."""
+def _rank_world(recorded: tuple[int, int] | None) -> tuple[int, int]:
+    """This process's (rank, world size): the process group's, else the one `recorded` in the main
+    process (a worker holds no process group), else torchrun's environment."""
     from ..train import distributed as D
 
-    info = get_worker_info()
-    return D.rank(), D.world_size(), (info.id if info else 0), (info.num_workers if info else 1)
+    if D.is_initialized():
+        return D.rank(), D.world_size()
+    if recorded is not None:
+        return recorded
+    info = D.dist_info("cpu")
+    return info.rank, info.world_size
 
 
 def _groups(shard: str) -> Iterator[tuple[str, dict[str, bytes]]]:
@@ -84,6 +89,12 @@ def _groups(shard: str) -> Iterator[tuple[str, dict[str, bytes]]]:
         yield key, members
 
 
+def _initialized() -> bool:
+    from ..train import distributed as D
+
+    return D.is_initialized()
+
+
 class WebDatasetStream(IterableDataset):
     """Samples of WebDataset shards, streamed; call `set_epoch(e)` before each epoch for a new order."""
 
@@ -101,12 +112,16 @@ class WebDatasetStream(IterableDataset):
         self.caption_key, self.shuffle_buffer, self.seed = caption_key, int(shuffle_buffer), int(seed)
         self.on_error, self.split = on_error, split
         self.epoch = 0
+        self._dist = _rank_world(None) if _initialized() else None
         self.passes = 0
         self.skipped: list[tuple[str, str]] = []
         self._log = SkipLog()
 
     def set_epoch(self, epoch: int) -> None:
+        """The epoch the next iteration shuffles for (also records the rank layout for workers)."""
         self.epoch = int(epoch)
+        if _initialized():
+            self._dist = _rank_world(None)
 
     def plan(self, slot: int, slots: int) -> tuple[list[str], int | None]:
         """The shards slot `slot` of `slots` reads this epoch, and (sample split) which residue it keeps."""
@@ -122,7 +137,9 @@ class WebDatasetStream(IterableDataset):
         return order, slot
 
     def __iter__(self) -> Iterator[Sample]:
-        rank, world, worker, workers = _slot()
+        rank, world = _rank_world(self._dist)
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         slots, slot = world * workers, rank * workers + worker
         shards, residue = self.plan(slot, slots)
         rng = np.random.default_rng([self.seed, self.epoch, slot, 1])

@@ -5,8 +5,10 @@ their input, and return normalised float32 embeddings on the CPU, so large evalu
 pile up on the accelerator. On CUDA they run under bf16 autocast (`amp="auto"`).
 
 A dataset (anything with `__len__`/`__getitem__`, or an `IterableDataset`) is read through a
-DataLoader: `num_workers` worker processes decode and preprocess (None: the process default, see
-`clipforge.data.loader`), pinned memory on CUDA. With `shard=True` under torchrun each rank embeds
+DataLoader: `num_workers` worker processes decode and preprocess, pinned memory on CUDA. Workers
+read copies of the dataset, so `embed_images` uses them only when asked (a wrapper that records what
+it serves, like `tasks._Recorder`, would record nothing in the main process); `image_batches` with
+captions carries what a pass needs back in the batch and may use the process default. With `shard=True` under torchrun each rank embeds
 its own contiguous 1/world of the items and the pieces are gathered, so every rank gets all of them
 in order; every rank must then make the same call.
 """
@@ -129,17 +131,16 @@ class _Rows:
 
 
 def image_batches(dataset: Any, transform: Callable, batch_size: int, device: torch.device,
-                  num_workers: int | None = None, captions: bool = False,
+                  workers: int = 0, captions: bool = False,
                   indices: Sequence[int] | None = None) -> Iterable[dict[str, Any]]:
     """Batches `{"pixel_values", ["captions"]}` of a dataset (or its `indices`) through a DataLoader."""
     from torch.utils.data import DataLoader, IterableDataset
 
     from ..data.collate import EmbedCollator
-    from ..data.loader import reporting, worker_count
+    from ..data.loader import reporting
 
     iterable = isinstance(dataset, IterableDataset)
     view = dataset if iterable or indices is None else _Rows(dataset, indices)
-    workers = worker_count(num_workers)
     loader = DataLoader(view, batch_size=batch_size, shuffle=False, num_workers=workers,
                         collate_fn=EmbedCollator(transform, captions), pin_memory=device.type == "cuda",
                         prefetch_factor=4 if workers else None)
@@ -213,7 +214,7 @@ def embed_images(
 def _pixel_batches(images: Any, transform: Callable, batch_size: int, device: torch.device,
                    num_workers: int | None, part: range | None) -> Iterator[Tensor]:
     if _is_dataset(images):
-        for batch in image_batches(images, transform, batch_size, device, num_workers, indices=part):
+        for batch in image_batches(images, transform, batch_size, device, num_workers or 0, indices=part):
             yield batch["pixel_values"]
         return
     for batch in _batches(iter(images), batch_size):

@@ -179,7 +179,11 @@ def _write_onnx(program: torch.export.ExportedProgram, path: Path, inputs: list[
 
 
 def run_artefact(path: str | os.PathLike, inputs: dict[str, Tensor]) -> Tensor | None:
-    """Run an exported artefact (.pt2, or .onnx through onnxruntime); None when onnxruntime is missing."""
+    """Run an exported artefact (.pt2, or .onnx through onnxruntime); None when onnxruntime is missing.
+
+    `torch.export.load` may unpickle parts of a .pt2 (tensor subclasses): run only artefacts you trust
+    (clipforge's store plain tensors as raw bytes).
+    """
     path = Path(path)
     if path.suffix == ".pt2":
         program = torch.export.load(str(path))
@@ -208,8 +212,9 @@ def export_tower(model: nn.Module, tower: str, fmt: str, out_dir: Path) -> dict[
         want = (image_features(model, **check) if tower == "vision" else text_features(model, **check))
     got = run_artefact(path, check)
     entry: dict[str, Any] = {
-        "file": path.name, "inputs": {k: {"shape": ["batch", *v.shape[1:]], "dtype": str(v.dtype).removeprefix("torch.")}
-                                      for k, v in check.items()},
+        "file": path.name,
+        "inputs": {k: {"shape": ["batch", *v.shape[1:]], "dtype": str(v.dtype).removeprefix("torch.")}
+                   for k, v in check.items()},
         "output": {"name": output, "shape": ["batch", int(want.shape[-1])], "dtype": "float32", "normalized": False},
     }
     if got is None:

@@ -107,18 +107,31 @@ MODEL_CLASSES: dict[str, type[PreTrainedModel]] = {
 }
 
 
-def build(spec: str | dict[str, Any] | CLIPConfig, seed: int = 0, kind: Kind = "clip") -> PreTrainedModel:
+# Attention kernels: "sdpa" (torch's scaled_dot_product_attention: flash / memory-efficient kernels on CPU
+# and CUDA, the default and the faster in benchmarks/perf) or "eager" (explicit softmax(QK^T)V).
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+DEFAULT_ATTN = "sdpa"
+
+
+def build(spec: str | dict[str, Any] | CLIPConfig, seed: int = 0, kind: Kind = "clip",
+          attn_implementation: str = DEFAULT_ATTN) -> PreTrainedModel:
     """A randomly initialised model of architecture `spec`, seeded so the same call gives the same weights.
 
     `kind` picks the full CLIP (`CLIPModel`) or one tower with its projection
-    (`CLIPVisionModelWithProjection`, `CLIPTextModelWithProjection`).
+    (`CLIPVisionModelWithProjection`, `CLIPTextModelWithProjection`); `attn_implementation` one of
+    ATTN_IMPLEMENTATIONS (the weights do not depend on it).
     """
     if kind not in MODEL_CLASSES:
         raise ClipforgeError(f"unknown model kind {kind!r}; choose clip, vision or text")
+    if attn_implementation not in ATTN_IMPLEMENTATIONS:
+        raise ClipforgeError(f"unknown attention implementation {attn_implementation!r}; "
+                             f"choose {', '.join(ATTN_IMPLEMENTATIONS)}")
     cfg = tower_config(make_config(spec), kind)
     # A private generator state: building a model must not disturb the caller's RNG stream.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = MODEL_CLASSES[kind](cfg)
+    if model.config._attn_implementation != attn_implementation:
+        model.set_attn_implementation(attn_implementation)
     model.eval()
     return model

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ClipforgeError
 from . import distributed as D
+from .fast import CompiledStep, adamw_kwargs, resolve_amp
 from .checkpoint import (CHECKPOINT_DIR, load_checkpoint, resolve_resume, rng_state, save_checkpoint,
                          set_rng_state, step_files)
 from .loss import ClipLoss, ClipStep, clamp_logit_scale_, logit_scale_param
@@ -67,7 +68,9 @@ class TrainConfig:
     trainable: list[str] | None = None
     frozen: list[str] | None = None
     grad_checkpointing: bool = False
-    amp: str = "auto"  # "auto" (bf16 on CUDA, off on CPU), "bf16" or "off"
+    amp: str = "auto"  # "auto" (bf16 on CUDA and on CPUs with native bf16, else off), "bf16" or "off"
+    optimizer: str = "auto"  # AdamW kernel: "auto" (fused where supported, else foreach), "fused", "foreach", "for-loop"
+    compile: bool = False  # torch.compile the step (eager fallback when the compiler is missing)
     seed: int = 0
     log_every: int = 10
     eval_every: int = 0  # 0: never; else every N steps and at the end
@@ -161,11 +164,7 @@ def disable_grad_checkpointing(model: nn.Module) -> None:
 
 
 def _autocast(amp: str, device: torch.device) -> contextlib.AbstractContextManager:
-    mode = {"auto": "bf16" if device.type == "cuda" else "off", "bf16": "bf16", "off": "off", "none": "off",
-            "fp32": "off"}.get(str(amp).lower())
-    if mode is None:
-        raise ClipforgeError(f"unknown amp setting {amp!r}; choose auto, bf16 or off")
-    if mode == "off":
+    if resolve_amp(amp, device) == "off":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
@@ -262,7 +261,8 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, out_dir: str | o
     trainable = [p for g in groups for p in g["params"]]
     if cfg.grad_checkpointing:
         enable_grad_checkpointing(model)
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
+                                  **adamw_kwargs(cfg.optimizer, trainable))
     scheduler = cosine_with_warmup(optimizer, cfg.warmup, cfg.steps, cfg.min_lr_ratio)
     sampler = _ResumeView(_make_sampler(batch_sampler, dataset, cfg, info))
     if step_fn is None:
@@ -303,6 +303,8 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, out_dir: str | o
         if info.device.type == "cuda":
             ddp_kwargs["device_ids"] = [info.device.index]
         runner = DistributedDataParallel(runner, **ddp_kwargs)
+    if cfg.compile:  # around DDP, so dynamo splits the graph at DDP's gradient buckets
+        runner = CompiledStep(runner)
 
     log_path = out_dir / "log.jsonl"
     log_file = None

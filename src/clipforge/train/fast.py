@@ -1,0 +1,131 @@
+"""The training step's speed switches: bf16 autocast, the AdamW implementation, `torch.compile`.
+
+Each switch has an "auto" that picks the fast path the machine supports, measured in
+`benchmarks/perf/` (README "Performance"):
+
+* amp "auto": bf16 autocast on CUDA, and on CPUs with native bf16 matmuls (AVX512-BF16 or AMX,
+  as oneDNN reports them); fp32 elsewhere, since without them bf16 matmuls are emulated and
+  hundreds of times slower than fp32.
+* optimizer "auto": the fused AdamW kernel where torch has one for every parameter's device and
+  dtype (CPU and CUDA), else the multi-tensor ("foreach") one; "for-loop" is torch's CPU default.
+* compile: `torch.compile` of the step (model + loss); if the compiler is missing or fails on the
+  first call, the step runs eagerly with a warning. Off by default: compiling costs minutes on a
+  small CPU, and the text length changes from batch to batch (one recompile with dynamic shapes).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ClipforgeError
+
+log = logging.getLogger("clipforge.train")
+
+AMP_CHOICES = ("auto", "bf16", "off")
+OPTIMIZER_CHOICES = ("auto", "fused", "foreach", "for-loop")
+# CPU flags that give native bf16 dot products (Linux /proc/cpuinfo names).
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when bf16 matmuls run natively on this CPU (oneDNN says so, or the CPU flags do)."""
+    try:
+        if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return True
+    except (AttributeError, RuntimeError):
+        pass
+    return any(f in cpu_flags() for f in BF16_CPU_FLAGS)
+
+
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """"bf16" or "off" for the setting `amp` (auto, bf16, off; none/fp32 mean off) on `device`."""
+    mode = {"auto": "auto", "bf16": "bf16", "off": "off", "none": "off", "fp32": "off"}.get(str(amp).lower())
+    if mode is None:
+        raise ClipforgeError(f"unknown amp setting {amp!r}; choose auto, bf16 or off")
+    if mode == "auto":
+        native = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+        return "bf16" if native else "off"
+    return mode
+
+
+def _fused_ok(params: list[torch.Tensor]) -> bool:
+    from torch.optim.optimizer import _get_fused_kernels_supported_devices
+
+    devices = set(_get_fused_kernels_supported_devices())
+    return all(p.device.type in devices and p.is_floating_point() and not p.is_sparse for p in params)
+
+
+def adamw_kwargs(optimizer: str, params: Iterable[torch.Tensor]) -> dict[str, Any]:
+    """AdamW's `fused` / `foreach` arguments for the setting `optimizer` (see OPTIMIZER_CHOICES)."""
+    if optimizer not in OPTIMIZER_CHOICES:
+        raise ClipforgeError(f"unknown optimizer setting {optimizer!r}; choose {', '.join(OPTIMIZER_CHOICES)}")
+    params = list(params)
+    if optimizer == "auto":
+        optimizer = "fused" if _fused_ok(params) else "foreach"
+    if optimizer == "fused":
+        if not _fused_ok(params):
+            raise ClipforgeError("optimizer 'fused': torch has no fused AdamW for these parameters' device/dtype")
+        return {"fused": True}
+    return {"foreach": optimizer == "foreach"}
+
+
+class CompiledStep(nn.Module):
+    """`torch.compile(module)` that falls back to `module` itself when compiling fails.
+
+    The compiler runs on the first call (that is where a missing C++ toolchain shows); on any
+    failure there the step runs eagerly from then on, with a warning. Later errors propagate.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+        self.compiled: Any = None
+        self.failed = False
+        self.calls = 0
+        try:
+            self.compiled = torch.compile(module)
+        except Exception as e:  # noqa: BLE001 - torch raises many kinds here; all mean "no compiler"
+            self._fall_back(e)
+
+    def _fall_back(self, e: BaseException) -> None:
+        self.failed, self.compiled = True, None
+        log.warning("torch.compile unavailable (%s: %s); training eagerly", type(e).__name__, str(e)[:200])
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        if self.compiled is None:
+            return self.module(*args, **kwargs)
+        for a in args:  # captions are trimmed per batch: one dynamic text length, not a graph per length
+            if isinstance(a, dict):
+                for key in ("input_ids", "attention_mask"):
+                    if isinstance(a.get(key), torch.Tensor) and a[key].ndim == 2:
+                        torch._dynamo.maybe_mark_dynamic(a[key], 1)
+        try:
+            return self.compiled(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001
+            # On the first call anything may be the compiler's failure (a real error recurs eagerly);
+            # later only the compiler's own errors (a recompile that fails) fall back.
+            if self.calls > 1 and not type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
+                raise
+            self._fall_back(e)
+            return self.module(*args, **kwargs)

@@ -1,0 +1,172 @@
+"""The training step's speed switches: bf16 detection and use, AdamW kernels, torch.compile fallback, attention."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from _train_worker import SyntheticPairs, resume_config, tiny_model
+from clipforge.ancestry import COMPILE_MIN_STEPS, AncestryRecipe
+from clipforge.errors import ClipforgeError
+from clipforge.models.registry import build
+from clipforge.train import ClipLoss, ClipStep, TrainConfig, train
+from clipforge.train import fast
+from clipforge.train.fast import CompiledStep, adamw_kwargs, resolve_amp
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+def test_amp_auto_follows_native_bf16(monkeypatch):
+    monkeypatch.setattr(fast, "cpu_has_native_bf16", lambda: False)
+    assert resolve_amp("auto", CPU) == "off"
+    assert resolve_amp("auto", CUDA) == "bf16"
+    monkeypatch.setattr(fast, "cpu_has_native_bf16", lambda: True)
+    assert resolve_amp("auto", CPU) == "bf16"
+    assert resolve_amp("fp32", CPU) == "off" and resolve_amp("BF16", CPU) == "bf16"
+    with pytest.raises(ClipforgeError, match="amp setting 'fp8'"):
+        resolve_amp("fp8", CPU)
+
+
+def test_cpu_flags_detection(monkeypatch):
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    monkeypatch.setattr(fast, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    assert not fast.cpu_has_native_bf16()
+    monkeypatch.setattr(fast, "cpu_flags", lambda: frozenset({"avx2", "avx512_bf16"}))
+    assert fast.cpu_has_native_bf16()
+
+
+class _Recording:
+    """The default step, recording whether autocast was on and the dtype the towers computed in."""
+
+    def __init__(self) -> None:
+        self.inner, self.seen = ClipStep(ClipLoss()), []
+
+    def __call__(self, model, batch):
+        proj = model.visual_projection(torch.zeros(1, model.visual_projection.in_features))
+        self.seen.append((torch.is_autocast_enabled("cpu"), proj.dtype))
+        return self.inner(model, batch)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_train_uses_bf16_autocast_only_when_native(tmp_path, monkeypatch, native):
+    monkeypatch.setattr(fast, "cpu_has_native_bf16", lambda: native)
+    step = _Recording()
+    train(tiny_model(), SyntheticPairs(16), TrainConfig(steps=1, batch_size=8, log_every=0), tmp_path, step_fn=step,
+          progress=False)
+    assert step.seen == [(True, torch.bfloat16)] if native else [(False, torch.float32)]
+
+
+def test_adamw_kernel_choice():
+    p = [torch.nn.Parameter(torch.zeros(3))]
+    assert adamw_kwargs("auto", p) == {"fused": True}  # torch has a fused CPU AdamW
+    assert adamw_kwargs("foreach", p) == {"foreach": True}
+    assert adamw_kwargs("for-loop", p) == {"foreach": False}
+    ints = [torch.zeros(2, dtype=torch.long)]  # no fused kernel: auto takes foreach, "fused" says why not
+    assert adamw_kwargs("auto", ints) == {"foreach": True}
+    with pytest.raises(ClipforgeError, match="no fused AdamW"):
+        adamw_kwargs("fused", ints)
+    with pytest.raises(ClipforgeError, match="optimizer setting 'sgd'"):
+        adamw_kwargs("sgd", p)
+
+
+def test_fused_foreach_and_for_loop_adamw_agree(tmp_path):
+    states, kernels = {}, {}
+    for name in ("fused", "foreach", "for-loop"):
+        cfg = resume_config(steps=6, save_every=6, optimizer=name)
+        states[name] = train(tiny_model(), SyntheticPairs(), cfg, tmp_path / name, progress=False).state_dict()
+        ckpt = torch.load(tmp_path / name / "checkpoints" / "step_6.pt", weights_only=True)
+        group = ckpt["optimizer"]["param_groups"][0]
+        kernels[name] = (group["fused"], group["foreach"])
+    assert kernels == {"fused": (True, None), "foreach": (None, True), "for-loop": (None, False)}
+    for name in ("foreach", "for-loop"):
+        for k, v in states["fused"].items():
+            torch.testing.assert_close(v, states[name][k], rtol=1e-4, atol=1e-5, msg=f"{name}: {k}")
+    moved = [k for k, v in states["fused"].items() if not torch.equal(v, tiny_model().state_dict()[k])]
+    assert len(moved) > 10  # the runs trained
+
+
+def test_default_optimizer_is_fused(tmp_path):
+    train(tiny_model(), SyntheticPairs(), resume_config(steps=3, save_every=3), tmp_path, progress=False)
+    ckpt = torch.load(tmp_path / "checkpoints" / "step_3.pt", weights_only=True)
+    assert ckpt["optimizer"]["param_groups"][0]["fused"] is True
+
+
+def test_compile_is_applied(tmp_path, monkeypatch):
+    calls = []
+
+    def spy(module, **kwargs):
+        calls.append(type(module).__name__)
+        return module
+
+    monkeypatch.setattr(torch, "compile", spy)
+    train(tiny_model(), SyntheticPairs(), resume_config(steps=2, save_every=0, compile=True), tmp_path,
+          progress=False)
+    assert calls == ["_StepModule"]
+
+
+def test_compile_falls_back_when_the_compiler_fails(monkeypatch, caplog):
+    model = tiny_model().train()
+    batch = {"pixel_values": SyntheticPairs(8).pixel_values, "input_ids": SyntheticPairs(8).input_ids}
+    expected = ClipStep(ClipLoss())(model, batch)[0]
+
+    class Module(torch.nn.Module):
+        def forward(self, b):
+            return ClipStep(ClipLoss())(model, b)[0]
+
+    def broken_compiler(module, **kwargs):
+        def run(*a, **k):
+            raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compiler)
+    with caplog.at_level(logging.WARNING, logger="clipforge.train"):
+        step = CompiledStep(Module())
+        out = step(batch)
+    assert step.failed and "training eagerly" in caplog.text and "InvalidCxxCompiler" in caplog.text
+    torch.testing.assert_close(out, expected)
+    assert step.compiled is None and torch.equal(step(batch), out)  # eager from then on
+
+    def no_dynamo(module, **kwargs):
+        raise RuntimeError("dynamo is not supported on this Python")
+
+    monkeypatch.setattr(torch, "compile", no_dynamo)
+    step = CompiledStep(Module())
+    assert step.failed and torch.equal(step(batch), out)
+
+
+def test_compile_errors_after_the_first_call_propagate(monkeypatch):
+    calls = []
+
+    def flaky(module, **kwargs):
+        def run(*a, **k):
+            calls.append(1)
+            if len(calls) > 1:
+                raise ValueError("a bug in the step, not the compiler")
+            return module(*a, **k)
+        return run
+
+    monkeypatch.setattr(torch, "compile", flaky)
+    step = CompiledStep(torch.nn.Identity())
+    assert step(3) == 3
+    with pytest.raises(ValueError, match="a bug"):
+        step(4)
+
+
+def test_attention_implementation_choice():
+    batch = SyntheticPairs(4)
+    outs = {}
+    for attn in ("sdpa", "eager"):
+        model = build("tiny", seed=0, attn_implementation=attn)
+        assert model.config._attn_implementation == attn
+        assert model.text_model.config._attn_implementation == attn
+        with torch.no_grad():
+            outs[attn] = model(input_ids=batch.input_ids, pixel_values=batch.pixel_values).logits_per_image
+    torch.testing.assert_close(outs["sdpa"], outs["eager"], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ClipforgeError, match="attention implementation 'flash'"):
+        build("tiny", attn_implementation="flash")
+
+
+def test_ancestry_compiles_only_long_runs():
+    assert AncestryRecipe().steps >= COMPILE_MIN_STEPS > AncestryRecipe.quick().steps
