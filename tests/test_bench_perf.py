@@ -51,9 +51,28 @@ def test_quick_run_writes_every_part(tmp_path: Path) -> None:
         assert math.isfinite(s["ratio_vs_two_dense"]) and math.isfinite(s["ratio_vs_released_loop"])
         assert 0 <= s["max_abs_diff"] < 1e-5
 
+    opts = r["options"]
+    assert opts["peaks"]["float32"]["gflops"] > 0 and opts["peaks"]["bfloat16"]["gflops"] > 0
+    rows = opts["cases"][0]["rows"]
+    names = [row["option"] for row in rows]
+    assert names[0].startswith("today's default") and names[-1].startswith("new default")
+    assert {"foreach AdamW", "fused AdamW", "eager attention"} <= set(names)
+    for row in rows:
+        assert row["ms_per_step"] > 0 and row["gflop_per_step"] > 0
+        assert row["gflops"] == pytest.approx(row["gflop_per_step"] / (row["ms_per_step"] / 1e3))
+        assert row["share_fp32_peak"] == pytest.approx(row["gflops"] / opts["peaks"]["float32"]["gflops"])
+    assert rows[0]["speedup_vs_today"] == 1.0
+    prof = r["profile"]
+    for name, o in prof["optimizers"].items():
+        assert o["categories_ms"]["AdamW update"] > 0 and o["categories_ms"]["matmul: linear layers, logits (fwd + bwd)"] > 0
+        assert sum(o["categories_ms"].values()) == pytest.approx(o["profiled_self_ms"])
+        assert 0 < o["token_embedding_rows_with_grad"] < o["token_embedding_rows"] == 49408
+    assert all(v > 0 for v in prof["data_ms"].values())
+
     md = out.with_suffix(".md").read_text()
     assert md.startswith("`python benchmarks/perf/run.py --quick")
-    assert all(h in md for h in ("## Training step", "## Evaluation", "## MoE")) and "tiny-text" in md
+    assert all(h in md for h in ("## Training step", "## Evaluation", "## MoE", "## Training step under each",
+                                 "## Where the tiny step's time goes")) and "tiny-text" in md
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temp files behind
 
 

@@ -19,7 +19,7 @@ from clipforge.models.tokenizer import tokenize
 
 
 def _reference_stretch(P: torch.Tensor) -> torch.Tensor:
-    """METHODS A.6 written out index by index (Long-CLIP's loop), for L = 77."""
+    """docs/methods.md A.6 written out index by index (Long-CLIP's loop), for L = 77."""
     out = torch.zeros(248, P.shape[1], dtype=torch.float64)
     P = P.double()
     for i in range(20):

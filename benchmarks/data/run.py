@@ -221,14 +221,15 @@ def write_markdown(path: Path, res: dict) -> None:
         "benchmarks) ran on the same two cores during this run. Every measuring process is single-thread "
         "(torch, OMP, MKL = 1); the 2-worker runs add two worker processes.", "",
         f"Data: {gen.get('images', '?'):,} scene JPEGs ({ARCH} input size {IMAGE_SIZE} px) generated in "
-        f"{gen.get('seconds', '?')} s this run by {gen.get('processes', '?')} processes"
-        f" ({gen.get('written_now', 0):,} written now; 0 means reused)." if gen else "", "",
+        f"{gen.get('seconds', '?')} s by {gen.get('processes', '?')} single-thread processes (the invocation that "
+        "wrote them; later ones reuse the files)." if gen else "", "",
         f"Model: random-init `{ARCH}`, global batch {res['settings']['batch']}; training throughput is the mean "
         f"of windows 2-3 of {res['settings']['steps']} steps each (window 1 holds worker start-up); embedding: "
         f"`embed_dataset` over the first {res['settings']['embed']:,} pairs. First step = open the data + one "
         "`train()` step with 0 workers (the in-memory path renders and caches every scene first, as "
         "`clipforge moe` does for `--data scenes`). The JPEGs sit in the page cache (warm reads).", "",
         *rows, "", "## Verdicts", "", *[f"* {v}" for v in res["verdicts"]], "",
+        *(["## Notes", "", *[f"* {n}" for n in res.get("notes", [])], ""] if res.get("notes") else []),
     ]
     path.write_text("\n".join(text))
 
@@ -243,7 +244,10 @@ def main() -> None:
     p.add_argument("--embed", type=int, default=1024, help="pairs per embedding measurement")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     p.add_argument("--gen-procs", type=int, default=2)
+    p.add_argument("--redo", nargs="*", choices=["disk", "memory"], default=None,
+                   help="resume: reuse the units of an existing --out with the same settings except these paths")
     p.add_argument("--out", type=Path, default=HERE / "results.json")
+    p.add_argument("--note", action="append", help="a line for results.md (e.g. what else ran on the machine)")
     p.add_argument("--child", choices=["disk", "memory"], help=argparse.SUPPRESS)
     p.add_argument("--size", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -258,8 +262,19 @@ def main() -> None:
     print(f"[data bench] generating {large:,} scenes in {args.data_dir} (resumable)", flush=True)
     res["generation"] = generate(args.data_dir, large, [small, large], args.gen_procs)
     print(f"[data bench] generation: {res['generation']}", flush=True)
+    old = json.loads(args.out.read_text()) if args.redo is not None and args.out.is_file() else {}
+    reuse = old.get("units", {}) if old.get("settings") == res["settings"] else {}
+    if not res["generation"]["written_now"] and old.get("generation", {}).get("written_now"):
+        res["generation"] = old["generation"]  # the run that wrote the images says how long it took
+    if old.get("notes"):
+        res["notes"] = old["notes"]
+    res["notes"] = res.get("notes", []) + list(args.note or [])
     for size in (small, large):
         for path in ("disk", "memory"):
+            if path not in (args.redo or []) and f"{path}/{size}" in reuse:
+                res["units"][f"{path}/{size}"] = {**reuse[f"{path}/{size}"], "reused": True}
+                print(f"[data bench] {path} {size:,}: reused from {args.out}", flush=True)
+                continue
             t = time.perf_counter()
             res["units"][f"{path}/{size}"] = u = _measure(args, path, size)
             print(f"[data bench] {path} {size:,}: first step {u['first_step_s']:.2f} s, peak RSS "

@@ -1,4 +1,4 @@
-"""Storage and pre-training cost of producing the whole descendant family, per method, as in METHODS.md B.6.
+"""Storage and pre-training cost of producing the whole descendant family, per method, as in docs/methods.md B.6.
 
 Definitions (written into results.md beside the numbers):
 

@@ -58,6 +58,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trainable", nargs="*", help="parameter name patterns to train (fnmatch); default all")
     p.add_argument("--frozen", nargs="*", help="parameter name patterns to freeze (fnmatch)")
     p.add_argument("--grad-checkpointing", action="store_true")
+    p.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto",
+                   help="bf16 autocast: auto (on for CUDA and CPUs with native bf16, else fp32; default)")
+    p.add_argument("--optimizer", choices=["auto", "fused", "foreach", "for-loop"], default="auto",
+                   help="AdamW kernel (default auto: fused where torch has it, CPU and CUDA)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the training step (minutes up front; eager fallback without a compiler)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=200, help="checkpoint every N steps (default 200)")
     p.add_argument("--workers", "--num-workers", dest="num_workers", type=int, default=None, metavar="N",

@@ -128,7 +128,10 @@ class Records:
         return tuple(out)
 
     def add(self, ident: str, src: int, pos: Any, caption_value: Any, loc: tuple[int, ...] = ()) -> None:
-        caps = self.split(caption_value)
+        if type(caption_value) is str and not self.sep and caption_value.strip() == caption_value and caption_value:
+            caps: tuple[str, ...] = (caption_value,)  # the common case, without the general split
+        else:
+            caps = self.split(caption_value)
         if not caps:
             self.reject(ident, self._where(src, pos), "no caption")
             return
@@ -192,34 +195,72 @@ def pick(columns: list[str], key: str, default: str, aliases: tuple[str, ...], w
 def read_table_file(path: Path, image_key: str, caption_key: str, base: Path, rec: Records) -> None:
     """CSV / TSV / JSONL (and imagefolder metadata files). Invalid UTF-8 is found per line, not per file."""
     rec.kind, rec.base = "file", base
-    src = rec.source(path.name, "line")
-    rows: list[tuple[int, Any]] = []
     if path.suffix.lower() == ".jsonl":
-        with open(path, "rb") as fb:
-            for n, raw in enumerate(fb, 1):
-                if not raw.strip():
-                    continue
-                try:
-                    rows.append((n, json.loads(raw.decode("utf-8-sig" if n == 1 else "utf-8"))))
-                except UnicodeDecodeError as e:
-                    rows.append((n, UnicodeError(f"0x{raw[e.start]:02x}")))
-                except json.JSONDecodeError:
-                    rows.append((n, None))
-        columns = list(dict.fromkeys(k for _, r in rows if isinstance(r, dict) for k in r))
-    else:
-        with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
-            reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-            columns = list(reader.fieldnames or [])
-            rows = [(reader.line_num, r) for r in reader]
-        bad_header = next((c for c in columns if _utf8_problem(c)), None)
-        if bad_header is not None:
-            raise ClipforgeError(f"{path}: line 1 (the header) is not valid UTF-8")
+        _read_jsonl(path, image_key, caption_key, rec)
+        return
+    raw = path.read_bytes()
+    try:  # the common case, checked in one C call: then no cell needs its own check
+        text, clean = raw.decode("utf-8-sig"), True
+    except UnicodeDecodeError:
+        text, clean = raw.decode("utf-8-sig", errors="surrogateescape"), False
+    del raw
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+    columns = next(reader, [])
+    if not columns:
+        raise ClipforgeError(f"{path}: empty file, expected a header row / JSON objects")
+    if any(_utf8_problem(c) for c in columns):
+        raise ClipforgeError(f"{path}: line 1 (the header) is not valid UTF-8")
+    img = pick(columns, image_key, "image", IMAGE_ALIASES, "image", path)
+    cap = pick(columns, caption_key, "caption", CAPTION_ALIASES, "caption", path)
+    ii, ci = columns.index(img), columns.index(cap)
+    src, fname = rec.source(path.name, "line"), path.name
+    for row in reader:
+        n = reader.line_num
+        if not row:
+            continue
+        name = row[ii] if ii < len(row) else ""
+        caption = row[ci] if ci < len(row) else None
+        if not name.strip():
+            rec.reject(f"line {n}", f"line {n} of {fname}", f"no {img!r}")
+            continue
+        if not clean:
+            bad = _first_not_utf8(name, caption)
+            if bad is not None:
+                shown = name if bad[0] == "caption" else f"line {n}"
+                rec.reject(shown.encode("utf-8", "backslashreplace").decode(), f"line {n} of {fname}",
+                           f"{bad[0]} is not valid UTF-8 (byte {bad[1]})")
+                continue
+        rec.add(name, src, n, caption)
+
+
+def _first_not_utf8(name: str, caption: Any) -> tuple[str, str] | None:
+    for value, what in ((name, "image name"), (caption, "caption")):
+        byte = _utf8_problem(value) if isinstance(value, str) else None
+        if byte is not None:
+            return what, byte
+    return None
+
+
+def _read_jsonl(path: Path, image_key: str, caption_key: str, rec: Records) -> None:
+    rows: list[tuple[int, Any]] = []
+    with open(path, "rb") as fb:
+        for n, raw in enumerate(fb, 1):
+            if not raw.strip():
+                continue
+            try:
+                rows.append((n, json.loads(raw.decode("utf-8-sig" if n == 1 else "utf-8"))))
+            except UnicodeDecodeError as e:
+                rows.append((n, UnicodeError(f"0x{raw[e.start]:02x}")))
+            except json.JSONDecodeError:
+                rows.append((n, None))
+    columns = list(dict.fromkeys(k for _, r in rows if isinstance(r, dict) for k in r))
     if not columns:
         raise ClipforgeError(f"{path}: empty file, expected a header row / JSON objects")
     img = pick(columns, image_key, "image", IMAGE_ALIASES, "image", path)
     cap = pick(columns, caption_key, "caption", CAPTION_ALIASES, "caption", path)
+    src, fname = rec.source(path.name, "line"), path.name
     for n, row in rows:
-        where = f"line {n} of {path.name}"
+        where = f"line {n} of {fname}"
         if isinstance(row, UnicodeError):
             rec.reject(f"line {n}", where, f"not valid UTF-8 (byte {row})")
             continue
@@ -230,16 +271,7 @@ def read_table_file(path: Path, image_key: str, caption_key: str, base: Path, re
         if not isinstance(name, str) or not name.strip():
             rec.reject(f"line {n}", where, f"no {img!r}")
             continue
-        caption = row.get(cap)
-        for value, what in ((name, "image name"), (caption, "caption")):
-            byte = _utf8_problem(value) if isinstance(value, str) else None
-            if byte is not None:
-                shown = name if what == "caption" else f"line {n}"
-                rec.reject(shown.encode("utf-8", "backslashreplace").decode(), where,
-                           f"{what} is not valid UTF-8 (byte {byte})")
-                break
-        else:
-            rec.add(name, src, n, caption)
+        rec.add(name, src, n, row.get(cap))
 
 
 _WDS_KEY = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset's "__key__.ext" split

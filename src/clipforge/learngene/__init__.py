@@ -1,7 +1,7 @@
 """MM-LG, clipforge's reconstruction of the Multimodal Learngene (arXiv 2506.16673).
 
 Only the paper's abstract is available offline and no code is public: the method here is rebuilt from
-that abstract and the group's public TLEG / SWS code (METHODS.md Part B); every choice is a field of
+that abstract and the group's public TLEG / SWS code (docs/methods.md Part B); every choice is a field of
 `LearngeneConfig`. Pipeline: `Learngene` (the tensors) → `build_auxnet` (a CLIP tied to them) →
 `train(auxnet, ..., step_fn=KDStep(ancestry))` (extraction) → `Learngene.save` → `descend` (plain HF
 descendants of any depth and modality). `baselines` holds Scratch, Heur-LG and Auto-LG.

@@ -1,6 +1,6 @@
 """Baseline initialisers: descendants of the same shapes as MM-LG's, from an ancestry or from nothing.
 
-METHODS.md B.5. Each returns `(model, record)`: a plain HF model in eval mode and a JSON-ready record
+docs/methods.md B.5. Each returns `(model, record)`: a plain HF model in eval mode and a JSON-ready record
 of what it inherited (put it in the saved model's provenance).
 
 * `scratch`: random (HF's init, seeded).

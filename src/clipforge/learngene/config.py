@@ -3,7 +3,7 @@
 clipforge's MM-LG is a *reconstruction*: the paper (Chen et al., arXiv 2506.16673) is available only as
 its abstract and no code is public. The abstract fixes "multimodal and unimodal blocks combined in a
 weighted sum"; everything else follows the group's earlier TLEG / SWS code and is a field here, so a
-user holding the paper can match it (METHODS.md Part B).
+user holding the paper can match it (docs/methods.md Part B).
 
 Weighted sums. For every block sub-module k (layer norms, q/k/v/out projections, fc1, fc2), layer
 l = 0..L-1 of tower m ∈ {vision, text} with depth L uses W^m_l[k] = a^m(l, L)·first + b^m(l, L)·second:

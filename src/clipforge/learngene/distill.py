@@ -1,6 +1,6 @@
 """`KDStep`: the extraction objective, a `step_fn` for `clipforge.train.train`.
 
-Part of clipforge's MM-LG reconstruction (METHODS.md B.3, a [choice]: TLEG distils with pure soft KD at
+Part of clipforge's MM-LG reconstruction (docs/methods.md B.3, a [choice]: TLEG distils with pure soft KD at
 τ = 1, which is the default here). The student is the Aux-Net (what `train()` optimises); the teacher
 is the frozen ancestry, held by the step and never handed to the optimizer or the checkpoints.
 

@@ -1,6 +1,6 @@
 """MM-LG end to end: `extract` a learngene from an ancestry, then `descend_family` from it.
 
-Part of clipforge's MM-LG reconstruction (the paper's abstract plus its TLEG lineage; METHODS.md B.3,
+Part of clipforge's MM-LG reconstruction (the paper's abstract plus its TLEG lineage; docs/methods.md B.3,
 B.4). Both steps write to a directory, resume an interrupted run (the training loop's checkpoints)
 and skip work already finished with the same settings; finished work with *other* settings is an
 error unless `force`, so a rerun never silently mixes two recipes.

@@ -1,4 +1,4 @@
-"""CLIP-MoE: diversified multiplet upcycling (METHODS.md Part A).
+"""CLIP-MoE: diversified multiplet upcycling (docs/methods.md Part A).
 
 The model: `config` (CLIPMoEConfig), `layer` (MoEFFN), `model` (CLIPMoEModel), `convert_released`
 (the released checkpoints). The method: `clusters` + `cluster_sampler` + `mcl` (the MCL stages),

@@ -1,4 +1,4 @@
-"""Load-balancing losses for router training, and the router-training step (METHODS.md A.3).
+"""Load-balancing losses for router training, and the router-training step (docs/methods.md A.3).
 
 Two forms, selected by `CLIPMoEConfig.balance_loss`:
 

@@ -1,4 +1,4 @@
-"""The baselines CLIP-MoE is compared with (METHODS.md A.4), on the same data with the same steps.
+"""The baselines CLIP-MoE is compared with (docs/methods.md A.4), on the same data with the same steps.
 
 * `direct_ft`: fine-tune the base on ordinary shuffled batches, FFN-only or full.
 * `sparse_upcycling`: E copies of the base FFN as experts, new routers; experts + routers trained

@@ -2,10 +2,10 @@
 
 Per epoch (a `torch.Generator` seeded from (seed, epoch)): each batching group's members are shuffled
 and cut into global batches; then groups are visited round-robin, one batch from each group that has
-batches left per round, in an order reshuffled every round (METHODS A.1). Rank r takes slice r of each
+batches left per round, in an order reshuffled every round (docs/methods.md A.1). Rank r takes slice r of each
 global batch, so ranks see the same cluster at the same step and disjoint samples.
 
-Policies for sizes that are not a multiple of the global batch G (METHODS A.1):
+Policies for sizes that are not a multiple of the global batch G (docs/methods.md A.1):
 
 * `drop`: the released code: only full batches; clusters smaller than G and every remainder dropped.
 * `keep_remainder` (default): each cluster's remainder becomes one smaller batch (never mixing

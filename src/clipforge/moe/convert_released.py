@@ -1,4 +1,4 @@
-"""Import (and export) the released CLIP-MoE checkpoints' layout (METHODS.md A.6).
+"""Import (and export) the released CLIP-MoE checkpoints' layout (docs/methods.md A.6).
 
 The released weights are an OpenAI-layout CLIP state dict in which MoE blocks hold
 `{tower}.resblocks.{l}.gate.weight` [E, width] and `{tower}.resblocks.{l}.experts.{e}.c_fc|c_proj.*`

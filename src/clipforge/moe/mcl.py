@@ -1,4 +1,4 @@
-"""MCL expert extraction: N−1 stages of FFN-only fine-tuning on cluster-pure batches (METHODS A.1).
+"""MCL expert extraction: N−1 stages of FFN-only fine-tuning on cluster-pure batches (docs/methods.md A.1).
 
 Stage j (1..N−1) embeds the training set with the stage-(j−1) model (stage 0 = the base), clusters
 both modalities, accumulates the labels, and fine-tunes a dense model whose every global batch comes

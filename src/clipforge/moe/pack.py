@@ -1,4 +1,4 @@
-"""Assemble a CLIP-MoE from dense models (METHODS.md A.2, A.4).
+"""Assemble a CLIP-MoE from dense models (docs/methods.md A.2, A.4).
 
 `pack(stages)`: expert e of MoE block b is the FFN (fc1, fc2) of block b of stage e; everything else
 (attention, norms, embeddings, projections, logit scale, the FFNs of non-MoE blocks) comes from

@@ -1,4 +1,4 @@
-"""Router training (METHODS.md A.3): only the routers learn, on ordinary shuffled batches.
+"""Router training (docs/methods.md A.3): only the routers learn, on ordinary shuffled batches.
 
 Loss: CLIP InfoNCE + α · balance loss (the paper's Switch form or the released code's Mixtral form,
 padding masked). The same function trains sparse-upcycling baselines, where the experts learn too
@@ -29,7 +29,7 @@ class RouterConfig:
     """Router-training settings; defaults are the released code's [C] except `steps` and where marked.
 
     `steps` None: one epoch of shuffled batches. With lr 1e-6 the routers barely move in short runs
-    (METHODS A.3): small-scale runs set a larger lr and say so.
+    (docs/methods.md A.3): small-scale runs set a larger lr and say so.
     """
 
     steps: int | None = None
