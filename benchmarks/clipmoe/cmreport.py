@@ -150,7 +150,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
 def plots(results: dict[str, Any], work: Path, out: Path) -> None:
     from clipforge.models import io
     from clipforge.data.scenes import ScenesDataset
-    from clipforge.eval.results import write_json
+    from clipforge.files import write_json
     from clipforge.moe.routing import plot_routing, routing_stats
     from clipforge.report.plots import grouped_bars
 

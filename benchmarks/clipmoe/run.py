@@ -123,7 +123,7 @@ class Bench:
     # --- evaluation, cached per model directory -----------------------------------------------------
 
     def evaluate(self, model_dir: Path, mmvp_only: bool = False) -> dict[str, Any]:
-        from clipforge.eval.results import write_json
+        from clipforge.files import write_json
         from clipforge.eval.suite import evaluate_builtin, headline
         from clipforge.models import io
         from clipforge.cost import model_costs
@@ -143,7 +143,7 @@ class Bench:
 
     def _timed(self, fn, run_dir: Path) -> float:
         """Run `fn` and record its wall time once (a cached unit keeps the time it first took)."""
-        from clipforge.eval.results import write_json
+        from clipforge.files import write_json
 
         path = run_dir / "wall_time.json"
         if path.is_file():  # written only after `fn` finished: the unit is done, nothing to load again
@@ -218,7 +218,7 @@ class Bench:
                         embed_batch_size=512)
         t = time.perf_counter()
         run_stage(str(self.ancestry), None, self.data, None, 1, cfg, out, resume="latest", progress=False)
-        from clipforge.eval.results import write_json
+        from clipforge.files import write_json
         write_json(out / "stage1" / "wall_time.json", {"wall_time_s": round(time.perf_counter() - t, 1)})
         return out / "stage1" / "model"
 
@@ -226,7 +226,7 @@ class Bench:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from clipforge.eval.results import write_json
+    from clipforge.files import write_json
     from clipforge.train.runs import claim
 
     if args.threads:
@@ -302,7 +302,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _base_eval(bench: Bench, work: Path) -> dict[str, Any]:
-    from clipforge.eval.results import write_json
+    from clipforge.files import write_json
     from clipforge.eval.suite import evaluate_builtin, headline
     from clipforge.cost import model_costs
 

@@ -61,7 +61,7 @@ def _claim_work(work: Path, record: dict, force: bool) -> None:
     import shutil
 
     from clipforge.errors import ClipforgeError
-    from clipforge.eval.results import write_json
+    from clipforge.files import write_json
 
     path = work / "budget.json"
     if path.is_file() and json.loads(path.read_text()) != json.loads(json.dumps(record, default=str)):
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace, prefix: str = "clipforge learngene bench") -> 
     from clipforge.cost import Timer, count_params
     from clipforge.data.classification import FashionMNIST
     from clipforge.data.collate import Collator
-    from clipforge.eval.results import write_json
+    from clipforge.files import write_json
     from clipforge.learngene import Learngene
     from clipforge.learngene.pipeline import descend_family, extract, load_ancestry, pretrain, shape_name
     from clipforge.models.io import load, read_provenance, save

@@ -307,7 +307,7 @@ def run_baseline(args: argparse.Namespace) -> int:
 
 def run_stats(args: argparse.Namespace) -> int:
     from ..data.scenes import ScenesDataset
-    from ..eval.results import write_json
+    from ..files import write_json
     from ..models import io
     from ..cost import model_costs
     from ..moe.routing import load_shares, plot_routing, routing_stats

@@ -16,7 +16,7 @@ from typing import Any
 from torch import nn
 
 from ..cost import model_costs
-from ..eval.results import write_json
+from ..files import write_json
 from ..eval.suite import SuiteConfig, evaluate_builtin, headline
 from ..models import io
 from ..models.encode import has_text, has_vision

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..eval.results import write_json
+from ..files import write_json
 from ..eval.suite import SuiteConfig
 
 

@@ -165,7 +165,7 @@ def write_report(out: Path, records: dict[str, dict[str, Any]], phases: dict[str
     size = int(moe.config.vision_config.image_size)
     test = ScenesDataset(split="test", size=min(500, cfg.suite.scenes), seed=1, image_size=size)
     stats = routing_stats(moe, test)
-    from ..eval.results import write_json
+    from ..files import write_json
 
     write_json(out / "clip_moe" / "routing.json", stats)
     r.image(plot_routing(stats, plots / "routing.png", title="CLIP-MoE routing on held-out scenes"),

@@ -289,7 +289,7 @@ class Learngene(nn.Module):
 
     def save(self, out_dir: str | os.PathLike, *, provenance: dict[str, Any] | None = None) -> Path:
         """Write `learngene.safetensors`, `learngene.json` (format, config, provenance) and a card, atomically."""
-        from ..models.io import atomic_dir
+        from ..files import atomic_dir
 
         out_dir = Path(out_dir)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}

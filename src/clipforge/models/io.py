@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -23,35 +21,11 @@ import torch
 from transformers import PreTrainedModel
 
 from ..errors import ClipforgeError
+from ..files import atomic_dir, write_text
 from .registry import MODEL_CLASSES
 
 WEIGHTS = "model.safetensors"
 PROVENANCE = "clipforge.json"
-
-def atomic_dir(out_dir: Path):
-    """Context: yields a temp dir beside `out_dir`; on success it replaces `out_dir` in one rename."""
-
-    class _Ctx:
-        def __enter__(self):
-            out_dir.parent.mkdir(parents=True, exist_ok=True)
-            self.tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-            return self.tmp
-
-        def __exit__(self, exc_type, exc, tb):
-            if exc_type is not None:
-                shutil.rmtree(self.tmp, ignore_errors=True)
-                return False
-            old = None
-            if out_dir.exists():
-                old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-                os.replace(out_dir, old)
-            os.replace(self.tmp, out_dir)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-            return False
-
-    return _Ctx()
-
 
 def save(
     model: PreTrainedModel,
@@ -126,9 +100,7 @@ def update_provenance(model_dir: str | os.PathLike, **fields: Any) -> None:
     model_dir = Path(model_dir)
     prov = read_provenance(model_dir)
     prov.update(fields)
-    tmp = model_dir / f".{PROVENANCE}.tmp"
-    tmp.write_text(json.dumps(prov, indent=2, default=str) + "\n")
-    os.replace(tmp, model_dir / PROVENANCE)
+    write_text(model_dir / PROVENANCE, json.dumps(prov, indent=2, default=str) + "\n")
 
 
 # The weight files transformers reads, in the order it prefers them.

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ..errors import ClipforgeError
-from ..eval.results import write_json
+from ..files import atomic_path, write_json
 
 log = logging.getLogger("clipforge.moe")
 
@@ -244,17 +244,10 @@ class ClusterLabels:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         npz = out_dir / f"labels_stage{self.stage}.npz"
-        fd, tmp = tempfile.mkstemp(prefix=f".{npz.name}.", suffix=".tmp", dir=out_dir)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, ids=self.ids, stage_labels=self.stage_labels, parents=self.parents,
-                         k_img=np.asarray(self.k_img, np.int64), k_txt=np.asarray(self.k_txt, np.int64),
-                         seeds=np.asarray(self.seeds, np.int64))
-            os.replace(tmp, npz)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_path(npz) as tmp, open(tmp, "wb") as f:
+            np.savez(f, ids=self.ids, stage_labels=self.stage_labels, parents=self.parents,
+                     k_img=np.asarray(self.k_img, np.int64), k_txt=np.asarray(self.k_txt, np.int64),
+                     seeds=np.asarray(self.seeds, np.int64))
         js = write_json(out_dir / f"clusters_stage{self.stage}.json", {**self.summary(attributes), **(extra or {})})
         return npz, js
 

@@ -27,7 +27,7 @@ from typing import Any, Callable
 from torch import nn
 
 from ..errors import ClipforgeError
-from ..eval.results import write_json
+from ..files import write_json
 from ..eval.suite import SuiteConfig
 from ..models import io
 from ..train import distributed as D

@@ -30,7 +30,7 @@ import numpy as np
 from torch import nn
 
 from ..errors import ClipforgeError
-from ..eval.results import write_json
+from ..files import write_json
 from ..models import io
 from ..train import distributed as D
 from ..train.checkpoint import CHECKPOINT_DIR, latest_checkpoint

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 from torch import nn
 
 from ..cost import model_costs
-from ..eval.results import write_json
+from ..files import write_json, write_text
 from ..eval.suite import SuiteConfig, evaluate_builtin, headline
 from ..models import io
 
@@ -84,5 +84,5 @@ def evaluate_moe_run(out: str | os.PathLike, base: nn.Module | str | os.PathLike
         attrs = [a for a in next(iter(stages.values())) or {}]
         text += ["## MMVP-style pair accuracy per stage model", "",
                  markdown_table({k: v for k, v in stages.items() if v}, attrs), ""]
-    (out / "eval.md").write_text("\n".join(text))
+    write_text(out / "eval.md", "\n".join(text))
     return result

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ClipforgeError
+from ..files import copy_file, write_text
 
 _MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
          ".svg": "image/svg+xml", ".webp": "image/webp"}
@@ -148,28 +149,6 @@ def _fence(text: str) -> str:
     return "`" * max(3, longest + 1)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_copy(src: Path, dst: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _check_image(path: Path) -> None:
     if not path.is_file():
         raise ClipforgeError(f"report image not found: {path}")
@@ -250,7 +229,7 @@ class Report:
             if name not in taken:
                 taken[name] = src
                 (out_dir / "assets").mkdir(parents=True, exist_ok=True)
-                _atomic_copy(src, out_dir / "assets" / name)
+                copy_file(src, out_dir / "assets" / name)
             rel[i] = f"assets/{name}"
         return rel
 
@@ -336,6 +315,6 @@ class Report:
         page = self.to_html()
         md = self.to_markdown(self._md_image_paths(out_dir))
         md_path, html_path = out_dir / f"{name}.md", out_dir / f"{name}.html"
-        _atomic_write(md_path, md)
-        _atomic_write(html_path, page)
+        write_text(md_path, md)
+        write_text(html_path, page)
         return md_path, html_path

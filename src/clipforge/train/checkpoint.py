@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import ClipforgeError
+from ..files import atomic_path, write_text
 
 CHECKPOINT_DIR = "checkpoints"
 LATEST = "latest"
@@ -51,21 +52,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _atomic_write_text(text: str, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_text(path, text)
 
 
 def step_files(ckpt_dir: Path) -> dict[int, Path]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ClipforgeError
-from ..eval.results import write_json
+from ..files import write_json
 from .checkpoint import CHECKPOINT_DIR, latest_checkpoint
 
 SETTINGS = "settings.json"

@@ -1,0 +1,115 @@
+"""Atomic writes: the one place clipforge puts files and directories on disk.
+
+Everything is written beside its destination under a hidden temporary name and moved into place with
+one `os.replace`, so a reader (or a rerun after a crash) sees the old version or the new one, never a
+half-written file. Files are fsynced before the rename. Temporary files and directories are created
+private (0600 / 0700) by `tempfile`; before the rename they get the mode a plain `open()` / `mkdir()`
+would have given them, so outputs follow the user's umask.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it: set, then restore at once
+    os.umask(mask)
+    return mask
+
+
+def default_mode(directory: bool = False) -> int:
+    """The mode `open()` (0666) or `mkdir()` (0777) gives a new file or directory under the current umask."""
+    return (0o777 if directory else 0o666) & ~_umask()
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yields a temporary path beside `path`; when the block succeeds, it replaces `path` in one rename.
+
+    For writers that want a path (`torch.save`, `np.savez`, `fig.savefig`). On an error the temporary
+    file is removed and `path` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, default_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` (UTF-8) to `path` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Copy `src` to `dst` atomically (the contents, not the permissions)."""
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+    return Path(dst)
+
+
+def _jsonable(x: Any) -> Any:
+    """JSON for the values results hold: tensors and numpy values, paths, sets."""
+    if hasattr(x, "tolist"):  # torch tensors, numpy arrays and scalars
+        return x.tolist()
+    if isinstance(x, (Path, os.PathLike)):
+        return str(x)
+    if isinstance(x, (set, frozenset)):
+        return sorted(x)
+    raise TypeError(f"cannot write {type(x).__name__} to JSON")
+
+
+def write_json(path: str | os.PathLike, obj: Any, *, sort_keys: bool = False) -> Path:
+    """Write `obj` as indented JSON to `path` atomically. Tensors, numpy values and paths are converted."""
+    return write_text(path, json.dumps(obj, indent=2, default=_jsonable, sort_keys=sort_keys) + "\n")
+
+
+@contextmanager
+def atomic_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """Yields a temporary directory beside `out_dir`; on success it replaces `out_dir` in one rename.
+
+    An existing `out_dir` is moved aside first and deleted only after the new one is in place, so an
+    interruption at any point leaves a complete directory (old or new) under the name.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, default_mode(directory=True))
+        old = None
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
