@@ -53,3 +53,17 @@ def test_a_failed_write_leaves_the_old_version_and_no_temporary(tmp_path):
 def test_write_json_converts_tensors_numpy_and_paths(tmp_path):
     path = write_json(tmp_path / "r.json", {"t": torch.tensor([1.5]), "n": np.float32(2.0), "p": tmp_path, "s": {2, 1}})
     assert json.loads(path.read_text()) == {"t": [1.5], "n": 2.0, "p": str(tmp_path), "s": [1, 2]}
+
+
+def test_help_and_import_run_no_benchmark_code():
+    """`clipforge --help` builds every parser without executing benchmarks/*/run.py; `import clipforge` is light."""
+    import subprocess
+    import sys
+
+    for code in ("import clipforge", "from clipforge.cli import build_parser; build_parser().format_help()"):
+        out = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True,
+                             check=True)
+        modules = [line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if "|" in line]
+        assert modules and not [m for m in modules if "bench" in m], [m for m in modules if "bench" in m]
+        if code == "import clipforge":
+            assert "transformers" not in modules and "torch" not in modules

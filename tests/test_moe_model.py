@@ -322,7 +322,7 @@ def test_save_load_and_automodel_give_identical_outputs(tmp_path):
 
 
 def test_automodel_after_import_clipforge_in_a_fresh_process(tmp_path):
-    """`import clipforge` (before transformers is loaded) is enough for AutoModel to know the CLIP-MoE."""
+    """`import clipforge` stays light (no transformers); `import clipforge.moe` teaches AutoModel the CLIP-MoE."""
     moe = _moe(seed=6, moe_layers_vision=[0])
     out = io.save(moe, tmp_path / "moe")
     pixels, ids = fake_batch(2)
@@ -331,6 +331,7 @@ def test_automodel_after_import_clipforge_in_a_fresh_process(tmp_path):
         "import sys, torch\n"
         "import clipforge\n"
         "assert 'transformers' not in sys.modules\n"
+        "import clipforge.moe\n"
         "from transformers import AutoModel\n"
         f"m = AutoModel.from_pretrained({str(out)!r}).eval()\n"
         f"b = torch.load({str(tmp_path / 'batch.pt')!r})\n"

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import os
 import sys
+import time
 
 from ..errors import ClipforgeError
 
@@ -35,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="clipforge",
         description="Grow (CLIP-MoE) and shrink (MM-LG learngenes) pretrained CLIP models.",
     )
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"clipforge {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for mod_name in dict.fromkeys(COMMANDS.values()):  # each module once, in order
@@ -45,15 +49,32 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "bench_args"):  # only `moe bench` / `learngene bench` pass flags on
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.bench_args = list(args.bench_args) + extra
+    start = time.perf_counter()
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        # stderr, so `--json` output on stdout stays machine-readable
+        print(f"clipforge {_command_name(args)}: done in {_duration(time.perf_counter() - start)}", file=sys.stderr)
+        return code
     except ClipforgeError as e:
         print(f"clipforge: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("clipforge: interrupted; rerun the same command to resume where it stopped", file=sys.stderr)
         return 130
+
+
+def _command_name(args: argparse.Namespace) -> str:
+    parts = [args.command] + [v for k, v in vars(args).items() if k.endswith("_command") and isinstance(v, str)]
+    return " ".join(parts)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -103,13 +103,12 @@ def _add_descend(lsub: argparse._SubParsersAction) -> None:
 
 def _add_bench(lsub: argparse._SubParsersAction) -> None:
     p = lsub.add_parser(
-        "bench", help="run the MM-LG benchmark (benchmarks/learngene/run.py)",
+        "bench", help="run the MM-LG benchmark (benchmarks/learngene/run.py)", add_help=False,
         description="MM-LG vs scratch, PT-FT, Heur-LG, Auto-LG, TLEG-per-tower and shared-only on descendants "
                     "of three depths; writes results.json, results.md and plots. Resumable.")
-    module = _bench_module(required=False)
-    if module is not None:
-        module.add_arguments(p)
-    p.set_defaults(func=run_bench)
+    # Everything after `bench` goes to the benchmark's own parser (`--help` included): building this
+    # parser must not execute the benchmark script.
+    p.set_defaults(func=run_bench, bench_args=[])
 
 
 def _bench_module(required: bool = True) -> ModuleType | None:
@@ -147,4 +146,4 @@ def run_descend(args: argparse.Namespace) -> int:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    return int(_bench_module().run(args) or 0)
+    return int(_bench_module().main(list(args.bench_args)) or 0)

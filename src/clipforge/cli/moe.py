@@ -152,13 +152,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--samples", type=int, default=500, help="held-out scenes to route (default 500)")
     p.set_defaults(func=run_stats)
 
-    p = msub.add_parser("bench", help="run the CLIP-MoE benchmark (benchmarks/clipmoe/run.py)",
+    p = msub.add_parser("bench", help="run the CLIP-MoE benchmark (benchmarks/clipmoe/run.py)", add_help=False,
                         description="Base, direct FT, sparse upcycling, w/o MCL and CLIP-MoE from the trained "
                                     "ancestry, 3 seeds, plus the MCL ablation. Resumable.")
-    module = _bench_module(required=False)
-    if module is not None:
-        module.add_arguments(p)
-    p.set_defaults(func=run_bench)
+    # Everything after `bench` goes to the benchmark's own parser (`--help` included): building this
+    # parser must not execute the benchmark script.
+    p.set_defaults(func=run_bench, bench_args=[])
 
 
 def _bench_module(required: bool = True) -> ModuleType | None:
@@ -324,4 +323,4 @@ def run_stats(args: argparse.Namespace) -> int:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    return int(_bench_module().run(args) or 0)
+    return int(_bench_module().main(list(args.bench_args)) or 0)

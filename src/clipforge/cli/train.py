@@ -78,7 +78,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", required=True, choices=["zeroshot", "retrieval", "mmvp", "linear-probe", "finetune"])
     p.add_argument("--data", default=None, help="dataset (default: fashion-mnist for classification, scenes "
                                                 "for retrieval)")
-    p.add_argument("--limit", type=int, help="evaluate on the first N test samples")
+    p.add_argument("--limit", type=int, help="evaluate on the first N test samples (mmvp: N pairs per attribute)")
     p.add_argument("--scenes-captions", choices=SCENES_CAPTIONS, default="full", help=SCENES_CAPTIONS_HELP)
     p.add_argument("--steps", type=int, default=300, help="fine-tuning steps (task finetune)")
     p.add_argument("--out", type=Path, help="write the metrics to this JSON file")
@@ -116,7 +116,7 @@ def run_train(args: argparse.Namespace) -> int:
     from ..data import open_mixture
     from ..data.collate import Collator
     from ..data.loader import resolve_workers
-    from ..eval.results import write_json
+    from ..files import write_json
     from ..models.io import save
     from ..models.preprocess import transform_for
     from ..models.tokenizer import tokenizer_for
@@ -146,13 +146,13 @@ def run_train(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     from ..data import open_mixture
     from ..eval import tasks
-    from ..eval.results import write_json
+    from ..files import write_json
     from ..models.io import load
 
     model = load(args.model)
     size = model.config.vision_config.image_size if hasattr(model.config, "vision_config") else None
     if args.task == "mmvp":
-        result = tasks.mmvp_diagnostic(model, image_size=size)
+        result = tasks.mmvp_diagnostic(model, image_size=size, n=args.limit or 200)  # pairs per attribute
     else:
         data = args.data or ("scenes" if args.task == "retrieval" else "fashion-mnist")
         test = open_mixture([data], "test", size, scenes_size=args.limit or 1000,

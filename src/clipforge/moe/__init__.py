@@ -5,9 +5,10 @@ The model: `config` (CLIPMoEConfig), `layer` (MoEFFN), `model` (CLIPMoEModel), `
 `pack` (stage models → experts), `balance` + `routers` (router training), `dmu` (the whole pipeline),
 `baselines` (direct FT, sparse upcycling, w/o MCL), `routing` + `report` (what it gains and costs).
 
-Names are imported on first use: `clipforge` imports this package (for `.config`) from an import
-hook that fires right after `transformers` loads (see `clipforge._register_moe`), so nothing heavy
-may load here. Keep new entries lazy too. (`pack` is not re-exported: the name would clash with the submodule
+Importing this package registers the CLIP-MoE with transformers (`AutoConfig`, `AutoModel`), so
+`AutoModel.from_pretrained(dir)` knows it after `import clipforge.moe`; `clipforge.load` imports it when
+it meets a CLIP-MoE directory. Without clipforge, a saved directory loads through its shipped code
+(`trust_remote_code=True`, see `remote`). Every other name is imported on first use. (`pack` is not re-exported: the name would clash with the submodule
 `clipforge.moe.pack`; use `from clipforge.moe.pack import pack`; likewise `from clipforge.moe.dmu import dmu`.)
 """
 
@@ -15,6 +16,14 @@ from __future__ import annotations
 
 from importlib import import_module
 from typing import Any
+
+from transformers import AutoConfig, AutoModel
+
+from .config import MODEL_TYPE, CLIPMoEConfig
+from .model import CLIPMoEModel
+
+AutoConfig.register(MODEL_TYPE, CLIPMoEConfig, exist_ok=True)
+AutoModel.register(CLIPMoEConfig, CLIPMoEModel, exist_ok=True)
 
 # name → module (relative to this package); imported on first access.
 _EXPORTS = {

@@ -2,8 +2,8 @@
 
 A CLIP-MoE checkpoint carries its whole architecture (experts, top-k, which blocks of each tower are
 MoE, router options, where each expert came from), so loading it never needs hand-passed arguments.
-Importing this module registers the config with `transformers.AutoConfig`; building a config makes
-sure the model class is registered with `AutoModel` and `clipforge.load` too (see `_ensure_model`).
+Importing `clipforge.moe` registers it with `transformers.AutoConfig` (and the model with `AutoModel`).
+This module imports only transformers: a saved directory ships a copy of it (see `moe.remote`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 from huggingface_hub.dataclasses import strict
-from transformers.models.auto.configuration_auto import AutoConfig
 from transformers.models.clip.configuration_clip import CLIPConfig
 
 MODEL_TYPE = "clipforge_clip_moe"
@@ -49,10 +48,6 @@ class CLIPMoEConfig(CLIPConfig):
     balance_alpha: float = 0.01
     text_position_split: int | None = None
     pack_notes: list[str] | None = None
-
-    def __post_init__(self, **kwargs: Any) -> None:
-        super().__post_init__(**kwargs)
-        _ensure_model()
 
     def validate_moe(self) -> None:
         """Part of the strict-dataclass validation: reject configs no model can be built from."""
@@ -104,26 +99,3 @@ class CLIPMoEConfig(CLIPConfig):
         if getattr(dense, "architecture_name", None):
             cfg.architecture_name = dense.architecture_name
         return cfg
-
-
-# Inside clipforge only: the copy a saved directory ships (see `moe.remote`) is registered by
-# transformers itself when loaded with `trust_remote_code=True`.
-_IN_CLIPFORGE = __name__.startswith("clipforge.")
-if _IN_CLIPFORGE:
-    AutoConfig.register(MODEL_TYPE, CLIPMoEConfig, exist_ok=True)
-
-_model_registered = not _IN_CLIPFORGE
-
-
-def _ensure_model() -> None:
-    """Import the model module (which registers `CLIPMoEModel` with AutoModel and `clipforge.load`).
-
-    Done lazily, when a config is built: `AutoModel.from_pretrained` always builds the config before it
-    looks the model class up, and importing the modelling code at config-import time could run inside
-    transformers' own import (see `clipforge._register_moe`).
-    """
-    global _model_registered
-    if not _model_registered:
-        from . import model  # noqa: F401  (registration is its import side effect)
-
-        _model_registered = True

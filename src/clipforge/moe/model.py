@@ -6,7 +6,7 @@ logits and every level hands them up explicitly (no globals, no hooks): ask for 
 `output_router_logits=True` on `get_image_features`, `get_text_features` or `forward`, and one
 forward gives both the embeddings and the logits the balance loss needs.
 
-Importing this module registers the model with `transformers.AutoModel`. It imports only torch,
+Importing `clipforge.moe` registers the model with `transformers.AutoModel`. This module imports only torch,
 transformers and its siblings `config`, `layer` and `models.captions`: a saved directory ships copies
 of these four files, so the model loads without clipforge (`trust_remote_code=True`, see `moe.remote`).
 """
@@ -21,7 +21,6 @@ from torch import Tensor, nn
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling
-from transformers.models.auto.modeling_auto import AutoModel
 from transformers.models.clip.configuration_clip import CLIPTextConfig, CLIPVisionConfig
 from transformers.models.clip.modeling_clip import (
     CLIPAttention,
@@ -298,7 +297,3 @@ def moe_param_counts(model: nn.Module) -> dict[str, int]:
             routers += module.router.weight.numel()
             idle += per_expert * (module.num_experts - module.top_k)
     return {"stored": stored, "active_per_token": stored - idle, "experts": experts, "routers": routers}
-
-
-if __name__.startswith("clipforge."):  # not in the copy a saved directory ships (see `moe.remote`)
-    AutoModel.register(CLIPMoEConfig, CLIPMoEModel, exist_ok=True)
