@@ -123,12 +123,12 @@ def train_ancestry(out: str | Path, recipe: AncestryRecipe | None = None, force:
             print(f"[ancestry] reusing the cached ancestry in {model_dir} (same recipe)")
             return model_dir
         raise ClipforgeError(f"{model_dir} holds an ancestry trained with another recipe; "
-                             "pass --force to retrain or choose another --out")
+                             "pass --overwrite to retrain or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     args_path = out / "args.json"
     if args_path.exists() and not _same_recipe(json.loads(args_path.read_text()), wanted) and not force:
         raise ClipforgeError(f"{args_path}: an unfinished run with another recipe is here; "
-                             "pass --force to start over or choose another --out")
+                             "pass --overwrite to start over or choose another --out")
     write_json(args_path, wanted)
     t0 = time.time()
     model = build(recipe.arch, seed=recipe.seed)

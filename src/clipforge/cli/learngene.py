@@ -73,7 +73,8 @@ def _add_extract(lsub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--force", action="store_true", help="redo the extraction even if one is finished")
+    p.add_argument("--overwrite", "--force", dest="force", action="store_true",
+                   help="replace what OUT holds (a finished extraction, other settings) instead of refusing")
     p.add_argument("--workers", type=int, metavar="N", help=WORKERS_HELP)
     p.set_defaults(func=run_extract)
 
@@ -96,7 +97,8 @@ def _add_descend(lsub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--force", action="store_true", help="redo descendants even if finished")
+    p.add_argument("--overwrite", "--force", dest="force", action="store_true",
+                   help="replace descendants OUT holds (finished ones, other settings) instead of refusing")
     p.add_argument("--workers", type=int, metavar="N", help=WORKERS_HELP)
     p.set_defaults(func=run_descend)
 

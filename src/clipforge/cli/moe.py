@@ -100,7 +100,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-eval", action="store_true", help="skip the built-in evaluation")
     p.add_argument("--eval-size", choices=["full", "quick"], default="full",
                    help="built-in evaluation sets: full (1k scenes, 200 pairs per attribute, 10k FMNIST) or quick")
-    p.add_argument("--force", action="store_true", help="start over in OUT")
+    p.add_argument("--overwrite", "--force", dest="force", action="store_true",
+                   help="replace what OUT holds (another run, other settings) instead of refusing")
     p.set_defaults(func=run_dmu)
 
     p = msub.add_parser("stage", help="MCL stages only: the dense stage models (experts)",
@@ -167,12 +168,9 @@ def _bench_module(required: bool = True) -> ModuleType | None:
 
 
 def _model_dir(path: Path) -> Path:
-    """A model directory, or a run directory holding model/ (e.g. `clipforge ancestry --out`)."""
-    if (path / "config.json").is_file():
-        return path
-    if (path / "model" / "config.json").is_file():
-        return path / "model"
-    raise ClipforgeError(f"{path}: not a model directory (no config.json in it or in {path / 'model'})")
+    from ..models.io import resolve_model_dir
+
+    return resolve_model_dir(path)
 
 
 def _config(args: argparse.Namespace):

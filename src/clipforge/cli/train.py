@@ -29,7 +29,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/ancestry"), help="run directory (default runs/ancestry)")
     p.add_argument("--quick", action="store_true", help="a toy ancestry for tests (tiny model, a few steps)")
     p.add_argument("--steps", type=int, help="override the number of training steps")
-    p.add_argument("--force", action="store_true", help="retrain even if a cached ancestry exists")
+    p.add_argument("--overwrite", "--force", dest="force", action="store_true",
+                   help="retrain even if OUT holds an ancestry (another recipe, or finished)")
     p.add_argument("--scenes-captions", choices=SCENES_CAPTIONS,
                    help="caption style of the training scenes (default: the recipe's, full)")
     p.set_defaults(func=run_ancestry)
@@ -66,9 +67,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="torch.compile the training step (minutes up front; eager fallback without a compiler)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=200, help="checkpoint every N steps (default 200)")
+    p.add_argument("--log-every", type=int, default=10, help="log every N steps (default 10)")
     p.add_argument("--workers", "--num-workers", dest="num_workers", type=int, default=None, metavar="N",
                    help=WORKERS_HELP)
-    p.add_argument("--resume", help="'latest' or a checkpoint path")
+    p.add_argument("--resume", help="a checkpoint file or directory to start from (a rerun of the same command "
+                                    "resumes its own run without this flag)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace what OUT holds (another run, other settings) instead of refusing")
     p.set_defaults(func=run_train)
 
     p = sub.add_parser(
@@ -102,44 +107,91 @@ def run_ancestry(args: argparse.Namespace) -> int:
 
 
 def _load_or_build(spec: str):
-    from ..models.io import load
+    from ..models.io import load, resolve_model_dir
     from ..models.registry import build, list_models
 
     if Path(spec).is_dir():
-        return load(spec), {"source": f"fine-tuned from {Path(spec).resolve()}"}
+        model_dir = resolve_model_dir(spec)
+        return load(model_dir), {"source": f"fine-tuned from {model_dir.resolve()}"}
     if spec in list_models():
         return build(spec), {"source": f"trained from random init of {spec!r}"}
     raise ClipforgeError(f"--model {spec!r}: neither a model directory nor a registry architecture")
 
 
+# TrainConfig fields that do not change the result: a rerun may change them and still resume.
+_RESULT_NEUTRAL = {"num_workers", "log_every", "save_every", "keep_checkpoints", "eval_every"}
+
+
+def _check_train_args(args: argparse.Namespace, cfg, data) -> None:
+    """Refuse bad flags before anything is written (one line naming the flag)."""
+    from ..train.distributed import dist_info
+    from ..train.loop import validate_config
+
+    if cfg.steps < 1:
+        raise ClipforgeError(f"--steps must be at least 1, got {cfg.steps}")
+    if cfg.batch_size < 1:
+        raise ClipforgeError(f"--batch-size must be at least 1, got {cfg.batch_size}")
+    if cfg.batch_size > len(data):
+        raise ClipforgeError(f"--batch-size {cfg.batch_size} is larger than the dataset ({len(data):,} samples)")
+    if not cfg.lr > 0:
+        raise ClipforgeError(f"--lr must be positive, got {cfg.lr}")
+    if cfg.warmup < 0 or cfg.weight_decay < 0:
+        raise ClipforgeError("--warmup and --weight-decay must not be negative")
+    if not 0 <= cfg.label_smoothing < 1:
+        raise ClipforgeError(f"--label-smoothing must lie in [0, 1), got {cfg.label_smoothing}")
+    if args.save_every is not None and args.save_every < 1:
+        raise ClipforgeError(f"--save-every must be at least 1, got {args.save_every}")
+    validate_config(cfg, dist_info())
+    if args.resume not in (None, "latest"):
+        from ..train.checkpoint import load_checkpoint, resolve_resume
+        from ..train.loop import CHECKPOINT_FORMAT
+
+        path = resolve_resume(args.resume, args.out)
+        if load_checkpoint(path).get("format") != CHECKPOINT_FORMAT:
+            raise ClipforgeError(f"--resume {path}: not a clipforge training checkpoint")
+
+
 def run_train(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
     from ..data import open_mixture
     from ..data.collate import Collator
     from ..data.loader import resolve_workers
-    from ..files import write_json
     from ..models.io import save
     from ..models.preprocess import transform_for
     from ..models.tokenizer import tokenizer_for
-    from ..train.distributed import dist_info
+    from ..train import distributed as D
     from ..train.loop import TrainConfig, train
+    from ..train.runs import MODEL, claim, finished, had_checkpoint
 
     model, prov = _load_or_build(args.model)
     size = model.config.vision_config.image_size
     data = open_mixture(args.data, "train", size, image_key=args.image_key, caption_key=args.caption_key,
-                     on_error=args.on_error, scenes_captions=args.scenes_captions)
+                        on_error=args.on_error, scenes_captions=args.scenes_captions)
     args.num_workers = resolve_workers(args.num_workers)
     known = {f.name for f in fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in known and v is not None})
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "args.json", {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                                        if k != "func"})
+    _check_train_args(args, cfg, data)
+    settings = {"model": prov["source"], "data": list(args.data), "image_key": args.image_key,
+                "caption_key": args.caption_key, "on_error": args.on_error, "scenes_captions": args.scenes_captions,
+                "train": {k: v for k, v in asdict(cfg).items() if k not in _RESULT_NEUTRAL}}
+    D.init_distributed()  # under torchrun: join the group before any rank-0-only write
+    if finished(args.out, settings) and not args.overwrite:
+        print(f"{args.out / MODEL} is already trained with these settings (pass --overwrite to retrain)")
+        return 0
+    if D.rank() == 0:
+        claim(args.out, settings, args.overwrite, kind="train")
+    D.barrier()
+    resume = args.resume or ("latest" if had_checkpoint(args.out) else None)
+    if resume == "latest" and args.resume is None:
+        print(f"[train] resuming the interrupted run in {args.out}")
     collate = Collator(transform_for(model.config), model.config.text_config.max_position_embeddings,
                        tokenizer=tokenizer_for(model))
-    model = train(model, data, cfg, args.out, collate_fn=collate, resume=args.resume)
-    if dist_info().rank == 0:
-        save(model, args.out / "model", provenance={**prov, "data": args.data, "steps": args.steps,
-                                                    "command": "clipforge train"})
-        print(f"saved {args.out / 'model'}")
+    model = train(model, data, cfg, args.out, collate_fn=collate, resume=resume)
+    if D.rank() == 0:
+        save(model, args.out / MODEL, provenance={**prov, "data": args.data, "steps": args.steps,
+                                                  "command": "clipforge train", "settings": settings})
+        print(f"saved {args.out / MODEL}")
     return 0
 
 

@@ -265,10 +265,10 @@ def extract(ancestry_dir: str | os.PathLike, data: Sequence[str] | Dataset, out_
             print(f"[extract] {lg_dir} is already finished with these settings: skipping")
             return lg_dir
         raise ClipforgeError(f"{lg_dir} holds a learngene extracted with other settings; "
-                             "pass --force to redo it or choose another --out")
+                             "pass --overwrite to redo it or choose another --out")
     if not resume and run_dir.exists():
         shutil.rmtree(run_dir)
-    claim(run_dir, settings, force)
+    claim(run_dir, settings, force, kind="learngene extract")
 
     lg = Learngene(cfg, seed=seed, ancestry=ancestry if init == "ancestry" else None)
     aux = build_auxnet(lg)
@@ -372,13 +372,13 @@ def descend_family(learngene_dir: str | os.PathLike, shapes: Sequence[ShapeSpec 
                 done[name] = model_dir
                 continue
             raise ClipforgeError(f"{model_dir} holds a descendant made with other settings; "
-                                 "pass --force to redo it or choose another --out")
+                                 "pass --overwrite to redo it or choose another --out")
         model = descend(lg, dv, dt, kind)
         prov = {**provenance(lg, dv, dt, kind, source=str(learngene_dir.resolve())),
                 "rule": "block i of L′ = a(i, L′)·first + b(i, L′)·second; non-block parts copied",
                 "settings": settings, "params": count_params(model)["total"]}
         if pretrain_steps > 0:
-            claim(run_dir, settings, force)
+            claim(run_dir, settings, force, kind="learngene descend")
             needs_ancestry = kind != "clip" or kd_from is not None
             if needs_ancestry and ancestry is None:
                 if ancestry_src is None:

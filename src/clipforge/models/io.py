@@ -26,6 +26,7 @@ from .registry import MODEL_CLASSES
 
 WEIGHTS = "model.safetensors"
 PROVENANCE = "clipforge.json"
+MODEL_SUBDIR = "model"  # a run directory's finished model (see `clipforge.train.runs`)
 
 def save(
     model: PreTrainedModel,
@@ -125,6 +126,19 @@ def model_class(arch: str | None) -> type[PreTrainedModel] | None:
     return None
 
 
+def resolve_model_dir(path: str | os.PathLike, strict: bool = True) -> Path:
+    """A model directory, or a run directory holding `model/` (what `clipforge train`, `ancestry` and
+    `moe dmu` write), as the model directory itself. Neither: an error (`strict`) or `path` unchanged."""
+    path = Path(path)
+    if (path / "config.json").is_file():
+        return path
+    if (path / MODEL_SUBDIR / "config.json").is_file():
+        return path / MODEL_SUBDIR
+    if strict:
+        raise ClipforgeError(f"{path}: not a model directory (no config.json in it or in {path / MODEL_SUBDIR})")
+    return path
+
+
 def _load_config(model_dir: Path):
     cfg_path = model_dir / "config.json"
     if not model_dir.exists():
@@ -159,6 +173,8 @@ def load(model_dir: str | os.PathLike, *, device: str | torch.device = "cpu",
          dtype: torch.dtype | None = torch.float32) -> PreTrainedModel:
     """Rebuild a saved model from its directory alone (config next to weights), in eval mode.
 
+    `model_dir` may also be a run directory holding `model/` (see `resolve_model_dir`).
+
     Reads what transformers reads, through transformers' own loader: `model.safetensors`, sharded
     safetensors with `model.safetensors.index.json`, or `pytorch_model.bin` (unpickled with
     `weights_only=True`, so a file holding code is refused), legacy config fields, the hub's stored
@@ -166,7 +182,7 @@ def load(model_dir: str | os.PathLike, *, device: str | torch.device = "cpu",
     Errors name the culprit: a missing `config.json`, a missing or unreadable weights file, or tensors
     whose names or shapes disagree with the config.
     """
-    model_dir = Path(model_dir)
+    model_dir = resolve_model_dir(model_dir, strict=False)  # `_load_config` names what is missing
     cls, config = _load_config(model_dir)
     if not any((model_dir / name).is_file() for name in WEIGHT_FILES):
         raise ClipforgeError(f"{model_dir}: missing weights file (one of {', '.join(WEIGHT_FILES)})")

@@ -77,7 +77,8 @@ def direct_ft(base: nn.Module | str | os.PathLike, dataset: Any, run_dir: str | 
     settings = {"method": "direct_ft", "base": _identity(base), "num_samples": len(dataset), "config": asdict(cfg)}
     prov = {"source": "clipforge.moe.baselines", "name": f"direct FT ({cfg.params})", "base": _identity(base)}
     return train_run(model, dataset, Path(run_dir), cfg.train_config(len(dataset)), settings, prov,
-                     collate_fn=collate_fn or _default_collate(model), force=force, progress=progress)
+                     collate_fn=collate_fn or _default_collate(model), force=force, progress=progress,
+                     kind="moe baseline")
 
 
 def sparse_upcycling(base: nn.Module | str | os.PathLike, dataset: Any, run_dir: str | os.PathLike,
@@ -91,7 +92,8 @@ def sparse_upcycling(base: nn.Module | str | os.PathLike, dataset: Any, run_dir:
     settings = {"method": "sparse_upcycling", "base": _identity(base), "num_experts": num_experts, "top_k": top_k,
                 "moe_config": moe_config}
     prov = {"name": f"sparse upcycling ({num_experts} experts, top-{top_k})", "base": _identity(base)}
-    return train_routers(model, dataset, run_dir, cfg, settings, prov, collate_fn, force, progress)
+    return train_routers(model, dataset, run_dir, cfg, settings, prov, collate_fn, force, progress,
+                         kind="moe baseline")
 
 
 def without_mcl(base: nn.Module | str | os.PathLike, finetuned: nn.Module | str | os.PathLike, dataset: Any,
@@ -103,4 +105,5 @@ def without_mcl(base: nn.Module | str | os.PathLike, finetuned: nn.Module | str 
     settings = {"method": "without_mcl", "base": _identity(base), "finetuned": _identity(finetuned),
                 "top_k": min(top_k, 2), "moe_config": moe_config}
     prov = {"name": "w/o MCL (base + direct-FT experts)", "base": _identity(base)}
-    return train_routers(model, dataset, run_dir, cfg, settings, prov, collate_fn, force, progress)
+    return train_routers(model, dataset, run_dir, cfg, settings, prov, collate_fn, force, progress,
+                         kind="moe baseline")

@@ -96,7 +96,7 @@ def dmu(base: nn.Module | str | os.PathLike, dataset: Any, out: str | os.PathLik
     record = router_record(cfg.router, len(dataset), settings)
     D.init_distributed()  # under torchrun: join the group before any rank-0-only write
     if D.rank() == 0:
-        claim(out, record, force)
+        claim(out, record, force, kind="moe dmu")
     D.barrier()
     manifest: dict[str, Any] = {"settings": normalise(settings), "phases": {}}
     old = out / "dmu.json"
@@ -114,7 +114,8 @@ def dmu(base: nn.Module | str | os.PathLike, dataset: Any, out: str | os.PathLik
     t = time.perf_counter()
     model = train_routers(packed, dataset, out, cfg.router, settings,
                           {"name": "CLIP-MoE (DMU)", "method": "Diversified Multiplet Upcycling",
-                           "experts": [str(d) for d in expert_dirs]}, collate_fn=collate_fn, progress=progress)
+                           "experts": [str(d) for d in expert_dirs]}, collate_fn=collate_fn, progress=progress,
+                          kind="moe dmu")
     _phase(manifest, "routers", t, model=str(out / "model"))
     if D.rank() == 0:
         write_json(out / "dmu.json", manifest)

@@ -74,7 +74,8 @@ def router_record(cfg: RouterConfig, num_samples: int, settings: dict[str, Any] 
 
 def train_routers(model: nn.Module, dataset: Any, run_dir: str | os.PathLike, cfg: RouterConfig,
                   settings: dict[str, Any] | None = None, provenance: dict[str, Any] | None = None,
-                  collate_fn: Callable | None = None, force: bool = False, progress: bool = True) -> nn.Module:
+                  collate_fn: Callable | None = None, force: bool = False, progress: bool = True,
+                  kind: str = "moe route") -> nn.Module:
     """Train `model`'s routers (or what `cfg.trainable` names) in `run_dir`; the result is `run_dir/model`.
 
     Resumable: a finished run with the same settings is loaded, an interrupted one resumes.
@@ -92,4 +93,4 @@ def train_routers(model: nn.Module, dataset: Any, run_dir: str | os.PathLike, cf
     prov = {"source": "clipforge.moe.routers", "trainable": list(cfg.trainable),
             "schedule": cfg.schedule(len(dataset)), **(provenance or {})}
     return train_run(model, dataset, Path(run_dir), tcfg, record, prov, step_fn=step,
-                     collate_fn=collate_fn or _default_collate(model), force=force, progress=progress)
+                     collate_fn=collate_fn or _default_collate(model), force=force, progress=progress, kind=kind)

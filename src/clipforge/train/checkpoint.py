@@ -121,5 +121,6 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     """Read a checkpoint (tensors on the CPU) with the safe `weights_only` unpickler."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError) as e:
-        raise ClipforgeError(f"cannot read checkpoint {path}: {e}") from e
+    except Exception as e:  # unreadable, truncated, or pickled code the safe unpickler refuses
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ClipforgeError(f"cannot read checkpoint {path}: {reason[:200]}") from None

@@ -185,7 +185,8 @@ def _scalar(v: Any) -> Any:
     return v
 
 
-def _validate(cfg: TrainConfig, info: D.DistInfo) -> None:
+def validate_config(cfg: TrainConfig, info: D.DistInfo) -> None:
+    """Refuse settings no run can start from (one line naming the field)."""
     if cfg.steps < 0:
         raise ClipforgeError(f"steps must be >= 0, got {cfg.steps}")
     if cfg.batch_size % info.world_size:
@@ -246,7 +247,7 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, out_dir: str | o
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / CHECKPOINT_DIR
     info = D.init_distributed()
-    _validate(cfg, info)
+    validate_config(cfg, info)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     # Each rank its own stream, so dropout masks differ across ranks.

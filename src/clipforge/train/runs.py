@@ -1,9 +1,11 @@
 """Run directories that know what made them: claim a directory for some settings, finish once, resume.
 
-A run directory holds `settings.json` (what decides its result), the training run (`log.jsonl`,
-`checkpoints/`) and, when finished, `model/` (written atomically, so its presence means "done").
-Rerunning with the same settings skips a finished run and resumes an interrupted one from its last
-checkpoint; other settings are an error that names the differing fields, never a silent mix.
+A run directory holds `settings.json` (the kind of run, e.g. `train` or `moe dmu`, and the settings
+that decide its result), the training run (`log.jsonl`, `checkpoints/`) and, when finished, `model/`
+(written atomically, so its presence means "done"). Every command claims its output directory here:
+rerunning with the same kind and settings skips a finished run and resumes an interrupted one from its
+last checkpoint; another kind, other settings or a directory of other files is an error that names what
+differs, and only `--overwrite` replaces it. Never a silent mix, never a run lost.
 """
 
 from __future__ import annotations
@@ -35,20 +37,49 @@ def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [prefix.rstrip(".") or "(all)"]
 
 
-def claim(run_dir: str | Path, settings: dict[str, Any], force: bool = False) -> None:
-    """Own `run_dir` for `settings`: a run with other settings there is an error (or wiped with `force`)."""
+def read_claim(run_dir: str | Path) -> tuple[str | None, Any] | None:
+    """(kind, settings) recorded in `run_dir`, or None when it holds no claim. Files written before runs
+    recorded their kind give kind None."""
+    path = Path(run_dir) / SETTINGS
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ClipforgeError(f"{path}: not valid JSON ({e}); pass --overwrite to start over") from None
+    if isinstance(data, dict) and set(data) == {"kind", "settings"}:
+        return data["kind"], data["settings"]
+    return None, data
+
+
+def claim(run_dir: str | Path, settings: dict[str, Any], force: bool = False, *, kind: str = "run") -> bool:
+    """Own `run_dir` for a run of `kind` with `settings`; True when it resumes an earlier claim.
+
+    A directory claimed by another kind of run, by other settings, or holding files but no claim is
+    refused with one line naming what differs; `force` (the CLI's `--overwrite`) replaces it.
+    """
     run_dir = Path(run_dir)
     settings = normalise(settings)
-    path = run_dir / SETTINGS
     if force and run_dir.exists():
         shutil.rmtree(run_dir)
-    elif path.is_file():
-        old = json.loads(path.read_text())
-        if old != settings:
-            fields = ", ".join(_diff(old, settings)[:6])
-            raise ClipforgeError(f"{run_dir} holds a run made with other settings ({fields}); "
-                                 "pass --force to start over or choose another output directory")
-    write_json(path, settings)
+    old = read_claim(run_dir)
+    if old is not None:
+        old_kind, old_settings = old
+        if old_kind is not None and old_kind != kind:
+            raise ClipforgeError(f"{run_dir} holds a `{old_kind}` run, not a `{kind}` run; pass --overwrite "
+                                 "to replace it or choose another output directory")
+        if old_settings != settings:
+            fields = ", ".join(_diff(old_settings, settings)[:6])
+            raise ClipforgeError(f"{run_dir} holds a `{kind}` run made with other settings ({fields}); "
+                                 "pass --overwrite to replace it or choose another output directory")
+        if old_kind is None:  # upgrade a claim written before runs recorded their kind
+            write_json(run_dir / SETTINGS, {"kind": kind, "settings": settings})
+        return True
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        raise ClipforgeError(f"{run_dir} is not empty and holds no clipforge run ({SETTINGS}); pass --overwrite "
+                             "to replace it or choose another output directory")
+    write_json(run_dir / SETTINGS, {"kind": kind, "settings": settings})
+    return False
 
 
 def finished(run_dir: str | Path, settings: dict[str, Any] | None = None) -> bool:
@@ -58,8 +89,8 @@ def finished(run_dir: str | Path, settings: dict[str, Any] | None = None) -> boo
         return False
     if settings is None:
         return True
-    path = run_dir / SETTINGS
-    return path.is_file() and json.loads(path.read_text()) == normalise(settings)
+    old = read_claim(run_dir)
+    return old is not None and old[1] == normalise(settings)
 
 
 def had_checkpoint(run_dir: str | Path) -> bool:
@@ -69,7 +100,7 @@ def had_checkpoint(run_dir: str | Path) -> bool:
 
 def train_run(model, dataset, run_dir: str | Path, cfg, settings: dict[str, Any], provenance: dict[str, Any],
               *, collate_fn=None, step_fn=None, batch_sampler=None, eval_fn=None, force: bool = False,
-              progress: bool = True, keep_checkpoints: bool = False):
+              progress: bool = True, keep_checkpoints: bool = False, kind: str = "train"):
     """Train `model` in `run_dir` once and save it to `run_dir/model`; returns the trained model.
 
     A finished run with the same `settings` is loaded instead of retrained; an interrupted one
@@ -84,7 +115,7 @@ def train_run(model, dataset, run_dir: str | Path, cfg, settings: dict[str, Any]
     if not force and finished(run_dir, settings):
         return io.load(run_dir / MODEL)
     if D.rank() == 0:
-        claim(run_dir, settings, force)
+        claim(run_dir, settings, force, kind=kind)
     D.barrier()
     resume = "latest" if had_checkpoint(run_dir) else None
     model = train(model, dataset, cfg, run_dir, batch_sampler=batch_sampler, collate_fn=collate_fn,
