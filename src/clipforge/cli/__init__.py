@@ -31,8 +31,16 @@ COMMANDS: dict[str, str] = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's error style: one line on stderr naming the flag, exit status 2.
+    (Subcommand parsers are built from the same class.)"""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"clipforge: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="clipforge",
         description="Grow (CLIP-MoE) and shrink (MM-LG learngenes) pretrained CLIP models.",
     )
@@ -61,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"clipforge {_command_name(args)}: done in {_duration(time.perf_counter() - start)}", file=sys.stderr)
         return code
     except ClipforgeError as e:
+        print(f"clipforge: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the file system said no (missing, permissions, disk full): it names the path
         print(f"clipforge: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -201,6 +201,10 @@ def run_eval(args: argparse.Namespace) -> int:
     from ..files import write_json
     from ..models.io import load
 
+    if args.limit is not None and args.limit < 1:
+        raise ClipforgeError(f"--limit must be at least 1, got {args.limit}")
+    if args.steps < 1:
+        raise ClipforgeError(f"--steps must be at least 1, got {args.steps}")
     model = load(args.model)
     size = model.config.vision_config.image_size if hasattr(model.config, "vision_config") else None
     if args.task == "mmvp":

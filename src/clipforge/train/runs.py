@@ -60,6 +60,8 @@ def claim(run_dir: str | Path, settings: dict[str, Any], force: bool = False, *,
     """
     run_dir = Path(run_dir)
     settings = normalise(settings)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ClipforgeError(f"{run_dir} is a file, not a run directory; choose another output directory")
     if force and run_dir.exists():
         shutil.rmtree(run_dir)
     old = read_claim(run_dir)
