@@ -11,9 +11,9 @@ import pytest
 
 from clipforge.data import open_mixture
 from clipforge.data.scenes import PAIR_TYPES, SceneSpec, ScenesDataset, diagnostic_pairs
-from clipforge.data.scenes_spec import COLOURS, ORIENTED_SHAPES, SHAPES
-from clipforge.data.scenes_styles import CAPTION_STYLES, COUNT_WORDS, clear_relation, dense_relations
-from clipforge.data.scenes_text import (CROSS_ORIENT_WORDS, FILL_ADJ, FILL_POST, ORIENT_WORDS, POSITION_WORDS,
+from clipforge.data.scenes.spec import COLOURS, ORIENTED_SHAPES, SHAPES
+from clipforge.data.scenes.styles import CAPTION_STYLES, COUNT_WORDS, clear_relation, dense_relations
+from clipforge.data.scenes.text import (CROSS_ORIENT_WORDS, FILL_ADJ, FILL_POST, ORIENT_WORDS, POSITION_WORDS,
                                         RELATION_WORDS, SIZE_WORDS)
 from clipforge.errors import ClipforgeError
 

@@ -41,7 +41,7 @@ class AncestryRecipe:
     eval_scenes: int = 1000
     eval_pairs: int = 200
     eval_fashion: int | None = None  # None: the whole 10k test split
-    caption_style: str = "full"  # training scenes' captions: full, alt or dense (clipforge.data.scenes_styles)
+    caption_style: str = "full"  # training scenes' captions: full, alt or dense (clipforge.data.scenes.styles)
 
     @classmethod
     def quick(cls) -> "AncestryRecipe":
@@ -106,7 +106,7 @@ def train_ancestry(out: str | Path, recipe: AncestryRecipe | None = None, force:
     """Train (or reuse) the ancestry in `out`; returns the model directory `out/model`."""
     from .eval.results import write_json
     from .data.collate import Collator
-    from .data.scenes_styles import check_style
+    from .data.scenes.styles import check_style
     from .models.io import read_provenance, save
     from .models.preprocess import transform_for
     from .models.registry import build

@@ -45,7 +45,7 @@ def _data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
                    help="scenes generator seed (default 1: scenes the demo ancestry never saw; 0 = its own)")
     p.add_argument("--scenes-captions", choices=["full", "alt", "dense"], default="full",
                    help="caption style of --data scenes: full (default), alt (short alt-text) or dense (every "
-                        "attribute, counts, relations); see clipforge.data.scenes_styles")
+                        "attribute, counts, relations); see clipforge.data.scenes.styles")
     p.add_argument("--image-key", default="image", help="image column/field of user data (default image)")
     p.add_argument("--caption-key", default="caption", help="caption column/field of user data (default caption)")
     p.add_argument("--on-error", choices=["skip", "raise"], default="skip",

@@ -12,7 +12,7 @@ from ..errors import ClipforgeError
 WORKERS_HELP = ("DataLoader worker processes per rank that decode and preprocess images "
                 "(default: the machine's cores per rank minus one, at most 8; 0 = in the main process)")
 
-# = clipforge.data.scenes_styles.CAPTION_STYLES (not imported here: the parser stays cheap to build).
+# = clipforge.data.scenes.styles.CAPTION_STYLES (not imported here: the parser stays cheap to build).
 SCENES_CAPTIONS = ("full", "alt", "dense")
 SCENES_CAPTIONS_HELP = ("caption style of --data scenes: full (default: colour, shape, count and relation), "
                         "alt (web alt-text: one object, no counts or relations) or dense (every attribute, "

@@ -97,7 +97,7 @@ def open_mixture(specs: Sequence[str], split: str, image_size: int | None = None
 
     `scenes` is drawn at `image_size` (a model's input size) with `scenes_size` samples from generator
     seed `scenes_seed` (0 is the ancestry's own training scenes; another seed gives new ones), captioned
-    in style `scenes_captions` ("full", "alt" or "dense": `clipforge.data.scenes_styles`); other
+    in style `scenes_captions` ("full", "alt" or "dense": `clipforge.data.scenes.styles`); other
     built-ins take no options; `user_kw` (column names, `on_error`, ...) go to users' data only.
     """
     if not specs:

@@ -8,7 +8,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw
 
-from .scenes_spec import DIAMETER, SceneObject, SceneSpec
+from .spec import DIAMETER, SceneObject, SceneSpec
 
 SUPERSAMPLE = 4
 RGB = {"red": (220, 30, 35), "orange": (250, 140, 20), "yellow": (250, 230, 40),

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .scenes_spec import INVERSE_RELATION, ORIENTED_SHAPES, Draws, SceneObject, SceneSpec
+from .spec import INVERSE_RELATION, ORIENTED_SHAPES, Draws, SceneObject, SceneSpec
 
 MAX_WORDS = 20  # leaves room under 32 BPE tokens (start/end + a few multi-token words)
 OPTIONAL = ("size", "fill", "orientation", "position")

@@ -1,6 +1,6 @@
 """Caption styles for `SceneSpec`s: `full` (the default), `alt` (short web alt-text) and `dense`.
 
-* `full` is `scenes_text.caption`, unchanged: colour, shape, count and relation always named,
+* `full` is `text.caption`, unchanged: colour, shape, count and relation always named,
   at most 20 words (what every ancestry and benchmark so far was trained and measured on).
 * `alt` mimics the web alt-text OpenAI's CLIP was trained on: one object group, named by colour and
   shape (by shape alone about a third of the time), sometimes one more attribute (size, fill or
@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ClipforgeError
-from .scenes_spec import INVERSE_RELATION, ORIENTED_SHAPES, Draws, SceneObject, SceneSpec
-from .scenes_text import (CROSS_ORIENT_WORDS, FILL_ADJ, FILL_POST, ORIENT_WORDS, POSITION_WORDS, RELATION_WORDS,
+from ...errors import ClipforgeError
+from .spec import INVERSE_RELATION, ORIENTED_SHAPES, Draws, SceneObject, SceneSpec
+from .text import (CROSS_ORIENT_WORDS, FILL_ADJ, FILL_POST, ORIENT_WORDS, POSITION_WORDS, RELATION_WORDS,
                           SIZE_WORDS, caption)
 
 CAPTION_STYLES = ("full", "alt", "dense")

@@ -6,7 +6,7 @@ attribute binding across objects, spatial relations between objects, and countin
 Objects: 7 shapes (circle, square, triangle, star, cross, diamond, heart), 10 colours, 2 sizes
 (about 10 and 16 px at 40 px), 4 fills (solid, striped, dotted, outline) and, for triangle, heart
 and cross, 2 orientations (upright / upside-down or tilted). Scenes are drawn at 4x and
-box-downsampled, then light noise is added (`scenes_render`); captions come from `scenes_text`.
+box-downsampled, then light noise is added (`render`); captions come from `text`.
 
 Scene mix (train and test alike):
   * 25% "single":   one object, placed left / right / top / bottom / centre, position named;
@@ -14,7 +14,7 @@ Scene mix (train and test alike):
   * 20% "binding":  two (70%) or three different objects, all shapes and colours distinct;
   * 30% "count":    one to three groups of 1-4 identical objects ("three red stars and a heart").
 
-Caption styles (`caption_style`, see `scenes_styles`): "full" (the default, described above: colour,
+Caption styles (`caption_style`, see `styles`): "full" (the default, described above: colour,
 shape, count and relation always named), "alt" (short web alt-text: one object group, no counts or
 relations) and "dense" (every object with every attribute, counts, binding and relations).
 
@@ -42,14 +42,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..errors import ClipforgeError
-from .base import ImageTextDataset, Sample
-from .scenes_render import render
-from .scenes_spec import (COLOURS, FILLS, HELD_OUT, HOLDOUT_SEED, ORIENTED_SHAPES, POSITIONS, SHAPES,
+from ...errors import ClipforgeError
+from ..base import ImageTextDataset, Sample
+from .render import render
+from .spec import (COLOURS, FILLS, HELD_OUT, HOLDOUT_SEED, ORIENTED_SHAPES, POSITIONS, SHAPES,
                           SPLIT_IDS, Draws, SceneObject, SceneSpec, packed_scene, pick_combos, place_pair,
                           place_single, sample_relation, sample_scene, sample_single, with_object)
-from .scenes_styles import CAPTION_STYLES, caption_styled, check_style
-from .scenes_text import caption
+from .styles import CAPTION_STYLES, caption_styled, check_style
+from .text import caption
 
 __all__ = ["CAPTION_STYLES", "COLOURS", "HELD_OUT", "HOLDOUT_SEED", "PAIR_TYPES", "SHAPES", "DiagnosticPair",
            "SceneObject", "SceneSpec", "ScenesDataset", "caption", "caption_styled", "diagnostic_pairs", "render",
