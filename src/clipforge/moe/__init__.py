@@ -3,7 +3,7 @@
 The model: `config` (CLIPMoEConfig), `layer` (MoEFFN), `model` (CLIPMoEModel), `convert_released`
 (the released checkpoints). The method: `clusters` + `cluster_sampler` + `mcl` (the MCL stages),
 `pack` (stage models → experts), `balance` + `routers` (router training), `dmu` (the whole pipeline),
-`baselines` (direct FT, sparse upcycling, w/o MCL), `routing` + `report` (what it gains and costs).
+`baselines` (direct FT, sparse upcycling, w/o MCL), `routing` + `evaluate` (what it gains and costs).
 
 Importing this package registers the CLIP-MoE with transformers (`AutoConfig`, `AutoModel`), so
 `AutoModel.from_pretrained(dir)` knows it after `import clipforge.moe`; `clipforge.load` imports it when

@@ -121,7 +121,7 @@ def dmu(base: nn.Module | str | os.PathLike, dataset: Any, out: str | os.PathLik
         write_json(out / "dmu.json", manifest)
 
     if suite is not None and D.rank() == 0 and not (out / "eval.json").is_file():
-        from .report import evaluate_moe_run
+        from .evaluate import evaluate_moe_run
 
         t = time.perf_counter()
         evaluate_moe_run(out, base, model, expert_dirs if eval_stages else [], suite, routing_samples)
