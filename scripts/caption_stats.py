@@ -39,7 +39,6 @@ def style_stats(style: str, n: int, seed: int = 0, split: str = "train") -> dict
 def dense_coverage(n: int, seed: int = 0, split: str = "train") -> dict[int, dict[str, float]]:
     """What a truncated dense caption still says, per context: the share of scenes whose every object
     group ("red stars") is still named, and of relation scenes whose relation sentence survives."""
-    from clipforge.data.scenes.styles import dense_relations
 
     ds, tok = ScenesDataset(split, size=n, seed=seed, caption_style="dense"), get_tokenizer()
     specs = [ds.spec_at(i) for i in range(n)]

@@ -104,7 +104,7 @@ def _same_recipe(stored: dict | None, wanted: dict[str, Any]) -> bool:
 def train_ancestry(out: str | Path, recipe: AncestryRecipe | None = None, force: bool = False,
                    progress: bool = True) -> Path:
     """Train (or reuse) the ancestry in `out`; returns the model directory `out/model`."""
-    from .eval.results import write_json
+    from .files import write_json
     from .data.collate import Collator
     from .data.scenes.styles import check_style
     from .models.io import read_provenance, save

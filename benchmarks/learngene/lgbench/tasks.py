@@ -21,7 +21,8 @@ from typing import Any
 from torch import nn
 
 from clipforge.data.collate import Collator
-from clipforge.eval.tasks import finetune_classifier, retrieval, text_linear_probe, zeroshot_classification
+from clipforge.eval.probes import finetune_classifier, text_linear_probe
+from clipforge.eval.tasks import retrieval, zeroshot_classification
 from clipforge.models.preprocess import transform_for
 from clipforge.train.loop import TrainConfig, train
 

@@ -197,7 +197,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     from ..data import open_mixture
-    from ..eval import tasks
+    from ..eval import probes, tasks
     from ..files import write_json
     from ..models.io import load
 
@@ -221,7 +221,7 @@ def run_eval(args: argparse.Namespace) -> int:
             result = tasks.retrieval(model, test)
         else:
             train_ds = open_mixture([data], "train", size)
-            fn = tasks.linear_probe if args.task == "linear-probe" else tasks.finetune_classifier
+            fn = probes.linear_probe if args.task == "linear-probe" else probes.finetune_classifier
             extra = {"steps": args.steps} if args.task == "finetune" else {}
             result = fn(model, train_ds, test, **extra)
     result = {"model": str(args.model), "task": args.task, "data": args.data, "metrics": result}

@@ -47,7 +47,7 @@ def measure(name: str, model_dir: Path, suite: SuiteConfig, cache: Path, probe_t
         rec["headline"] = headline(rec["metrics"])
     elif kind == "vision":
         from ..data.classification import FashionMNIST
-        from ..eval.tasks import linear_probe
+        from ..eval.probes import linear_probe
 
         r = linear_probe(model, FashionMNIST(split="train", limit=probe_train), FashionMNIST(split="test",
                                                                                             limit=suite.fashion))
@@ -55,7 +55,7 @@ def measure(name: str, model_dir: Path, suite: SuiteConfig, cache: Path, probe_t
         rec["headline"] = {"fmnist_probe_acc1": r["acc1"]}
     else:
         from ..data.scenes import count_captions
-        from ..eval.tasks import text_linear_probe
+        from ..eval.probes import text_linear_probe
 
         r = text_linear_probe(model, count_captions("train", probe_train, 0), count_captions("test", 1000, 1))
         rec["metrics"] = {"scenes_count_text_probe": r}

@@ -12,14 +12,9 @@ from .metrics import (
     stable_rank,
     zeroshot_classifier,
 )
-from .results import write_json
-from .tasks import (
-    finetune_classifier,
-    linear_probe,
-    mmvp_diagnostic,
-    retrieval,
-    zeroshot_classification,
-)
+from ..files import write_json
+from .probes import finetune_classifier, linear_probe, text_linear_probe
+from .tasks import mmvp_diagnostic, retrieval, zeroshot_classification
 
 __all__ = [
     "classification_metrics",
@@ -33,6 +28,7 @@ __all__ = [
     "retrieval",
     "retrieval_metrics",
     "stable_rank",
+    "text_linear_probe",
     "write_json",
     "zeroshot_classification",
     "zeroshot_classifier",

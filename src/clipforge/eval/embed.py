@@ -245,10 +245,12 @@ def embed_texts(
         raise ClipforgeError("no texts to embed")
     ctx = context_length or model_context_length(model)
     device = torch.device(device) if device is not None else model_device(model)
+    n = len(texts)
+    mine = [texts[i] for i in shard_range(n)] if shard else list(texts)  # this rank's contiguous share
     out: list[Tensor] = []
-    with eval_mode(model), _bar(len(texts), batch_size, "texts", progress) as bar:
-        for a in range(0, len(texts), batch_size):
-            ids = tokenize(list(texts[a:a + batch_size]), ctx, tokenizer_for(model)).to(device)
+    with eval_mode(model), autocast_for(device, amp), _bar(len(mine), batch_size, "texts", progress) as bar:
+        for a in range(0, len(mine), batch_size):
+            ids = tokenize(mine[a:a + batch_size], ctx, tokenizer_for(model)).to(device)
             # No attention mask: CLIP's text tower is causal and pools at the end-of-text token, so
             # the padding after it cannot change the result; and padding id 0 is also the real
             # token "!", so a mask built from `ids != 0` would be wrong.

@@ -20,14 +20,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from ..errors import ClipforgeError
@@ -275,7 +273,7 @@ class ClusterLabels:
 
 
 # The embedding pass lives in its own module; it is part of this one's interface.
-from .embedding import SPILL_BYTES, embed_dataset  # noqa: E402
+from .embedding import embed_dataset  # noqa: E402
 
 
 def labels_for_stage(model: nn.Module, dataset: Any, prev: ClusterLabels | None, k_img: int, k_txt: int,

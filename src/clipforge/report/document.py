@@ -16,8 +16,6 @@ import html
 import numbers
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
