@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import torch
 from torch import nn
@@ -191,3 +192,44 @@ def model_costs(model: nn.Module, latency_batch: int = 64, repeats: int = 5, cap
         out["latency_caption_ms"] = latency(model, "text", latency_batch, caption_tokens, repeats)["ms_per_sample"]
     out["latency_batch"] = latency_batch
     return out
+
+
+# --- the tokens a training batch really processes -----------------------------------------------------
+
+
+def caption_tokens(dataset: Any, context: int, batch_size: int, n_batches: int = 8, seed: int = 0) -> float:
+    """Caption tokens a trimmed batch processes per sample: the mean, over a few random batches, of the
+    longest caption in the batch (bos and eos included). Only captions are read, never images."""
+    from .data.collate import trim_padding
+    from .models.tokenizer import tokenize
+
+    n = len(dataset)
+    if n == 0:
+        return float(context)
+    g = torch.Generator().manual_seed(seed)
+    lengths = []
+    for _ in range(n_batches):
+        idx = torch.randint(n, (min(batch_size, n),), generator=g).tolist()
+        captions = [_first_caption(dataset, i) for i in idx]
+        lengths.append(trim_padding(tokenize(captions, context_length=context)).shape[1])
+    return sum(lengths) / len(lengths)
+
+
+def _first_caption(dataset: Any, i: int) -> str:
+    # Scenes can caption without rendering; every other dataset yields a Sample.
+    inner, j = dataset, i
+    if hasattr(inner, "datasets") and hasattr(inner, "_starts"):  # ConcatImageText
+        import bisect
+
+        k = bisect.bisect_right(inner._starts, i) - 1
+        inner, j = inner.datasets[k], i - inner._starts[k]
+    if hasattr(inner, "captions_at"):
+        return inner.captions_at(j)[0]
+    return inner[j].captions[0]
+
+
+def forward_flops(config_or_model, kind: str, tokens: float) -> int:
+    """Forward FLOPs per sample of a model of `kind` ("clip", "vision" or "text") at `tokens` caption tokens."""
+    if kind not in ("clip", "vision", "text"):
+        raise ValueError(f"kind must be clip, vision or text, got {kind!r}")
+    return flops_per_sample(config_or_model, {"clip": "clip", "vision": "image", "text": "text"}[kind], round(tokens))

@@ -88,3 +88,34 @@ class KDStep:
             loss = loss + self.beta * feature
             logs["feature"] = feature.detach()
         return loss, logs
+
+
+class TowerStep:
+    """Contrastive step for a one-tower model against a frozen partner CLIP's *other* tower (LiT-style).
+
+    The partner (the ancestry) is held here, outside what `train()` optimises, and never trained; its
+    logit scale sets the temperature. Needs equal projection sizes (descendants of a learngene built
+    with `from_ancestry` have them).
+    """
+
+    def __init__(self, partner: nn.Module, kind: str) -> None:
+        if kind not in ("vision", "text"):
+            raise ClipforgeError(f"TowerStep needs a vision or text model, got kind {kind!r}")
+        self.partner = partner.eval().requires_grad_(False)
+        self.kind = kind
+        self.loss = ClipLoss()
+
+    def __call__(self, model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
+        px, ids = batch["pixel_values"], batch["input_ids"]
+        if next(self.partner.parameters()).device != px.device:  # train() moves only the student
+            self.partner.to(px.device)
+        self.partner.eval()
+        with torch.no_grad():
+            other = text_features(self.partner, ids) if self.kind == "vision" else image_features(self.partner, px)
+        mine = image_features(model, px) if self.kind == "vision" else text_features(model, ids)
+        if mine.shape[-1] != other.shape[-1]:
+            raise ClipforgeError(f"the {self.kind} descendant projects to {mine.shape[-1]} dims, its partner to "
+                                 f"{other.shape[-1]}: one-tower pre-training needs equal projection sizes")
+        mine, other = F.normalize(mine.float(), dim=-1), F.normalize(other.float(), dim=-1)
+        img, txt = (mine, other) if self.kind == "vision" else (other, mine)
+        return self.loss(img, txt, self.partner.logit_scale.detach()), {}

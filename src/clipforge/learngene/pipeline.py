@@ -25,17 +25,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.data import Dataset
 
-from ..cost import Timer, count_params, flops_per_sample
+from ..cost import Timer, caption_tokens, count_params, flops_per_sample, forward_flops
 from ..errors import ClipforgeError
-from ..models.encode import image_features, text_features
-from ..train.loss import ClipLoss
 from ..train.runs import claim, had_checkpoint, normalise
 from .config import LearngeneConfig
+from .distill import TowerStep
 from .learngene import Learngene
 
 ShapeSpec = tuple[str, int | None, int | None]  # (kind, depth_vision, depth_text)
@@ -64,37 +61,6 @@ def open_data(data: Sequence[str] | Dataset, image_size: int, scenes_size: int =
     return open_mixture(data, "train", image_size, scenes_size), list(data)
 
 
-def caption_tokens(dataset: Dataset, context: int, batch_size: int, n_batches: int = 8, seed: int = 0) -> float:
-    """Caption tokens a trimmed batch processes per sample: the mean, over a few random batches, of the
-    longest caption in the batch (bos and eos included). Only captions are read, never images."""
-    from ..data.collate import trim_padding
-    from ..models.tokenizer import tokenize
-
-    n = len(dataset)
-    if n == 0:
-        return float(context)
-    g = torch.Generator().manual_seed(seed)
-    lengths = []
-    for _ in range(n_batches):
-        idx = torch.randint(n, (min(batch_size, n),), generator=g).tolist()
-        captions = [_first_caption(dataset, i) for i in idx]
-        lengths.append(trim_padding(tokenize(captions, context_length=context)).shape[1])
-    return sum(lengths) / len(lengths)
-
-
-def _first_caption(dataset: Any, i: int) -> str:
-    # Scenes can caption without rendering; every other dataset yields a Sample.
-    inner, j = dataset, i
-    if hasattr(inner, "datasets") and hasattr(inner, "_starts"):  # ConcatImageText
-        import bisect
-
-        k = bisect.bisect_right(inner._starts, i) - 1
-        inner, j = inner.datasets[k], i - inner._starts[k]
-    if hasattr(inner, "captions_at"):
-        return inner.captions_at(j)[0]
-    return inner[j].captions[0]
-
-
 # --- bookkeeping -----------------------------------------------------------------------------------
 
 
@@ -107,37 +73,6 @@ def _file_digest(path: Path) -> str:
 
 
 # --- steps for one-tower pre-training ---------------------------------------------------------------
-
-
-class TowerStep:
-    """Contrastive step for a one-tower model against a frozen partner CLIP's *other* tower (LiT-style).
-
-    The partner (the ancestry) is held here, outside what `train()` optimises, and never trained; its
-    logit scale sets the temperature. Needs equal projection sizes (descendants of a learngene built
-    with `from_ancestry` have them).
-    """
-
-    def __init__(self, partner: nn.Module, kind: str) -> None:
-        if kind not in ("vision", "text"):
-            raise ClipforgeError(f"TowerStep needs a vision or text model, got kind {kind!r}")
-        self.partner = partner.eval().requires_grad_(False)
-        self.kind = kind
-        self.loss = ClipLoss()
-
-    def __call__(self, model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
-        px, ids = batch["pixel_values"], batch["input_ids"]
-        if next(self.partner.parameters()).device != px.device:  # train() moves only the student
-            self.partner.to(px.device)
-        self.partner.eval()
-        with torch.no_grad():
-            other = text_features(self.partner, ids) if self.kind == "vision" else image_features(self.partner, px)
-        mine = image_features(model, px) if self.kind == "vision" else text_features(model, ids)
-        if mine.shape[-1] != other.shape[-1]:
-            raise ClipforgeError(f"the {self.kind} descendant projects to {mine.shape[-1]} dims, its partner to "
-                                 f"{other.shape[-1]}: one-tower pre-training needs equal projection sizes")
-        mine, other = F.normalize(mine.float(), dim=-1), F.normalize(other.float(), dim=-1)
-        img, txt = (mine, other) if self.kind == "vision" else (other, mine)
-        return self.loss(img, txt, self.partner.logit_scale.detach()), {}
 
 
 def _kind(model: nn.Module) -> str:
@@ -189,7 +124,7 @@ def pretrain(model: nn.Module, dataset: Dataset, run_dir: str | os.PathLike, *, 
     model.eval()
     tokens = caption_tokens(dataset, context, batch_size, seed=seed)
     samples = steps * batch_size
-    fwd = _forward_flops(model.config, kind, tokens)
+    fwd = forward_flops(model.config, kind, tokens)
     extra = 0
     if kind == "clip" and kd_from is not None:
         extra = flops_per_sample(kd_from.config, "clip", tokens)
@@ -215,12 +150,6 @@ class _TimedEval:
             out = self.fn(model, step)
         self.seconds += t.seconds
         return out
-
-
-def _forward_flops(config: Any, kind: str, tokens: float) -> int:
-    if kind == "clip":
-        return flops_per_sample(config, "clip", round(tokens))
-    return flops_per_sample(config, "image" if kind == "vision" else "text", round(tokens))
 
 
 # --- extraction ------------------------------------------------------------------------------------
