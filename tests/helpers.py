@@ -18,3 +18,38 @@ def fake_batch(n: int = 4, image_size: int = 32, context: int = 16, seed: int = 
         ids[i, 1 : 1 + length] = torch.randint(1, 49000, (length,), generator=g)
         ids[i, 1 + length] = EOS_TOKEN_ID
     return pixels, ids
+
+
+class logs_warning:
+    """Context: asserts that clipforge logged a WARNING matching `match` (a regex) inside the block;
+    `.messages` holds every warning it logged. `match=None` with `expect=False` asserts there was none."""
+
+    def __init__(self, match: str | None = None, expect: bool = True) -> None:
+        import logging
+
+        self.match, self.expect, self.messages = match, expect, []
+        self._logger = logging.getLogger("clipforge")
+        outer = self
+
+        class _Grab(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                if record.levelno >= logging.WARNING:
+                    outer.messages.append(record.getMessage())
+
+        self._handler = _Grab()
+
+    def __enter__(self) -> "logs_warning":
+        self._logger.addHandler(self._handler)
+        return self
+
+    def __exit__(self, exc_type, *exc) -> bool:
+        import re
+
+        self._logger.removeHandler(self._handler)
+        if exc_type is None:
+            if not self.expect:
+                assert not self.messages, self.messages
+            else:
+                assert any(self.match is None or re.search(self.match, m) for m in self.messages), \
+                    f"no warning matching {self.match!r} among {self.messages}"
+        return False

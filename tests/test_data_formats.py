@@ -21,6 +21,8 @@ from clipforge.data import get_dataset
 from clipforge.data.user import UserDataset, _expand_braces, open_dataset
 from clipforge.errors import ClipforgeError
 
+from helpers import logs_warning
+
 # Row order: the missing file comes first, so it is the first error in "raise" mode.
 ROWS = ["g0", "g1", "gone", "g2", "bad", "g3", "g4", "g5"]
 GOOD = [r for r in ROWS if r.startswith("g") and r != "gone"]
@@ -93,7 +95,7 @@ FILE_BAD = {"imgs/gone.png", "imgs/bad.png"}
 def test_csv_one_caption(tmp_path: Path) -> None:
     write_images(tmp_path)
     write_csv(tmp_path / "data.csv", None)
-    with pytest.warns(UserWarning, match="skipped 2 of 8 samples"):
+    with logs_warning(match="skipped 2 of 8 samples"):
         ds = open_dataset(tmp_path / "data.csv", validate=True)
     check(ds, FILE_BAD, n_caps=1)
 
@@ -102,7 +104,7 @@ def test_csv_with_separator_and_root(tmp_path: Path) -> None:
     write_images(tmp_path / "elsewhere")
     (tmp_path / "meta").mkdir()
     write_csv(tmp_path / "meta" / "data.csv", "|")
-    with pytest.warns(UserWarning):
+    with logs_warning():
         ds = open_dataset(str(tmp_path / "meta" / "data.csv"), caption_sep="|", root=tmp_path / "elsewhere",
                           validate=True)
     check(ds, FILE_BAD)
@@ -111,7 +113,7 @@ def test_csv_with_separator_and_root(tmp_path: Path) -> None:
 def test_tsv(tmp_path: Path) -> None:
     write_images(tmp_path)
     write_csv(tmp_path / "data.tsv", " || ", delimiter="\t")
-    with pytest.warns(UserWarning):
+    with logs_warning():
         ds = open_dataset(tmp_path / "data.tsv", caption_sep="||", validate=True)
     check(ds, FILE_BAD)
 
@@ -125,7 +127,7 @@ def write_jsonl(path: Path, img_key: str = "image") -> None:
 def test_jsonl_caption_lists(tmp_path: Path) -> None:
     write_images(tmp_path)
     write_jsonl(tmp_path / "data.jsonl")
-    with pytest.warns(UserWarning):
+    with logs_warning():
         ds = open_dataset(tmp_path / "data.jsonl", validate=True)
     check(ds, FILE_BAD)
     assert ds[0].meta["id"] == "imgs/g0.png"
@@ -148,7 +150,7 @@ def test_missing_caption_column(tmp_path: Path) -> None:
         open_dataset(tmp_path / "data.csv", caption_key="nope")
     with pytest.raises(ClipforgeError, match="data.csv: no caption column 'caption'"):
         open_dataset(tmp_path / "data.csv")
-    with pytest.warns(UserWarning):
+    with logs_warning():
         ds = open_dataset(tmp_path / "data.csv", caption_key="words", validate=True)
     assert len(ds) == 6
 
@@ -161,7 +163,7 @@ def test_lazy_skip_at_read_time(tmp_path: Path) -> None:
     s = ds[2]  # missing → the next good sample
     assert s.captions == caps("g2")[:1]
     assert ds.skipped == []  # reported when the pass ends
-    with pytest.warns(UserWarning, match=r"pass 1: .*skipped 1 of 8 samples: imgs/gone.png \(missing\)"):
+    with logs_warning(match=r"pass 1: .*skipped 1 of 8 samples: imgs/gone.png \(missing\)"):
         assert ds.end_pass() == [("imgs/gone.png", "missing")]
     assert ds.skipped == [("imgs/gone.png", "missing")]
     assert ds[2].captions == caps("g2")[:1] and ds.end_pass() == []  # known bad: not reported again
@@ -181,7 +183,7 @@ def test_imagefolder(tmp_path: Path, meta: str) -> None:
         write_csv(folder / meta, "|", img_col="file_name", cap_col="text")
     else:
         write_jsonl(folder / meta, img_key="file_name")
-    with pytest.warns(UserWarning):
+    with logs_warning():
         ds = open_dataset(tmp_path, split="train", caption_sep="|", validate=True)  # split subfolder
     check(ds, FILE_BAD)
 
@@ -215,7 +217,7 @@ def write_shards(folder: Path, n_shards: int, name: str = "shard") -> list[Path]
 
 def test_webdataset_single_tar(tmp_path: Path) -> None:
     (p,) = write_shards(tmp_path, 1)
-    with pytest.warns(UserWarning):
+    with logs_warning():
         ds = open_dataset(p, validate=True)
     check(ds, {"shard-000.tar:gone", "shard-000.tar:bad.png"}, n_caps=1)
     with pytest.raises(ClipforgeError, match="shard-000.tar:gone"):
@@ -226,7 +228,7 @@ def test_webdataset_brace_glob_and_folder(tmp_path: Path) -> None:
     write_shards(tmp_path / "shards", 2)
     bad = {"shard-000.tar:gone", "shard-001.tar:bad.png"}
     for spec in [tmp_path / "shards/shard-{000..001}.tar", tmp_path / "shards/*.tar", tmp_path / "shards"]:
-        with pytest.warns(UserWarning):
+        with logs_warning():
             ds = open_dataset(str(spec), validate=True)
         check(ds, bad, n_caps=1)
     with pytest.raises(ClipforgeError, match="shard-002.tar"):
@@ -266,7 +268,7 @@ def test_parquet(tmp_path: Path, kind: str, bad: set[str]) -> None:
     write_images(tmp_path)
     table = pa.table({"image": parquet_cells(kind), "caption": [caps(r) for r in ROWS]})
     pq.write_table(table, tmp_path / "data.parquet", row_group_size=3)
-    with pytest.warns(UserWarning):
+    with logs_warning():
         ds = open_dataset(tmp_path / "data.parquet", validate=True)
     check(ds, bad)
     assert [ds[i].captions for i in range(len(ds))] == [caps(r) for r in GOOD]
@@ -283,7 +285,7 @@ def test_datasets_save_to_disk(tmp_path: Path) -> None:
     columns = {"image": [fname(r) for r in ROWS], "caption": [caps(r) for r in ROWS]}
     paths = datasets.Dataset.from_dict(columns)
     paths.save_to_disk(str(tmp_path / "hf_paths"))
-    with pytest.warns(UserWarning):
+    with logs_warning():
         ds = open_dataset(tmp_path / "hf_paths", root=tmp_path, validate=True)
     check(ds, FILE_BAD)
 
@@ -295,7 +297,7 @@ def test_datasets_save_to_disk(tmp_path: Path) -> None:
     datasets.DatasetDict(train=emb, test=emb.select(range(2))).save_to_disk(str(tmp_path / "hf_dict"))
     with pytest.raises(ClipforgeError, match="holds splits train, test"):
         open_dataset(tmp_path / "hf_dict", image_key="img", caption_key="text")
-    with pytest.warns(UserWarning, match="row 3 \\(cannot identify"):
+    with logs_warning(match="row 3 \\(cannot identify"):
         ds = open_dataset(tmp_path / "hf_dict", split="train", image_key="img", caption_key="text",
                           validate=True)
     assert [s.captions[0] for s in (ds[i] for i in range(len(ds)))] == [caps(r)[0] for r in GOOD]
@@ -328,6 +330,6 @@ def test_spec_errors(tmp_path: Path) -> None:
 def test_get_dataset_falls_back_to_paths(tmp_path: Path) -> None:
     write_images(tmp_path)
     write_jsonl(tmp_path / "data.jsonl")
-    with pytest.warns(UserWarning):
+    with logs_warning():
         ds = get_dataset(str(tmp_path / "data.jsonl"), "train", validate=True)
     assert len(ds) == 6

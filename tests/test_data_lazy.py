@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import warnings
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,8 @@ from clipforge.data import loader as L
 from clipforge.data import user_formats
 from clipforge.data.user import open_dataset
 from clipforge.errors import ClipforgeError
+
+from helpers import logs_warning
 
 N = 2000
 MISSING, CORRUPT, NOT_UTF8 = 17, 1234, 1500  # row indices (0-based, after the header)
@@ -52,17 +53,16 @@ def test_open_decodes_nothing_and_a_pass_reports_the_three(big_csv: Path, monkey
     decodes = []
     real = user_formats.decode
     monkeypatch.setattr(user_formats, "decode", lambda src: decodes.append(src) or real(src))
-    with pytest.warns(UserWarning, match=r"skipped 1 of 2,000 samples: img/01500.png \(caption is not valid UTF-8 "
+    with logs_warning(match=r"skipped 1 of 2,000 samples: img/01500.png \(caption is not valid UTF-8 "
                                          r"\(byte 0xe9\), line 1502 of data.csv\)"):
         ds = open_dataset(big_csv)
     assert decodes == [] and len(ds) == N - 1
 
     # One pass through two workers: the bad images are found there and reported here, by name.
     loader = L.reporting(DataLoader(ds, batch_size=128, num_workers=2, collate_fn=_ids))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with logs_warning(match="pass 1") as caught:
         seen = [i for batch in loader for i in batch]
-    report = [str(w.message) for w in caught if "pass 1" in str(w.message)]
+    report = [m for m in caught.messages if "pass 1" in m]
     assert len(report) == 1 and "skipped 3 of 2,000 samples" in report[0], report
     for name in ("img/00017.png (missing)", "img/01234.png (cannot identify image file)", "img/01500.png"):
         assert name in report[0]
@@ -73,8 +73,7 @@ def test_open_decodes_nothing_and_a_pass_reports_the_three(big_csv: Path, monkey
 
     # A second pass skips the two known-bad images without reading them, and warns about nothing new.
     decodes.clear()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    with logs_warning(expect=False):
         again = [i for batch in L.reporting(DataLoader(ds, batch_size=500, collate_fn=_ids)) for i in batch]
     assert set(again) == good and len(decodes) == N - 1  # one decode per index (bad ones: their neighbour)
     assert not {Path(p).name for p in decodes} & {"00017.png", "01234.png"}
@@ -97,7 +96,7 @@ def test_raise_in_a_worker_is_one_line(tmp_path: Path) -> None:
 def test_jsonl_line_not_utf8(tmp_path: Path) -> None:
     (tmp_path / "a.png").write_bytes(_png(1))
     (tmp_path / "d.jsonl").write_bytes(b'{"image": "a.png", "caption": "ok"}\n{"image": "a.png", "caption": "\xff"}\n')
-    with pytest.warns(UserWarning, match=r"line 2 \(not valid UTF-8 \(byte 0xff\), line 2 of d.jsonl\)"):
+    with logs_warning(match=r"line 2 \(not valid UTF-8 \(byte 0xff\), line 2 of d.jsonl\)"):
         ds = open_dataset(tmp_path / "d.jsonl")
     assert len(ds) == 1
     with pytest.raises(ClipforgeError, match=r"line 2 of d.jsonl\): not valid UTF-8"):

@@ -33,7 +33,6 @@ import glob
 import logging
 import os
 import re
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +146,7 @@ class UserDataset(ImageTextDataset):
                     self._known_bad.add(row)
         what = "pass" if complete else "partial pass"
         if new:
-            warnings.warn(f"{what} {self.passes}: {self.summary()}", stacklevel=2)
+            log.warning("%s %d: %s", what, self.passes, self.summary())  # one line, with the count
         elif self.skipped:
             log.info("%s %d: %s", what, self.passes, self.summary())
         return new
@@ -283,7 +282,7 @@ def open_dataset(
     if not len(ds):
         raise ClipforgeError(f"{spec_s}: no usable samples" + (f" ({ds.summary()})" if ds.skipped else ""))
     if ds.skipped:
-        warnings.warn(ds.summary(), stacklevel=2)
+        log.warning("%s", ds.summary())
     return ds
 
 

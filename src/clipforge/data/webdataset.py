@@ -16,17 +16,20 @@ skipped ones are reported by `end_pass()` (a `reporting` loader calls it).
 
 from __future__ import annotations
 
+import logging
 import os
 import tarfile
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
+
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import ClipforgeError
 from .base import Sample
 from .loader import SkipLog
+
+log = logging.getLogger("clipforge.data")
 from .user_formats import _WDS_KEY, IMAGE_EXTS, Bad, caption_of, decode
 
 SPLITS = ("auto", "shard", "sample")
@@ -199,6 +202,6 @@ class WebDatasetStream(IterableDataset):
             shown = ", ".join(f"{i} ({r})" for i, r in new[:5])
             more = f", and {len(new) - 5:,} more" if len(new) > 5 else ""
             what = "pass" if complete else "partial pass"
-            warnings.warn(f"{self.source}: {what} {self.passes}: skipped {len(new):,} samples: {shown}{more}",
-                          stacklevel=2)
+            log.warning("%s: %s %d: skipped %s samples: %s%s", self.source, what, self.passes, f"{len(new):,}",
+                        shown, more)
         return new
