@@ -6,7 +6,8 @@ from one accumulated cluster. Its FFNs become expert j of the CLIP-MoE; expert 0
 
 On disk (`out_dir`):
 
-    stage{j}/stage.json                  the settings that shape stage j (checked on a rerun)
+    stage{j}/settings.json               the settings that shape stage j (the run-directory protocol,
+                                         `clipforge.train.runs`: checked on a rerun)
     stage{j}/labels_stage{j}.npz         accumulated labels stage j trains on (+ clusters_stage{j}.json)
     stage{j}/train/                      log.jsonl and checkpoints/ of the training run
     stage{j}/model/                      the stage model (written last: its presence means "done")
@@ -19,7 +20,6 @@ progress reuses its labels and resumes from its latest checkpoint.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 from dataclasses import asdict, dataclass
@@ -35,10 +35,17 @@ from ..models import io
 from ..train import distributed as D
 from ..train.checkpoint import CHECKPOINT_DIR, latest_checkpoint
 from ..train.loop import TrainConfig, train
-from .cluster_sampler import POLICIES, cluster_sampler_factory, plan_batches, policy_report
+from ..train.runs import claim, read_claim
+from .cluster_sampler import (
+    POLICIES,
+    cluster_sampler_factory,
+    plan_batches,
+    policy_report,
+)
 from .clusters import ClusterLabels, labels_for_stage
 
 log = logging.getLogger("clipforge.moe")
+STAGE_KIND = "moe stage"
 
 FFN_PATTERNS = ["*.mlp.fc1.*", "*.mlp.fc2.*"]
 ATTENTION_PATTERNS = ["*.self_attn.*"]
@@ -141,18 +148,10 @@ def _stage_record(cfg: MCLConfig, stage: int, base_id: str, dataset: Any) -> dic
 
 
 def _check_record(stage_dir: Path, record: dict[str, Any]) -> bool:
-    """True if `stage_dir` holds a record equal to `record`; False if none; raise if it differs."""
-    path = stage_dir / "stage.json"
-    if not path.is_file():
+    """True if `stage_dir` is claimed for `record`; False if unclaimed; an error naming the fields if it differs."""
+    if read_claim(stage_dir) is None:
         return False
-    old = json.loads(path.read_text())
-    if old == json.loads(json.dumps(record)):
-        return True
-    diff = sorted(k for k in set(old) | set(record) if k != "config" and old.get(k) != record.get(k))
-    oc, nc = old.get("config", {}), record["config"]
-    diff += sorted(f"config.{k}" for k in set(oc) | set(nc) if oc.get(k) != nc.get(k))
-    raise ClipforgeError(f"{stage_dir} was made with other settings ({', '.join(diff)}); "
-                         "use another output directory or resume=False to redo it")
+    return claim(stage_dir, record, kind=STAGE_KIND)  # same settings: True; other settings: raises
 
 
 def resolve_schedule(cfg: MCLConfig, labels: ClusterLabels, n: int, world_size: int) -> dict[str, int]:
@@ -214,7 +213,7 @@ def run_stage(base: nn.Module | str | os.PathLike, prev_stage_model: nn.Module |
     sched = resolve_schedule(cfg, labels, len(dataset), info.world_size)
     if fresh:
         if info.is_main:
-            write_json(stage_dir / "stage.json", record)
+            claim(stage_dir, record, force=resume is None, kind=STAGE_KIND)
             reports = policy_report(labels.ids, sched["global_batch"], info.world_size, labels.parents,
                                     cfg.min_cluster_size, cfg.min_batch)
             labels.save(stage_dir, attributes, extra={"embedded_with": f"stage{j - 1}", "policy": cfg.policy,
