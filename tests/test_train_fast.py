@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from _train_worker import SyntheticPairs, resume_config, tiny_model
-from clipforge.ancestry import COMPILE_MIN_STEPS, AncestryRecipe
 from clipforge.errors import ClipforgeError
 from clipforge.models.registry import build
 from clipforge.train import ClipLoss, ClipStep, TrainConfig, train
@@ -166,7 +165,3 @@ def test_attention_implementation_choice():
     torch.testing.assert_close(outs["sdpa"], outs["eager"], rtol=1e-4, atol=1e-4)
     with pytest.raises(ClipforgeError, match="attention implementation 'flash'"):
         build("tiny", attn_implementation="flash")
-
-
-def test_ancestry_compiles_only_long_runs():
-    assert AncestryRecipe().steps >= COMPILE_MIN_STEPS > AncestryRecipe.quick().steps

@@ -47,6 +47,7 @@ from clipforge.train.loop import TrainConfig, train
 HERE = Path(__file__).resolve().parent
 MOE_BENCH = HERE.parent / "moe_layer" / "run.py"
 OPTIONS_BENCH = HERE / "step_options.py"
+PARTS = ("train", "eval", "moe", "options", "profile")
 OVERHEAD_GOAL = 0.05
 EVAL_ARCH = "ancestry"
 
@@ -314,6 +315,10 @@ def markdown(results: dict) -> str:
     if "options" in results:
         bench = load_moe_bench(OPTIONS_BENCH, "clipforge_perf_step_options")
         lines += bench.markdown(results["options"], results["profile"])
+    for r in results.get("reruns", []):
+        mr = r["machine"]
+        lines += ["", f"Parts {', '.join(r['parts'])} rerun by `{r['command']}` ({mr['threads']} thread(s); load "
+                      f"average at start {mr['load_average']}); they replace that run's numbers above."]
     return "\n".join(lines) + "\n"
 
 
@@ -335,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, help="runs of each training loop, alternating (default 2, quick 1)")
     p.add_argument("--eval-n", type=int, help="images and captions embedded (default 2000, quick 64)")
     p.add_argument("--option-steps", type=int, help="timed steps per option run (default 5, quick 2; ViT-B/16 half)")
+    p.add_argument("--parts", default=",".join(PARTS),
+                   help=f"comma-separated parts to run (default all: {','.join(PARTS)}); a subset replaces those "
+                        "parts in an existing --out and records the command that measured them")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     command = shlex.join(["python", "benchmarks/perf/run.py", *(sys.argv[1:] if argv is None else argv)])
 
@@ -346,14 +354,28 @@ def main(argv: list[str] | None = None) -> int:
     warmup = args.warmup if args.warmup is not None else (1 if q else 2)
     rounds = args.rounds or (1 if q else 2)
     eval_n = args.eval_n or (64 if q else 2000)
-    results: dict[str, Any] = {"command": command, "quick": q, "machine": describe_machine(moe, device)}
-    results["train"] = train_part(train_cases(q, device.type == "cuda"), warmup, steps, rounds, device)
-    results["eval"] = eval_part(eval_n, 1 if q else 3, device)
-    results["moe"] = moe_part(moe, q, device)
+    parts = [x for x in args.parts.split(",") if x]
+    if not parts or set(parts) - set(PARTS):
+        raise SystemExit(f"--parts: choose among {','.join(PARTS)}, got {args.parts!r}")
+    machine = describe_machine(moe, device)
+    results: dict[str, Any] = {"command": command, "quick": q, "machine": machine}
+    if set(parts) != set(PARTS):  # a partial rerun: keep the other parts, say which run measured what
+        if not args.out.is_file():
+            raise SystemExit(f"--parts {args.parts}: {args.out} holds no earlier run to complete")
+        results = json.loads(args.out.read_text())
+        results.setdefault("reruns", []).append({"command": command, "parts": parts, "machine": machine})
+    if "train" in parts:
+        results["train"] = train_part(train_cases(q, device.type == "cuda"), warmup, steps, rounds, device)
+    if "eval" in parts:
+        results["eval"] = eval_part(eval_n, 1 if q else 3, device)
+    if "moe" in parts:
+        results["moe"] = moe_part(moe, q, device)
     opts = load_moe_bench(OPTIONS_BENCH, "clipforge_perf_step_options")
-    results["options"] = options_part(opts, q, args.option_steps or (2 if q else 5), rounds,
-                                      torch.get_num_threads(), device)
-    results["profile"] = opts.profile_part(*(("tiny", 16) if q else ("ancestry", 256)), q)
+    if "options" in parts:
+        results["options"] = options_part(opts, q, args.option_steps or (2 if q else 5), rounds,
+                                          torch.get_num_threads(), device)
+    if "profile" in parts:
+        results["profile"] = opts.profile_part(*(("tiny", 16) if q else ("ancestry", 256)), q)
 
     moe.write_atomic(args.out, json.dumps(results, indent=2) + "\n")
     table = markdown(results)

@@ -19,10 +19,6 @@ from typing import Any
 from .errors import ClipforgeError
 
 
-# Runs at least this long train through torch.compile (benchmarks/perf: faster per step, minutes to compile).
-COMPILE_MIN_STEPS = 500
-
-
 @dataclass
 class AncestryRecipe:
     """Everything that decides the ancestry; the cache is reused only when it is unchanged."""
@@ -143,9 +139,7 @@ def train_ancestry(out: str | Path, recipe: AncestryRecipe | None = None, force:
     data = training_data(recipe)
     cfg = TrainConfig(steps=recipe.steps, batch_size=recipe.batch_size, lr=recipe.lr,
                       weight_decay=recipe.weight_decay, warmup=recipe.warmup, seed=recipe.seed,
-                      log_every=10, eval_every=recipe.eval_every, save_every=recipe.eval_every,
-                      # Compiling costs minutes up front, repaid only by a long run (not the quick recipe).
-                      compile=recipe.steps >= COMPILE_MIN_STEPS)
+                      log_every=10, eval_every=recipe.eval_every, save_every=recipe.eval_every)
     collate = Collator(transform_for(model.config), model.config.text_config.max_position_embeddings)
     print(f"[ancestry] training {recipe.arch} for {recipe.steps} steps of {recipe.batch_size} "
           f"on {len(data):,} samples")

@@ -50,7 +50,7 @@ def _add_extract(lsub: argparse._SubParsersAction) -> None:
         description="Build an Aux-Net whose blocks are weighted sums of the learngene's multimodal and unimodal "
                     "blocks, train it by KD from the frozen ancestry on image-text data, and save the learngene "
                     "to OUT/learngene (the run lives in OUT/extract). Rerun to resume or to skip a finished one.")
-    p.add_argument("--ancestry", type=Path, required=True,
+    p.add_argument("--model", "--ancestry", dest="ancestry", type=Path, required=True,
                    help="ancestry model directory, or a `clipforge ancestry` run directory holding model/")
     p.add_argument("--data", action="append",
                    help="training data: scenes, fashion-mnist, mnist or a path; repeat to mix "
@@ -69,10 +69,10 @@ def _add_extract(lsub: argparse._SubParsersAction) -> None:
     p.add_argument("--alpha", type=float, default=1.0, help="KD weight; 1 - alpha weighs InfoNCE (default 1)")
     p.add_argument("--beta", type=float, default=0.0, help="feature-distillation weight (default 0)")
     p.add_argument("--tau", type=float, default=1.0, help="KD temperature (default 1)")
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=1000, help="extraction steps (default 1000)")
+    p.add_argument("--batch-size", type=int, default=64, help="global batch size, split over ranks (default 64)")
+    p.add_argument("--lr", type=float, default=5e-4, help="learning rate (default 5e-4)")
+    p.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and RNG streams (default 0)")
     p.add_argument("--overwrite", "--force", dest="force", action="store_true",
                    help="replace what OUT holds (a finished extraction, other settings) instead of refusing")
     p.add_argument("--workers", type=int, metavar="N", help=WORKERS_HELP)
@@ -88,15 +88,15 @@ def _add_descend(lsub: argparse._SubParsersAction) -> None:
                    help="learngene directory (OUT/learngene of `learngene extract`, or its parent)")
     p.add_argument("--shape", action="append", required=True,
                    help="clip:DV:DT (or clip:D), vision:D or text:D; repeat for a family")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="output directory (a rerun with the same flags resumes it)")
     p.add_argument("--pretrain-steps", type=int, default=0, help="short pre-training per descendant (default 0)")
     p.add_argument("--data", action="append", help="pre-training data (default scenes + fashion-mnist)")
     p.add_argument("--kd-from", type=Path,
                    help="ancestry: CLIP descendants pre-train by KD from it; one-tower descendants pair with its "
                         "other tower (default for them: the learngene's own ancestry)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64, help="global batch size, split over ranks (default 64)")
+    p.add_argument("--lr", type=float, default=5e-4, help="pre-training learning rate (default 5e-4)")
+    p.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and RNG streams (default 0)")
     p.add_argument("--overwrite", "--force", dest="force", action="store_true",
                    help="replace descendants OUT holds (finished ones, other settings) instead of refusing")
     p.add_argument("--workers", type=int, metavar="N", help=WORKERS_HELP)

@@ -93,7 +93,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = msub.add_parser("dmu", help="the whole pipeline: stages, packing, routers, evaluation",
                         description="Run DMU from a dense CLIP directory on your data. Resumable: rerun the same "
                                     "command after an interruption.")
-    p.add_argument("--base", type=Path, required=True, help="dense CLIP model directory (or a clipforge ancestry run)")
+    p.add_argument("--model", "--base", dest="base", type=Path, required=True,
+                   help="the dense CLIP to grow: a model directory or a run directory holding model/ (alias --base)")
     _data_args(p)
     p.add_argument("--out", type=Path, required=True, help="output directory; the CLIP-MoE is OUT/model")
     _config_args(p)
@@ -106,9 +107,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = msub.add_parser("stage", help="MCL stages only: the dense stage models (experts)",
                         description="Run MCL stages 1..E-1 from a base; OUT/stage{j}/model is expert j.")
-    p.add_argument("--base", type=Path, required=True)
+    p.add_argument("--model", "--base", dest="base", type=Path, required=True,
+                   help="the dense CLIP: a model directory or a run directory holding model/ (alias --base)")
     _data_args(p)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="output directory (a rerun with the same flags resumes it)")
     _config_args(p, router=False)
     p.set_defaults(func=run_stage)
 
@@ -116,8 +118,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         description="Expert e of every MoE block is that block's FFN from the e-th --stage model "
                                     "(the first is the base); routers are freshly drawn.")
     p.add_argument("--stage", type=Path, action="append", required=True, help="stage model directory (repeat, base first)")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--top-k", type=int, default=2)
+    p.add_argument("--out", type=Path, required=True, help="output directory (a rerun with the same flags resumes it)")
+    p.add_argument("--top-k", type=int, default=2, help="experts each token uses (default 2)")
     p.add_argument("--seed", type=int, default=0, help="router init seed")
     p.set_defaults(func=run_pack)
 
@@ -132,23 +134,25 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = msub.add_parser("baseline", help="direct fine-tuning, sparse upcycling or the w/o-MCL ablation",
                         description="The baselines of the CLIP-MoE paper on the same data.")
     p.add_argument("method", choices=["direct-ft", "sparse-upcycling", "without-mcl"])
-    p.add_argument("--base", type=Path, required=True)
+    p.add_argument("--model", "--base", dest="base", type=Path, required=True,
+                   help="the dense CLIP: a model directory or a run directory holding model/ (alias --base)")
     p.add_argument("--finetuned", type=Path, help="without-mcl: the direct-FT model directory")
     _data_args(p)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="output directory (a rerun with the same flags resumes it)")
     p.add_argument("--steps", type=int, required=True, help="training steps")
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--batch", type=int, default=256, help="global batch")
+    p.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
+    p.add_argument("--batch-size", "--batch", dest="batch", type=int, default=256,
+                   help="global batch size, split over ranks (alias --batch)")
     p.add_argument("--params", choices=["ffn", "ffn+attention", "full"], default="ffn", help="direct-ft: what trains")
     p.add_argument("--experts", type=int, default=4, help="sparse-upcycling: experts")
-    p.add_argument("--top-k", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--top-k", type=int, default=2, help="experts each token uses (default 2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and RNG streams (default 0)")
     p.set_defaults(func=run_baseline)
 
     p = msub.add_parser("stats", help="routing statistics and the built-in evaluation of a CLIP-MoE",
                         description="Share of tokens per block and expert as first / second choice (JSON + heat "
                                     "map), parameters stored and active, FLOPs and latency.")
-    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--model", type=Path, required=True, help="a CLIP-MoE model directory or a run directory holding model/")
     p.add_argument("--out", type=Path, required=True, help="directory for routing.json, cost.json, routing.png")
     p.add_argument("--samples", type=int, default=500, help="held-out scenes to route (default 500)")
     p.set_defaults(func=run_stats)

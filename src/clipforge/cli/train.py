@@ -49,23 +49,23 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="a missing or corrupt image: skip and count it (default) or stop")
     p.add_argument("--scenes-captions", choices=SCENES_CAPTIONS, default="full", help=SCENES_CAPTIONS_HELP)
     p.add_argument("--out", type=Path, required=True, help="run directory; the model is saved in OUT/model")
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=256, help="global batch size")
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--weight-decay", type=float, default=0.2)
-    p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--steps", type=int, default=1000, help="optimizer steps (default 1000)")
+    p.add_argument("--batch-size", type=int, default=256, help="global batch size, split over ranks (default 256)")
+    p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (default 5e-4)")
+    p.add_argument("--weight-decay", type=float, default=0.2, help="AdamW weight decay (default 0.2)")
+    p.add_argument("--warmup", type=int, default=100, help="linear warm-up steps before the cosine decay (default 100)")
+    p.add_argument("--label-smoothing", type=float, default=0.0, help="contrastive label smoothing (default 0)")
     p.add_argument("--fixed-logit-scale", type=float, help="fix exp(logit_scale) to this value (e.g. 100)")
     p.add_argument("--trainable", nargs="*", help="parameter name patterns to train (fnmatch); default all")
     p.add_argument("--frozen", nargs="*", help="parameter name patterns to freeze (fnmatch)")
-    p.add_argument("--grad-checkpointing", action="store_true")
+    p.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in backward (less memory)")
     p.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto",
                    help="bf16 autocast: auto (on for CUDA and CPUs with native bf16, else fp32; default)")
     p.add_argument("--optimizer", choices=["auto", "fused", "foreach", "for-loop"], default="auto",
                    help="AdamW kernel (default auto: fused where torch has it, CPU and CUDA)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the training step (minutes up front; eager fallback without a compiler)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the data order and the RNG streams (default 0)")
     p.add_argument("--save-every", type=int, default=200, help="checkpoint every N steps (default 200)")
     p.add_argument("--log-every", type=int, default=10, help="log every N steps (default 10)")
     p.add_argument("--workers", "--num-workers", dest="num_workers", type=int, default=None, metavar="N",
@@ -80,7 +80,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "eval", help="evaluate a model: zero-shot, retrieval, MMVP-style pairs, linear probe, fine-tune",
         description="Evaluate a model directory on one task and print (and optionally write) JSON metrics.")
     p.add_argument("--model", type=Path, required=True, help="a model directory")
-    p.add_argument("--task", required=True, choices=["zeroshot", "retrieval", "mmvp", "linear-probe", "finetune"])
+    p.add_argument("--task", required=True, choices=["zeroshot", "retrieval", "mmvp", "linear-probe", "finetune"],
+                   help="what to measure")
     p.add_argument("--data", default=None, help="dataset (default: fashion-mnist for classification, scenes "
                                                 "for retrieval)")
     p.add_argument("--limit", type=int, help="evaluate on the first N test samples (mmvp: N pairs per attribute)")
