@@ -63,15 +63,17 @@ def test_train_refuses_another_kind_of_run_and_other_settings(tmp_path, capsys):
     claim(dmu, {"method": "dmu"}, kind="moe dmu")
     (dmu / "dmu.json").write_text("{}")
     first = tmp_path / "t"
-    assert main([*TRAIN, "--steps", "2", "--out", str(first)]) == 0
-    for out, extra, what in ((dmu, ["--steps", "2"], "`moe dmu` run"), (first, ["--steps", "3"], "train.steps")):
+    assert main([*TRAIN, "--steps", "2", "--out", str(first), "--log-every", "1"]) == 0
+    lines = [json.loads(x) for x in (first / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2] and 0 <= lines[0]["elapsed_s"] <= lines[1]["elapsed_s"]
+    for out, extra, what in ((dmu, ["--steps", "2"], "`moe dmu` run"), (first, ["--steps", "3", "--log-every", "1"], "train.steps")):
         before = _snapshot(out)
         capsys.readouterr()
         assert main([*TRAIN, *extra, "--out", str(out)]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("clipforge: error: ") and "\n" not in err and what in err and "--overwrite" in err
         assert _snapshot(out) == before
-    assert main([*TRAIN, "--steps", "3", "--out", str(first), "--overwrite"]) == 0
+    assert main([*TRAIN, "--steps", "3", "--out", str(first), "--log-every", "1", "--overwrite"]) == 0
     assert read_claim(first)[1]["train"]["steps"] == 3
     assert main([*TRAIN, "--steps", "2", "--out", str(dmu), "--overwrite"]) == 0
     assert read_claim(dmu)[0] == "train" and not (dmu / "dmu.json").exists()

@@ -350,6 +350,7 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, out_dir: str | o
     data_iter: Iterator[Any] | None = None
     loss_sum = torch.zeros((), device=info.device)
     window, t0 = 0, time.perf_counter()
+    run_t0 = t0  # `elapsed_s` in log.jsonl: wall seconds since this invocation started training
     try:
         while step < cfg.steps:
             batch = None
@@ -385,7 +386,8 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, out_dir: str | o
                 scale = logit_scale_param(model)
                 record = {"step": step, "loss": mean_loss.item(), "lr": scheduler.get_last_lr()[0],
                           "logit_scale": math.exp(scale.item()) if scale is not None else None,
-                          "samples_per_s": cfg.batch_size * window / elapsed}
+                          "samples_per_s": cfg.batch_size * window / elapsed,
+                          "elapsed_s": round(time.perf_counter() - run_t0, 3)}
                 if grad_norm is not None:
                     record["grad_norm"] = float(grad_norm)
                 record.update({k: _scalar(v) for k, v in logs.items()})
