@@ -11,24 +11,9 @@ import json
 from pathlib import Path
 from types import ModuleType
 
+from ._workers import add_workers_flag, with_workers
 
 BENCH = Path("benchmarks") / "learngene" / "run.py"
-WORKERS_HELP = ("DataLoader worker processes (default: the machine's cores per rank minus one, at most 8; "
-                "0 = in the main process)")
-
-
-def _with_workers(run):
-    """Run a command with its `--workers` as the process default for every DataLoader it builds."""
-    import functools
-
-    @functools.wraps(run)
-    def wrapped(args: argparse.Namespace) -> int:
-        from ..data.loader import default_workers
-
-        with default_workers(getattr(args, "workers", None)):
-            return run(args)
-
-    return wrapped
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -75,7 +60,7 @@ def _add_extract(lsub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and RNG streams (default 0)")
     p.add_argument("--overwrite", "--force", dest="force", action="store_true",
                    help="replace what OUT holds (a finished extraction, other settings) instead of refusing")
-    p.add_argument("--workers", type=int, metavar="N", help=WORKERS_HELP)
+    add_workers_flag(p)
     p.set_defaults(func=run_extract)
 
 
@@ -99,7 +84,7 @@ def _add_descend(lsub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and RNG streams (default 0)")
     p.add_argument("--overwrite", "--force", dest="force", action="store_true",
                    help="replace descendants OUT holds (finished ones, other settings) instead of refusing")
-    p.add_argument("--workers", type=int, metavar="N", help=WORKERS_HELP)
+    add_workers_flag(p)
     p.set_defaults(func=run_descend)
 
 
@@ -119,7 +104,7 @@ def _bench_module(required: bool = True) -> ModuleType | None:
     return load_benchmark(BENCH, "clipforge_learngene_bench", required)
 
 
-@_with_workers
+@with_workers
 def run_extract(args: argparse.Namespace) -> int:
     from ..learngene.pipeline import extract
 
@@ -133,7 +118,7 @@ def run_extract(args: argparse.Namespace) -> int:
     return 0
 
 
-@_with_workers
+@with_workers
 def run_descend(args: argparse.Namespace) -> int:
     from ..learngene.pipeline import descend_family
 

@@ -86,8 +86,12 @@ def run_import(args: argparse.Namespace) -> int:
     heads = dict(vision_heads=args.vision_heads, text_heads=args.text_heads, quick_gelu=args.act == "quick_gelu")
     # The layout is detected from the key names; each importer then reads the file itself (a second read,
     # small next to building the model), so both stay usable on their own.
-    from ..moe.convert_released import (is_released_dense_layout, is_released_layout, load_released,
-                                        load_released_dense)
+    from ..moe.convert_released import (
+        is_released_dense_layout,
+        is_released_layout,
+        load_released,
+        load_released_dense,
+    )
 
     sd = read_state_dict(args.checkpoint)
     if is_released_layout(sd):

@@ -13,6 +13,7 @@ from pathlib import Path
 from types import ModuleType
 
 from ..errors import ClipforgeError
+from ._workers import add_workers_flag, with_workers
 
 BENCH = Path("benchmarks") / "clipmoe" / "run.py"
 
@@ -50,22 +51,7 @@ def _data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--caption-key", default="caption", help="caption column/field of user data (default caption)")
     p.add_argument("--on-error", choices=["skip", "raise"], default="skip",
                    help="a missing or corrupt image: skip and count it (default) or stop")
-    p.add_argument("--workers", type=int, metavar="N", help="DataLoader worker processes per rank for training, "
-                   "embedding and evaluation (default: the machine's cores per rank minus one, at most 8)")
-
-
-def _with_workers(run):
-    """Run a command with its `--workers` as the process default (configs keep 0, so records do not change)."""
-    import functools
-
-    @functools.wraps(run)
-    def wrapped(args: argparse.Namespace) -> int:
-        from ..data.loader import default_workers
-
-        with default_workers(getattr(args, "workers", None)):
-            return run(args)
-
-    return wrapped
+    add_workers_flag(p)
 
 
 def _config_args(p: argparse.ArgumentParser, mcl: bool = True, router: bool = True) -> None:
@@ -220,7 +206,7 @@ def _image_size(model_dir: Path) -> int:
     return int(cfg.get("vision_config", {}).get("image_size", 224))
 
 
-@_with_workers
+@with_workers
 def run_dmu(args: argparse.Namespace) -> int:
     from ..eval.suite import SuiteConfig
     from ..moe.dmu import dmu
@@ -239,7 +225,7 @@ def run_dmu(args: argparse.Namespace) -> int:
     return 0
 
 
-@_with_workers
+@with_workers
 def run_stage(args: argparse.Namespace) -> int:
     from ..moe.mcl import run_stages
 
@@ -253,8 +239,8 @@ def run_stage(args: argparse.Namespace) -> int:
 
 def run_pack(args: argparse.Namespace) -> int:
     from ..models import io
-    from ..moe.pack import pack
     from ..moe.model import moe_param_counts
+    from ..moe.pack import pack
 
     stages = [_model_dir(s) for s in args.stage]
     model = pack([str(s) for s in stages], top_k=args.top_k, seed=args.seed)
@@ -266,7 +252,7 @@ def run_pack(args: argparse.Namespace) -> int:
     return 0
 
 
-@_with_workers
+@with_workers
 def run_route(args: argparse.Namespace) -> int:
     from ..models import io
     from ..moe.routers import train_routers
@@ -282,7 +268,7 @@ def run_route(args: argparse.Namespace) -> int:
     return 0
 
 
-@_with_workers
+@with_workers
 def run_baseline(args: argparse.Namespace) -> int:
     from ..moe import baselines as B
     from ..moe.routers import RouterConfig
@@ -307,10 +293,10 @@ def run_baseline(args: argparse.Namespace) -> int:
 
 
 def run_stats(args: argparse.Namespace) -> int:
+    from ..cost import model_costs
     from ..data.scenes import ScenesDataset
     from ..files import write_json
     from ..models import io
-    from ..cost import model_costs
     from ..moe.routing import load_shares, plot_routing, routing_stats
 
     model_dir = _model_dir(args.model)

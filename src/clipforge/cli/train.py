@@ -8,9 +8,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from ..errors import ClipforgeError
-
-WORKERS_HELP = ("DataLoader worker processes per rank that decode and preprocess images "
-                "(default: the machine's cores per rank minus one, at most 8; 0 = in the main process)")
+from ._workers import add_workers_flag
 
 # = clipforge.data.scenes.styles.CAPTION_STYLES (not imported here: the parser stays cheap to build).
 SCENES_CAPTIONS = ("full", "alt", "dense")
@@ -68,8 +66,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the data order and the RNG streams (default 0)")
     p.add_argument("--save-every", type=int, default=200, help="checkpoint every N steps (default 200)")
     p.add_argument("--log-every", type=int, default=10, help="log every N steps (default 10)")
-    p.add_argument("--workers", "--num-workers", dest="num_workers", type=int, default=None, metavar="N",
-                   help=WORKERS_HELP)
+    add_workers_flag(p, "--num-workers", dest="num_workers")
     p.add_argument("--resume", help="a checkpoint file or directory to start from (a rerun of the same command "
                                     "resumes its own run without this flag)")
     p.add_argument("--overwrite", action="store_true",
