@@ -1,9 +1,12 @@
 import os
+import tempfile
 
 # No hub is reachable: a stray download must fail at once instead of hanging.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tests never fill the user's cache (the demo ancestry lives there by default): one per session.
+os.environ["CLIPFORGE_CACHE"] = tempfile.mkdtemp(prefix="clipforge-test-cache-")
 
 import torch  # noqa: E402
 

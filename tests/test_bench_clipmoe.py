@@ -30,7 +30,17 @@ def test_quick_benchmark_writes_every_table_and_plot(quick_results):
     out = quick_results / "out"
     res = json.loads((out / "results.json").read_text())
     assert set(res["main"]) == {"base", "direct FT (FFN)", "direct FT (full)", "sparse upcycling", "w/o MCL",
-                                "CLIP-MoE"}
+                                "CLIP-MoE", "CLIP-MoE (1x1)"}
+    assert res["budget"]["caption_style"] == "dense"
+    for name in ("CLIP-MoE", "CLIP-MoE (1x1)"):
+        rep = res["main"][name]["clusters"]
+        assert set(rep) == {"stage1", "stage2"} and all(r["mean_batches_per_cluster"] > 0 for r in rep.values())
+    # one verdict line per claim, computed from the numbers, naming its figures
+    assert len(res["verdicts"]) == 8
+    for v in res["verdicts"]:
+        assert (": holds (" in v["line"]) != (": does not hold (" in v["line"]) and f"{100 * v['diff']:+.1f}" in v["line"] and v["seeds"] == [0]
+    for key in ("dense_t2i_r1", "alt_t2i_r1", "fmnist_acc1"):
+        assert key in res["main"]["CLIP-MoE"]["metrics"]
     for name, row in res["main"].items():
         assert 0.0 <= row["metrics"]["t2i_r1"]["mean"] <= row["metrics"]["t2i_r10"]["mean"] <= 1.0, name
         assert row["cost"]["params_stored"] >= row["cost"]["params_active_per_token"] > 0
@@ -39,7 +49,8 @@ def test_quick_benchmark_writes_every_table_and_plot(quick_results):
     assert set(res["ablation"]) == {"k2 FFN", "k3 FFN+attn"}
     assert res["ablation"]["k3 FFN+attn"]["trains"] == "ffn+attention"
     md = (out / "results.md").read_text()
-    assert res["command"] in md and "## Table 1" in md and "## Ablation" in md
+    assert res["command"] in md and "## Table 1" in md and "## Ablation" in md and "## What it shows" in md
+    assert (out / "units" / "seed0.json").is_file()
     for png in ("main.png", "table1_stages_mmvp.png", "ablation.png", "fig3_routing.png"):
         assert (out / "plots" / png).stat().st_size > 1000, png
 
@@ -51,3 +62,41 @@ def test_rerun_reuses_every_unit(quick_results):
     assert _bench().main(args) == 0
     after = json.loads((quick_results / "out2" / "results.json").read_text())
     assert after["main"] == before["main"] and after["ablation"] == before["ablation"]
+
+
+def test_committed_seed_records_are_reused_without_the_work_directory(quick_results, monkeypatch):
+    """A later session on another machine (no runs/) redoes only the seeds whose record is missing."""
+    import shutil
+
+    out = quick_results / "out3"
+    shutil.copytree(quick_results / "out" / "units", out / "units")
+    bench = _bench()
+    monkeypatch.setattr(bench.Bench, "clip_moe", lambda *a, **k: pytest.fail("a recorded seed was retrained"))
+    args = ["--quick", "--out", str(out), "--work", str(quick_results / "work_fresh"),
+            "--ancestry", str(quick_results / "ancestry"), "--part", "main"]
+    assert bench.main(args) == 0
+
+
+def test_verdicts_follow_the_numbers():
+    import sys
+
+    sys.path.insert(0, "benchmarks/clipmoe")
+    import cmreport
+
+    base = {"headline": {"dense_t2i_r1": 0.10, "fmnist_acc1": 0.80}}
+
+    def unit(dense, fmnist):
+        return {s: {"headline": {"dense_t2i_r1": d, "fmnist_acc1": f}} for s, (d, f) in enumerate(zip(dense, fmnist))}
+
+    units = {"direct FT (full)": unit([0.20, 0.21, 0.19], [0.60, 0.62, 0.61]),   # gains retrieval, forgets
+             "CLIP-MoE": unit([0.22, 0.23, 0.21], [0.800, 0.795, 0.805]),       # gains, keeps zero-shot
+             "direct FT (FFN)": unit([0.25, 0.26, 0.24], [0.8, 0.8, 0.8])}       # better on retrieval than MoE
+    got = {v["claim"].split(" (paper")[0]: v["holds"] for v in cmreport.verdicts(units, base)}
+    assert got == {"direct FT (full) raises dense-caption T→I R@1 over the base": True,
+                   "direct FT (full) loses Fashion-MNIST zero-shot, more than 1 point": True,
+                   "CLIP-MoE raises dense-caption T→I R@1 over the base": True,
+                   "CLIP-MoE keeps Fashion-MNIST zero-shot within 1 point of the base": True,
+                   "CLIP-MoE beats direct FT (full) on Fashion-MNIST zero-shot": True,
+                   "CLIP-MoE beats direct FT (FFN) on dense T→I R@1": False}
+    v = cmreport.verdicts(units, base)[0]
+    assert "+10.0 ± 0.6 points" in v["line"] and "[0, 1, 2]" in v["line"]

@@ -11,7 +11,7 @@ from clipforge.errors import ClipforgeError
 from clipforge.moe.cluster_sampler import (ClusterBatchSampler, cluster_sampler_factory, plan_batches,
                                            policy_report)
 from clipforge.train.distributed import DistInfo
-from clipforge.train.loop import _ResumeView
+from clipforge.train.sampler import ResumeView
 
 G = 8
 # Sizes: big with a remainder, exact multiple, small (< G), tiny (1), odd remainder, empty id 5.
@@ -140,13 +140,13 @@ def test_resume_mid_epoch_continues_the_sequence():
 
 def test_resume_through_the_training_loops_view():
     labels = _labels()
-    view = _ResumeView(ClusterBatchSampler(labels, G, seed=4))
+    view = ResumeView(ClusterBatchSampler(labels, G, seed=4))
     first = list(view)  # epoch 0
     it = iter(view)  # epoch 1: consume 2, as the loop would
     got = [next(it), next(it)]
     view.consumed = 2
     state = view.state_dict()
-    again = _ResumeView(ClusterBatchSampler(labels, G, seed=4))
+    again = ResumeView(ClusterBatchSampler(labels, G, seed=4))
     again.load_state_dict(state)
     rest = list(again)
     ref = ClusterBatchSampler(labels, G, seed=4)

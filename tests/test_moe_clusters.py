@@ -139,8 +139,8 @@ def _weights(model_dir) -> dict[str, torch.Tensor]:
 def test_run_stages_ffn_only_and_resumable(tmp_path, monkeypatch):
     base_dir = io.save(build("tiny", seed=0), tmp_path / "base")
     ds = ColourSquares(64)
-    cfg = mcl.MCLConfig(num_experts=3, k_img=2, k_txt=2, steps=3, global_batch=16, lr=1e-3, warmup=0,
-                        log_every=1, seed=0)
+    cfg = mcl.MCLConfig(num_experts=3, k_img=2, k_txt=2,
+                        schedule=mcl.paper_schedule(steps=3, batch_size=16, lr=1e-3, warmup=0, log_every=1, seed=0))
     out = tmp_path / "mcl"
     dirs = mcl.run_stages(base_dir, ds, cfg, out, progress=False,
                           attributes={"colour": np.array([s[2] for s in ds.items])})

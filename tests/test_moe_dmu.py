@@ -58,7 +58,7 @@ def test_dmu_writes_a_moe_whose_only_change_after_packing_is_the_routers(dmu_run
     assert torch.equal(final[key.format("experts.1.")], stage1[key.format("")])
     assert not torch.equal(stage1[key.format("")], base_sd[key.format("")])
     prov = json.loads((dmu_run / "model" / "clipforge.json").read_text())
-    assert prov["settings"]["method"] == "dmu" and prov["settings"]["router"]["steps"] == 4
+    assert prov["settings"]["method"] == "dmu" and prov["settings"]["router"]["schedule"]["steps"] == 4
 
 
 def test_dmu_reports_quality_cost_and_routing(dmu_run):
@@ -91,7 +91,7 @@ def test_dmu_rerun_skips_and_other_settings_are_refused(dmu_run, base, capsys):
     capsys.readouterr()
     assert main(["moe", "dmu", "--base", str(base), "--out", str(dmu_run), *DMU, "--router-lr", "0.5"]) == 2
     err = capsys.readouterr().err
-    assert "other settings" in err and "router.lr" in err
+    assert "other settings" in err and "router.schedule.lr" in err
 
 
 def test_dmu_killed_and_rerun_ends_with_the_same_model(base, tmp_path):

@@ -205,16 +205,21 @@ def test_cli_flag(tmp_path, capsys) -> None:
 
 
 def test_ancestry_recipe_field() -> None:
-    from clipforge.ancestry import AncestryRecipe, _same_recipe, training_data
+    from clipforge.demo.ancestry import AncestryRecipe, _same_recipe, training_data
     from dataclasses import asdict
 
     r = AncestryRecipe.quick()
-    assert AncestryRecipe().caption_style == "full" and r.caption_style == "full"
-    r.caption_style, r.fashion = "alt", False
-    assert training_data(r).caption_style == "alt"
-    old = {k: v for k, v in asdict(AncestryRecipe()).items() if k != "caption_style"}
-    assert _same_recipe(old, asdict(AncestryRecipe()))  # caches from before the field stay valid
-    assert not _same_recipe(old, asdict(AncestryRecipe(caption_style="alt")))
+    assert AncestryRecipe().caption_style == "alt" and r.caption_style == "alt"
+    r.caption_style, r.fashion = "dense", False
+    assert training_data(r).caption_style == "dense"
+    # A recipe recorded before caption styles (and flat, before the schedule was one config) trained on "full".
+    full = AncestryRecipe(caption_style="full")
+    flat = {k: v for k, v in asdict(full).items() if k not in ("caption_style", "schedule")}
+    flat |= {k: asdict(full.schedule)[k] for k in ("steps", "batch_size", "lr", "weight_decay", "warmup", "seed")}
+    assert _same_recipe(flat, full)  # caches from before the fields stay valid
+    assert not _same_recipe(flat, AncestryRecipe())
+    assert _same_recipe(asdict(AncestryRecipe()), AncestryRecipe())
+    assert not _same_recipe({**asdict(AncestryRecipe()), "unknown": 1}, AncestryRecipe())
 
 
 def test_caption_stats_script(tmp_path, capsys) -> None:

@@ -31,8 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--work", type=Path, help="working directory for models and runs (default "
                                              "runs/bench-learngene[-quick])")
     p.add_argument("--ancestry", type=Path, help="ancestry model or `clipforge ancestry` run directory "
-                                                 "(default: ensure_ancestry('runs/ancestry'), or "
-                                                 "'runs/ancestry-quick' with --quick; trained if missing)")
+                                                 "(default: the cached demo ancestry, trained if missing, or "
+                                                 "its quick variant with --quick; trained if missing)")
     p.add_argument("--seeds", type=int, help="number of downstream seeds (default 3, quick 1)")
     p.add_argument("--force", action="store_true", help="discard a work directory made with another budget")
 
@@ -49,11 +49,11 @@ def _command(args: argparse.Namespace, prefix: str) -> str:
 
 
 def _resolve_ancestry(path: Path | None, quick: bool) -> Path:
-    from clipforge.ancestry import ensure_ancestry
+    from clipforge.demo.ancestry import ensure_ancestry
 
     if path is not None and ((path / "config.json").is_file() or (path / "model" / "config.json").is_file()):
         return path
-    return ensure_ancestry(path or Path("runs/ancestry-quick" if quick else "runs/ancestry"), quick=quick)
+    return ensure_ancestry(path, quick=quick)
 
 
 def _claim_work(work: Path, record: dict, force: bool) -> None:
@@ -112,6 +112,7 @@ def run(args: argparse.Namespace, prefix: str = "clipforge learngene bench") -> 
     from clipforge.models.io import load, read_provenance, save
     from clipforge.models.preprocess import transform_for
     from clipforge.report.plots import read_log
+    from clipforge.schedule import LEARNGENE_SCHEDULE
 
     t_start = time.perf_counter()
     budget = Budget.quick() if args.quick else Budget()
@@ -139,14 +140,18 @@ def run(args: argparse.Namespace, prefix: str = "clipforge learngene bench") -> 
     phases["data pools"] = t.seconds
     print(f"[bench] data ready in {t.seconds:.0f} s: pre-training {len(pt):,} samples ({pt.name})", flush=True)
 
+    def sched(steps: int):
+        """The learngene schedule at this benchmark's batch, lr and `steps`."""
+        return replace(LEARNGENE_SCHEDULE, steps=steps, batch_size=budget.batch_size, lr=budget.lr, seed=0)
+
     # 1. One extraction per learngene method, shared by every depth.
     lg_dirs, extractions = {}, {}
     with Timer() as t:
         prog = Progress("extract", len(LEARNGENE_METHODS))
         for m in LEARNGENE_METHODS:
             lg_dirs[m] = extract(anc_path, pt, work / "extract" / m, mode=m, aux_depth_vision=budget.aux_depth,
-                                 aux_depth_text=budget.aux_depth, steps=budget.extract_steps,
-                                 batch_size=budget.batch_size, lr=budget.lr, seed=0, progress=False)
+                                 aux_depth_text=budget.aux_depth, training=sched(budget.extract_steps),
+                                 progress=False)
             prov = json.loads((lg_dirs[m] / "learngene.json").read_text())["provenance"]
             extractions[m] = {"flops": prov["flops"]["total"], "wall_time_s": prov["wall_time_s"]}
             prog.tick(m)
@@ -178,13 +183,11 @@ def run(args: argparse.Namespace, prefix: str = "clipforge learngene bench") -> 
                 name, root = shape_name(("clip", d, d)), work / "pretrained" / m
                 run_dir = root / "_runs" / name
                 if m in LEARNGENE_METHODS:  # the library path: descend + short pre-training, saved
-                    model_dir = descend_family(lg_dirs[m], [("clip", d, d)], root, pretrain_steps=steps, data=pt,
-                                               batch_size=budget.batch_size, lr=budget.lr, seed=0,
+                    model_dir = descend_family(lg_dirs[m], [("clip", d, d)], root, pretraining=sched(steps), data=pt,
                                                eval_fn=curve_eval, eval_every=every, progress=False)[name]
                     pre = read_provenance(model_dir)["pretrain"]
                 else:
-                    pre = pretrain(model, pt, run_dir, steps=steps, batch_size=budget.batch_size, lr=budget.lr,
-                                   seed=0, eval_fn=curve_eval, eval_every=every, progress=False)
+                    pre = pretrain(model, pt, run_dir, training=sched(steps), eval_fn=curve_eval, eval_every=every, progress=False)
                     model_dir = root / name
                     save(model.cpu(), model_dir, provenance={**rec, "pretrain": pre, "benchmark": "learngene"})
                     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)

@@ -209,7 +209,7 @@ def profile_part(arch: str, batch_size: int, quick: bool) -> dict[str, Any]:
     """Where one step's time goes, for today's optimizer and the new default's; plus the data path."""
     from torch.profiler import ProfilerActivity, profile
 
-    from clipforge.ancestry import AncestryRecipe, training_data
+    from clipforge.demo.ancestry import AncestryRecipe, training_data
     from clipforge.data.collate import Collator
     from clipforge.models.preprocess import transform_for
 

@@ -14,8 +14,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                     "descendant, measure every model on the same tasks and write OUT/report.md and a "
                     "self-contained OUT/report.html. Resumable: rerun to continue.")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output directory (default runs/demo)")
-    p.add_argument("--ancestry", type=Path, help="ancestry run directory (default runs/ancestry, "
-                                                 "runs/ancestry-quick with --quick)")
+    p.add_argument("--cache", type=Path, help="cache directory for the trained ancestry, reused across runs "
+                                              "(default $CLIPFORGE_CACHE, else $XDG_CACHE_HOME/clipforge or "
+                                              "~/.cache/clipforge)")
+    p.add_argument("--ancestry", type=Path, help="ancestry run directory (default CACHE/ancestry, "
+                                                 "CACHE/ancestry-quick with --quick)")
     p.add_argument("--quick", action="store_true", help="the same pipeline at toy budgets (about 3 minutes)")
     p.set_defaults(func=run)
 
@@ -24,8 +27,9 @@ def run(args: argparse.Namespace) -> int:
     from ..demo.pipeline import DemoConfig, run_demo
 
     cfg = DemoConfig.quick_config() if args.quick else DemoConfig()
-    if args.ancestry is not None:
-        cfg.ancestry = str(args.ancestry)
+    from ..demo.ancestry import ancestry_run_dir
+
+    cfg.ancestry = str(args.ancestry or ancestry_run_dir(args.cache, quick=args.quick))
     result = run_demo(args.out, cfg)
     md, html = result["report"]
     print(f"report: {html}\n        {md}")

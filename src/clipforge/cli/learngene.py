@@ -11,9 +11,13 @@ import json
 from pathlib import Path
 from types import ModuleType
 
+from ..errors import ClipforgeError
+from ..schedule import LEARNGENE_SCHEDULE, add_schedule_flags, schedule_from_args
 from ._workers import add_workers_flag, with_workers
 
 BENCH = Path("benchmarks") / "learngene" / "run.py"
+# Schedule fields exposed as flags (generated: clipforge.schedule); descend has --pretrain-steps instead.
+LG_FLAGS = ("steps", "batch_size", "lr", "weight_decay", "warmup")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -54,9 +58,7 @@ def _add_extract(lsub: argparse._SubParsersAction) -> None:
     p.add_argument("--alpha", type=float, default=1.0, help="KD weight; 1 - alpha weighs InfoNCE (default 1)")
     p.add_argument("--beta", type=float, default=0.0, help="feature-distillation weight (default 0)")
     p.add_argument("--tau", type=float, default=1.0, help="KD temperature (default 1)")
-    p.add_argument("--steps", type=int, default=1000, help="extraction steps (default 1000)")
-    p.add_argument("--batch-size", type=int, default=64, help="global batch size, split over ranks (default 64)")
-    p.add_argument("--lr", type=float, default=5e-4, help="learning rate (default 5e-4)")
+    add_schedule_flags(p, LEARNGENE_SCHEDULE, what="extraction: ", only=LG_FLAGS)
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and RNG streams (default 0)")
     p.add_argument("--overwrite", "--force", dest="force", action="store_true",
                    help="replace what OUT holds (a finished extraction, other settings) instead of refusing")
@@ -79,8 +81,7 @@ def _add_descend(lsub: argparse._SubParsersAction) -> None:
     p.add_argument("--kd-from", type=Path,
                    help="ancestry: CLIP descendants pre-train by KD from it; one-tower descendants pair with its "
                         "other tower (default for them: the learngene's own ancestry)")
-    p.add_argument("--batch-size", type=int, default=64, help="global batch size, split over ranks (default 64)")
-    p.add_argument("--lr", type=float, default=5e-4, help="pre-training learning rate (default 5e-4)")
+    add_schedule_flags(p, LEARNGENE_SCHEDULE, what="pre-training: ", only=LG_FLAGS[1:])
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and RNG streams (default 0)")
     p.add_argument("--overwrite", "--force", dest="force", action="store_true",
                    help="replace descendants OUT holds (finished ones, other settings) instead of refusing")
@@ -111,7 +112,7 @@ def run_extract(args: argparse.Namespace) -> int:
     lg_dir = extract(args.ancestry, args.data or ["scenes", "fashion-mnist"], args.out, mode=args.mode,
                      schedule=args.schedule, num_stages=args.stages, aux_depth_vision=args.aux_depth_vision,
                      aux_depth_text=args.aux_depth_text, init=args.init, alpha=args.alpha, beta=args.beta,
-                     tau=args.tau, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                     tau=args.tau, training=schedule_from_args(args, LEARNGENE_SCHEDULE, seed=args.seed),
                      force=args.force)
     meta = json.loads((lg_dir / "learngene.json").read_text())
     print(f"learngene: {lg_dir} ({meta['num_parameters']:,} parameters)")
@@ -124,8 +125,12 @@ def run_descend(args: argparse.Namespace) -> int:
 
     lg_dir = args.learngene if (args.learngene / "learngene.json").is_file() else args.learngene / "learngene"
     data = (args.data or ["scenes", "fashion-mnist"]) if args.pretrain_steps > 0 else None
-    made = descend_family(lg_dir, args.shape, args.out, pretrain_steps=args.pretrain_steps, data=data,
-                          kd_from=args.kd_from, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+    pretraining = None
+    if args.pretrain_steps < 0:
+        raise ClipforgeError(f"--pretrain-steps must not be negative, got {args.pretrain_steps}")
+    if args.pretrain_steps > 0:
+        pretraining = schedule_from_args(args, LEARNGENE_SCHEDULE, steps=args.pretrain_steps, seed=args.seed)
+    made = descend_family(lg_dir, args.shape, args.out, pretraining=pretraining, data=data, kd_from=args.kd_from,
                           force=args.force)
     for name, path in made.items():
         print(f"{name}: {path}")

@@ -13,29 +13,29 @@ from pathlib import Path
 from types import ModuleType
 
 from ..errors import ClipforgeError
+from ..schedule import Schedule, add_schedule_flags
 from ._workers import add_workers_flag, with_workers
 
 BENCH = Path("benchmarks") / "clipmoe" / "run.py"
 
-# flag → (config part, field, type, help). Unset flags keep the preset's value.
+# MCL / router settings beyond the schedule: flag → (field, type, help). Unset flags keep the preset's value.
 MCL_FLAGS: list[tuple[str, str, type, str]] = [
     ("--experts", "num_experts", int, "experts per MoE block = MCL stages + 1 (paper 4)"),
     ("--k-img", "k_img", int, "image clusters per stage (paper 3)"),
     ("--k-txt", "k_txt", int, "text clusters per stage (paper 3)"),
-    ("--stage-steps", "steps", int, "optimizer steps per MCL stage (paper: one epoch)"),
-    ("--stage-lr", "lr", float, "MCL stage learning rate (paper 1e-5)"),
-    ("--stage-batch", "global_batch", int, "MCL global batch (paper 800)"),
-    ("--stage-warmup", "warmup", int, "MCL warm-up steps (paper 200)"),
     ("--policy", "policy", str, "small-cluster policy: drop, keep_remainder, merge_small"),
 ]
 ROUTER_FLAGS: list[tuple[str, str, type, str]] = [
-    ("--router-steps", "steps", int, "router-training steps (paper: one epoch)"),
-    ("--router-lr", "lr", float, "router learning rate (paper 1e-6)"),
-    ("--router-batch", "global_batch", int, "router global batch (paper 800)"),
-    ("--router-warmup", "warmup", int, "router warm-up steps (paper 200)"),
     ("--balance-loss", "balance_loss", str, "switch (paper) or mixtral (released code)"),
     ("--alpha", "alpha", float, "balance-loss weight (paper 0.01)"),
 ]
+# Schedule fields each phase exposes as --stage-* / --router-* (generated: clipforge.schedule).
+PHASE_SCHEDULE = ("steps", "batch_size", "lr", "weight_decay", "warmup", "label_smoothing", "fixed_logit_scale")
+
+
+# `moe baseline`: the paper's schedule at a short-run lr, a batch that fits a CPU and a 10 % warm-up.
+BASELINE_SCHEDULE = Schedule(steps=300, batch_size=256, lr=1e-4, weight_decay=0.2, warmup=30, max_warmup_frac=0.1,
+                             label_smoothing=0.1, fixed_logit_scale=100.0)
 
 
 def _data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -57,9 +57,14 @@ def _data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 def _config_args(p: argparse.ArgumentParser, mcl: bool = True, router: bool = True) -> None:
     p.add_argument("--preset", choices=["paper", "demo", "quick"], default="paper",
                    help="base settings (default paper: the released recipe); flags below override them")
-    for flags in ([MCL_FLAGS] if mcl else []) + ([ROUTER_FLAGS] if router else []):
+    for prefix, flags, what in ([("stage-", MCL_FLAGS, "MCL stage: ")] if mcl else []) + (
+            [("router-", ROUTER_FLAGS, "router training: ")] if router else []):
         for flag, _, typ, help_ in flags:
             p.add_argument(flag, type=typ, help=help_)
+        add_schedule_flags(p, None, prefix=prefix, what=what, only=PHASE_SCHEDULE,
+                           aliases={"batch_size": [f"--{prefix}batch"]})
+    if mcl or router:
+        add_schedule_flags(p, None, only=("amp",))
     if mcl:
         p.add_argument("--train-attention", action="store_true",
                        help="MCL stages train attention too (beyond the paper; default FFN only)")
@@ -125,10 +130,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--finetuned", type=Path, help="without-mcl: the direct-FT model directory")
     _data_args(p)
     p.add_argument("--out", type=Path, required=True, help="output directory (a rerun with the same flags resumes it)")
-    p.add_argument("--steps", type=int, required=True, help="training steps")
-    p.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
-    p.add_argument("--batch-size", "--batch", dest="batch", type=int, default=256,
-                   help="global batch size, split over ranks (alias --batch)")
+    add_schedule_flags(p, BASELINE_SCHEDULE, only=PHASE_SCHEDULE + ("amp",), aliases={"batch_size": ["--batch"]})
     p.add_argument("--params", choices=["ffn", "ffn+attention", "full"], default="ffn", help="direct-ft: what trains")
     p.add_argument("--experts", type=int, default=4, help="sparse-upcycling: experts")
     p.add_argument("--top-k", type=int, default=2, help="experts each token uses (default 2)")
@@ -165,23 +167,20 @@ def _model_dir(path: Path) -> Path:
 
 def _config(args: argparse.Namespace):
     from ..moe.presets import presets
+    from ..schedule import schedule_from_args
 
     cfg = presets()[args.preset]
-    mcl, router = cfg.mcl, cfg.router
+    shared = {k: v for k, v in (("seed", args.seed), ("amp", getattr(args, "amp", None))) if v is not None}
     over = {field: getattr(args, flag[2:].replace("-", "_")) for flag, field, _, _ in MCL_FLAGS
             if getattr(args, flag[2:].replace("-", "_"), None) is not None}
     if getattr(args, "train_attention", False):
         over["train_attention"] = True
     if getattr(args, "init", None):
         over["init"] = args.init
-    if args.seed is not None:
-        over["seed"] = args.seed
-    mcl = replace(mcl, **over) if over else mcl
+    mcl = replace(cfg.mcl, schedule=schedule_from_args(args, cfg.mcl.schedule, "stage-", **shared), **over)
     rover = {field: getattr(args, flag[2:].replace("-", "_")) for flag, field, _, _ in ROUTER_FLAGS
              if getattr(args, flag[2:].replace("-", "_"), None) is not None}
-    if args.seed is not None:
-        rover["seed"] = args.seed
-    router = replace(router, **rover) if rover else router
+    router = replace(cfg.router, schedule=schedule_from_args(args, cfg.router.schedule, "router-", **shared), **rover)
     top = {"top_k": args.top_k} if args.top_k is not None else {}
     return replace(cfg, mcl=mcl, router=router, **top)
 
@@ -215,8 +214,8 @@ def run_dmu(args: argparse.Namespace) -> int:
     cfg = _config(args)
     data = _open(args, _image_size(base))
     print(f"[moe dmu] base {base}, {len(data):,} training samples, {cfg.mcl.num_experts} experts "
-          f"({cfg.mcl.num_experts - 1} MCL stages of {cfg.mcl.steps or 'one epoch of'} steps), top-{cfg.top_k}, "
-          f"router {cfg.router.steps or 'one epoch of'} steps; output {args.out}")
+          f"({cfg.mcl.num_experts - 1} MCL stages of {cfg.mcl.schedule.steps or 'one epoch of'} steps), top-{cfg.top_k}, "
+          f"router {cfg.router.schedule.steps or 'one epoch of'} steps; output {args.out}")
     suite = None if args.no_eval else (SuiteConfig.quick() if args.eval_size == "quick" else SuiteConfig())
     model_dir = dmu(str(base), data, args.out, cfg, suite=suite, force=args.force)
     if (args.out / "eval.md").is_file():
@@ -273,15 +272,16 @@ def run_baseline(args: argparse.Namespace) -> int:
     from ..moe import baselines as B
     from ..moe.routers import RouterConfig
 
+    from ..schedule import schedule_from_args
+
+    sched = schedule_from_args(args, BASELINE_SCHEDULE, seed=args.seed)
     base = _model_dir(args.base)
     data = _open(args, _image_size(base))
     if args.method == "direct-ft":
-        cfg = B.FinetuneConfig(steps=args.steps, lr=args.lr, global_batch=args.batch, params=args.params,
-                               seed=args.seed, warmup=max(1, args.steps // 10))
+        cfg = B.FinetuneConfig(schedule=sched, params=args.params)
         B.direct_ft(str(base), data, args.out, cfg)
     else:
-        rcfg = RouterConfig(steps=args.steps, lr=args.lr, global_batch=args.batch, seed=args.seed,
-                            warmup=max(1, args.steps // 10))
+        rcfg = RouterConfig(schedule=sched)
         if args.method == "sparse-upcycling":
             B.sparse_upcycling(str(base), data, args.out, rcfg, num_experts=args.experts, top_k=args.top_k)
         else:

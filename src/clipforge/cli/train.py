@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import fields
 from pathlib import Path
 
 from ..errors import ClipforgeError
+from ..schedule import Schedule, add_schedule_flags, schedule_from_args
 from ._workers import add_workers_flag
 
 # = clipforge.data.scenes.styles.CAPTION_STYLES (not imported here: the parser stays cheap to build).
@@ -17,6 +17,14 @@ SCENES_CAPTIONS_HELP = ("caption style of --data scenes: full (default: colour, 
                         "counts, relations)")
 
 
+CACHE_HELP = ("cache directory for the trained ancestry, reused across runs (default $CLIPFORGE_CACHE, else "
+              "$XDG_CACHE_HOME/clipforge or ~/.cache/clipforge)")
+
+# `clipforge train`'s schedule: the library's, with a warm-up (a run from random init needs one).
+TRAIN_SCHEDULE = Schedule(warmup=100)
+_TRAIN_FLAGS_A = ("steps", "batch_size", "lr", "weight_decay", "warmup", "label_smoothing", "fixed_logit_scale")
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "ancestry", help="train (or reuse) the demo ancestry CLIP on built-in data",
@@ -24,13 +32,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                     "Fashion-MNIST), evaluate it beside its random initialisation, and save it as a Hugging "
                     "Face CLIP directory (OUT/model) with metrics.json and plots/loss.png. A finished ancestry "
                     "with the same recipe is reused; an interrupted one resumes.")
-    p.add_argument("--out", type=Path, default=Path("runs/ancestry"), help="run directory (default runs/ancestry)")
+    p.add_argument("--out", type=Path, help="run directory (default: CACHE/ancestry, CACHE/ancestry-quick with --quick)")
+    p.add_argument("--cache", type=Path, help=CACHE_HELP)
     p.add_argument("--quick", action="store_true", help="a toy ancestry for tests (tiny model, a few steps)")
     p.add_argument("--steps", type=int, help="override the number of training steps")
     p.add_argument("--overwrite", "--force", dest="force", action="store_true",
                    help="retrain even if OUT holds an ancestry (another recipe, or finished)")
     p.add_argument("--scenes-captions", choices=SCENES_CAPTIONS,
-                   help="caption style of the training scenes (default: the recipe's, full)")
+                   help="caption style of the training scenes (default: the recipe's, alt)")
     p.set_defaults(func=run_ancestry)
 
     p = sub.add_parser(
@@ -47,25 +56,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="a missing or corrupt image: skip and count it (default) or stop")
     p.add_argument("--scenes-captions", choices=SCENES_CAPTIONS, default="full", help=SCENES_CAPTIONS_HELP)
     p.add_argument("--out", type=Path, required=True, help="run directory; the model is saved in OUT/model")
-    p.add_argument("--steps", type=int, default=1000, help="optimizer steps (default 1000)")
-    p.add_argument("--batch-size", type=int, default=256, help="global batch size, split over ranks (default 256)")
-    p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (default 5e-4)")
-    p.add_argument("--weight-decay", type=float, default=0.2, help="AdamW weight decay (default 0.2)")
-    p.add_argument("--warmup", type=int, default=100, help="linear warm-up steps before the cosine decay (default 100)")
-    p.add_argument("--label-smoothing", type=float, default=0.0, help="contrastive label smoothing (default 0)")
-    p.add_argument("--fixed-logit-scale", type=float, help="fix exp(logit_scale) to this value (e.g. 100)")
+    add_schedule_flags(p, TRAIN_SCHEDULE, only=_TRAIN_FLAGS_A)
     p.add_argument("--trainable", nargs="*", help="parameter name patterns to train (fnmatch); default all")
     p.add_argument("--frozen", nargs="*", help="parameter name patterns to freeze (fnmatch)")
     p.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in backward (less memory)")
-    p.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto",
-                   help="bf16 autocast: auto (on for CUDA and CPUs with native bf16, else fp32; default)")
+    add_schedule_flags(p, TRAIN_SCHEDULE, only=("amp",))
     p.add_argument("--optimizer", choices=["auto", "fused", "foreach", "for-loop"], default="auto",
                    help="AdamW kernel (default auto: fused where torch has it, CPU and CUDA)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the training step (minutes up front; eager fallback without a compiler)")
     p.add_argument("--seed", type=int, default=0, help="seed of the data order and the RNG streams (default 0)")
     p.add_argument("--save-every", type=int, default=200, help="checkpoint every N steps (default 200)")
-    p.add_argument("--log-every", type=int, default=10, help="log every N steps (default 10)")
+    add_schedule_flags(p, TRAIN_SCHEDULE, only=("log_every",))
     add_workers_flag(p, "--num-workers", dest="num_workers")
     p.add_argument("--resume", help="a checkpoint file or directory to start from (a rerun of the same command "
                                     "resumes its own run without this flag)")
@@ -89,15 +91,21 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def run_ancestry(args: argparse.Namespace) -> int:
-    from ..ancestry import AncestryRecipe, summary, train_ancestry
+    from dataclasses import replace
+
+    from ..demo.ancestry import AncestryRecipe, ancestry_run_dir, summary, train_ancestry
 
     recipe = AncestryRecipe.quick() if args.quick else AncestryRecipe()
-    if args.steps:
-        recipe.steps = args.steps
+    if args.steps is not None:
+        if args.steps < 1:
+            raise ClipforgeError(f"--steps must be at least 1, got {args.steps}")
+        recipe.schedule = replace(recipe.schedule, steps=args.steps)
     if args.scenes_captions:
         recipe.caption_style = args.scenes_captions
-    model_dir = train_ancestry(args.out, recipe, force=args.force)
-    metrics_path = Path(args.out) / "metrics.json"
+    out = args.out or ancestry_run_dir(args.cache, quick=args.quick)
+    print(f"[ancestry] run directory {out}")
+    model_dir = train_ancestry(out, recipe, force=args.force)
+    metrics_path = Path(out) / "metrics.json"
     if metrics_path.exists():
         print(summary(json.loads(metrics_path.read_text())))
     print(f"ancestry: {model_dir}")
@@ -127,16 +135,8 @@ def _check_train_args(args: argparse.Namespace, cfg, data) -> None:
 
     if cfg.steps < 1:
         raise ClipforgeError(f"--steps must be at least 1, got {cfg.steps}")
-    if cfg.batch_size < 1:
-        raise ClipforgeError(f"--batch-size must be at least 1, got {cfg.batch_size}")
     if cfg.batch_size > len(data):
         raise ClipforgeError(f"--batch-size {cfg.batch_size} is larger than the dataset ({len(data):,} samples)")
-    if not cfg.lr > 0:
-        raise ClipforgeError(f"--lr must be positive, got {cfg.lr}")
-    if cfg.warmup < 0 or cfg.weight_decay < 0:
-        raise ClipforgeError("--warmup and --weight-decay must not be negative")
-    if not 0 <= cfg.label_smoothing < 1:
-        raise ClipforgeError(f"--label-smoothing must lie in [0, 1), got {cfg.label_smoothing}")
     if args.save_every is not None and args.save_every < 1:
         raise ClipforgeError(f"--save-every must be at least 1, got {args.save_every}")
     validate_config(cfg, dist_info())
@@ -159,7 +159,7 @@ def run_train(args: argparse.Namespace) -> int:
     from ..models.preprocess import transform_for
     from ..models.tokenizer import tokenizer_for
     from ..train import distributed as D
-    from ..train.loop import TrainConfig, train
+    from ..train.loop import train
     from ..train.runs import MODEL, claim, finished, had_checkpoint
 
     model, prov = _load_or_build(args.model)
@@ -167,8 +167,10 @@ def run_train(args: argparse.Namespace) -> int:
     data = open_mixture(args.data, "train", size, image_key=args.image_key, caption_key=args.caption_key,
                         on_error=args.on_error, scenes_captions=args.scenes_captions)
     args.num_workers = resolve_workers(args.num_workers)
-    known = {f.name for f in fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in known and v is not None})
+    sched = schedule_from_args(args, TRAIN_SCHEDULE, seed=args.seed, num_workers=args.num_workers,
+                               grad_checkpointing=args.grad_checkpointing)
+    cfg = sched.train_config(trainable=args.trainable, frozen=args.frozen, optimizer=args.optimizer,
+                             compile=args.compile, save_every=args.save_every)
     _check_train_args(args, cfg, data)
     settings = {"model": prov["source"], "data": list(args.data), "image_key": args.image_key,
                 "caption_key": args.caption_key, "on_error": args.on_error, "scenes_captions": args.scenes_captions,

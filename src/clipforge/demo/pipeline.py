@@ -12,7 +12,7 @@ overall ETA, tqdm inside each training run.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,7 +25,7 @@ class DemoConfig:
     """The demo's budgets; `estimates` (seconds per phase on 2 CPU cores) drive the printed ETA."""
 
     quick: bool = False
-    ancestry: str = "runs/ancestry"
+    ancestry: str = ""  # the ancestry's run directory; "": in the user's cache (demo.ancestry.default_cache)
     train_scenes: int = 8_000  # fine-tuning pool for DMU: scenes seed 1 (unseen by the ancestry)
     moe_preset: str = "demo"
     composed_stage_steps: int = 50
@@ -42,7 +42,7 @@ class DemoConfig:
 
     @classmethod
     def quick_config(cls) -> "DemoConfig":
-        return cls(quick=True, ancestry="runs/ancestry-quick", train_scenes=128, moe_preset="quick",
+        return cls(quick=True, train_scenes=128, moe_preset="quick",
                    composed_stage_steps=2, composed_router_steps=2, extract_steps=4, extract_batch=16,
                    pretrain_steps=2, depth_fractions=(0.5, 1.0), suite=SuiteConfig.quick(), probe_train=200,
                    estimates={"ancestry": 30, "clip_moe": 20, "learngene": 5, "descendants": 5, "composed": 10,
@@ -84,8 +84,9 @@ def _scenes(n: int, image_size: int, seed: int = 1):
 
 def run_demo(out: str | Path, cfg: DemoConfig | None = None) -> dict[str, Any]:
     """Run (or resume) the demo into `out`; returns the report's paths and per-phase wall times."""
-    from ..ancestry import AncestryRecipe, train_ancestry
+    from .ancestry import AncestryRecipe, ancestry_run_dir, train_ancestry
     from ..learngene.pipeline import descend_family, extract
+    from ..schedule import LEARNGENE_SCHEDULE
     from ..models import io
     from ..moe.dmu import dmu
     from ..moe.presets import presets
@@ -96,11 +97,11 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None) -> dict[str, Any]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     progress = Progress(cfg.estimates)
-    anc_run = Path(cfg.ancestry)
+    anc_run = Path(cfg.ancestry) if cfg.ancestry else ancestry_run_dir(quick=cfg.quick)
     recipe = AncestryRecipe.quick() if cfg.quick else AncestryRecipe()
     cached = (anc_run / "model" / "config.json").is_file()
     if not cached:
-        print(f"[demo] no cached ancestry in {anc_run}: this first run trains it "
+        print(f"[demo] no cached ancestry in {anc_run}: this first run trains it there "
               f"(about {_mins(cfg.estimates['ancestry'])} on 2 CPU cores); later runs reuse it", flush=True)
     else:
         progress.estimates["ancestry"] = 5
@@ -117,13 +118,13 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None) -> dict[str, Any]:
     moe_dir = progress.run("clip_moe", f"CLIP-MoE by DMU ({preset.mcl.num_experts} experts, top-{preset.top_k})",
                            lambda: dmu(str(anc_dir), data, out / "clip_moe", preset, suite=None))
 
+    lg_sched = replace(LEARNGENE_SCHEDULE, batch_size=cfg.extract_batch)
     lg_dir = progress.run("learngene", "MM-LG learngene extraction (KD from the ancestry)", lambda: extract(
-        anc_dir, ["scenes", "fashion-mnist"], out / "learngene", steps=cfg.extract_steps,
-        batch_size=cfg.extract_batch))
+        anc_dir, ["scenes", "fashion-mnist"], out / "learngene", training=replace(lg_sched, steps=cfg.extract_steps)))
     shapes = [f"clip:{d}:{d}" for d in depths] + [f"vision:{mid}", f"text:{mid}"]
     family = progress.run("descendants", f"descendants {', '.join(shapes)}", lambda: descend_family(
-        lg_dir, shapes, out / "descendants", pretrain_steps=cfg.pretrain_steps, data=["scenes", "fashion-mnist"],
-        kd_from=anc_dir, batch_size=cfg.extract_batch))
+        lg_dir, shapes, out / "descendants", pretraining=replace(lg_sched, steps=cfg.pretrain_steps),
+        data=["scenes", "fashion-mnist"], kd_from=anc_dir))
 
     composed_cfg = _composed(preset, cfg)
     seed_clip = family[f"clip-v{mid}-t{mid}"]
@@ -151,9 +152,10 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None) -> dict[str, Any]:
 
 
 def _composed(preset, cfg: DemoConfig):
-    from dataclasses import replace
+    def short(s, steps: int):
+        return replace(s, steps=steps, warmup=max(1, steps // 10))
 
-    mcl = replace(preset.mcl, steps=cfg.composed_stage_steps, warmup=max(1, cfg.composed_stage_steps // 10))
-    router = replace(preset.router, steps=cfg.composed_router_steps, warmup=max(1, cfg.composed_router_steps // 10))
+    mcl = replace(preset.mcl, schedule=short(preset.mcl.schedule, cfg.composed_stage_steps))
+    router = replace(preset.router, schedule=short(preset.router.schedule, cfg.composed_router_steps))
     return replace(preset, mcl=mcl, router=router)
 

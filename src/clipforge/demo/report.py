@@ -1,4 +1,5 @@
-"""The demo's report: one table of the whole family, the plots, sample retrievals, wall time per phase.
+"""The demo's report: verdicts first, then the family (a quality and a cost table), the plots, sample
+retrievals, wall time per phase.
 
 Every number is read from the files the demo's phases wrote (eval/*.json, the runs' log.jsonl,
 routing statistics), and `report.md` / `report.html` say which command made them.
@@ -16,10 +17,12 @@ import torch
 from ..report.document import Report
 from ..report.plots import _save, read_log
 
+CURVE_SMOOTH_FROM = 40  # logged points from which a moving average says more than the points themselves
 ATTRS = ["colour", "shape", "size", "fill", "position", "orientation", "count", "binding", "relation"]
 
 
 def _pct(x: float | None) -> str:
+    """A fraction as a percentage cell (the column header says "%")."""
     return "–" if x is None else f"{100 * x:.1f}"
 
 
@@ -27,90 +30,141 @@ def _g(x: float | None) -> str:
     return "–" if x is None else f"{x / 1e6:.1f}"
 
 
+def _ms(c: dict[str, Any], key: str) -> str:
+    return f"{c[key]:.3f}" if key in c else "–"
+
+
+# headline key of a model's task accuracy → (short name for the table, long name for captions and legends)
+TASKS = {"fmnist_acc1": ("zero-shot", "Fashion-MNIST zero-shot"),
+         "fmnist_probe_acc1": ("linear probe", "Fashion-MNIST linear probe"),
+         "count_probe_acc1": ("count probe", "object counting from captions, linear probe")}
+
+
 def _quality(rec: dict[str, Any]) -> tuple[str, float | None]:
+    """(short task name, accuracy) of a record: zero-shot for CLIPs, a probe for one-tower models."""
     h = rec["headline"]
-    if "fmnist_acc1" in h:
-        return "FMNIST zero-shot", h["fmnist_acc1"]
-    if "fmnist_probe_acc1" in h:
-        return "FMNIST linear probe", h["fmnist_probe_acc1"]
-    return "count probe (text)", h.get("count_probe_acc1")
+    for key, (short, _) in TASKS.items():
+        if key in h:
+            return short, h[key]
+    return "–", None
 
 
-def family_table(records: dict[str, dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
-    cols = ["model", "kind", "params stored", "active / token", "MFLOPs / image", "MFLOPs / caption",
-            "ms / image", "ms / caption", "T→I R@1", "T→I R@5", "T→I R@10", "I→T R@1", "I→T R@5", "I→T R@10",
-            "accuracy (task)", "MMVP mean"]
+def quality_table(records: dict[str, dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    """Model by model: held-out scenes retrieval both ways, task accuracy, MMVP mean (all in %)."""
+    cols = ["model"] + [f"{d} R@{k} (%)" for d in ("T→I", "I→T") for k in (1, 5, 10)] + [
+        "accuracy (%)", "accuracy on", "MMVP mean (%)"]
     rows = []
     for name, r in records.items():
-        h, c = r["headline"], r["cost"]
+        h = r["headline"]
         task, acc = _quality(r)
-        rows.append([name, r["kind"], f"{c['params_stored']:,}", f"{c['params_active_per_token']:,}",
-                     _g(c.get("flops_per_image")), _g(c.get("flops_per_caption")),
-                     f"{c['latency_image_ms']:.3f}" if "latency_image_ms" in c else "–",
-                     f"{c['latency_caption_ms']:.3f}" if "latency_caption_ms" in c else "–",
-                     *[_pct(h.get(f"t2i_r{k}")) for k in (1, 5, 10)], *[_pct(h.get(f"i2t_r{k}")) for k in (1, 5, 10)],
-                     f"{_pct(acc)} ({task})", _pct(h.get("mmvp_mean"))])
+        rows.append([name, *[_pct(h.get(f"{d}_r{k}")) for d in ("t2i", "i2t") for k in (1, 5, 10)],
+                     _pct(acc), task, _pct(h.get("mmvp_mean"))])
     return cols, rows
 
 
-def plot_tradeoff(records: dict[str, dict[str, Any]], path: Path) -> Path:
-    """Quality against active parameters per token, for every model of the family."""
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for name, r in records.items():
-        h, active = r["headline"], r["cost"]["params_active_per_token"]
-        marker = "s" if "MoE" in name else "o" if r["kind"] == "clip" else "^"
-        if "t2i_r1" in h:
-            axes[0].scatter(active, (h["t2i_r1"] + h["i2t_r1"]) / 2, marker=marker, s=60)
-            axes[0].annotate(name, (active, (h["t2i_r1"] + h["i2t_r1"]) / 2), fontsize=7, xytext=(4, 3),
-                             textcoords="offset points")
-        task, acc = _quality(r)
-        if acc is not None:
-            axes[1].scatter(active, acc, marker=marker, s=60)
-            axes[1].annotate(f"{name} [{task}]", (active, acc), fontsize=7, xytext=(4, 3), textcoords="offset points")
-    axes[0].set_title("held-out scenes retrieval (mean of T→I and I→T R@1)")
-    axes[1].set_title("classification / text task accuracy")
-    from matplotlib.ticker import FuncFormatter, NullFormatter
-
-    for ax in axes:
-        ax.set_xscale("log")
-        # Family members can lie within a few percent of each other: plain "9.6M" labels, no minor clutter.
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1e6:.2g}M"))
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel("parameters active per token")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("R@1")
-    axes[1].set_ylabel("top-1")
-    fig.suptitle("size / quality trade-off across the family (■ MoE, ● CLIP, ▲ one tower)", fontsize=10)
-    return _save(fig, path)
-
-
-def plot_curves(runs: dict[str, Path], path: Path) -> Path | None:
-    """Training loss of every run that logged one, one panel each."""
-    import matplotlib.pyplot as plt
-
-    from ..report.plots import smooth
-
-    logs = {k: [r for r in read_log(p) if "loss" in r] for k, p in runs.items() if p.is_file()}
-    logs = {k: v for k, v in logs.items() if v}
-    if not logs:
+def style_table(records: dict[str, dict[str, Any]]) -> tuple[list[str], list[list[Any]]] | None:
+    """R@1 both ways per caption style (full / alt-text / dense), or None when only full captions were measured."""
+    styles = [(p, n) for p, n in (("", "full"), ("alt_", "alt-text"), ("dense_", "dense"))
+              if any(f"{p}t2i_r1" in r["headline"] for r in records.values())]
+    if len(styles) < 2:
         return None
-    n = len(logs)
-    cols = min(3, n)
-    rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
-    for ax, (name, recs) in zip([a for row in axes for a in row], logs.items()):
-        steps, vals = [r["step"] for r in recs], [float(r["loss"]) for r in recs]
-        ax.plot(steps, vals, color="0.75", lw=0.8)
-        ax.plot(steps, smooth(vals, max(1, len(vals) // 20)), color="C0", lw=1.8)
-        ax.set_title(name, fontsize=9)
-        ax.set_xlabel("step", fontsize=8)
+    cols = ["model"] + [f"{n} {d} R@1 (%)" for _, n in styles for d in ("T→I", "I→T")]
+    rows = [[name] + [_pct(r["headline"].get(f"{p}{d}_r1")) for p, _ in styles for d in ("t2i", "i2t")]
+            for name, r in records.items() if "t2i_r1" in r["headline"]]
+    return cols, rows
+
+
+def cost_table(records: dict[str, dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    """Model by model: parameters stored / active, analytic FLOPs and measured latency per sample."""
+    cols = ["model", "kind", "params stored", "params active / token", "MFLOPs / image", "MFLOPs / caption",
+            "ms / image", "ms / caption"]
+    rows = [[name, r["kind"], f"{r['cost']['params_stored']:,}", f"{r['cost']['params_active_per_token']:,}",
+             _g(r["cost"].get("flops_per_image")), _g(r["cost"].get("flops_per_caption")),
+             _ms(r["cost"], "latency_image_ms"), _ms(r["cost"], "latency_caption_ms")] for name, r in records.items()]
+    return cols, rows
+
+
+def _marker(name: str, rec: dict[str, Any]) -> str:
+    return "s" if "MoE" in name else {"clip": "o", "vision": "^", "text": "v"}.get(rec["kind"], "D")
+
+
+def plot_tradeoff(records: dict[str, dict[str, Any]], path: Path) -> Path:
+    """Quality (in %) against active parameters per token, one colour and marker per model, one shared legend.
+
+    No text next to the points: family members often sit at nearly the same size and score, and labels
+    there overlap. Markers shrink in legend order, so coincident points still show as concentric rings."""
+    import matplotlib.pyplot as plt
+
+    from ..report.plots import count_axis
+
+    # Under 10 in wide at 120 dpi: shown near its own size at 1,300 px, so the text stays readable.
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 4.2), sharex=True)
+    handles: dict[str, Any] = {}
+    for i, (name, r) in enumerate(records.items()):
+        h, active = r["headline"], r["cost"]["params_active_per_token"]
+        style = {"marker": _marker(name, r), "color": f"C{i % 10}", "s": max(30, 150 - 16 * i), "zorder": 2 + i,
+                 "edgecolors": "black", "linewidths": 0.6, "label": name}
+        if "t2i_r1" in h and "i2t_r1" in h:
+            handles[name] = axes[0].scatter(active, 50 * (h["t2i_r1"] + h["i2t_r1"]), **style)
+        _, acc = _quality(r)
+        if acc is not None:
+            handles[name] = axes[1].scatter(active, 100 * acc, **style)
+    axes[0].set_title("held-out scenes retrieval", fontsize=10)
+    axes[0].set_ylabel("R@1, mean of T→I and I→T (%)")
+    axes[1].set_title("task accuracy: Fashion-MNIST zero-shot (CLIPs),\n"
+                      "linear probe (vision only), count probe (text only)", fontsize=10)
+    axes[1].set_ylabel("top-1 accuracy (%)")
+    count_axis(axes[0], [r["cost"]["params_active_per_token"] for r in records.values()], "parameters active per token")
+    axes[1].set_xlabel("parameters active per token")
+    for ax in axes:
+        ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-    for ax in [a for row in axes for a in row][n:]:
-        ax.axis("off")
+    fig.legend(list(handles.values()), list(handles), loc="upper center", bbox_to_anchor=(0.5, 0.0),
+               ncol=min(3, max(1, len(handles))), fontsize=9, frameon=False)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def curve_logs(runs: dict[str, Path]) -> dict[str, list[tuple[float, float]]]:
+    """(step, loss) of every run whose log exists and logged a loss."""
+    logs = {k: [(r["step"], float(r["loss"])) for r in read_log(p) if "loss" in r and "step" in r]
+            for k, p in runs.items() if p.is_file()}
+    return {k: v for k, v in logs.items() if v}
+
+
+def verdict_section(r: Report, records: dict[str, dict[str, Any]], quick: bool) -> None:
+    """"What this run shows": one line per method and claim, decided from this run's numbers."""
+    from .verdicts import thresholds, verdicts
+
+    r.heading("What this run shows")
+    found = verdicts(records)
+    if found:
+        r.bullets([v.line() for v in found])
+    else:
+        r.paragraph("No claim could be decided: the records it needs were not measured in this run.")
+    note = ("`--quick` trains at toy budgets: these lines show that the pipeline decides each claim, not how "
+            "the methods fare. " if quick else "")
+    r.paragraph(note + "Every figure is this run's own (tables below), in %; T→I is text-to-image retrieval, "
+                "I→T image-to-text. " + thresholds())
+
+
+def family_section(r: Report, records: dict[str, dict[str, Any]], cfg: Any) -> None:
+    """The family as two tables, quality then cost, narrow enough that no column hides behind a scroll."""
+    r.heading("The family")
+    r.heading("Quality", level=3)
+    tasks = "; ".join(f"{short}: {long}" for short, long in TASKS.values())
+    r.table(*quality_table(records), caption=f"Retrieval: {cfg.suite.scenes:,} held-out test scenes (unseen "
+            f"shape-colour combinations), recall in %. Accuracy in %, by task ({tasks}). MMVP: mean pair accuracy "
+            "over the attributes below.")
+    styles = style_table(records)
+    if styles is not None:
+        r.table(*styles, caption="Retrieval R@1 in % on the same held-out scenes captioned in each style "
+                "(full, web alt-text, dense), the captions CLIP-MoE's fine-tuning is about.")
+    r.heading("Cost", level=3)
+    tokens = records[next(iter(records))]["cost"]["caption_tokens"]
+    r.table(*cost_table(records), caption="Parameters stored on disk and active per token (MoE: the unused experts "
+            f"left out). MFLOPs: analytic forward FLOPs (clipforge.cost), captions at {tokens} tokens. ms: measured "
+            "forward time per sample at batch 64 on this machine.")
 
 
 def write_report(out: Path, records: dict[str, dict[str, Any]], phases: dict[str, float], cfg: Any,
@@ -119,12 +173,14 @@ def write_report(out: Path, records: dict[str, dict[str, Any]], phases: dict[str
     from ..data.scenes import ScenesDataset
     from ..models import io
     from ..moe.routing import plot_routing, routing_stats
-    from ..report.plots import grouped_bars
+    from ..report.plots import grouped_bars, loss_panels
     from ..report.samples import plot_retrieval_examples, retrieval_examples
 
     plots = out / "plots"
     command = "clipforge demo" + (" --quick" if cfg.quick else "") + f" --out {out}"
     r = Report("clipforge demo: one CLIP becomes a family")
+    verdict_section(r, records, cfg.quick)
+    r.contents()  # after the verdicts: they are what a reader opens the report for
     r.paragraph(f"Made by `{command}` (ancestry from `{anc_run}`, "
                 f"{'cached from an earlier run' if cached else 'trained by this run'}) with torch {torch.__version__} "
                 f"on {platform.machine()} ({torch.get_num_threads()} threads, Python {sys.version.split()[0]}). "
@@ -143,22 +199,18 @@ def write_report(out: Path, records: dict[str, dict[str, Any]], phases: dict[str
         f"({cfg.pretrain_steps} steps).",
         "**CLIP-MoE of an MM-LG descendant**: the two methods composed, DMU applied to the middle descendant."])
 
-    r.heading("The family")
-    cols, rows = family_table(records)
-    r.table(cols, rows, caption=f"Retrieval: {cfg.suite.scenes:,} held-out test scenes (unseen shape-colour "
-            "combinations), recall in %. Accuracy: Fashion-MNIST zero-shot for CLIPs, Fashion-MNIST linear probe for vision-only, "
-            "object counting from captions (linear probe) for text-only. FLOPs: analytic forward FLOPs (cost.py), "
-            f"captions at {records[next(iter(records))]['cost']['caption_tokens']} tokens. Latency: measured forward "
-            "time per sample at batch 64 on this machine.")
+    family_section(r, records, cfg)
     mm_rows = [[name] + [_pct(rec["headline"].get(f"mmvp_{a}")) for a in ATTRS] + [_pct(rec["headline"].get("mmvp_mean"))]
                for name, rec in records.items() if "mmvp_mean" in rec["headline"]]
     r.heading("What each model sees: MMVP-style pairs per attribute")
-    r.table(["model"] + ATTRS + ["mean"], mm_rows,
+    r.table(["model"] + ATTRS + ["mean"], mm_rows,  # one unit for the whole table, said in its caption
             caption="Pair accuracy in % (two images differing in one attribute; both must pick their own caption; "
                     "chance 25 %). Binding, relation and count are what converged contrastive models miss.")
 
     r.heading("Size against quality")
-    r.image(plot_tradeoff(records, plots / "tradeoff.png"), "Quality against parameters active per token.")
+    r.image(plot_tradeoff(records, plots / "tradeoff.png"), "Quality in % against parameters active per token, "
+            "one colour and marker per model (■ CLIP-MoE, ● CLIP, ▲ vision only, ▼ text only); markers shrink in "
+            "legend order, so models with the same numbers show as concentric rings.")
 
     r.heading("Inside the CLIP-MoE")
     moe = io.load(moe_dir).eval()
@@ -182,7 +234,7 @@ def write_report(out: Path, records: dict[str, dict[str, Any]], phases: dict[str
             io.load(d), n=cfg.suite.pairs, seed=cfg.suite.seed, image_size=size)
     grouped_bars(ATTRS, {k: [v[a] for a in ATTRS] for k, v in stage_recs.items()}, plots / "experts_mmvp.png",
                  title="MMVP-style pair accuracy of each expert's dense stage model", ylabel="pair accuracy",
-                 chance=0.25)
+                 chance=0.25, percent=True)
     r.image(plots / "experts_mmvp.png", "Per-attribute pair accuracy of the dense model each expert comes from "
             "(the paper's Table 1): what each MCL stage learned.")
 
@@ -197,9 +249,16 @@ def write_report(out: Path, records: dict[str, dict[str, Any]], phases: dict[str
     runs |= {f"MCL stage {j}": mcl_dir / f"stage{j}" / "train" / "log.jsonl" for j in range(1, n_exp)}
     runs |= {"CLIP-MoE routers": Path(moe_dir).parent / "log.jsonl",
              "learngene extraction (KD)": out / "learngene" / "extract" / "log.jsonl"}
-    curves = plot_curves(runs, plots / "curves.png")
+    logs = curve_logs(runs)
+    curves = loss_panels(logs, plots / "curves.png", smooth_from=CURVE_SMOOTH_FROM)
+    short = [k for k, v in logs.items() if len(v) < 2]
+    skipped = f" Not drawn (a single logged step): {', '.join(short)}." if short else ""
     if curves is not None:
-        r.image(curves, "Training loss of every run (grey: logged, blue: smoothed).")
+        r.image(curves, "Training loss against step of every run that logged at least two steps (grey: the logged "
+                f"values; blue: their moving average, for runs of {CURVE_SMOOTH_FROM} or more logged steps)."
+                + skipped)
+    else:
+        r.paragraph("No run logged its loss at two steps or more." + skipped)
 
     r.heading("Wall time per phase")
     total = sum(v for k, v in phases.items() if k != "ancestry")
@@ -207,7 +266,7 @@ def write_report(out: Path, records: dict[str, dict[str, Any]], phases: dict[str
             [["total without the ancestry", f"{total:.1f}", f"{total / 60:.1f}"]],
             caption="The ancestry phase only loads the cached model when it was trained earlier.")
     r.heading("Definitions")
-    r.bullets(["**params stored**: every parameter on disk; **active / token**: stored minus the unused experts "
+    r.bullets(["**params stored**: every parameter on disk; **params active / token**: stored minus the unused experts "
                "(E − k per MoE block).",
                "**MFLOPs**: analytic forward FLOPs per image / caption, multiply-adds counted as 2 (see `clipforge.cost`).",
                "**MM-LG** here is clipforge's reconstruction from the paper's abstract and the TLEG/SWS lineage.",

@@ -22,7 +22,10 @@ class SuiteConfig:
     pairs: int = 200  # MMVP-style pairs per attribute
     fashion: int | None = None  # Fashion-MNIST test images (None: all 10k)
     seed: int = 0
-    tasks: tuple[str, ...] = ("fashion_mnist", "scenes_retrieval", "mmvp")
+    # scenes_retrieval: the "full" captions; _alt / _dense: the same held-out scenes captioned as web
+    # alt-text and as dense captions (clipforge.data.scenes.styles), what CLIP-MoE's regime fine-tunes on.
+    tasks: tuple[str, ...] = ("fashion_mnist", "scenes_retrieval", "scenes_retrieval_alt", "scenes_retrieval_dense",
+                              "mmvp")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -30,6 +33,10 @@ class SuiteConfig:
     @classmethod
     def quick(cls) -> "SuiteConfig":
         return cls(scenes=64, pairs=20, fashion=200)
+
+
+# suite task → caption style of its held-out scenes
+RETRIEVAL_TASKS = {"scenes_retrieval": "full", "scenes_retrieval_alt": "alt", "scenes_retrieval_dense": "dense"}
 
 
 def evaluate_builtin(model: nn.Module, cfg: SuiteConfig | None = None) -> dict[str, Any]:
@@ -43,9 +50,10 @@ def evaluate_builtin(model: nn.Module, cfg: SuiteConfig | None = None) -> dict[s
     out: dict[str, Any] = {}
     if "fashion_mnist" in cfg.tasks:
         out["fashion_mnist"] = zeroshot_classification(model, FashionMNIST(split="test", limit=cfg.fashion))
-    if "scenes_retrieval" in cfg.tasks:
-        out["scenes_retrieval"] = retrieval(
-            model, ScenesDataset(split="test", size=cfg.scenes, seed=cfg.seed + 1, image_size=size))
+    for task, style in RETRIEVAL_TASKS.items():
+        if task in cfg.tasks:
+            out[task] = retrieval(model, ScenesDataset(split="test", size=cfg.scenes, seed=cfg.seed + 1,
+                                                       image_size=size, caption_style=style))
     if "mmvp" in cfg.tasks:
         out["mmvp"] = mmvp_diagnostic(model, n=cfg.pairs, seed=cfg.seed, image_size=size)
     return out
@@ -61,6 +69,12 @@ def headline(metrics: dict[str, Any]) -> dict[str, float]:
         for k in (1, 5, 10):
             flat[f"t2i_r{k}"] = r[f"image_retrieval_recall@{k}"]
             flat[f"i2t_r{k}"] = r[f"text_retrieval_recall@{k}"]
+    for task, prefix in (("scenes_retrieval_alt", "alt_"), ("scenes_retrieval_dense", "dense_")):
+        if task in metrics:
+            r = metrics[task]
+            for k in (1, 5):
+                flat[f"{prefix}t2i_r{k}"] = r[f"image_retrieval_recall@{k}"]
+                flat[f"{prefix}i2t_r{k}"] = r[f"text_retrieval_recall@{k}"]
     for name, value in metrics.get("mmvp", {}).items():
         flat[f"mmvp_{name}"] = value
     return flat

@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +31,16 @@ from torch.utils.data import Dataset
 
 from ..cost import Timer, caption_tokens, count_params, flops_per_sample, forward_flops
 from ..errors import ClipforgeError
+from ..schedule import LEARNGENE_SCHEDULE, Schedule
 from ..train.runs import claim, had_checkpoint, normalise
 from .config import LearngeneConfig
 from .distill import TowerStep
 from .learngene import Learngene
+
+def _brief(s: Schedule) -> dict[str, Any]:
+    """The schedule fields a learngene's settings record (the result-deciding ones)."""
+    return {"steps": s.steps, "batch_size": s.batch_size, "lr": s.lr, "weight_decay": s.weight_decay,
+            "warmup": s.warmup, "seed": s.seed}
 
 ShapeSpec = tuple[str, int | None, int | None]  # (kind, depth_vision, depth_text)
 
@@ -83,8 +90,7 @@ def _kind(model: nn.Module) -> str:
 # --- pre-training ----------------------------------------------------------------------------------
 
 
-def pretrain(model: nn.Module, dataset: Dataset, run_dir: str | os.PathLike, *, steps: int, batch_size: int = 64,
-             lr: float = 5e-4, weight_decay: float = 0.05, warmup: int | None = None, seed: int = 0,
+def pretrain(model: nn.Module, dataset: Dataset, run_dir: str | os.PathLike, *, training: Schedule,
              partner: nn.Module | None = None, kd_from: nn.Module | None = None, kd_alpha: float = 0.5,
              eval_fn: Callable | None = None, eval_every: int = 0, save_every: int | None = None,
              progress: bool = True) -> dict[str, Any]:
@@ -97,7 +103,7 @@ def pretrain(model: nn.Module, dataset: Dataset, run_dir: str | os.PathLike, *, 
     """
     from ..data.collate import Collator
     from ..models.preprocess import transform_for
-    from ..train.loop import TrainConfig, train
+    from ..train.loop import train
     from .distill import KDStep
 
     kind = _kind(model)
@@ -110,10 +116,11 @@ def pretrain(model: nn.Module, dataset: Dataset, run_dir: str | os.PathLike, *, 
     collate = Collator(transform_for(vision_cfg), context)
     step_fn = (KDStep(kd_from, alpha=kd_alpha) if kd_from is not None else None) if kind == "clip" \
         else TowerStep(partner, kind)
-    warmup = max(1, steps // 10) if warmup is None else warmup
-    cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup=warmup,
-                      seed=seed, log_every=max(1, min(10, steps // 10)), eval_every=eval_every if eval_fn else 0,
-                      save_every=max(1, steps // 4) if save_every is None else save_every, keep_checkpoints=1)
+    sched = training.resolved(len(dataset))
+    steps, batch_size, seed = sched.steps, sched.batch_size, sched.seed
+    cfg = replace(sched, log_every=max(1, min(sched.log_every, steps // 10))).train_config(
+        eval_every=eval_every if eval_fn else 0, keep_checkpoints=1,
+        save_every=max(1, steps // 4) if save_every is None else save_every)
     run_dir = Path(run_dir)
     resumed = had_checkpoint(run_dir)
     eval_timer = _TimedEval(eval_fn) if eval_fn is not None else None
@@ -130,8 +137,7 @@ def pretrain(model: nn.Module, dataset: Dataset, run_dir: str | os.PathLike, *, 
         extra = flops_per_sample(kd_from.config, "clip", tokens)
     elif kind != "clip":
         extra = flops_per_sample(partner.config, "text" if kind == "vision" else "image", tokens)
-    return {"steps": steps, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "warmup": warmup,
-            "seed": seed, "objective": "kd" if kind == "clip" and kd_from is not None else
+    return {**_brief(sched), "objective": "kd" if kind == "clip" and kd_from is not None else
             "infonce" if kind == "clip" else "infonce vs frozen partner tower",
             "kd_alpha": kd_alpha if kind == "clip" and kd_from is not None else None,
             "samples_seen": samples, "caption_tokens_per_sample": tokens,
@@ -158,17 +164,16 @@ class _TimedEval:
 def extract(ancestry_dir: str | os.PathLike, data: Sequence[str] | Dataset, out_dir: str | os.PathLike, *,
             mode: str = "mmlg", schedule: str = "linear", num_stages: int = 1,
             aux_depth_vision: int | None = None, aux_depth_text: int | None = None, init: str = "random",
-            alpha: float = 1.0, beta: float = 0.0, tau: float = 1.0, steps: int = 1000, batch_size: int = 64,
-            lr: float = 5e-4, weight_decay: float = 0.05, warmup: int | None = None, seed: int = 0,
+            alpha: float = 1.0, beta: float = 0.0, tau: float = 1.0, training: Schedule | None = None,
             resume: bool = True, force: bool = False, progress: bool = True) -> Path:
     """Extract a learngene by KD from the ancestry; returns `out_dir/learngene` (skipped if already done).
 
-    Aux depths default to the ancestry's. The training run lives in `out_dir/extract` (checkpoints,
+    Aux depths default to the ancestry's; `training` defaults to `LEARNGENE_SCHEDULE`. The training run lives in `out_dir/extract` (checkpoints,
     `log.jsonl`); `resume=False` or `force` starts it over.
     """
     from ..data.collate import Collator
     from ..models.preprocess import transform_for
-    from ..train.loop import TrainConfig, train
+    from ..train.loop import train
     from .auxnet import build_auxnet
     from .distill import KDStep
 
@@ -182,12 +187,11 @@ def extract(ancestry_dir: str | os.PathLike, data: Sequence[str] | Dataset, out_
         choices["aux_depth_text"] = aux_depth_text
     cfg = LearngeneConfig.from_ancestry(ancestry.config, **choices)
     dataset, data_desc = open_data(data, cfg.image_size)
-    warmup = max(1, steps // 10) if warmup is None else warmup
+    sched = (training or LEARNGENE_SCHEDULE).resolved(len(dataset))
+    steps, batch_size, seed = sched.steps, sched.batch_size, sched.seed
     settings = normalise({
         "ancestry": str(anc_path), "data": data_desc, "learngene_config": cfg.to_dict(),
-        "kd": {"alpha": alpha, "beta": beta, "tau": tau},
-        "train": {"steps": steps, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
-                  "warmup": warmup, "seed": seed}})
+        "kd": {"alpha": alpha, "beta": beta, "tau": tau}, "train": _brief(sched)})
     meta_path = lg_dir / "learngene.json"
     if meta_path.is_file() and not force:
         if json.loads(meta_path.read_text()).get("provenance", {}).get("settings") == settings:
@@ -201,9 +205,8 @@ def extract(ancestry_dir: str | os.PathLike, data: Sequence[str] | Dataset, out_
 
     lg = Learngene(cfg, seed=seed, ancestry=ancestry if init == "ancestry" else None)
     aux = build_auxnet(lg)
-    tcfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup=warmup,
-                       seed=seed, log_every=max(1, min(10, steps // 10)), save_every=max(1, steps // 5),
-                       keep_checkpoints=1)
+    tcfg = replace(sched, log_every=max(1, min(sched.log_every, steps // 10))).train_config(
+        save_every=max(1, steps // 5), keep_checkpoints=1)
     print(f"[extract] {mode} learngene ({lg.num_parameters():,} parameters) from {anc_path}: Aux-Net "
           f"v{cfg.aux_depth_vision}/t{cfg.aux_depth_text}, {steps} steps of {batch_size}")
     resumed = had_checkpoint(run_dir)
@@ -256,14 +259,13 @@ def shape_name(shape: ShapeSpec) -> str:
 
 
 def descend_family(learngene_dir: str | os.PathLike, shapes: Sequence[ShapeSpec | str], out_dir: str | os.PathLike,
-                   pretrain_steps: int = 0, data: Sequence[str] | Dataset | None = None,
-                   kd_from: str | os.PathLike | None = None, *, kd_alpha: float = 0.5, batch_size: int = 64,
-                   lr: float = 5e-4, weight_decay: float = 0.05, seed: int = 0,
+                   pretraining: Schedule | None = None, data: Sequence[str] | Dataset | None = None,
+                   kd_from: str | os.PathLike | None = None, *, kd_alpha: float = 0.5,
                    eval_fn: Callable | None = None, eval_every: int = 0, force: bool = False,
                    progress: bool = True) -> dict[str, Path]:
     """Descendants of `shapes` as plain HF directories `out_dir/<shape_name>`; returns {name: dir}.
 
-    With `pretrain_steps` > 0 each is pre-trained on `data` (run in `out_dir/_runs/<name>`): CLIP
+    With a `pretraining` schedule each is pre-trained on `data` (run in `out_dir/_runs/<name>`): CLIP
     descendants contrastively (or by KD from `kd_from`, an ancestry directory); one-tower descendants
     contrastively against the frozen other tower of `kd_from`, else of the learngene's own ancestry.
     A descendant already finished with the same settings (and the same learngene file) is skipped.
@@ -276,9 +278,10 @@ def descend_family(learngene_dir: str | os.PathLike, shapes: Sequence[ShapeSpec 
     lg_meta = json.loads((learngene_dir / "learngene.json").read_text())
     digest = _file_digest(learngene_dir / "learngene.safetensors")
     specs = [parse_shape(s) if isinstance(s, str) else tuple(s) for s in shapes]
-    if pretrain_steps > 0 and data is None:
+    if pretraining is not None and data is None:
         raise ClipforgeError("pre-training descendants needs --data")
-    dataset, data_desc = open_data(data, lg.config.image_size) if pretrain_steps > 0 else (None, None)
+    dataset, data_desc = open_data(data, lg.config.image_size) if pretraining is not None else (None, None)
+    sched = pretraining.resolved(len(dataset)) if pretraining is not None else None
     ancestry_src = kd_from or lg_meta.get("provenance", {}).get("ancestry")
     ancestry = None
     out_dir = Path(out_dir)
@@ -289,9 +292,8 @@ def descend_family(learngene_dir: str | os.PathLike, shapes: Sequence[ShapeSpec 
         model_dir, run_dir = out_dir / name, out_dir / "_runs" / name
         settings = normalise({
             "learngene": str(learngene_dir.resolve()), "learngene_sha256": digest, "shape": list(spec),
-            "pretrain": None if pretrain_steps <= 0 else {
-                "steps": pretrain_steps, "data": data_desc, "batch_size": batch_size, "lr": lr,
-                "weight_decay": weight_decay, "seed": seed,
+            "pretrain": None if sched is None else {
+                **_brief(sched), "data": data_desc,
                 "kd_from": str(kd_from) if kd_from is not None and kind == "clip" else None,
                 "kd_alpha": kd_alpha if kd_from is not None and kind == "clip" else None,
                 "partner": str(ancestry_src) if kind != "clip" else None}})
@@ -306,21 +308,20 @@ def descend_family(learngene_dir: str | os.PathLike, shapes: Sequence[ShapeSpec 
         prov = {**provenance(lg, dv, dt, kind, source=str(learngene_dir.resolve())),
                 "rule": "block i of L′ = a(i, L′)·first + b(i, L′)·second; non-block parts copied",
                 "settings": settings, "params": count_params(model)["total"]}
-        if pretrain_steps > 0:
+        if sched is not None:
             claim(run_dir, settings, force, kind="learngene descend")
             needs_ancestry = kind != "clip" or kd_from is not None
             if needs_ancestry and ancestry is None:
                 if ancestry_src is None:
                     raise ClipforgeError("one-tower pre-training needs the ancestry: pass --kd-from")
                 ancestry, _ = load_ancestry(ancestry_src)
-            print(f"[descend] {name}: pre-training {pretrain_steps} steps")
+            print(f"[descend] {name}: pre-training {sched.steps} steps")
             prov["pretrain"] = pretrain(
-                model, dataset, run_dir, steps=pretrain_steps, batch_size=batch_size, lr=lr,
-                weight_decay=weight_decay, seed=seed, partner=ancestry if kind != "clip" else None,
+                model, dataset, run_dir, training=sched, partner=ancestry if kind != "clip" else None,
                 kd_from=ancestry if kind == "clip" and kd_from is not None else None, kd_alpha=kd_alpha,
                 eval_fn=eval_fn, eval_every=eval_every, progress=progress)
         save(model.cpu(), model_dir, provenance=prov)
-        if pretrain_steps > 0:
+        if sched is not None:
             shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # the model is saved: free the disk
         print(f"[descend] {name}: saved {model_dir} ({prov['params']:,} parameters)")
         done[name] = model_dir

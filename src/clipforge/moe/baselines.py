@@ -21,9 +21,10 @@ from torch import nn
 
 from ..errors import ClipforgeError
 from ..models import io
-from ..train.loop import TrainConfig
+from ..schedule import Schedule, schedule
+from ..train.config import TrainConfig
 from ..train.runs import train_run
-from .mcl import ATTENTION_PATTERNS, FFN_PATTERNS, _default_collate, _identity
+from .mcl import ATTENTION_PATTERNS, FFN_PATTERNS, PAPER_SCHEDULE, _default_collate, _identity
 from .pack import pack, upcycle
 from .routers import EXPERT_AND_ROUTER_PATTERNS, RouterConfig, train_routers
 
@@ -32,20 +33,8 @@ from .routers import EXPERT_AND_ROUTER_PATTERNS, RouterConfig, train_routers
 class FinetuneConfig:
     """Plain fine-tuning settings (shuffled batches); `params`: "ffn", "ffn+attention" or "full"."""
 
-    steps: int = 1000
-    lr: float = 1e-5
-    weight_decay: float = 0.2
-    warmup: int = 200
-    max_warmup_frac: float = 0.2
-    global_batch: int = 800
-    label_smoothing: float = 0.1
-    fixed_logit_scale: float | None = 100.0
+    schedule: Schedule = schedule(**{**PAPER_SCHEDULE, "steps": 1000}, lr=1e-5, weight_decay=0.2)
     params: str = "ffn"
-    seed: int = 0
-    amp: str = "auto"
-    grad_checkpointing: bool = False
-    num_workers: int = 0
-    log_every: int = 10
 
     def __post_init__(self) -> None:
         if self.params not in ("ffn", "ffn+attention", "full"):
@@ -55,13 +44,8 @@ class FinetuneConfig:
         return {"ffn": FFN_PATTERNS, "ffn+attention": FFN_PATTERNS + ATTENTION_PATTERNS, "full": None}[self.params]
 
     def train_config(self, num_samples: int) -> TrainConfig:
-        batch = min(self.global_batch, num_samples)
-        return TrainConfig(steps=self.steps, batch_size=batch, lr=self.lr, weight_decay=self.weight_decay,
-                           warmup=min(self.warmup, int(self.max_warmup_frac * self.steps)),
-                           label_smoothing=self.label_smoothing, fixed_logit_scale=self.fixed_logit_scale,
-                           trainable=self.trainable(), amp=self.amp, grad_checkpointing=self.grad_checkpointing,
-                           seed=self.seed, log_every=self.log_every, save_every=max(1, self.steps // 5),
-                           keep_checkpoints=1, num_workers=self.num_workers)
+        s = self.schedule.resolved(num_samples)
+        return s.train_config(trainable=self.trainable(), save_every=max(1, s.steps // 5), keep_checkpoints=1)
 
 
 def _load(model_or_dir: nn.Module | str | os.PathLike) -> nn.Module:
@@ -88,7 +72,7 @@ def sparse_upcycling(base: nn.Module | str | os.PathLike, dataset: Any, run_dir:
     is replaced by experts + routers)."""
     cfg = copy.deepcopy(cfg)
     cfg.trainable = list(EXPERT_AND_ROUTER_PATTERNS)
-    model = upcycle(_load(base), num_experts=num_experts, top_k=top_k, seed=cfg.seed, **moe_config)
+    model = upcycle(_load(base), num_experts=num_experts, top_k=top_k, seed=cfg.schedule.seed, **moe_config)
     settings = {"method": "sparse_upcycling", "base": _identity(base), "num_experts": num_experts, "top_k": top_k,
                 "moe_config": moe_config}
     prov = {"name": f"sparse upcycling ({num_experts} experts, top-{top_k})", "base": _identity(base)}
@@ -100,7 +84,7 @@ def without_mcl(base: nn.Module | str | os.PathLike, finetuned: nn.Module | str 
                 run_dir: str | os.PathLike, cfg: RouterConfig, top_k: int = 2, collate_fn: Callable | None = None,
                 force: bool = False, progress: bool = True, **moe_config: Any) -> nn.Module:
     """The "w/o MCL" ablation: pack [base, direct-FT model] into a 2-expert MoE, train the routers."""
-    model = pack([_load(base), _load(finetuned)], top_k=min(top_k, 2), seed=cfg.seed,
+    model = pack([_load(base), _load(finetuned)], top_k=min(top_k, 2), seed=cfg.schedule.seed,
                  expert_sources=[_identity(base), _identity(finetuned)], **moe_config)
     settings = {"method": "without_mcl", "base": _identity(base), "finetuned": _identity(finetuned),
                 "top_k": min(top_k, 2), "moe_config": moe_config}

@@ -71,7 +71,7 @@ def pack_stages(expert_dirs: list[Path], out: Path, cfg: DMUConfig) -> nn.Module
     """Pack the stage models into `out` (skipped if already there); returns the packed CLIP-MoE."""
     if (out / "config.json").is_file():
         return io.load(out)
-    model = pack([str(d) for d in expert_dirs], top_k=cfg.top_k, seed=cfg.router.seed, **cfg.moe_config())
+    model = pack([str(d) for d in expert_dirs], top_k=cfg.top_k, seed=cfg.router.schedule.seed, **cfg.moe_config())
     if D.rank() == 0:
         io.save(model, out, provenance={"source": "clipforge.moe.dmu", "name": "CLIP-MoE (packed, routers untrained)",
                                         "experts": [str(d) for d in expert_dirs], "top_k": cfg.top_k})

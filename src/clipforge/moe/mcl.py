@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -34,7 +34,8 @@ from ..files import write_json
 from ..models import io
 from ..train import distributed as D
 from ..train.checkpoint import CHECKPOINT_DIR, latest_checkpoint
-from ..train.loop import TrainConfig, train
+from ..schedule import Schedule, schedule
+from ..train.loop import train
 from ..train.runs import claim, read_claim
 from .cluster_sampler import (
     POLICIES,
@@ -50,39 +51,40 @@ STAGE_KIND = "moe stage"
 FFN_PATTERNS = ["*.mlp.fc1.*", "*.mlp.fc2.*"]
 ATTENTION_PATTERNS = ["*.self_attn.*"]
 # Settings that change how a stage runs but not what it computes: a rerun may change them freely.
-_RESULT_NEUTRAL = {"num_experts", "num_workers", "log_every", "save_every", "keep_checkpoints",
-                   "grad_checkpointing", "embed_batch_size"}
+_RESULT_NEUTRAL = {"num_experts", "save_every", "keep_checkpoints", "embed_batch_size"}
+_SCHEDULE_NEUTRAL = {"num_workers", "log_every", "grad_checkpointing"}
+# The released recipe's schedule [C], shared by MCL stages, router training and the fine-tuning baselines
+# (each sets its own lr and weight decay).
+PAPER_SCHEDULE = {"steps": None, "batch_size": 800, "warmup": 200, "max_warmup_frac": 0.2,
+                  "label_smoothing": 0.1, "fixed_logit_scale": 100.0}
+
+
+def paper_schedule(**changes: Any) -> Schedule:
+    """The released recipe's schedule with `changes` (lr, steps, batch_size...)."""
+    return Schedule(**{**PAPER_SCHEDULE, **changes})
 
 
 @dataclass
 class MCLConfig:
     """MCL stage settings; defaults are the released code's [C] unless marked as our choice.
 
-    `steps`: optimizer steps per stage (None: one epoch of the cluster sampler). `global_batch` is
-    clamped to the dataset size (and to a multiple of the world size). `warmup` is clamped to at most
-    `max_warmup_frac` of the steps [choice]: a short run would otherwise never leave warm-up, while
-    the released ~1,500-step stage (1.2M pairs / 800) keeps its 200 steps. `init`: "base" (every
-    stage starts from the base weights [C]) or "previous". Stage j clusters and samples with seed
-    `seed + j`.
+    `schedule` (clipforge.schedule): `steps` per stage (None: one epoch of the cluster sampler);
+    `batch_size` is global, clamped to the dataset size (and to a multiple of the world size); the
+    warm-up is clamped to at most `max_warmup_frac` of the steps [choice]: a short run would otherwise
+    never leave warm-up, while the released ~1,500-step stage (1.2M pairs / 800) keeps its 200 steps.
+    `init`: "base" (every stage starts from the base weights [C]) or "previous". Stage j clusters and
+    samples with seed `schedule.seed + j`.
     """
 
     num_experts: int = 4
     k_img: int = 3
     k_txt: int = 3
-    steps: int | None = None
-    lr: float = 1e-5
-    weight_decay: float = 0.2
-    warmup: int = 200
-    max_warmup_frac: float = 0.2
-    global_batch: int = 800
-    label_smoothing: float = 0.1
-    fixed_logit_scale: float | None = 100.0
+    schedule: Schedule = schedule(**PAPER_SCHEDULE, lr=1e-5, weight_decay=0.2)
     train_attention: bool = False
     init: str = "base"
     policy: str = "keep_remainder"
     min_cluster_size: int | None = None
     min_batch: int = 2
-    seed: int = 0
     # clustering [choice: faiss, spherical, k-means++ init like the released sklearn call]
     spherical: bool = True
     kmeans_niter: int = 50
@@ -91,11 +93,7 @@ class MCLConfig:
     kmeans_max_points: int | None = None
     caption: str = "first"
     embed_batch_size: int = 256
-    # training mechanics
-    amp: str = "auto"
-    grad_checkpointing: bool = False
-    num_workers: int = 0
-    log_every: int = 10
+    # training mechanics beyond the schedule
     save_every: int | None = None  # None: about ten checkpoints per stage
     keep_checkpoints: int = 2
 
@@ -119,7 +117,9 @@ class MCLConfig:
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings that decide a stage's labels and weights."""
-        return {k: v for k, v in asdict(self).items() if k not in _RESULT_NEUTRAL}
+        d = {k: v for k, v in asdict(self).items() if k not in _RESULT_NEUTRAL}
+        d["schedule"] = {k: v for k, v in d["schedule"].items() if k not in _SCHEDULE_NEUTRAL}
+        return d
 
 
 def _as_model(model_or_dir: nn.Module | str | os.PathLike) -> nn.Module:
@@ -156,14 +156,13 @@ def _check_record(stage_dir: Path, record: dict[str, Any]) -> bool:
 
 def resolve_schedule(cfg: MCLConfig, labels: ClusterLabels, n: int, world_size: int) -> dict[str, int]:
     """Concrete global batch, steps and warm-up of a stage on `n` samples over `world_size` ranks."""
-    batch = min(cfg.global_batch, n)
-    batch -= batch % world_size
+    batch = cfg.schedule.resolved(n, world_size=world_size).batch_size
     if batch < max(world_size, 2):
         raise ClipforgeError(f"a global batch from {n} samples cannot feed {world_size} ranks")
     plan = plan_batches(labels.ids, batch, world_size, cfg.policy, cfg.min_cluster_size, labels.parents, cfg.min_batch)
-    steps = cfg.steps if cfg.steps is not None else plan.report["kept"]["batches"]
-    warmup = min(cfg.warmup, int(cfg.max_warmup_frac * steps))
-    return {"global_batch": batch, "steps": steps, "warmup": warmup, "epoch_batches": plan.report["kept"]["batches"]}
+    epoch = plan.report["kept"]["batches"]
+    s = cfg.schedule.resolved(n, epoch_steps=max(1, epoch), world_size=world_size)
+    return {"global_batch": s.batch_size, "steps": s.steps, "warmup": s.warmup, "epoch_batches": epoch}
 
 
 def _make_labels(prev_model: nn.Module, dataset: Any, labels_so_far: ClusterLabels | None, stage: int,
@@ -171,9 +170,9 @@ def _make_labels(prev_model: nn.Module, dataset: Any, labels_so_far: ClusterLabe
     log.info("MCL stage %d: embedding %d samples with the stage-%d model", stage, len(dataset), stage - 1)
     prev_model.to(device)
     # Each rank embeds 1/world of the data; rank 0 clusters the gathered embeddings and broadcasts the labels.
-    return labels_for_stage(prev_model, dataset, labels_so_far, cfg.k_img, cfg.k_txt, cfg.seed + stage,
+    return labels_for_stage(prev_model, dataset, labels_so_far, cfg.k_img, cfg.k_txt, cfg.schedule.seed + stage,
                             batch_size=cfg.embed_batch_size, device=device, caption=cfg.caption,
-                            num_workers=cfg.num_workers, **cfg.kmeans_kwargs())
+                            num_workers=cfg.schedule.num_workers, **cfg.kmeans_kwargs())
 
 
 def run_stage(base: nn.Module | str | os.PathLike, prev_stage_model: nn.Module | None, dataset: Any,
@@ -233,12 +232,11 @@ def run_stage(base: nn.Module | str | os.PathLike, prev_stage_model: nn.Module |
     owned = source is base_model and base_model is not base and base_model is not prev
     model = source if owned else copy.deepcopy(source)
     save_every = cfg.save_every if cfg.save_every is not None else max(1, sched["steps"] // 10)
-    tcfg = TrainConfig(steps=sched["steps"], batch_size=sched["global_batch"], lr=cfg.lr,
-                       weight_decay=cfg.weight_decay, warmup=sched["warmup"], label_smoothing=cfg.label_smoothing,
-                       fixed_logit_scale=cfg.fixed_logit_scale, trainable=cfg.trainable(), amp=cfg.amp,
-                       grad_checkpointing=cfg.grad_checkpointing, seed=cfg.seed + j, log_every=cfg.log_every,
-                       save_every=save_every, keep_checkpoints=cfg.keep_checkpoints, num_workers=cfg.num_workers)
-    factory = cluster_sampler_factory(labels.ids, seed=cfg.seed + j, policy=cfg.policy,
+    seed = cfg.schedule.seed + j
+    tcfg = replace(cfg.schedule, steps=sched["steps"], batch_size=sched["global_batch"], warmup=sched["warmup"],
+                   seed=seed).train_config(trainable=cfg.trainable(), save_every=save_every,
+                                           keep_checkpoints=cfg.keep_checkpoints)
+    factory = cluster_sampler_factory(labels.ids, seed=seed, policy=cfg.policy,
                                       min_cluster_size=cfg.min_cluster_size, parents=labels.parents,
                                       min_batch=cfg.min_batch)
     # Resume only from a checkpoint that exists: "latest" on a fresh stage would just log a warning.
@@ -250,11 +248,11 @@ def run_stage(base: nn.Module | str | os.PathLike, prev_stage_model: nn.Module |
         io.save(model, stage_dir / "model", provenance={
             "source": "clipforge.moe.mcl", "name": f"MCL stage {j}", "method": "MCL (CLIP-MoE expert extraction)",
             "base": _identity(base), "stage": j, "init": cfg.init, "k_img": cfg.k_img, "k_txt": cfg.k_txt,
-            "seed": cfg.seed + j, "policy": cfg.policy, "trainable": cfg.trainable(),
+            "seed": seed, "policy": cfg.policy, "trainable": cfg.trainable(),
             "clusters": {"num": labels.num_clusters, "size_min": int(sizes.min()), "size_max": int(sizes.max()),
                          "size_median": float(np.median(sizes))},
             "sampler": {"kept": report["kept"], "dropped": report["dropped"], "merged": report["merged"]},
-            "schedule": sched, "note": "logit scale fixed (frozen) during the stage" if cfg.fixed_logit_scale else "",
+            "schedule": sched, "note": "logit scale fixed (frozen) during the stage" if cfg.schedule.fixed_logit_scale else "",
             "mcl_config": asdict(cfg)})
     D.barrier()
     return model, labels

@@ -15,10 +15,12 @@ from typing import Any, Callable
 from torch import nn
 
 from ..errors import ClipforgeError
-from ..train.loop import TrainConfig
+from ..schedule import Schedule, schedule
+from ..train.config import TrainConfig
 from ..train.loss import ClipLoss
 from ..train.runs import train_run
 from .balance import RouterStep
+from .mcl import PAPER_SCHEDULE
 
 ROUTER_PATTERNS = ["*.mlp.router.*"]
 EXPERT_AND_ROUTER_PATTERNS = ["*.mlp.router.*", "*.mlp.experts.*"]
@@ -32,39 +34,22 @@ class RouterConfig:
     (docs/methods.md A.3): small-scale runs set a larger lr and say so.
     """
 
-    steps: int | None = None
-    lr: float = 1e-6
-    weight_decay: float = 0.01
-    warmup: int = 200
-    max_warmup_frac: float = 0.2  # [choice] as MCLConfig: a short run must leave warm-up
-    global_batch: int = 800
-    label_smoothing: float = 0.1
-    fixed_logit_scale: float | None = 100.0
+    schedule: Schedule = schedule(**PAPER_SCHEDULE, lr=1e-6, weight_decay=0.01)
     balance_loss: str = "switch"  # [choice] the paper's form; "mixtral" = the released code's
     alpha: float = 0.01
-    seed: int = 0
     trainable: list[str] = field(default_factory=lambda: list(ROUTER_PATTERNS))
-    amp: str = "auto"
-    grad_checkpointing: bool = False
-    num_workers: int = 0
-    log_every: int = 10
 
     def __post_init__(self) -> None:
         if self.balance_loss not in ("switch", "mixtral"):
             raise ClipforgeError(f"balance_loss must be 'switch' or 'mixtral', got {self.balance_loss!r}")
 
-    def schedule(self, num_samples: int) -> dict[str, int]:
-        batch = min(self.global_batch, num_samples)
-        steps = self.steps if self.steps is not None else max(1, num_samples // batch)
-        return {"global_batch": batch, "steps": steps, "warmup": min(self.warmup, int(self.max_warmup_frac * steps))}
-
     def train_config(self, num_samples: int) -> TrainConfig:
-        s = self.schedule(num_samples)
-        return TrainConfig(steps=s["steps"], batch_size=s["global_batch"], lr=self.lr,
-                           weight_decay=self.weight_decay, warmup=s["warmup"], label_smoothing=self.label_smoothing,
-                           fixed_logit_scale=self.fixed_logit_scale, trainable=list(self.trainable), amp=self.amp,
-                           grad_checkpointing=self.grad_checkpointing, seed=self.seed, log_every=self.log_every,
-                           save_every=max(1, s["steps"] // 5), keep_checkpoints=1, num_workers=self.num_workers)
+        s = self.schedule.resolved(num_samples)
+        return s.train_config(trainable=list(self.trainable), save_every=max(1, s.steps // 5), keep_checkpoints=1)
+
+
+def _brief(s: Schedule) -> dict[str, int]:
+    return {"global_batch": s.batch_size, "steps": s.steps, "warmup": s.warmup}
 
 
 def router_record(cfg: RouterConfig, num_samples: int, settings: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -87,10 +72,10 @@ def train_routers(model: nn.Module, dataset: Any, run_dir: str | os.PathLike, cf
     model.config.balance_loss = cfg.balance_loss
     model.config.balance_alpha = cfg.alpha
     tcfg = cfg.train_config(len(dataset))
-    step = RouterStep(ClipLoss(label_smoothing=cfg.label_smoothing), alpha=cfg.alpha, kind=cfg.balance_loss,
-                      fallback_logit_scale=cfg.fixed_logit_scale or 100.0)
+    step = RouterStep(ClipLoss(label_smoothing=cfg.schedule.label_smoothing), alpha=cfg.alpha, kind=cfg.balance_loss,
+                      fallback_logit_scale=cfg.schedule.fixed_logit_scale or 100.0)
     record = router_record(cfg, len(dataset), settings)
     prov = {"source": "clipforge.moe.routers", "trainable": list(cfg.trainable),
-            "schedule": cfg.schedule(len(dataset)), **(provenance or {})}
+            "schedule": _brief(cfg.schedule.resolved(len(dataset))), **(provenance or {})}
     return train_run(model, dataset, Path(run_dir), tcfg, record, prov, step_fn=step,
                      collate_fn=collate_fn or _default_collate(model), force=force, progress=progress, kind=kind)

@@ -27,6 +27,8 @@ _MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif
          ".svg": "image/svg+xml", ".webp": "image/webp"}
 # A string cell that reads as a number ("0.512", "1,024", "12.5%", "0.51 ± 0.02") is right-aligned too.
 _NUMERIC_STR = re.compile(r"^[-+\u2212]?(\d[\d,]*)?\.?\d+(e[-+]?\d+)?\s*(%|±\s*\S+)?$", re.IGNORECASE)
+# A cell standing for "no value" ("–", "n/a") does not keep its column from being numeric.
+_PLACEHOLDERS = {"-", "\u2013", "\u2014", "n/a", "na"}
 _CODE = re.compile(r"`([^`\n]+)`")
 _BOLD = re.compile(r"\*\*(.+?)\*\*")
 _LINK = re.compile(r"\[([^\]\n]+)\]\(([^)\s]+)\)")
@@ -48,8 +50,11 @@ nav.toc ul { margin: .3em 0; padding-left: 1.2em; }
 .table-wrap { overflow-x: auto; margin: 1em 0; }
 table { border-collapse: collapse; font-size: .92em; }
 caption { caption-side: bottom; color: #57606a; font-size: .9em; padding-top: .4em; text-align: left; }
-th, td { border: 1px solid #d0d7de; padding: .3em .7em; white-space: nowrap; }
-th { background: #eaeef2; text-align: left; }
+th, td { border: 1px solid #d0d7de; padding: .3em .6em; }
+/* Headers and text cells may wrap so a table fits a laptop screen; numbers and row labels never break. */
+th { background: #eaeef2; text-align: left; vertical-align: bottom; }
+td.num, td:first-child { white-space: nowrap; }
+@media (max-width: 1000px) { body { padding: 0 .8em; } table { font-size: .85em; } th, td { padding: .25em .45em; } }
 tbody tr:nth-child(even) { background: #f6f8fa; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 figure { margin: 1.2em 0; text-align: center; }
@@ -60,7 +65,7 @@ figcaption { color: #57606a; font-size: .9em; margin-top: .4em; }
 
 @dataclass
 class _Block:
-    kind: str  # heading | paragraph | table | image | code | bullets
+    kind: str  # heading | paragraph | table | image | code | bullets | toc
     data: dict[str, Any]
 
 
@@ -175,9 +180,10 @@ class Report:
             if len(row) != len(columns):
                 raise ClipforgeError(f"report table row {i} has {len(row)} cells for {len(columns)} columns")
         cells = [[format_cell(v) for v in row] for row in rows]
-        # A column is numeric when every non-empty cell is; empty columns stay left-aligned.
-        numeric = [any(c[j] for c in cells) and all(_is_numeric(r[j], c[j]) for r, c in zip(rows, cells) if c[j])
-                   for j in range(len(columns))]
+        # A column is numeric when every cell with a value is; columns without one stay left-aligned.
+        filled = [[bool(c) and c.strip().lower() not in _PLACEHOLDERS for c in row] for row in cells]
+        numeric = [any(f[j] for f in filled) and all(_is_numeric(r[j], c[j]) for r, c, f in zip(rows, cells, filled)
+                                                     if f[j]) for j in range(len(columns))]
         self.blocks.append(_Block("table", {"columns": [str(c) for c in columns], "cells": cells,
                                             "numeric": numeric, "caption": caption}))
         return self
@@ -199,6 +205,11 @@ class Report:
         self.blocks.append(_Block("bullets", {"items": [str(i) for i in items]}))
         return self
 
+    def contents(self) -> Report:
+        """Place the table of contents here (by default it opens the document, under the title)."""
+        self.blocks.append(_Block("toc", {}))
+        return self
+
     # -- rendering ------------------------------------------------------------------------------
 
     def _anchors(self) -> dict[int, str]:
@@ -207,6 +218,16 @@ class Report:
 
     def _toc(self, anchors: dict[int, str]) -> list[tuple[str, str]]:
         return [(self.blocks[i].data["text"], a) for i, a in anchors.items() if self.blocks[i].data["level"] == 2]
+
+    def _toc_at_top(self) -> bool:
+        return not any(b.kind == "toc" for b in self.blocks)
+
+    def _md_toc(self, toc: list[tuple[str, str]]) -> list[str]:
+        return ["**Contents**", ""] + [f"- [{_md_text(_plain(t))}](#{a})" for t, a in toc] + [""] if toc else []
+
+    def _html_toc(self, toc: list[tuple[str, str]]) -> list[str]:
+        items = "".join(f'<li><a href="#{a}">{inline_html(_plain(t))}</a></li>' for t, a in toc)
+        return [f'<nav class="toc"><strong>Contents</strong><ul>{items}</ul></nav>'] if toc else []
 
     def _md_image_paths(self, out_dir: Path) -> dict[int, str]:
         """Each image's path relative to `out_dir`, copying outside images into `out_dir/assets/`."""
@@ -236,11 +257,13 @@ class Report:
         anchors = self._anchors()
         lines = [f"# {_md_text(self.title)}", ""]
         toc = self._toc(anchors)
-        if toc:
-            lines += ["**Contents**", ""] + [f"- [{_md_text(_plain(t))}](#{a})" for t, a in toc] + [""]
+        if self._toc_at_top():
+            lines += self._md_toc(toc)
         for i, b in enumerate(self.blocks):
             d = b.data
-            if b.kind == "heading":
+            if b.kind == "toc":
+                lines += self._md_toc(toc)
+            elif b.kind == "heading":
                 lines += ["#" * d["level"] + " " + _md_text(d["text"]), ""]
             elif b.kind == "paragraph":
                 lines += [_md_text(d["text"]), ""]
@@ -266,12 +289,13 @@ class Report:
         anchors = self._anchors()
         body: list[str] = [f"<h1>{inline_html(self.title)}</h1>"]
         toc = self._toc(anchors)
-        if toc:
-            items = "".join(f'<li><a href="#{a}">{inline_html(_plain(t))}</a></li>' for t, a in toc)
-            body.append(f'<nav class="toc"><strong>Contents</strong><ul>{items}</ul></nav>')
+        if self._toc_at_top():
+            body += self._html_toc(toc)
         for i, b in enumerate(self.blocks):
             d = b.data
-            if b.kind == "heading":
+            if b.kind == "toc":
+                body += self._html_toc(toc)
+            elif b.kind == "heading":
                 lv = d["level"]
                 body.append(f'<h{lv} id="{anchors[i]}">{inline_html(d["text"])}</h{lv}>')
             elif b.kind == "paragraph":

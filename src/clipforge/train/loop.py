@@ -13,7 +13,6 @@ its own generator, and evaluation runs inside a forked RNG.
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import logging
 import math
@@ -21,7 +20,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +33,12 @@ from torch.utils.data import DataLoader, Dataset
 from ..errors import ClipforgeError
 from . import distributed as D
 from .fast import CompiledStep, adamw_kwargs, resolve_amp
+from .config import TrainConfig
 from .checkpoint import (CHECKPOINT_DIR, load_checkpoint, resolve_resume, rng_state, save_checkpoint,
                          set_rng_state, step_files)
 from .loss import ClipLoss, ClipStep, clamp_logit_scale_, logit_scale_param
 from .optim import cosine_with_warmup, param_groups
-from .sampler import ResumableSampler, StatefulBatchSampler
+from .sampler import ResumableSampler, ResumeView, StatefulBatchSampler
 
 log = logging.getLogger("clipforge.train")
 
@@ -47,40 +47,6 @@ EvalFn = Callable[[nn.Module, int], "dict[str, Any] | None"]
 SamplerFactory = Callable[[D.DistInfo, int], Any]
 
 CHECKPOINT_FORMAT = "clipforge.train/1"
-
-
-@dataclass
-class TrainConfig:
-    """Everything that shapes a training run. `batch_size` is global (split evenly over ranks)."""
-
-    steps: int = 1000
-    batch_size: int = 256
-    lr: float = 5e-4
-    weight_decay: float = 0.2
-    warmup: int = 0
-    min_lr_ratio: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.98)
-    eps: float = 1e-6
-    grad_clip: float | None = 1.0
-    label_smoothing: float = 0.0
-    # None: learn the temperature; a number (e.g. 100): fix exp(logit_scale) to it and freeze it.
-    fixed_logit_scale: float | None = None
-    trainable: list[str] | None = None
-    frozen: list[str] | None = None
-    grad_checkpointing: bool = False
-    amp: str = "auto"  # "auto" (bf16 on CUDA and on CPUs with native bf16, else off), "bf16" or "off"
-    optimizer: str = "auto"  # AdamW kernel: "auto" (fused where supported, else foreach), "fused", "foreach", "for-loop"
-    compile: bool = False  # torch.compile the step (eager fallback when the compiler is missing)
-    seed: int = 0
-    log_every: int = 10
-    eval_every: int = 0  # 0: never; else every N steps and at the end
-    save_every: int = 0  # 0: never; else every N steps and at the end
-    keep_checkpoints: int = 2
-    num_workers: int = 0
-    local_loss: bool = True
-    gather_with_grad: bool = True
-    find_unused_parameters: bool = False
-    deterministic: bool = False
 
 
 class _StepModule(nn.Module):
@@ -94,48 +60,6 @@ class _StepModule(nn.Module):
 
     def forward(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
         return self.step_fn(self.model, batch)
-
-
-class _ResumeView:
-    """Wraps a stateful batch sampler so checkpoints record what the *loop* consumed.
-
-    DataLoader workers prefetch, so the sampler's own position runs ahead of training. We record the
-    sampler state when an epoch's iteration starts plus the batches consumed since; resuming
-    restores that state and skips as many index batches (no data is loaded for them).
-    """
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.start = self._inner_state()
-        self.consumed = 0
-        self._skip = 0
-
-    def _inner_state(self) -> Any:
-        return copy.deepcopy(self.inner.state_dict()) if hasattr(self.inner, "state_dict") else None
-
-    def __len__(self) -> int:
-        return len(self.inner)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        self.start = self._inner_state()
-        skip, self._skip = self._skip, 0
-        self.consumed = skip
-        it = iter(self.inner)
-        for _ in range(skip):
-            if next(it, None) is None:
-                return
-        yield from it
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"start": self.start, "consumed": self.consumed}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("start") is None or not hasattr(self.inner, "load_state_dict"):
-            log.warning("the batch sampler has no saved state; resuming from its current position")
-            return
-        self.inner.load_state_dict(state["start"])
-        self.start = copy.deepcopy(state["start"])
-        self._skip = int(state["consumed"])
 
 
 def seed_everything(seed: int) -> None:
@@ -264,8 +188,9 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, out_dir: str | o
         enable_grad_checkpointing(model)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
                                   **adamw_kwargs(cfg.optimizer, trainable))
-    scheduler = cosine_with_warmup(optimizer, cfg.warmup, cfg.steps, cfg.min_lr_ratio)
-    sampler = _ResumeView(_make_sampler(batch_sampler, dataset, cfg, info))
+    warmup = cfg.warmup if cfg.max_warmup_frac >= 1 else min(cfg.warmup, int(cfg.max_warmup_frac * cfg.steps))
+    scheduler = cosine_with_warmup(optimizer, warmup, cfg.steps, cfg.min_lr_ratio)
+    sampler = ResumeView(_make_sampler(batch_sampler, dataset, cfg, info))
     if step_fn is None:
         loss_fn = ClipLoss(cfg.local_loss, cfg.gather_with_grad, cfg.label_smoothing)
         step_fn = ClipStep(loss_fn, fixed_logit_scale=cfg.fixed_logit_scale or 100.0)

@@ -10,12 +10,16 @@ state to the start of the next epoch; `state_dict()` / `load_state_dict()` hold 
 
 from __future__ import annotations
 
+import copy
+import logging
 from collections.abc import Iterator
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
 from ..errors import ClipforgeError
+
+log = logging.getLogger("clipforge.train")
 
 
 @runtime_checkable
@@ -86,3 +90,45 @@ class ResumableSampler:
     def load_state_dict(self, state: dict) -> None:
         self.epoch = int(state["epoch"])
         self.position = int(state["position"])
+
+
+class ResumeView:
+    """Wraps a stateful batch sampler so checkpoints record what the *loop* consumed.
+
+    DataLoader workers prefetch, so the sampler's own position runs ahead of training. We record the
+    sampler state when an epoch's iteration starts plus the batches consumed since; resuming
+    restores that state and skips as many index batches (no data is loaded for them).
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.start = self._inner_state()
+        self.consumed = 0
+        self._skip = 0
+
+    def _inner_state(self) -> Any:
+        return copy.deepcopy(self.inner.state_dict()) if hasattr(self.inner, "state_dict") else None
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        self.start = self._inner_state()
+        skip, self._skip = self._skip, 0
+        self.consumed = skip
+        it = iter(self.inner)
+        for _ in range(skip):
+            if next(it, None) is None:
+                return
+        yield from it
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"start": self.start, "consumed": self.consumed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("start") is None or not hasattr(self.inner, "load_state_dict"):
+            log.warning("the batch sampler has no saved state; resuming from its current position")
+            return
+        self.inner.load_state_dict(state["start"])
+        self.start = copy.deepcopy(state["start"])
+        self._skip = int(state["consumed"])

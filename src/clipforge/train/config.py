@@ -1,0 +1,28 @@
+"""The training loop's config: the shared `Schedule` (clipforge.schedule) plus the loop's own mechanics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..schedule import Schedule
+
+
+@dataclass
+class TrainConfig(Schedule):
+    """Everything that shapes a training run: the `Schedule` plus the loop's own mechanics."""
+
+    min_lr_ratio: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    grad_clip: float | None = 1.0
+    trainable: list[str] | None = None  # parameter name patterns (fnmatch) to train; None: all
+    frozen: list[str] | None = None
+    optimizer: str = "auto"  # AdamW kernel: "auto" (fused where supported, else foreach), "fused", "foreach", "for-loop"
+    compile: bool = False  # torch.compile the step (eager fallback when the compiler is missing)
+    eval_every: int = 0  # 0: never; else every N steps and at the end
+    save_every: int = 0  # 0: never; else every N steps and at the end
+    keep_checkpoints: int = 2
+    local_loss: bool = True
+    gather_with_grad: bool = True
+    find_unused_parameters: bool = False
+    deterministic: bool = False
