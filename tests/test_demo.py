@@ -7,6 +7,13 @@ import re
 import time
 
 from clipforge.cli import main
+from clipforge.demo.verdicts import (
+    QUALITY_KEPT_MIN,
+    ZEROSHOT_TOLERANCE_PTS,
+    Verdict,
+    verdict_lines,
+    verdicts,
+)
 
 
 def test_quick_demo_writes_the_whole_report(tmp_path, capsys):
@@ -26,11 +33,17 @@ def test_quick_demo_writes_the_whole_report(tmp_path, capsys):
         assert any(n.startswith(prefix) for n in names), prefix
 
     md = (out / "report.md").read_text()
+    # the report opens with its verdicts, one line per claim, each with "holds" or "does not hold"
+    assert md.startswith("# clipforge demo: one CLIP becomes a family\n\n## What this run shows\n\n- ")
+    verdict_part = md.split("## What this run shows", 1)[1].split("**Contents**", 1)[0]
+    bullets = [b for b in verdict_part.splitlines() if b.startswith("- ")]
+    assert bullets and all(("**holds**" in b) != ("**does not hold**" in b) for b in bullets), bullets
+    assert any(b.startswith("- CLIP-MoE: ") for b in bullets) and any(b.startswith("- MM-LG clip") for b in bullets)
     for section in ("## The family", "## What each model sees", "## Size against quality", "## Inside the CLIP-MoE",
                     "## Sample retrievals", "## Training curves", "## Wall time per phase"):
         assert section in md, section
     for name in names:  # every model has its row in the family table
-        assert re.search(rf"^\| {re.escape(name)} \|", md, re.M), name
+        assert re.search(rf"^\| {re.escape(name)} \|", md, re.MULTILINE), name
     for png in ("tradeoff", "routing", "experts_mmvp", "retrievals", "curves"):
         assert f"plots/{png}.png" in md and (out / "plots" / f"{png}.png").stat().st_size > 2000
     html = (out / "report.html").read_text()
@@ -40,3 +53,110 @@ def test_quick_demo_writes_the_whole_report(tmp_path, capsys):
     t = time.perf_counter()
     assert main(["demo", "--quick", "--out", str(out), "--ancestry", str(anc)]) == 0
     assert time.perf_counter() - t < first
+
+
+# --- verdicts: pure functions of the measured records -----------------------------------------------------
+
+def _clip(t2i: float, i2t: float, zs: float, params: int, alt: tuple[float, float] | None = None) -> dict:
+    h = {"t2i_r1": t2i, "i2t_r1": i2t, "fmnist_acc1": zs}
+    if alt is not None:
+        h |= {"alt_t2i_r1": alt[0], "alt_i2t_r1": alt[1]}
+    return {"kind": "clip", "headline": h, "cost": {"params_stored": params, "params_active_per_token": params}}
+
+
+def _family(good: bool) -> dict[str, dict]:
+    """A synthetic run: every claim holds when `good`, none does otherwise (ties and a 1.5-point drop)."""
+    anc = _clip(0.400, 0.380, 0.700, 1_000_000, alt=(0.300, 0.280))
+    if good:
+        moe = _clip(0.450, 0.420, 0.695, 1_200_000, alt=(0.350, 0.330))
+        desc = _clip(0.380, 0.360, 0.660, 500_000)  # keeps 94.9% of R@1, 94.3% of zero-shot
+        composed = _clip(0.400, 0.370, 0.655, 600_000)
+    else:
+        moe = _clip(0.450, 0.380, 0.685, 1_200_000, alt=(0.290, 0.330))  # I→T tie; zero-shot −1.5 points
+        desc = _clip(0.300, 0.280, 0.660, 500_000)  # keeps 75.3% of R@1
+        composed = _clip(0.290, 0.300, 0.640, 600_000)  # T→I down vs its seed; zero-shot −2.0 points
+    scratch = _clip(0.200, 0.180, 0.500, 500_000) if good else _clip(0.350, 0.300, 0.500, 500_000)
+    return {"ancestry": anc, "CLIP-MoE": moe, "MM-LG clip 2+2": desc, "Scratch clip 2+2": scratch,
+            "MM-LG vision 2": {"kind": "vision", "headline": {"fmnist_probe_acc1": 0.8},
+                               "cost": {"params_stored": 20_000, "params_active_per_token": 20_000}},
+            "CLIP-MoE of MM-LG clip 2+2": composed}
+
+
+def _outcomes(found: list[Verdict]) -> dict[tuple[str, str], bool]:
+    def topic(claim: str) -> str:
+        for key in ("held-out scenes", "alt-text", "zero-shot", "quality", "beats"):
+            if key in claim:
+                return key
+        raise AssertionError(claim)
+
+    out = {(v.method, topic(v.claim)): v.holds for v in found}
+    assert len(out) == len(found), "one verdict per method and claim"
+    return out
+
+
+EXPECTED_CLAIMS = {("CLIP-MoE", "held-out scenes"), ("CLIP-MoE", "alt-text"), ("CLIP-MoE", "zero-shot"),
+                   ("MM-LG clip 2+2", "quality"), ("MM-LG clip 2+2", "beats"),
+                   ("CLIP-MoE of MM-LG clip 2+2", "held-out scenes"), ("CLIP-MoE of MM-LG clip 2+2", "zero-shot")}
+
+
+def test_verdicts_decide_a_synthetic_run_both_ways() -> None:
+    good, bad = _outcomes(verdicts(_family(True))), _outcomes(verdicts(_family(False)))
+    # The vision descendant shares no metric with the ancestry, and the composed model's seed has no
+    # alt-text retrieval: those claims are skipped, not guessed.
+    assert set(good) == set(bad) == EXPECTED_CLAIMS
+    assert all(good.values()), good
+    assert not any(bad.values()), bad
+    for v in verdicts(_family(True)) + verdicts(_family(False)):
+        assert v.line().count("holds") + v.line().count("does not hold") == 1
+
+
+def test_verdicts_thresholds_and_skips() -> None:
+    anc = _clip(0.4, 0.4, 0.700, 1_000)
+    at_tol = _clip(0.5, 0.5, 0.700 - ZEROSHOT_TOLERANCE_PTS / 100, 1_000)  # exactly at the tolerance: holds
+    past_tol = _clip(0.5, 0.5, 0.700 - ZEROSHOT_TOLERANCE_PTS / 100 - 0.001, 1_000)
+    assert _outcomes(verdicts({"ancestry": anc, "CLIP-MoE": at_tol}))[("CLIP-MoE", "zero-shot")]
+    assert not _outcomes(verdicts({"ancestry": anc, "CLIP-MoE": past_tol}))[("CLIP-MoE", "zero-shot")]
+    kept = _clip(0.4 * QUALITY_KEPT_MIN, 0.4 * QUALITY_KEPT_MIN, 0.7 * QUALITY_KEPT_MIN, 500)
+    assert _outcomes(verdicts({"ancestry": anc, "MM-LG clip 1+1": kept}))[("MM-LG clip 1+1", "quality")]
+    # Nothing to compare: no verdict at all (no ancestry, no Scratch, no seed).
+    assert verdicts({"CLIP-MoE": at_tol, "MM-LG clip 1+1": kept, "CLIP-MoE of MM-LG clip 3+3": at_tol}) == []
+
+
+def test_every_verdict_line_names_its_figures() -> None:
+    lines = verdict_lines(_family(True)) + verdict_lines(_family(False))
+    for v in verdicts(_family(True)) + verdicts(_family(False)):
+        line = v.line(markup=False)
+        assert line.startswith(f"{v.method}: {v.claim}: ") and line.endswith(f"({v.figures})")
+        assert len(re.findall(r"\d+\.\d%", v.figures)) >= 2, line  # the model's figure and its reference's
+
+    def line(start: str) -> str:
+        return next(x for x in lines if x.startswith(start))
+
+    moe = line("CLIP-MoE: raises held-out")
+    assert all(s in moe for s in ("40.0%", "45.0%", "+5.0 pts", "38.0%", "42.0%", "+4.0 pts")), moe
+    zs = line("CLIP-MoE: keeps Fashion-MNIST")
+    assert all(s in zs for s in ("70.0%", "69.5%", "-0.5 pts")), zs
+    # mean R@1 37.0% vs 39.0% (94.9% kept), zero-shot 66.0% vs 70.0% (94.3% kept), half the parameters
+    q = line("MM-LG clip 2+2: keeps at least")
+    assert all(s in q for s in ("37.0%", "39.0%", "94.9%", "66.0%", "70.0%", "94.3%", "50.0%")), q
+    scratch = line("MM-LG clip 2+2: beats Scratch")
+    assert all(s in scratch for s in ("19.0%", "37.0%", "50.0%", "66.0%")), scratch
+    composed = verdict_lines(_family(False))[-1]  # the bad run's composed model: −2.0 points of zero-shot
+    assert composed.startswith("CLIP-MoE of MM-LG clip 2+2: keeps"), composed
+    assert all(s in composed for s in ("66.0%", "64.0%", "-2.0 pts")), composed
+
+
+def test_report_opens_with_the_verdicts(tmp_path) -> None:
+    from clipforge.demo.report import verdict_section
+    from clipforge.report.document import Report
+
+    r = Report("demo")
+    verdict_section(r, _family(False), quick=True)
+    r.contents().heading("The family")
+    md = r.to_markdown()
+    assert md.startswith("# demo\n\n## What this run shows\n\n- CLIP-MoE: ")
+    section = md.split("## What this run shows", 1)[1].split("\n## ", 1)[0]
+    bullets = [b for b in section.splitlines() if b.startswith("- ") and "](#" not in b]
+    assert len(bullets) == len(EXPECTED_CLAIMS) and all("**does not hold**" in b for b in bullets)
+    assert md.index("**Contents**") > md.index("## What this run shows")
+    assert "What this run shows" in r.to_html().split("<nav", 1)[0]

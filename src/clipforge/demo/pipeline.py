@@ -102,9 +102,12 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None) -> dict[str, Any]:
     cached = (anc_run / "model" / "config.json").is_file()
     if not cached:
         print(f"[demo] no cached ancestry in {anc_run}: this first run trains it there "
-              f"(about {_mins(cfg.estimates['ancestry'])} on 2 CPU cores); later runs reuse it", flush=True)
+              f"(about {_mins(cfg.estimates['ancestry'])} on 2 CPU cores); later runs reuse it "
+              f"(another cache: --cache DIR or $CLIPFORGE_CACHE)", flush=True)
     else:
         progress.estimates["ancestry"] = 5
+        print(f"[demo] using the cached ancestry in {anc_run}", flush=True)
+    print(f"[demo] this run: about {_mins(sum(progress.estimates.values()))} on 2 CPU cores, into {out}", flush=True)
     anc_dir = progress.run("ancestry", "the ancestry CLIP (trained once, then cached)",
                            lambda: train_ancestry(anc_run, recipe))
     ancestry = io.load(anc_dir)

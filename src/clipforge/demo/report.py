@@ -167,13 +167,72 @@ def family_section(r: Report, records: dict[str, dict[str, Any]], cfg: Any) -> N
             "forward time per sample at batch 64 on this machine.")
 
 
+def curves_section(r: Report, runs: dict[str, Path], path: Path) -> None:
+    """"Training curves": a panel per run that logged two steps or more, and the names of those left out."""
+    from ..report.plots import loss_panels
+
+    r.heading("Training curves")
+    logs = curve_logs(runs)
+    curves = loss_panels(logs, path, smooth_from=CURVE_SMOOTH_FROM)
+    short = [k for k, v in logs.items() if len(v) < 2]
+    skipped = f" Not drawn (a single logged step): {', '.join(short)}." if short else ""
+    if curves is None:
+        r.paragraph("No run logged its loss at two steps or more." + skipped)
+        return
+    # The caption names only what is drawn: grey points always, the blue average only for long runs.
+    blue = ("; blue: their moving average" if any(len(v) >= CURVE_SMOOTH_FROM for v in logs.values()) else "")
+    r.image(curves, f"Training loss against step of every run that logged at least two steps (grey: the logged "
+            f"values{blue})." + skipped)
+
+
+def mmvp_section(r: Report, records: dict[str, dict[str, Any]]) -> None:
+    """The MMVP-style pair accuracy per attribute of every CLIP, in %."""
+    rows = [[name] + [_pct(rec["headline"].get(f"mmvp_{a}")) for a in ATTRS] + [_pct(rec["headline"].get("mmvp_mean"))]
+            for name, rec in records.items() if "mmvp_mean" in rec["headline"]]
+    r.heading("What each model sees: MMVP-style pairs per attribute")
+    r.table(["model"] + ATTRS + ["mean"], rows,  # one unit for the whole table, said in its caption
+            caption="Pair accuracy in % (two images differing in one attribute; both must pick their own caption; "
+                    "chance 25 %). Binding, relation and count are what converged contrastive models miss.")
+
+
+def moe_section(r: Report, out: Path, cfg: Any, ancestry_dir: Path, moe_dir: Path) -> tuple[Any, Any]:
+    """"Inside the CLIP-MoE": routing maps and each expert's stage model on MMVP; returns (the MoE, test scenes)."""
+    from ..data.scenes import ScenesDataset
+    from ..eval.tasks import mmvp_diagnostic
+    from ..files import write_json
+    from ..models import io
+    from ..moe.routing import plot_routing, routing_stats
+    from ..report.plots import grouped_bars
+
+    plots = out / "plots"
+    r.heading("Inside the CLIP-MoE")
+    moe = io.load(moe_dir).eval()
+    size = int(moe.config.vision_config.image_size)
+    test = ScenesDataset(split="test", size=min(500, cfg.suite.scenes), seed=1, image_size=size)
+    stats = routing_stats(moe, test)
+    write_json(out / "clip_moe" / "routing.json", stats)
+    r.image(plot_routing(stats, plots / "routing.png", title="CLIP-MoE routing on held-out scenes"),
+            "Share of tokens each expert receives as first and second choice, per block (the paper's Fig. 3). "
+            "Expert 0 is the ancestry's FFN, expert j the FFN of MCL stage j.")
+    mcl_dir = Path(moe_dir).parent / "mcl"
+    stage_recs = {}
+    for j in range(int(moe.config.num_experts)):
+        d = mcl_dir / f"stage{j}" / "model" if j else ancestry_dir
+        stage_recs[f"expert {j}" + (" (ancestry)" if j == 0 else f" (stage {j})")] = mmvp_diagnostic(
+            io.load(d), n=cfg.suite.pairs, seed=cfg.suite.seed, image_size=size)
+    grouped_bars(ATTRS, {k: [v[a] for a in ATTRS] for k, v in stage_recs.items()}, plots / "experts_mmvp.png",
+                 title="MMVP-style pair accuracy of each expert's dense stage model", ylabel="pair accuracy",
+                 chance=0.25, percent=True)
+    r.image(plots / "experts_mmvp.png", "Per-attribute pair accuracy in % of the dense model each expert comes "
+            "from (the paper's Table 1): what each MCL stage learned.")
+    return moe, test
+
+
 def write_report(out: Path, records: dict[str, dict[str, Any]], phases: dict[str, float], cfg: Any,
                  anc_run: Path, cached: bool, ancestry_dir: Path, moe_dir: Path) -> tuple[Path, Path]:
     """Assemble plots and tables into `out/report.md` and `out/report.html`."""
-    from ..data.scenes import ScenesDataset
+    from ..files import write_json
     from ..models import io
-    from ..moe.routing import plot_routing, routing_stats
-    from ..report.plots import grouped_bars, loss_panels
     from ..report.samples import plot_retrieval_examples, retrieval_examples
 
     plots = out / "plots"
@@ -200,43 +259,15 @@ def write_report(out: Path, records: dict[str, dict[str, Any]], phases: dict[str
         "**CLIP-MoE of an MM-LG descendant**: the two methods composed, DMU applied to the middle descendant."])
 
     family_section(r, records, cfg)
-    mm_rows = [[name] + [_pct(rec["headline"].get(f"mmvp_{a}")) for a in ATTRS] + [_pct(rec["headline"].get("mmvp_mean"))]
-               for name, rec in records.items() if "mmvp_mean" in rec["headline"]]
-    r.heading("What each model sees: MMVP-style pairs per attribute")
-    r.table(["model"] + ATTRS + ["mean"], mm_rows,  # one unit for the whole table, said in its caption
-            caption="Pair accuracy in % (two images differing in one attribute; both must pick their own caption; "
-                    "chance 25 %). Binding, relation and count are what converged contrastive models miss.")
+    mmvp_section(r, records)
 
     r.heading("Size against quality")
     r.image(plot_tradeoff(records, plots / "tradeoff.png"), "Quality in % against parameters active per token, "
             "one colour and marker per model (■ CLIP-MoE, ● CLIP, ▲ vision only, ▼ text only); markers shrink in "
             "legend order, so models with the same numbers show as concentric rings.")
 
-    r.heading("Inside the CLIP-MoE")
-    moe = io.load(moe_dir).eval()
-    size = int(moe.config.vision_config.image_size)
-    test = ScenesDataset(split="test", size=min(500, cfg.suite.scenes), seed=1, image_size=size)
-    stats = routing_stats(moe, test)
-    from ..files import write_json
-
-    write_json(out / "clip_moe" / "routing.json", stats)
-    r.image(plot_routing(stats, plots / "routing.png", title="CLIP-MoE routing on held-out scenes"),
-            "Share of tokens each expert receives as first and second choice, per block (the paper's Fig. 3). "
-            "Expert 0 is the ancestry's FFN, expert j the FFN of MCL stage j.")
-    stage_recs = {}
-    from ..eval.tasks import mmvp_diagnostic
-
-    mcl_dir = Path(moe_dir).parent / "mcl"
-    n_exp = int(moe.config.num_experts)
-    for j in range(n_exp):
-        d = mcl_dir / f"stage{j}" / "model" if j else ancestry_dir
-        stage_recs[f"expert {j}" + (" (ancestry)" if j == 0 else f" (stage {j})")] = mmvp_diagnostic(
-            io.load(d), n=cfg.suite.pairs, seed=cfg.suite.seed, image_size=size)
-    grouped_bars(ATTRS, {k: [v[a] for a in ATTRS] for k, v in stage_recs.items()}, plots / "experts_mmvp.png",
-                 title="MMVP-style pair accuracy of each expert's dense stage model", ylabel="pair accuracy",
-                 chance=0.25, percent=True)
-    r.image(plots / "experts_mmvp.png", "Per-attribute pair accuracy of the dense model each expert comes from "
-            "(the paper's Table 1): what each MCL stage learned.")
+    moe, test = moe_section(r, out, cfg, ancestry_dir, moe_dir)
+    mcl_dir, n_exp = Path(moe_dir).parent / "mcl", int(moe.config.num_experts)
 
     r.heading("Sample retrievals")
     examples = retrieval_examples({"ancestry": io.load(ancestry_dir), "CLIP-MoE": moe}, test, n_images=6, top=3)
@@ -244,21 +275,11 @@ def write_report(out: Path, records: dict[str, dict[str, Any]], phases: dict[str
     r.image(plot_retrieval_examples(examples, plots / "retrievals.png"),
             f"Held-out scenes and the top-3 of {examples['n_captions']} captions by each model (green: its own caption).")
 
-    r.heading("Training curves")
     runs = {"ancestry": anc_run / "log.jsonl"}
     runs |= {f"MCL stage {j}": mcl_dir / f"stage{j}" / "train" / "log.jsonl" for j in range(1, n_exp)}
     runs |= {"CLIP-MoE routers": Path(moe_dir).parent / "log.jsonl",
              "learngene extraction (KD)": out / "learngene" / "extract" / "log.jsonl"}
-    logs = curve_logs(runs)
-    curves = loss_panels(logs, plots / "curves.png", smooth_from=CURVE_SMOOTH_FROM)
-    short = [k for k, v in logs.items() if len(v) < 2]
-    skipped = f" Not drawn (a single logged step): {', '.join(short)}." if short else ""
-    if curves is not None:
-        r.image(curves, "Training loss against step of every run that logged at least two steps (grey: the logged "
-                f"values; blue: their moving average, for runs of {CURVE_SMOOTH_FROM} or more logged steps)."
-                + skipped)
-    else:
-        r.paragraph("No run logged its loss at two steps or more." + skipped)
+    curves_section(r, runs, plots / "curves.png")
 
     r.heading("Wall time per phase")
     total = sum(v for k, v in phases.items() if k != "ancestry")

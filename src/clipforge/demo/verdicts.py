@@ -12,8 +12,9 @@ descendant's name with "MM-LG" replaced by "Scratch" ("Scratch clip 2+2").
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 Records = Mapping[str, Mapping[str, Any]]
 
