@@ -165,3 +165,14 @@ def test_factory_and_errors():
         ClusterBatchSampler(labels, G).load_state_dict({"epoch": 0, "position": 999})
     with pytest.raises(ClipforgeError, match="keeps no batch"):
         ClusterBatchSampler(np.zeros(3, dtype=int), G, policy="drop")
+
+
+def test_fixed_order_visits_clusters_in_index_order_each_round():
+    labels = np.repeat(np.arange(3), 8)  # three clusters of 8 samples
+    s = ClusterBatchSampler(labels, 4, seed=0, order="fixed")
+    owners = [int(labels[b[0]]) for b in s.epoch_batches(0)]
+    assert owners == [0, 1, 2, 0, 1, 2]
+    shuffled = ClusterBatchSampler(labels, 4, seed=0, order="shuffled").epoch_batches(0)
+    assert sorted(int(labels[b[0]]) for b in shuffled) == sorted(owners)
+    with pytest.raises(ClipforgeError, match="cluster order"):
+        ClusterBatchSampler(labels, 4, order="random")

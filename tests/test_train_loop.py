@@ -167,3 +167,16 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
     rows_a, rows_b = _log(out_a), _log(out_b)
     assert [r["step"] for r in rows_b] == list(range(1, 13))
     assert [r["loss"] for r in rows_a] == [r["loss"] for r in rows_b]
+
+
+def test_decay_on_every_tensor_when_exclusions_are_off():
+    """The released CLIP-MoE code decays every trainable tensor; clipforge spares biases, norms, embeddings."""
+    from clipforge.models.registry import build
+    from clipforge.train.optim import param_groups
+
+    model = build("tiny", seed=0)
+    spared = param_groups(model, weight_decay=0.1)
+    every = param_groups(model, weight_decay=0.1, decay_exclusions=False)
+    assert len(spared) == 2 and spared[1]["weight_decay"] == 0.0
+    assert len(every) == 1 and every[0]["weight_decay"] == 0.1
+    assert len(every[0]["params"]) == sum(len(g["params"]) for g in spared)

@@ -25,7 +25,7 @@ def _f(default: Any, help: str, flag: str | None = None, cli: bool = True) -> An
 def _problem(name: str, value: Any) -> str | None:
     """What is wrong with a schedule value (None: nothing); the caller names the field or the flag."""
     if value is None:
-        return None if name in ("steps", "fixed_logit_scale") else "must be set"
+        return None if name in ("steps", "fixed_logit_scale", "grad_clip") else "must be set"
     if name in ("steps", "warmup", "weight_decay", "num_workers") and value < 0:
         return f"must not be negative, got {value}"
     if name == "lr" and not value > 0:
@@ -59,6 +59,12 @@ class Schedule:
     seed: int = _f(0, "seed of initialisation, data order and RNG streams", cli=False)
     num_workers: int = _f(0, "DataLoader worker processes", cli=False)  # its own flag: cli/_workers.py
     log_every: int = _f(10, "log every N steps")
+    # The optimiser [clipforge choices; the released CLIP-MoE code: betas (0.9, 0.999), eps 1e-8, no clipping,
+    # decay on every tensor (moe.mcl.PAPER_SCHEDULE)].
+    betas: tuple[float, float] = _f((0.9, 0.98), "AdamW betas", cli=False)
+    eps: float = _f(1e-6, "AdamW eps", cli=False)
+    grad_clip: float | None = _f(1.0, "clip the gradient norm to this (None: no clipping)", cli=False)
+    decay_exclusions: bool = _f(True, "no weight decay on biases, norms, embeddings and the logit scale", cli=False)
 
     def __post_init__(self) -> None:
         for f in fields(Schedule):

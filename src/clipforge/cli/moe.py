@@ -24,6 +24,8 @@ MCL_FLAGS: list[tuple[str, str, type, str]] = [
     ("--k-img", "k_img", int, "image clusters per stage (paper 3)"),
     ("--k-txt", "k_txt", int, "text clusters per stage (paper 3)"),
     ("--policy", "policy", str, "small-cluster policy: drop, keep_remainder, merge_small"),
+    ("--cluster-order", "cluster_order", str, "order clusters are visited each round: fixed (released code) or "
+                                              "shuffled (clipforge)"),
 ]
 ROUTER_FLAGS: list[tuple[str, str, type, str]] = [
     ("--balance-loss", "balance_loss", str, "switch (paper) or mixtral (released code)"),

@@ -137,6 +137,9 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (int(seed) * 1_000_003 + int(epoch)) % (2**63)
 
 
+ORDERS = ("shuffled", "fixed")
+
+
 class ClusterBatchSampler:
     """Per-rank index batches; each global batch drawn from one cluster (see the module docstring).
 
@@ -146,12 +149,14 @@ class ClusterBatchSampler:
 
     def __init__(self, labels: np.ndarray, global_batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
                  policy: str = "keep_remainder", min_cluster_size: int | None = None,
-                 parents: np.ndarray | None = None, min_batch: int = 2) -> None:
+                 parents: np.ndarray | None = None, min_batch: int = 2, order: str = "shuffled") -> None:
+        if order not in ORDERS:
+            raise ClipforgeError(f"cluster order must be one of {', '.join(ORDERS)}, got {order!r}")
         if not 0 <= rank < world_size:
             raise ClipforgeError(f"rank {rank} is outside world size {world_size}")
         self.plan = plan_batches(labels, global_batch_size, world_size, policy, min_cluster_size, parents, min_batch)
         self.global_batch_size, self.seed, self.rank, self.world_size = global_batch_size, seed, rank, world_size
-        self.policy = policy
+        self.policy, self.order = policy, order
         self.epoch = 0
         self.position = 0  # global batches already handed out in this epoch
         if len(self) == 0:
@@ -176,7 +181,10 @@ class ClusterBatchSampler:
         active = [i for i, b in enumerate(self.plan.batch_sizes) if b]
         out: list[np.ndarray] = []
         while active:
-            for j in torch.randperm(len(active), generator=gen).tolist():
+            # "fixed": groups visited 0..C−1 every round, as the released code; "shuffled": reshuffled per round.
+            shuffle = self.order == "shuffled"
+            visit = torch.randperm(len(active), generator=gen).tolist() if shuffle else range(len(active))
+            for j in visit:
                 g = active[j]
                 k = nxt[g]
                 out.append(shuffled[g][starts[g][k]:starts[g][k] + self.plan.batch_sizes[g][k]])
@@ -206,11 +214,11 @@ class ClusterBatchSampler:
 
 def cluster_sampler_factory(labels: np.ndarray, seed: int = 0, policy: str = "keep_remainder",
                             min_cluster_size: int | None = None, parents: np.ndarray | None = None,
-                            min_batch: int = 2) -> Callable[[Any, int], ClusterBatchSampler]:
+                            min_batch: int = 2, order: str = "shuffled") -> Callable[[Any, int], ClusterBatchSampler]:
     """A `train(batch_sampler=...)` factory: `(DistInfo, batch_size_per_rank) -> ClusterBatchSampler`."""
 
     def make(info: Any, batch_size_per_rank: int) -> ClusterBatchSampler:
         return ClusterBatchSampler(labels, batch_size_per_rank * info.world_size, seed, info.rank, info.world_size,
-                                   policy, min_cluster_size, parents, min_batch)
+                                   policy, min_cluster_size, parents, min_batch, order)
 
     return make

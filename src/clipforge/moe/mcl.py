@@ -56,7 +56,10 @@ _SCHEDULE_NEUTRAL = {"num_workers", "log_every", "grad_checkpointing"}
 # The released recipe's schedule [C], shared by MCL stages, router training and the fine-tuning baselines
 # (each sets its own lr and weight decay).
 PAPER_SCHEDULE = {"steps": None, "batch_size": 800, "warmup": 200, "max_warmup_frac": 0.2,
-                  "label_smoothing": 0.1, "fixed_logit_scale": 100.0}
+                  "label_smoothing": 0.1, "fixed_logit_scale": 100.0,
+                  "betas": (0.9, 0.999), "eps": 1e-8, "grad_clip": None, "decay_exclusions": False}
+# clipforge's optimiser choices (docs/methods.md A.1), for presets that use them instead of the released ones.
+CLIPFORGE_OPTIMIZER = {"betas": (0.9, 0.98), "eps": 1e-6, "grad_clip": 1.0, "decay_exclusions": True}
 
 
 def paper_schedule(**changes: Any) -> Schedule:
@@ -83,6 +86,7 @@ class MCLConfig:
     train_attention: bool = False
     init: str = "base"
     policy: str = "keep_remainder"
+    cluster_order: str = "fixed"  # [C] clusters visited 0..C−1 each round; "shuffled" [choice] reshuffles
     min_cluster_size: int | None = None
     min_batch: int = 2
     # clustering [choice: faiss, spherical, k-means++ init like the released sklearn call]
@@ -238,7 +242,7 @@ def run_stage(base: nn.Module | str | os.PathLike, prev_stage_model: nn.Module |
                                            keep_checkpoints=cfg.keep_checkpoints)
     factory = cluster_sampler_factory(labels.ids, seed=seed, policy=cfg.policy,
                                       min_cluster_size=cfg.min_cluster_size, parents=labels.parents,
-                                      min_batch=cfg.min_batch)
+                                      min_batch=cfg.min_batch, order=cfg.cluster_order)
     # Resume only from a checkpoint that exists: "latest" on a fresh stage would just log a warning.
     has_ckpt = latest_checkpoint(stage_dir / "train" / CHECKPOINT_DIR) is not None
     model = train(model, dataset, tcfg, stage_dir / "train", batch_sampler=factory,

@@ -12,9 +12,6 @@ class TrainConfig(Schedule):
     """Everything that shapes a training run: the `Schedule` plus the loop's own mechanics."""
 
     min_lr_ratio: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.98)
-    eps: float = 1e-6
-    grad_clip: float | None = 1.0
     trainable: list[str] | None = None  # parameter name patterns (fnmatch) to train; None: all
     frozen: list[str] | None = None
     optimizer: str = "auto"  # AdamW kernel: "auto" (fused where supported, else foreach), "fused", "foreach", "for-loop"

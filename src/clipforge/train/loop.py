@@ -182,7 +182,7 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, out_dir: str | o
     frozen = list(cfg.frozen or [])
     if cfg.fixed_logit_scale is not None:
         frozen.append(_fix_logit_scale(model, cfg.fixed_logit_scale))
-    groups = param_groups(model, cfg.trainable, frozen, cfg.weight_decay)
+    groups = param_groups(model, cfg.trainable, frozen, cfg.weight_decay, cfg.decay_exclusions)
     trainable = [p for g in groups for p in g["params"]]
     if cfg.grad_checkpointing:
         enable_grad_checkpointing(model)

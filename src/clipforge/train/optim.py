@@ -60,13 +60,14 @@ def apply_freeze(model: nn.Module, trainable: list[str] | None = None, frozen: l
 
 
 def param_groups(model: nn.Module, trainable: list[str] | None = None, frozen: list[str] | None = None,
-                 weight_decay: float = 0.0) -> list[dict[str, Any]]:
-    """Freeze by pattern, then split the trainable parameters into a decayed and an undecayed group.
+                 weight_decay: float = 0.0, decay_exclusions: bool = True) -> list[dict[str, Any]]:
+    """Freeze by pattern, then split the trainable parameters into a decayed and an undecayed group
+    (`decay_exclusions=False`: every trainable tensor decays, as the released CLIP-MoE code does).
 
     Returns optimizer groups (`params`, `weight_decay`, `param_names`); empty groups are left out.
     """
     kept = set(apply_freeze(model, trainable, frozen))
-    no_decay = _no_decay_names(model)
+    no_decay = _no_decay_names(model) if decay_exclusions else set()
     decay_group: dict[str, Any] = {"params": [], "param_names": [], "weight_decay": weight_decay}
     plain_group: dict[str, Any] = {"params": [], "param_names": [], "weight_decay": 0.0}
     # named_parameters() de-duplicates tied weights, so a shared tensor lands in one group only.
