@@ -88,7 +88,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "results are written by `all` (default), which reuses every finished unit")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's; two 1-thread processes, one per "
                                                "--part, beat one 2-thread process on 2 cores for these small models)")
-    p.add_argument("--force", action="store_true", help="discard a work directory made with another budget")
+    p.add_argument("--overwrite", "--force", dest="force", action="store_true",
+                   help="discard a work directory made with another budget (alias --force)")
 
 
 def _command(args: argparse.Namespace) -> str:
@@ -253,7 +254,8 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or (HERE / "results" / "quick" if args.quick else HERE / "results")
     work = args.work or Path("runs/bench-clipmoe-quick" if args.quick else "runs/bench-clipmoe")
     ancestry = _ancestry(args.ancestry, args.quick)
-    claim(work, {"budget": asdict(budget) | {"seeds": None}, "ancestry": str(ancestry.resolve())}, args.force)
+    claim(work, {"budget": asdict(budget) | {"seeds": None}, "ancestry": str(ancestry.resolve())}, args.force,
+          kind="bench clipmoe")
     started = time.perf_counter()
     bench = Bench(budget, ancestry, work)
     b = budget

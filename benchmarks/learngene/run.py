@@ -34,7 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                  "(default: the cached demo ancestry, trained if missing, or "
                                                  "its quick variant with --quick; trained if missing)")
     p.add_argument("--seeds", type=int, help="number of downstream seeds (default 3, quick 1)")
-    p.add_argument("--force", action="store_true", help="discard a work directory made with another budget")
+    p.add_argument("--overwrite", "--force", dest="force", action="store_true",
+                   help="discard a work directory made with another budget (alias --force)")
 
 
 def _command(args: argparse.Namespace, prefix: str) -> str:
@@ -57,19 +58,10 @@ def _resolve_ancestry(path: Path | None, quick: bool) -> Path:
 
 
 def _claim_work(work: Path, record: dict, force: bool) -> None:
-    import json
-    import shutil
+    """The work directory is a run directory (clipforge.train.runs): another budget or ancestry is refused."""
+    from clipforge.train.runs import claim
 
-    from clipforge.errors import ClipforgeError
-    from clipforge.files import write_json
-
-    path = work / "budget.json"
-    if path.is_file() and json.loads(path.read_text()) != json.loads(json.dumps(record, default=str)):
-        if not force:
-            raise ClipforgeError(f"{work} holds a benchmark run with another budget or ancestry; "
-                                 "pass --force to discard it or choose another --work")
-        shutil.rmtree(work)
-    write_json(path, record)
+    claim(work, record, force, kind="bench learngene")
 
 
 class Progress:

@@ -124,8 +124,10 @@ def convergence(records: list[dict], window: int = 150) -> dict[str, float]:
 def _same_recipe(stored: dict | None, recipe: AncestryRecipe) -> bool:
     if not isinstance(stored, dict):
         return False
-    try:
-        return AncestryRecipe.from_record(stored) == recipe
+    from ..train.runs import normalise
+
+    try:  # compared as JSON: a stored tuple (betas) reads back as a list
+        return normalise(asdict(AncestryRecipe.from_record(stored))) == normalise(asdict(recipe))
     except (TypeError, ClipforgeError):  # a field this version does not know
         return False
 
