@@ -19,7 +19,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                               "~/.cache/clipforge)")
     p.add_argument("--ancestry", type=Path, help="ancestry run directory (default CACHE/ancestry, "
                                                  "CACHE/ancestry-quick with --quick)")
-    p.add_argument("--quick", action="store_true", help="the same pipeline at toy budgets (about 3 minutes)")
+    p.add_argument("--quick", action="store_true",
+                   help="the same pipeline at toy budgets (about a minute on 2 cores)")
     p.set_defaults(func=run)
 
 
