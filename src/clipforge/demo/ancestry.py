@@ -90,7 +90,8 @@ def training_data(recipe: AncestryRecipe):
     return parts[0] if len(parts) == 1 else ConcatImageText(parts)
 
 
-def evaluate(model, recipe: AncestryRecipe, quick_curve: bool = False) -> dict[str, Any]:
+def evaluate(model, recipe: AncestryRecipe, quick_curve: bool = False,
+             tasks: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Fashion-MNIST prompt accuracy, held-out scenes retrieval, MMVP-style pair accuracy (the built-in
     suite of `clipforge.eval.suite`); `quick_curve`: smaller sets and no pairs, for the training curve."""
     from ..eval.suite import SuiteConfig, evaluate_builtin
@@ -98,7 +99,7 @@ def evaluate(model, recipe: AncestryRecipe, quick_curve: bool = False) -> dict[s
     suite = SuiteConfig(scenes=min(recipe.eval_scenes, 300) if quick_curve else recipe.eval_scenes,
                         pairs=recipe.eval_pairs, fashion=1000 if quick_curve else recipe.eval_fashion,
                         seed=recipe.schedule.seed,
-                        tasks=("fashion_mnist", "scenes_retrieval") if quick_curve else SuiteConfig().tasks)
+                        tasks=tasks or (("fashion_mnist", "scenes_retrieval") if quick_curve else SuiteConfig().tasks))
     return evaluate_builtin(model, suite)
 
 
@@ -147,10 +148,10 @@ def _refresh_metrics(out: Path, recipe: AncestryRecipe) -> None:
     if not missing:
         return
     print(f"[ancestry] evaluating the cached ancestry on {', '.join(missing)} (new suite tasks)")
-    full = evaluate(load(out / "model"), recipe)
-    init = evaluate(build(recipe.arch, seed=recipe.schedule.seed), recipe)
-    metrics["trained"] = {**metrics["trained"], **{t: full[t] for t in missing}}
-    metrics["random_init"] = {**metrics["random_init"], **{t: init[t] for t in missing}}
+    full = evaluate(load(out / "model"), recipe, tasks=tuple(missing))  # only what is missing
+    init = evaluate(build(recipe.arch, seed=recipe.schedule.seed), recipe, tasks=tuple(missing))
+    metrics["trained"] = {**metrics["trained"], **full}
+    metrics["random_init"] = {**metrics["random_init"], **init}
     write_json(path, metrics)
 
 
