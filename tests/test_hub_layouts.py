@@ -100,7 +100,7 @@ def test_pipelines_run_on_hub_layouts(hub_dirs, layout, tmp_path):
                  "--scenes-size", "64", "--preset", "quick", "--eval-size", "quick"]) == 0
     assert (tmp_path / "dmu" / "model" / "config.json").is_file()
     assert main(["learngene", "extract", "--ancestry", str(d), "--out", str(tmp_path / "lg"), "--steps", "2",
-                 "--batch-size", "8", "--data", "scenes"]) == 0
+                 "--batch-size", "8", "--data", "scenes", "--eval-scenes", "8", "--eval-fashion", "8"]) == 0
 
 
 def test_pickled_code_in_a_bin_is_refused_and_never_run(hub_dirs, tmp_path, capsys):

@@ -83,6 +83,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ancestry", type=Path, help="ancestry model or run directory (default: the cached demo ancestry, "
                                                  "its quick variant with --quick; trained if missing)")
     p.add_argument("--seeds", type=int, help="number of seeds (default 3, quick 1)")
+    p.add_argument("--seed", type=int, dest="only_seed",
+                   help="run only this seed's units and write its unit record (two 1-thread processes, one per "
+                        "seed, share --work); results are written by a run without --seed, which reuses the records")
     p.add_argument("--part", choices=["all", "main", "ablation"], default="all",
                    help="run only the main table's units or only the ablation's (two processes can share --work); "
                         "results are written by `all` (default), which reuses every finished unit")
@@ -251,6 +254,11 @@ def run(args: argparse.Namespace) -> int:
     budget = Budget.quick() if args.quick else Budget()
     if args.seeds:
         budget = replace(budget, seeds=tuple(range(args.seeds)))
+    only = getattr(args, "only_seed", None)
+    if only is not None and only not in budget.seeds:
+        print(f"run.py: error: --seed {only} is not one of the budget's seeds {list(budget.seeds)} (see --seeds)",
+              file=sys.stderr)
+        return 2
     out = args.out or (HERE / "results" / "quick" if args.quick else HERE / "results")
     work = args.work or Path("runs/bench-clipmoe-quick" if args.quick else "runs/bench-clipmoe")
     ancestry = _ancestry(args.ancestry, args.quick)
@@ -268,6 +276,8 @@ def run(args: argparse.Namespace) -> int:
     base_eval = _base_eval(bench, work)
     identity = {"budget": asdict(budget) | {"seeds": None}, "ancestry": _ancestry_record(ancestry)}
     for seed in (b.seeds if args.part in ("all", "main") else ()):
+        if only is not None and seed != only:
+            continue
         saved = _load_seed(out, seed, identity)
         if saved is not None:  # a committed unit record: this seed is done (perhaps on another machine)
             print(f"[bench] seed {seed}: reusing {out / 'units' / f'seed{seed}.json'}", flush=True)
@@ -296,7 +306,7 @@ def run(args: argparse.Namespace) -> int:
         record("w/o MCL", seed, d, wall_time_s=json.loads((d.parent / "wall_time.json").read_text())["wall_time_s"])
         _save_seed(out, seed, identity, {m: per_seed[seed] for m, per_seed in units.items() if seed in per_seed})
     ablation: dict[str, Any] = {}
-    if args.part in ("all", "ablation"):
+    if args.part in ("all", "ablation") and only is None:
         for name, k, mult, attn in b.ablation:
             steps = b.stage_steps * mult
             params = "ffn+attention" if attn else "ffn"
@@ -313,11 +323,13 @@ def run(args: argparse.Namespace) -> int:
                                            "stage": {}, "direct_ft": {}})
                 ablation[name]["stage"][seed] = bench.evaluate(sdir)["headline"]
                 ablation[name]["direct_ft"][seed] = bench.evaluate(rdir)["headline"]
-    if args.part != "all":
-        print(f"[bench] part {args.part} finished; run without --part to write the results", flush=True)
+    if args.part != "all" or only is not None:
+        what = f"seed {only}" if only is not None else f"part {args.part}"
+        print(f"[bench] {what} finished; run without --part / --seed to write the results", flush=True)
         return 0
+    routing = cmreport.routing(budget, work, out)
     results = cmreport.build(budget, units, base_eval, ablation, work, _command(args),
-                             round(time.perf_counter() - started, 1), str(ancestry))
+                             round(time.perf_counter() - started, 1), str(ancestry), routing=routing)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "results.json", results)
     cmreport.write_markdown(results, out / "results.md")

@@ -18,14 +18,14 @@ from clipforge.data.scenes import ScenesDataset, count_captions
 from .budget import Budget
 
 
-def scenes(split: str, size: int, seed: int, image_size: int) -> Cached:
-    return Cached(ScenesDataset(split=split, size=size, seed=seed, image_size=image_size),
-                  f"scenes[{split},seed{seed},n{size},{image_size}px]")
+def scenes(split: str, size: int, seed: int, image_size: int, caption_style: str = "full") -> Cached:
+    return Cached(ScenesDataset(split=split, size=size, seed=seed, image_size=image_size, caption_style=caption_style),
+                  f"scenes[{split},seed{seed},n{size},{image_size}px,{caption_style}]")
 
 
-def pretraining(budget: Budget, image_size: int) -> Dataset:
-    """Scenes (train, seed 0: the ancestry's stream) plus the first Fashion-MNIST train images."""
-    parts = [scenes("train", budget.pt_scenes, 0, image_size)]
+def pretraining(budget: Budget, image_size: int, caption_style: str = "alt") -> Dataset:
+    """Scenes (train, seed 0: the ancestry's stream, in its caption style) plus the first Fashion-MNIST train images."""
+    parts = [scenes("train", budget.pt_scenes, 0, image_size, caption_style)]
     if budget.pt_fashion:
         parts.append(FashionMNIST(split="train", limit=budget.pt_fashion))
     data = ConcatImageText(parts)

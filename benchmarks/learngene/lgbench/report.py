@@ -1,174 +1,269 @@
-"""Turn the benchmark's unit records into results.json, results.md and PNGs (each written atomically)."""
+"""Turn the unit records into the summary, one verdict per claim, results.json, results.md and PNGs.
+
+Verdicts use paired differences over (depth, seed): the same depth and fine-tuning seed for both
+methods. "beats" holds when mean − 2·SE > 0; "matches or beats" when mean + 2·SE ≥ 0 (not significantly
+below). Differences are in points of %.
+"""
 
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any
 
+from clipforge.files import write_json, write_text
 from clipforge.report.plots import grouped_bars
 
-from .methods import DESCRIPTIONS, LABELS, METHODS
+from .methods import DESCRIPTIONS, LABELS
+from .tasks import SCORE
 
-# (results key, task, metric, title) of the headline tables and bar charts.
-HEADLINES = (("clip", "mean_r1", "(a) CLIP: held-out scenes retrieval, mean of I2T and T2I R@1", "retrieval"),
-             ("fashion_mnist", "acc1", "(b) vision-only: Fashion-MNIST fine-tuned top-1", "fashion_mnist"),
-             ("mnist", "acc1", "(b) vision-only: MNIST fine-tuned top-1", "mnist"),
-             ("text", "acc1", "(c) text-only: object count from caption, linear-probe top-1", "text"))
+TASKS = (("clip", "mean_r1", "(a) CLIP: held-out scenes retrieval, mean of I→T and T→I R@1"),
+         ("fashion_mnist", "acc1", "(b) vision-only: Fashion-MNIST fine-tuned top-1"),
+         ("mnist", "acc1", "(b) vision-only: MNIST fine-tuned top-1"),
+         ("text", "acc1", "(c) text-only: object count from the caption, linear-probe top-1"))
+POINTS = {"C/ratio": "F = C / ratio", "C": "F = C"}
 
 
 def mean_std(values: list[float]) -> dict[str, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
     n = len(values)
     mean = sum(values) / n
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
     return {"mean": mean, "std": std, "n": n}
 
 
-def aggregate(units: dict[tuple[str, int, int], dict[str, Any]], depths: list[int], seeds: list[int]) -> dict:
-    """{method: {depth: {task: {metric: mean_std}}}} over seeds."""
+def _rows(results: dict) -> dict[str, dict[str, dict[str, dict]]]:
+    """{point: {method: {depth: unit}}}, PT-FT under the point "C" (it defines C)."""
+    rows = {p: dict(v) for p, v in results["runs"].items()}
+    rows.setdefault("C", {})["ptft"] = results["ptft"]
+    return rows
+
+
+def _values(unit: dict, task: str, metric: str) -> dict[str, float]:
+    return {s: r[task][metric] for s, r in unit["downstream"].items()}
+
+
+def summarise(results: dict, depths: list[int], seeds: list[int]) -> dict:
+    """{point: {method: {task: {depth | "mean": mean_std over seeds}}}}."""
     out: dict[str, Any] = {}
-    for m in METHODS:
-        out[m] = {}
-        for d in depths:
-            runs = [units[(m, d, s)] for s in seeds]
-            out[m][str(d)] = {task: {k: mean_std([r[task][k] for r in runs]) for k in runs[0][task]
-                                     if isinstance(runs[0][task][k], (int, float))}
-                              for task in ("clip", "fashion_mnist", "mnist", "text")}
+    for p, methods in _rows(results).items():
+        for m, per_depth in methods.items():
+            for task, metric, _ in TASKS:
+                cell: dict[str, Any] = {}
+                for d in depths:
+                    vals = [v for s, v in _values(per_depth[str(d)], task, metric).items() if int(s) in seeds]
+                    cell[str(d)] = mean_std(vals)
+                cell["mean"] = mean_std([cell[str(d)]["mean"] for d in depths])
+                out.setdefault(p, {}).setdefault(m, {})[task] = cell
+    return out
+
+
+def paired(results: dict, a: tuple[str, str], b: tuple[str, str], task: str, metric: str) -> list[float]:
+    """a − b per (depth, seed) for (method, point) pairs a and b."""
+    rows = _rows(results)
+    if a[0] not in rows.get(a[1], {}) or b[0] not in rows.get(b[1], {}):
+        return []
+    diffs = []
+    for d in results["budget"]["depths"]:
+        va, vb = _values(rows[a[1]][a[0]][str(d)], task, metric), _values(rows[b[1]][b[0]][str(d)], task, metric)
+        diffs += [va[s] - vb[s] for s in sorted(set(va) & set(vb))]
+    return diffs
+
+
+def _verdict(claim: str, diffs: list[float], kind: str, what: str) -> dict[str, Any]:
+    ms = mean_std(diffs)
+    se = ms["std"] / math.sqrt(len(diffs)) if len(diffs) > 1 else 0.0
+    holds = ms["mean"] - 2 * se > 0 if kind == "beats" else ms["mean"] + 2 * se >= 0
+    return {"claim": claim, "holds": bool(holds), "diff": ms["mean"], "se": se, "n": len(diffs),
+            "line": f"{claim}: {'holds' if holds else 'does not hold'} ({what}: {100 * ms['mean']:+.1f} ± "
+                    f"{100 * se:.1f} points, paired over {len(diffs)} (depth, seed) pairs)"}
+
+
+def verdicts(results: dict) -> list[dict[str, Any]]:
+    """One verdict per claim, computed from the records."""
+    L = LABELS
+    out = []
+    tasks = (("clip", "mean_r1", "retrieval R@1"), ("fashion_mnist", "acc1", "Fashion-MNIST top-1"))
+
+    def add(claim, a, b, kind, task, metric, tname):
+        d = paired(results, a, b, task, metric)
+        if d:
+            what = f"{L[a[0]]} at {a[1]} − {L[b[0]]} at {b[1]}, {tname}"
+            out.append(_verdict(f"{claim} [{tname}]", d, kind, what))
+
+    for task, metric, tname in tasks:
+        add("MM-LG beats Scratch at equal compute", ("mmlg", "C/ratio"), ("scratch", "C/ratio"), "beats", task, metric, tname)
+    for task, metric, tname in tasks:  # paper: +3.65 Flickr30k R@1, +1.9 Pet top-1
+        add("MM-LG at C/ratio matches or beats PT-FT at C", ("mmlg", "C/ratio"), ("ptft", "C"), "matches", task,
+            metric, tname)
+    for other in ("heur_lg", "auto_lg", "tleg_per_tower"):  # paper: +4.13, +3.1 over the other learngene methods
+        for task, metric, tname in tasks:
+            add(f"MM-LG beats {L[other]} at equal compute", ("mmlg", "C/ratio"), (other, "C/ratio"), "beats",
+                task, metric, tname)
+    for other in ("tinyclip", "weight_selection", "feature_kd"):
+        for p in ("C/ratio", "C"):
+            add(f"MM-LG beats {L[other]} at {p}", ("mmlg", p), (other, p), "beats", "clip", "mean_r1", "retrieval R@1")
+    add("the multimodal block helps (MM-LG beats TLEG-per-tower)", ("mmlg", "C/ratio"), ("tleg_per_tower", "C/ratio"),
+        "beats", "text", "acc1", "text count top-1")
+    st = results["storage"]
+    for key, label in (("total", "all parameters"), ("blocks", "block parameters")):
+        ratio = st["mmlg"][key] / st["ptft"][key]
+        holds = ratio <= 0.30
+        out.append({"claim": f"storage: the learngene is about a quarter of PT-FT's family ({label})",
+                    "holds": holds, "ratio": ratio,
+                    "line": f"storage: the learngene is about a quarter (≤ 30 %) of PT-FT's family, {label}: "
+                            f"{'holds' if holds else 'does not hold'} ({st['mmlg'][key]:,} vs {st['ptft'][key]:,}: "
+                            f"{100 * ratio:.1f} %; paper ~25 %)"})
     return out
 
 
 def _cell(ms: dict[str, float]) -> str:
-    return f"{ms['mean']:.3f} ± {ms['std']:.3f}"
+    return f"{100 * ms['mean']:.1f} ± {100 * ms['std']:.1f}"
 
 
-def _table(agg: dict, task: str, metric: str, depths: list[int]) -> list[str]:
-    lines = ["| method | " + " | ".join(f"depth {d}" for d in depths) + " |",
-             "|---|" + "---|" * len(depths)]
-    for m in METHODS:
-        cells = [_cell(agg[m][str(d)][task][metric]) for d in depths]
-        lines.append(f"| {LABELS[m]} | " + " | ".join(cells) + " |")
+def _task_table(summary: dict, task: str, depths: list[int]) -> list[str]:
+    lines = ["| method | compute | " + " | ".join(f"depth {d}" for d in depths) + " | mean |",
+             "|---|---|" + "---|" * (len(depths) + 1)]
+    for p in ("C/ratio", "C"):
+        for m, cells in summary.get(p, {}).items():
+            lines.append(f"| {LABELS[m]} | {POINTS[p]} | " + " | ".join(_cell(cells[task][str(d)]) for d in depths)
+                         + f" | {_cell(cells[task]['mean'])} |")
     return lines
 
 
-def _retrieval_table(agg: dict, depths: list[int]) -> list[str]:
-    keys = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")
-    lines = ["| method | depth | " + " | ".join(k.replace("_r", " R@") for k in keys) + " |",
-             "|---|---|" + "---|" * len(keys)]
-    for m in METHODS:
-        for d in depths:
-            lines.append(f"| {LABELS[m]} | {d} | " + " | ".join(_cell(agg[m][str(d)]["clip"][k]) for k in keys) + " |")
+def _tflops(x: float) -> str:
+    return f"{x / 1e12:.2f}"
+
+
+def _cost_table(results: dict) -> list[str]:
+    depths = results["budget"]["depths"]
+    lines = ["| method | compute | family TFLOP | extraction TFLOP | steps per depth | train wall s | storage "
+             "(params) | storage / PT-FT | blocks / PT-FT |", "|---|---|---|---|---|---|---|---|---|"]
+    st = results["storage"]
+    rows = _rows(results)
+    for p in ("C/ratio", "C"):
+        for m, per_depth in rows.get(p, {}).items():
+            c = results["costs"]["PT-FT" if m == "ptft" else p][m]
+            steps = " / ".join(str(per_depth[str(d)]["steps"]) for d in depths)
+            lines.append(f"| {LABELS[m]} | {POINTS[p]} | {_tflops(c['family_flops'])} | "
+                         f"{_tflops(c.get('extraction_flops', 0))} | {steps} | {c['family_wall_time_s']:.0f} | "
+                         f"{st[m]['total']:,} | {st[m]['total'] / st['ptft']['total']:.1%} | "
+                         f"{st[m]['blocks'] / st['ptft']['blocks']:.1%} |")
     return lines
 
 
-def _fmt_flops(x: float) -> str:
-    return f"{x / 1e12:.2f} TFLOP" if x >= 1e11 else f"{x / 1e9:.2f} GFLOP"
+def _quality(q: dict) -> str:
+    return f"{100 * q['mean_retrieval_recall@1']:.1f} / {100 * q['zeroshot_acc1']:.1f}"
 
 
-def _cost_table(costs: dict) -> list[str]:
-    lines = ["| method | storage (params) | storage / PT-FT | blocks only / PT-FT | pre-training FLOPs | "
-             "PT-FT ÷ method (FLOPs) | wall s | PT-FT ÷ method (wall) |", "|---|---|---|---|---|---|---|---|"]
-    for m in METHODS:
-        c = costs[m]
-        ratio = lambda x: "—" if x is None else f"{x:.2f}×"  # noqa: E731
-        lines.append(f"| {LABELS[m]} | {c['storage_params']:,} | {c['storage_ratio_vs_ptft']:.1%} | "
-                     f"{c['block_storage_ratio_vs_ptft']:.1%} | {_fmt_flops(c['pretrain_flops'])} | "
-                     f"{ratio(c['cost_ratio_flops_ptft_over_method'])} | {c['pretrain_wall_time_s']:.0f} | "
-                     f"{ratio(c['cost_ratio_wall_ptft_over_method'])} |")
+def _extraction_table(results: dict) -> list[str]:
+    depths = results["budget"]["depths"]
+    anc = results["ancestry"]["quality"]
+    lines = ["Cells: held-out mean retrieval R@1 / Fashion-MNIST zero-shot top-1, in %. Ancestry on the same data: "
+             f"{_quality(anc)}.", "",
+             "| learngene | recipe | steps (budget) | Aux-Net step 0 | Aux-Net final | " +
+             " | ".join(f"descendant d{d} at step 0" for d in depths) + " | selection score |",
+             "|---|---|---|---|---|" + "---|" * (len(depths) + 1)]
+    for key, e in results["extractions"].items():
+        q = e["auxnet_quality"]
+        lines.append(f"| {LABELS[e['mode']]} | {e['recipe']}{' (chosen)' if e['recipe'] == results['recipe'] else ''} | "
+                     f"{e['steps']} ({e['step_budget']}) | {_quality(q['step0'])} | {_quality(q['final'])} | " +
+                     " | ".join(_quality(e["descendants_step0"][str(d)]) for d in depths) +
+                     f" | {100 * e['selection_score']:.1f} |")
     return lines
 
 
-def _steps_table(stt: dict) -> list[str]:
-    lines = ["| depth | target (PT-FT after P) | " + " | ".join(LABELS[m] for m in METHODS) + " |",
-             "|---|---|" + "---|" * len(METHODS)]
-    for d, row in stt.items():
-        cells = []
-        for m in METHODS:
-            r = row[m]
-            reach = "—" if r["steps_to_target"] is None else str(r["steps_to_target"])
-            equiv = "> P" if r["ptft_equivalent_steps"] is None else str(r["ptft_equivalent_steps"])
-            cells.append(f"{reach} / {equiv}")
-        lines.append(f"| {d} | {row['target']:.3f} | " + " | ".join(cells) + " |")
-    return lines
-
-
-def markdown(results: dict[str, Any]) -> str:
-    """results.md: the command, the protocol, budgets, every table, the definitions, the plots."""
-    depths, b = results["budget"]["depths"], results["budget"]
-    agg, costs = results["downstream"], results["costs"]
-    lines = [f"# MM-LG benchmark ({'quick' if results['quick'] else 'full'})", "",
-             f"Made by `{results['command']}` on {results['date']} ({results['device']}); "
-             f"total wall time {results['wall_time_s'] / 60:.1f} min.", "",
-             "clipforge's MM-LG is a reconstruction from the paper's abstract (arXiv 2506.16673) and the "
-             "TLEG/SWS lineage, not the authors' code.", "", "## Protocol", ""]
-    lines += [f"- {p}" for p in results["protocol"]]
-    lines += ["", "Methods:", ""] + [f"- **{LABELS[m]}**: {DESCRIPTIONS[m]}" for m in METHODS]
-    lines += ["", "Budgets:", "", "| setting | value |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in b.items()]
-    lines += ["", f"Ancestry: `{results['ancestry']['path']}` ({results['ancestry']['params']:,} parameters, "
-              f"{results['ancestry']['depth']} blocks per tower).", ""]
-    for task, metric, title, png in HEADLINES:
-        lines += [f"## {title}", "", f"Mean ± std over seeds {b['seeds']}.", ""]
-        lines += _table(agg, task, metric, depths) + ["", f"![{png}]({png}.png)", ""]
-    lines += ["## (a) CLIP retrieval, every recall", ""] + _retrieval_table(agg, depths) + [""]
-    lines += ["## Storage and pre-training cost of the whole family", ""] + _cost_table(costs) + [""]
-    lines += [f"- {d}" for d in results["definitions"]] + [""]
-    lines += ["## Steps to target", "", "Cell: steps this method's pre-training took to reach PT-FT's final "
-              "held-out retrieval (— = not within its budget) / PT-FT steps needed to match this method's final "
-              "value. Both on the evaluated checkpoints.", ""] + _steps_table(results["steps_to_target"]) + [""]
-    lines += ["## Pre-training curves", "", "![curves](curves.png)", "",
-              "Held-out scenes mean R@1 and Fashion-MNIST zero-shot top-1 of the CLIP descendant, before any "
-              "fine-tuning, against its own pre-training steps (extraction is not on this axis: its cost is in "
-              "the table above).", ""]
-    lines += ["## Phase wall times (s)", "", "| phase | seconds |", "|---|---|"]
-    lines += [f"| {k} | {v:.0f} |" for k, v in results["phase_wall_time_s"].items()]
+def markdown(results: dict) -> str:
+    b, depths = results["budget"], results["budget"]["depths"]
+    lines = [f"# MM-LG benchmark, cost-matched ({'quick' if results['quick'] else 'full'})", "",
+             f"Made by `{results['command']}` on {results['date']} ({results['device']}); wall time of this "
+             f"invocation {results['wall_time_s'] / 60:.1f} min ({len(results['units_reused'])} units reused from "
+             "their records).", "",
+             "clipforge's MM-LG is a reconstruction from the paper's abstract (arXiv 2506.16673) and the TLEG/SWS "
+             "lineage, not the authors' code.", "", "## Verdicts", ""]
+    lines += [f"- {v['line']}" for v in results["verdicts"]]
+    lines += ["", "## Protocol", "",
+              f"- C = {_tflops(results['C_flops'])} TFLOP: PT-FT pre-trains each depth from random init until its "
+              f"curve score (mean of held-out retrieval R@1 and Fashion-MNIST zero-shot) gains less than "
+              f"{b['plateau_delta']} over {b['plateau_patience']} evaluations (every {b['eval_every']} steps; at most "
+              f"{b['ptft_max_steps']} steps). Every method's family gets F = C / {b['ratio']} "
+              f"({_tflops(results['points']['C/ratio'])} TFLOP); {', '.join(LABELS[m] for m in b['methods_at_c'])} "
+              "also F = C. Depths share F in PT-FT's proportions "
+              f"({', '.join(f'{d}: {100 * v:.0f} %' for d, v in results['depth_shares'].items())}).",
+              f"- Learngene methods spend at most {b['extract_share']:.0%} of C / {b['ratio']} on one extraction "
+              f"(Aux-Net depth {b['aux_depth']}, least-squares init from the ancestry, ended by the same plateau "
+              f"rule); the recipe is chosen among {', '.join(b['recipes'])} by the mean step-0 score of the "
+              f"descendants of depths {depths}: **{results['recipe']}**.",
+              "- Pre-training data for every method: the ancestry's own (its scenes stream in its caption style "
+              f"plus Fashion-MNIST prompts), batch {b['batch_size']}. Ancestry-initialised methods: KD from the "
+              f"ancestry (half KD, half InfoNCE; TinyCLIP pure affinity KD), lr {b['kd_lr']}, no warm-up (SWS). "
+              f"Random-init methods: InfoNCE (FD adds β = {b['fd_beta']} × feature MSE), lr {b['lr']}, 10 % warm-up.",
+              f"- Downstream, per seed {b['seeds']}: (a) {b['ft_clip_steps']} contrastive fine-tuning steps on "
+              f"{b['ft_scenes']} scenes, then retrieval on {b['eval_scenes']} held-out scenes; (b) vision tower + "
+              f"linear head, {b['ft_vision_steps']} steps on {b['ft_vision_train']} Fashion-MNIST / MNIST images, "
+              f"top-1 on {b['eval_classify']}; (c) text tower, linear probe for the object count of "
+              f"{b['text_test']} test captions. Mean ± sample std over seeds, in %.", "",
+              "Methods:", ""]
+    lines += [f"- **{LABELS[m]}**: {DESCRIPTIONS[m]}" for m in ("ptft",) + tuple(results["runs"]["C/ratio"])]
+    for task, _, title in TASKS:
+        lines += ["", f"## {title}", ""] + _task_table(results["summary"], task, depths)
+    lines += ["", "![retrieval](retrieval.png)", "", "## Extraction: the Aux-Net and its descendants before "
+              "pre-training", ""] + _extraction_table(results)
+    lines += ["", "## Compute and storage of the whole family", ""] + _cost_table(results)
+    lines += ["", "## Quality against family compute", "", "![curves](curves.png)", "",
+              "Curve score of each depth's CLIP before fine-tuning, against the FLOPs spent on that depth (a learngene "
+              "method's extraction shared equally by the depths).", "", "## Phase wall times (s)", "",
+              "| phase | seconds |", "|---|---|"] + [f"| {k} | {v:.0f} |" for k, v in results["phase_wall_time_s"].items()]
     return "\n".join(lines) + "\n"
 
 
-def write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def bar_charts(results: dict[str, Any], out: Path) -> list[Path]:
-    depths, agg = results["budget"]["depths"], results["downstream"]
-    paths = []
-    for task, metric, title, png in HEADLINES:
-        series = {LABELS[m]: [agg[m][str(d)][task][metric]["mean"] for d in depths] for m in METHODS}
-        errors = {LABELS[m]: [agg[m][str(d)][task][metric]["std"] for d in depths] for m in METHODS}
-        paths.append(grouped_bars([f"depth {d}" for d in depths], series, out / f"{png}.png", title=title,
-                                  ylabel=metric, errors=errors))
-    return paths
-
-
-def curve_plot(curves: dict[str, dict[int, list]], depths: list[int], path: Path) -> Path:
-    """Rows: the two curve metrics; columns: depths; one line per method."""
+def curve_plot(results: dict, path: Path) -> Path:
+    """One panel per depth: curve score against the FLOPs spent on that depth, one line per method and point."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = (("scenes_mean_r1", "held-out scenes mean R@1"), ("fmnist_zeroshot_acc1", "Fashion-MNIST zero-shot"))
-    fig, axes = plt.subplots(len(metrics), len(depths), figsize=(4 * len(depths), 6.5), squeeze=False)
+    depths = results["budget"]["depths"]
+    rows = _rows(results)
+    fig, axes = plt.subplots(1, len(depths), figsize=(4.2 * len(depths), 3.8), squeeze=False)
+    methods = list(dict.fromkeys(m for p in rows.values() for m in p))
     for col, d in enumerate(depths):
-        for row, (key, name) in enumerate(metrics):
-            ax = axes[row][col]
-            for i, m in enumerate(METHODS):
-                pts = curves[m][d]
-                # MM-LG drawn heavier and PT-FT dashed, so the two the benchmark is about stand out.
-                style = {"lw": 2.5} if m == "mmlg" else {"ls": "--"} if m == "ptft" else {"lw": 1.2}
-                ax.plot([s for s, _ in pts], [v[key] for _, v in pts], marker="o", ms=3, color=f"C{i}",
-                        label=LABELS[m], **style)
-            ax.set_title(f"depth {d}: {name}", fontsize=9)
-            ax.set_xlabel("descendant pre-training steps")
-            ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
+        ax = axes[0][col]
+        for p, per_method in rows.items():
+            for m, per_depth in per_method.items():
+                u = per_depth[str(d)]
+                shared = results["costs"].get(p, {}).get(m, {}).get("extraction_flops", 0) / len(depths)
+                per_step = u["flops"] / max(1, u["steps"])
+                xs = [(shared + s * per_step) / 1e12 for s, _ in u["curve"]]
+                ys = [100 * v[SCORE] for _, v in u["curve"]]
+                style = {"lw": 2.4} if m == "mmlg" else {"ls": "--", "lw": 1.6} if m == "ptft" else {"lw": 1.0}
+                ax.plot(xs, ys, marker="o" if p == "C/ratio" else "s", ms=3, color=f"C{methods.index(m) % 10}",
+                        label=f"{LABELS[m]} ({POINTS[p]})" if col == 0 else None, alpha=1.0 if p == "C/ratio" else 0.6,
+                        **style)
+        ax.set_title(f"depth {d}", fontsize=10)
+        ax.set_xlabel("TFLOP spent on this depth")
+        ax.set_ylabel("curve score (%)")
+        ax.grid(alpha=0.3)
+    fig.legend(loc="lower center", ncol=4, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.18, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
+    tmp.replace(path)
     return path
+
+
+def write_all(results: dict, out: Path) -> None:
+    depths = results["budget"]["depths"]
+    s = results["summary"]
+    series = {f"{LABELS[m]} ({POINTS[p]})": [s[p][m]["clip"][str(d)]["mean"] for d in depths]
+              for p in ("C/ratio", "C") for m in s.get(p, {})}
+    errors = {f"{LABELS[m]} ({POINTS[p]})": [s[p][m]["clip"][str(d)]["std"] for d in depths]
+              for p in ("C/ratio", "C") for m in s.get(p, {})}
+    grouped_bars([f"depth {d}" for d in depths], series, out / "retrieval.png",
+                 title="(a) held-out retrieval, mean R@1 after fine-tuning", ylabel="R@1 (%)", errors=errors,
+                 percent=True)
+    curve_plot(results, out / "curves.png")
+    write_json(out / "results.json", results)
+    write_text(out / "results.md", markdown(results))

@@ -22,7 +22,7 @@ from torch import nn
 
 from clipforge.data.collate import Collator
 from clipforge.eval.probes import finetune_classifier, text_linear_probe
-from clipforge.eval.tasks import retrieval, zeroshot_classification
+from clipforge.eval.tasks import retrieval
 from clipforge.models.preprocess import transform_for
 from clipforge.train.loop import TrainConfig, train
 
@@ -62,14 +62,22 @@ def text_counting(model: nn.Module, train: tuple[list[str], list[int]], test: tu
     return {"acc1": r["acc1"], "mean_per_class_recall": r["mean_per_class_recall"], "weight_decay": r["weight_decay"]}
 
 
+SCORE = "score"  # the curve score: mean of held-out retrieval R@1 (both ways) and Fashion-MNIST zero-shot
+
+
 class CurveEval:
-    """`eval_fn(model, step)` for pre-training curves: held-out scenes mean R@1 and Fashion-MNIST zero-shot."""
+    """`eval_fn(model, step)`: `clipforge.learngene.Quality` on fixed held-out data, plus the curve score."""
 
     def __init__(self, scenes: Any, fashion: Any) -> None:
-        self.scenes, self.fashion = scenes, fashion
+        from clipforge.learngene import Quality
 
-    def __call__(self, model: nn.Module, step: int) -> dict[str, float]:
-        r = retrieval(model, self.scenes)
-        zs = zeroshot_classification(model, self.fashion)
-        return {"scenes_mean_r1": (r["text_retrieval_recall@1"] + r["image_retrieval_recall@1"]) / 2,
-                "fmnist_zeroshot_acc1": zs["acc1"]}
+        self.quality = Quality(scenes, fashion)
+
+    def __call__(self, model: nn.Module, step: int = 0) -> dict[str, float]:
+        from clipforge.learngene.quality import MEAN_R1
+
+        q = self.quality(model, step)
+        return {**q, SCORE: (q[MEAN_R1] + q["zeroshot_acc1"]) / 2}
+
+    def describe(self) -> dict[str, Any]:
+        return self.quality.describe()

@@ -53,17 +53,48 @@ def _add_extract(lsub: argparse._SubParsersAction) -> None:
     p.add_argument("--stages", type=int, default=1, help="SWS-style stages, each with its own blocks (default 1)")
     p.add_argument("--aux-depth-vision", type=int, help="Aux-Net vision depth (default: the ancestry's)")
     p.add_argument("--aux-depth-text", type=int, help="Aux-Net text depth (default: the ancestry's)")
-    p.add_argument("--init", choices=["random", "ancestry"], default="random",
-                   help="learngene init: TLEG's random init, or the mean of the ancestry's blocks (default random)")
+    p.add_argument("--init", choices=["lstsq", "mean", "random"],
+                   help="learngene init: least-squares fit of the ancestry's layers over the schedule's basis, "
+                        "the mean ancestry block, or TLEG's random init (default lstsq when the block shapes "
+                        "match the ancestry's, else random)")
     p.add_argument("--alpha", type=float, default=1.0, help="KD weight; 1 - alpha weighs InfoNCE (default 1)")
     p.add_argument("--beta", type=float, default=0.0, help="feature-distillation weight (default 0)")
+    p.add_argument("--feature", choices=["cosine", "mse"], default="cosine",
+                   help="feature term (with --beta): 1 - cos of the normalised embeddings, or MSE of the "
+                        "unnormalised ones (default cosine)")
     p.add_argument("--tau", type=float, default=1.0, help="KD temperature (default 1)")
+    p.add_argument("--tie-temperature", action="store_true",
+                   help="the Aux-Net's logits use the ancestry's logit scale (default: its own)")
+    p.add_argument("--sample-depths", type=_depth_list,
+                   help="train the Aux-Net at a depth drawn per step from this comma list, e.g. 2,4,6 "
+                        "(one process only; default: the Aux-Net depth every step)")
+    p.add_argument("--eval-scenes", type=int, default=500,
+                   help="held-out test scenes the Aux-Net and the ancestry are measured on (retrieval R@1; "
+                        "0: no measurement; default 500)")
+    p.add_argument("--eval-fashion", type=int, default=1000,
+                   help="Fashion-MNIST test images for zero-shot accuracy (0: none; default 1000)")
+    p.add_argument("--eval-every", type=int, help="measure every N steps (default steps / 5)")
+    p.add_argument("--plateau", action="store_true",
+                   help="end at a plateau: the best mean retrieval R@1 rose by less than --plateau-delta over "
+                        "the last --plateau-patience measurements (default: run the step budget)")
+    p.add_argument("--plateau-patience", type=int, default=2, help="measurements without gain (default 2)")
+    p.add_argument("--plateau-delta", type=float, default=0.005, help="gain that counts (default 0.005)")
     add_schedule_flags(p, LEARNGENE_SCHEDULE, what="extraction: ", only=LG_FLAGS)
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and RNG streams (default 0)")
     p.add_argument("--overwrite", "--force", dest="force", action="store_true",
                    help="replace what OUT holds (a finished extraction, other settings) instead of refusing")
     add_workers_flag(p)
     p.set_defaults(func=run_extract)
+
+
+def _depth_list(text: str) -> list[int]:
+    try:
+        depths = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        depths = []
+    if not depths or min(depths) < 1:
+        raise argparse.ArgumentTypeError(f"expected a comma list of depths >= 1, e.g. 2,4,6; got {text!r}")
+    return depths
 
 
 def _add_descend(lsub: argparse._SubParsersAction) -> None:
@@ -109,13 +140,35 @@ def _bench_module(required: bool = True) -> ModuleType | None:
 def run_extract(args: argparse.Namespace) -> int:
     from ..learngene.pipeline import extract
 
+    from ..learngene.pipeline import load_ancestry
+    from ..learngene.quality import MEAN_R1, Quality
+    from ..train.plateau import Plateau
+
+    for flag in ("eval_scenes", "eval_fashion", "eval_every", "plateau_patience"):
+        value = getattr(args, flag)
+        if value is not None and value < (1 if flag in ("eval_every", "plateau_patience") else 0):
+            raise ClipforgeError(f"--{flag.replace('_', '-')} must be >= {1 if flag in ('eval_every', 'plateau_patience') else 0}, got {value}")
+    training = schedule_from_args(args, LEARNGENE_SCHEDULE, seed=args.seed)
+    quality = None
+    if args.eval_scenes > 0:
+        size = load_ancestry(args.ancestry)[0].config.vision_config.image_size
+        quality = Quality.builtin(size, scenes=args.eval_scenes, fashion=args.eval_fashion)
+    every = args.eval_every or max(1, (training.steps or 1) // 5)
+    if args.plateau and quality is None:
+        raise ClipforgeError("--plateau needs the Aux-Net measured: --eval-scenes must be > 0")
+    plateau = Plateau(MEAN_R1, args.plateau_patience, args.plateau_delta) if args.plateau else None
     lg_dir = extract(args.ancestry, args.data or ["scenes", "fashion-mnist"], args.out, mode=args.mode,
                      schedule=args.schedule, num_stages=args.stages, aux_depth_vision=args.aux_depth_vision,
                      aux_depth_text=args.aux_depth_text, init=args.init, alpha=args.alpha, beta=args.beta,
-                     tau=args.tau, training=schedule_from_args(args, LEARNGENE_SCHEDULE, seed=args.seed),
-                     force=args.force)
+                     tau=args.tau, feature=args.feature, tie_temperature=args.tie_temperature,
+                     sample_depths=args.sample_depths, quality=quality, eval_every=every if quality else 0,
+                     plateau=plateau, training=training, force=args.force)
     meta = json.loads((lg_dir / "learngene.json").read_text())
     print(f"learngene: {lg_dir} ({meta['num_parameters']:,} parameters)")
+    q = meta.get("provenance", {}).get("auxnet_quality")
+    if q:
+        for label, key in (("Aux-Net at step 0", "step0"), ("Aux-Net final", "final"), ("ancestry", "ancestry")):
+            print(f"  {label}: " + ", ".join(f"{k} {v:.3f}" for k, v in q[key].items()))
     return 0
 
 

@@ -3,17 +3,21 @@
 Only the paper's abstract is available offline and no code is public: the method here is rebuilt from
 that abstract and the group's public TLEG / SWS code (docs/methods.md Part B); every choice is a field of
 `LearngeneConfig`. Pipeline: `Learngene` (the tensors) → `build_auxnet` (a CLIP tied to them) →
-`train(auxnet, ..., step_fn=KDStep(ancestry))` (extraction) → `Learngene.save` → `descend` (plain HF
-descendants of any depth and modality). `baselines` holds Scratch, Heur-LG and Auto-LG.
+`extract` (least-squares init, `Distill` from the ancestry, `Quality` measured, `Plateau` stop) → `Learngene.save` → `descend` (plain HF
+descendants of any depth and modality). `baselines` holds Scratch, Heur-LG, Auto-LG, TinyCLIP-style
+inheritance and weight selection.
 """
 
 from .auxnet import LearngeneWeight, build_auxnet, weight_sources
-from .baselines import Shape, auto_lg, block_scores, heur_lg, scratch
+from .baselines import Shape, auto_lg, block_scores, heur_lg, scratch, select_elements, tinyclip, weight_selection
 from .config import LearngeneConfig
 from .descend import KEY_RULES, descend, provenance
-from .distill import KDStep, kd_loss
+from .distill import DepthSampledStep, Distill, KDStep, kd_loss
+from .fit import fit_to_ancestry
+from .quality import Quality
 from .learngene import BLOCK_PARTS, NON_BLOCK, Learngene
 
-__all__ = ["BLOCK_PARTS", "KEY_RULES", "KDStep", "Learngene", "LearngeneConfig", "LearngeneWeight", "NON_BLOCK",
+__all__ = ["BLOCK_PARTS", "DepthSampledStep", "Distill", "KEY_RULES", "KDStep", "Quality", "fit_to_ancestry",
+           "select_elements", "tinyclip", "weight_selection", "Learngene", "LearngeneConfig", "LearngeneWeight", "NON_BLOCK",
            "Shape", "auto_lg", "block_scores", "build_auxnet", "descend", "heur_lg", "kd_loss", "provenance",
            "scratch", "weight_sources"]

@@ -16,6 +16,16 @@ of what it inherited (put it in the saved model's provenance).
     "relative_change": ‖x_{l+1} − x_l‖ / ‖x_l‖.
   A high score means the block changes its input most, so it is the one least safely dropped.
 
+* `tinyclip` (TinyCLIP's manual weight inheritance, Wu et al. ICCV 2023): block i of a depth-d tower
+  is ancestry block floor(i·L/d) (uniform layer selection: 0, 2, 4, 6 of 8 for d = 4); everything else
+  copied. Its distillation (affinity mimicking: KL of the image-to-text and text-to-image affinities
+  to the teacher's) is `Distill(alpha=1)`, run by the benchmark's pre-training.
+* `weight_selection` (Xu et al. ICLR 2024): the first d ancestry blocks (their best layer selection)
+  and, where the descendant is narrower, uniform element selection: along every dimension that
+  shrinks from D to n, elements (j·D) // n for j < n, the same indices in every tensor, so the
+  selected neurons stay connected across layers.
+Both select elements the same way when a width shrinks (heads keep their count, so their size shrinks).
+
 TLEG-per-tower and shared-only are `LearngeneConfig.mode`s (descendants come from `descend`); PT-FT is
 a training recipe, run by the benchmark.
 """
@@ -162,3 +172,58 @@ def auto_lg(ancestry: nn.Module, shape: Shape, k: int = 3, *, data: dict[str, Te
     placed = _inherit(ancestry, model, picks)
     return model.eval(), {"method": "auto_lg", "k": k, "score": score, "seed": seed, "scores": scores,
                           "chosen": picks, "inherited": placed}
+
+
+def select_elements(src: Tensor, shape: tuple[int, ...], name: str = "tensor") -> Tensor:
+    """`src` cut to `shape` by uniform element selection: along a dim shrinking D → n, indices (j·D) // n."""
+    if src.dim() != len(shape):
+        raise ClipforgeError(f"{name}: {src.dim()}-d in the ancestry, {len(shape)}-d in the descendant")
+    out = src
+    for dim, (big, small) in enumerate(zip(src.shape, shape)):
+        if small > big:
+            raise ClipforgeError(f"{name}: the descendant is wider than the ancestry along dim {dim} "
+                                 f"({small} > {big}); selection can only shrink")
+        if small < big:
+            out = out.index_select(dim, (torch.arange(small) * big) // small)
+    return out
+
+
+@torch.no_grad()
+def _select(ancestry: nn.Module, model: nn.Module, layer_map: dict[str, list[int]]) -> None:
+    """Every descendant tensor from the ancestry: block i of tower t from ancestry block layer_map[t][i]."""
+    src = ancestry.state_dict()
+    new: dict[str, Tensor] = {}
+    for key, value in model.state_dict().items():
+        m = _BLOCK.fullmatch(key)
+        name = block_param_name(m["tower"], layer_map[m["tower"]][int(m["layer"])], m["path"]) if m else key
+        if name not in src:
+            raise ClipforgeError(f"the ancestry has no tensor {name!r} to give the descendant")
+        new[key] = select_elements(src[name], tuple(value.shape), name).clone()
+    model.load_state_dict(new, strict=True)
+
+
+def _check_depths(model: nn.Module, ancestry: nn.Module) -> None:
+    for t in _towers(model):
+        if _depth(model, t) > _depth(ancestry, t):
+            raise ClipforgeError(f"the descendant's {t} tower ({_depth(model, t)} blocks) is deeper than the "
+                                 f"ancestry's ({_depth(ancestry, t)}): selection can only shrink")
+
+
+def tinyclip(ancestry: nn.Module, shape: Shape, seed: int = 0) -> tuple[PreTrainedModel, dict[str, Any]]:
+    """TinyCLIP-style inheritance: uniformly spaced ancestry blocks floor(i·L/d), the rest copied."""
+    model = build(shape.config, seed=seed, kind=shape.kind)
+    _check_depths(model, ancestry)
+    layer_map = {t: [(i * _depth(ancestry, t)) // _depth(model, t) for i in range(_depth(model, t))]
+                 for t in _towers(model)}
+    _select(ancestry, model, layer_map)
+    return model.eval(), {"method": "tinyclip", "layers": layer_map, "seed": seed}
+
+
+def weight_selection(ancestry: nn.Module, shape: Shape, seed: int = 0) -> tuple[PreTrainedModel, dict[str, Any]]:
+    """Weight selection: the first d ancestry blocks per tower, elements selected uniformly where narrower."""
+    model = build(shape.config, seed=seed, kind=shape.kind)
+    _check_depths(model, ancestry)
+    layer_map = {t: list(range(_depth(model, t))) for t in _towers(model)}
+    _select(ancestry, model, layer_map)
+    return model.eval(), {"method": "weight_selection", "layers": layer_map, "seed": seed,
+                          "element_selection": "uniform, (j·D) // n"}

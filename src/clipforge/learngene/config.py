@@ -38,7 +38,8 @@ from ..models.registry import BOS_TOKEN_ID, CLIP_MEAN, CLIP_STD, EOS_TOKEN_ID, P
 
 MODES = ("mmlg", "tleg_per_tower", "shared_only")
 SCHEDULES = ("linear", "blend", "learned")
-INITS = ("random", "ancestry")
+INITS = ("lstsq", "mean", "random")
+_LEGACY_INITS = {"ancestry": "mean"}  # learngenes saved before the least-squares init
 TOWERS = ("vision", "text")
 
 
@@ -48,7 +49,8 @@ class LearngeneConfig:
 
     Both towers share one block shape (`width`, `heads`, `mlp`, `act`): a block used by both towers
     needs equal widths. `aux_depth_vision` / `aux_depth_text` are the Aux-Net depths (L_v, L_t) used
-    during extraction; `init` picks TLEG's random init or the ancestry init (see `Learngene`).
+    during extraction; `init` picks how the tensors start (see `Learngene`): "lstsq" (fitted to the
+    ancestry's layers, `fit.fit_to_ancestry`), "mean" (the mean ancestry block) or "random" (TLEG's).
     """
 
     # block shape, both towers
@@ -81,6 +83,7 @@ class LearngeneConfig:
     init: str = "random"
 
     def __post_init__(self) -> None:
+        self.init = _LEGACY_INITS.get(self.init, self.init)
         for name, value, allowed in (("mode", self.mode, MODES), ("schedule", self.schedule, SCHEDULES),
                                      ("init", self.init, INITS)):
             if value not in allowed:

@@ -8,15 +8,24 @@ is the frozen ancestry, held by the step and never handed to the optimizer or th
     KD   = τ²·½[KL(p_t^{i→t} ‖ p_s^{i→t}) + KL(p_t^{t→i} ‖ p_s^{t→i})]
 
 where p^{i→t} are the row softmaxes of the in-batch logits s·cos(img, txt)/τ, each model using its own
-logit scale s (clamped to [1, 100] as in training), KL is averaged over the batch's rows, and τ²
-keeps gradient sizes independent of τ (Hinton et al.). The feature term is the mean over both towers
-of 1 − cos(student embedding, teacher embedding), defined only when the projection sizes agree.
-Under DDP the KD softmaxes run over each rank's local batch; InfoNCE uses the global one (ClipLoss).
+logit scale s (clamped to [1, 100] as in training; `tie_temperature`: the student uses the teacher's s
+in KD and InfoNCE alike), KL is averaged over the batch's rows, and τ² keeps gradient sizes
+independent of τ (Hinton et al.). KD on both affinity directions is also TinyCLIP's affinity
+mimicking. The feature term, over both towers and only for equal projection sizes: "cosine", the
+mean of 1 − cos(student, teacher) of the normalised embeddings; "mse", the mean squared error of the
+unnormalised projected embeddings (CLIP-KD's feature distillation). Under DDP the KD softmaxes run
+over each rank's local batch; InfoNCE uses the global one (ClipLoss).
+
+`Distill` is the objective as a record (what a learngene's or a descendant's provenance stores);
+`DepthSampledStep` trains an Aux-Net at a depth drawn per step, so that the weighted sum is trained at
+every position l/L' a descendant will use (docs/methods.md B.3b).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import random
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,10 +36,15 @@ from ..models.encode import image_features, text_features
 from ..train.loss import ClipLoss, clamped_scale, logit_scale_param
 
 
-def _embed(model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
-    img = F.normalize(image_features(model, batch["pixel_values"]).float(), dim=-1)
-    txt = F.normalize(text_features(model, batch["input_ids"], batch.get("attention_mask")).float(), dim=-1)
+def _raw(model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+    img = image_features(model, batch["pixel_values"]).float()
+    txt = text_features(model, batch["input_ids"], batch.get("attention_mask")).float()
     return img, txt
+
+
+def _embed(model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+    img, txt = _raw(model, batch)
+    return F.normalize(img, dim=-1), F.normalize(txt, dim=-1)
 
 
 def _scale(model: nn.Module) -> Tensor:
@@ -47,17 +61,44 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, tau: float) -> Tenso
     return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * tau * tau
 
 
+FEATURES = ("cosine", "mse")
+
+
+@dataclass(frozen=True)
+class Distill:
+    """The distillation objective: α·KD + (1 − α)·InfoNCE + β·feature (module docstring)."""
+
+    alpha: float = 1.0  # KD share; the rest is InfoNCE on the student's own logits
+    beta: float = 0.0  # weight of the feature term (0: none)
+    tau: float = 1.0  # KD temperature
+    feature: str = "cosine"  # "cosine" (normalised) or "mse" (unnormalised, CLIP-KD)
+    tie_temperature: bool = False  # the student's logits use the teacher's logit scale
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ClipforgeError(f"alpha must lie in [0, 1], got {self.alpha}")
+        if self.beta < 0 or self.tau <= 0:
+            raise ClipforgeError(f"need beta >= 0 and tau > 0, got beta {self.beta}, tau {self.tau}")
+        if self.feature not in FEATURES:
+            raise ClipforgeError(f"feature loss {self.feature!r} is not one of {', '.join(FEATURES)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def step(self, teacher: nn.Module) -> "KDStep":
+        return KDStep(teacher, self.alpha, self.beta, self.tau, feature=self.feature,
+                      tie_temperature=self.tie_temperature)
+
+
 class KDStep:
     """`step(student, batch) -> (loss, logs)`; logs `kd`, `kd_i2t`, `kd_t2i`, `infonce`, and `feature` if β > 0."""
 
     def __init__(self, teacher: nn.Module, alpha: float = 1.0, beta: float = 0.0, tau: float = 1.0,
-                 loss: ClipLoss | None = None) -> None:
-        if not 0.0 <= alpha <= 1.0:
-            raise ClipforgeError(f"alpha must lie in [0, 1], got {alpha}")
-        if beta < 0 or tau <= 0:
-            raise ClipforgeError(f"need beta >= 0 and tau > 0, got beta {beta}, tau {tau}")
+                 loss: ClipLoss | None = None, *, feature: str = "cosine", tie_temperature: bool = False) -> None:
+        Distill(alpha, beta, tau, feature, tie_temperature)  # one value check
         self.teacher = teacher.eval().requires_grad_(False)
         self.alpha, self.beta, self.tau = alpha, beta, tau
+        self.feature, self.tie_temperature = feature, tie_temperature
         self.clip_loss = loss if loss is not None else ClipLoss()
 
     def _teacher_outputs(self, batch: dict[str, Any], device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
@@ -65,18 +106,23 @@ class KDStep:
             self.teacher.to(device)
         self.teacher.eval()
         with torch.no_grad():
-            img, txt = _embed(self.teacher, batch)
+            img, txt = _raw(self.teacher, batch)
             return img, txt, _scale(self.teacher)
 
     def __call__(self, model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
-        s_img, s_txt = _embed(model, batch)
-        t_img, t_txt, t_scale = self._teacher_outputs(batch, s_img.device)
-        s_logits = _scale(model) * s_img @ s_txt.T
+        s_raw_img, s_raw_txt = _raw(model, batch)
+        s_img, s_txt = F.normalize(s_raw_img, dim=-1), F.normalize(s_raw_txt, dim=-1)
+        t_raw_img, t_raw_txt, t_scale = self._teacher_outputs(batch, s_img.device)
+        t_img, t_txt = F.normalize(t_raw_img, dim=-1), F.normalize(t_raw_txt, dim=-1)
+        s_scale = t_scale if self.tie_temperature else _scale(model)
+        s_logits = s_scale * s_img @ s_txt.T
         t_logits = t_scale * t_img @ t_txt.T
         kd_i2t = kd_loss(s_logits, t_logits, self.tau)
         kd_t2i = kd_loss(s_logits.T, t_logits.T, self.tau)
         kd = (kd_i2t + kd_t2i) / 2
-        infonce = self.clip_loss(s_img, s_txt, logit_scale_param(model))
+        # ClipLoss takes the log-space parameter; a tied student borrows the teacher's.
+        scale_arg = logit_scale_param(self.teacher).detach() if self.tie_temperature else logit_scale_param(model)
+        infonce = self.clip_loss(s_img, s_txt, scale_arg)
         loss = self.alpha * kd + (1 - self.alpha) * infonce
         logs: dict[str, Any] = {"kd": kd.detach(), "kd_i2t": kd_i2t.detach(), "kd_t2i": kd_t2i.detach(),
                                 "infonce": infonce.detach()}
@@ -84,10 +130,49 @@ class KDStep:
             if s_img.shape[-1] != t_img.shape[-1]:
                 raise ClipforgeError(f"feature distillation needs equal projection sizes (student "
                                      f"{s_img.shape[-1]}, teacher {t_img.shape[-1]}); set beta = 0")
-            feature = ((1 - (s_img * t_img).sum(-1)).mean() + (1 - (s_txt * t_txt).sum(-1)).mean()) / 2
+            if self.feature == "mse":
+                feature = (F.mse_loss(s_raw_img, t_raw_img) + F.mse_loss(s_raw_txt, t_raw_txt)) / 2
+            else:
+                feature = ((1 - (s_img * t_img).sum(-1)).mean() + (1 - (s_txt * t_txt).sum(-1)).mean()) / 2
             loss = loss + self.beta * feature
             logs["feature"] = feature.detach()
         return loss, logs
+
+
+class DepthSampledStep:
+    """Wraps a step: each call runs it on an Aux-Net of a depth drawn uniformly from `depths` (both towers).
+
+    The Aux-Nets of other depths share the trained model's learngene (built once, `build_auxnet`), so every
+    gradient lands in the same Parameters. The draw uses Python's `random`, whose state the training loop
+    checkpoints, so a resumed run draws the same depths. One process only: a net outside the DDP wrapper
+    would skip DDP's gradient averaging.
+    """
+
+    def __init__(self, step: Any, depths: Sequence[int]) -> None:
+        if not depths or any(int(d) < 1 for d in depths):
+            raise ClipforgeError(f"sampled Aux-Net depths must be >= 1, got {list(depths)}")
+        self.step, self.depths = step, [int(d) for d in depths]
+        self.nets: dict[int, nn.Module] = {}
+        self.counts = {d: 0 for d in self.depths}
+
+    def _net(self, model: nn.Module, depth: int) -> nn.Module:
+        lg = model.learngene
+        if (lg.config.aux_depth_vision, lg.config.aux_depth_text) == (depth, depth):
+            return model
+        if depth not in self.nets:
+            from .auxnet import build_auxnet
+
+            self.nets[depth] = build_auxnet(lg, depth, depth)
+        return self.nets[depth].train(model.training)
+
+    def __call__(self, model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
+        if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:
+            raise ClipforgeError("sampling the Aux-Net depth per step runs in one process only (no torchrun)")
+        depth = random.choice(self.depths)
+        self.counts[depth] += 1
+        loss, logs = self.step(self._net(model, depth), batch)
+        return loss, {**logs, "aux_depth": depth}
 
 
 class TowerStep:

@@ -105,11 +105,13 @@ class Learngene(nn.Module):
 
     `Learngene(config, seed=...)` initialises per `config.init`: "random" (TLEG: trunc-normal(0.02)
     linear weights in both tensors, zero biases, LN γ 1 in the a-tensor and 0 in the b-tensor, or 1
-    in both under "blend" so every layer starts at γ = a + b = 1; HF's init for the non-block parts)
-    or "ancestry" (pass `ancestry`, a `CLIPModel` of the same block shape: the a-tensor of a stage =
-    mean of the ancestry blocks that the stage map sends there, over the towers the role serves; the
-    b-tensor = 0, or = the a-tensor under "blend", so every Aux-Net layer starts at that mean;
-    non-block parts copied). `initialise=False` leaves the tensors uninitialised (used by `load`).
+    in both under "blend" so every layer starts at γ = a + b = 1; HF's init for the non-block parts);
+    "lstsq" (pass `ancestry`, a `CLIPModel` of the same block shape: the tensors are the least-squares
+    fit of the ancestry's layers over the schedule's basis, `fit.fit_to_ancestry`, recorded in
+    `fit_record`) or "mean" (the a-tensor of a stage = mean of the ancestry blocks that the stage map
+    sends there, over the towers the role serves; the b-tensor = 0, or = the a-tensor under "blend",
+    so every Aux-Net layer starts at that mean). Both ancestry inits copy the non-block parts.
+    `initialise=False` leaves the tensors uninitialised (used by `load`).
     """
 
     def __init__(self, config: LearngeneConfig, *, seed: int = 0, ancestry: nn.Module | None = None,
@@ -130,15 +132,22 @@ class Learngene(nn.Module):
                 {t: nn.Parameter(torch.empty(config.aux_depth(t))) for t in TOWERS})
             self.schedule_b = nn.ParameterDict(
                 {t: nn.Parameter(torch.empty(config.aux_depth(t))) for t in TOWERS})
+        self.fit_record: dict[str, Any] | None = None
         if not initialise:
             return
-        if config.init == "ancestry":
+        self._init_schedule()  # first: the least-squares fit reads the schedule's coefficients
+        if config.init in ("lstsq", "mean"):
             if ancestry is None:
-                raise ClipforgeError("learngene init 'ancestry' needs the ancestry model")
-            self._init_from_ancestry(ancestry)
+                raise ClipforgeError(f"learngene init {config.init!r} needs the ancestry model")
+            if config.init == "mean":
+                self._init_from_ancestry(ancestry)
+            else:
+                from .fit import fit_to_ancestry
+
+                self.fit_record = fit_to_ancestry(self, ancestry)
+                self._copy_non_block(ancestry)
         else:
             self._init_random(seed)
-        self._init_schedule()
 
     # --- structure -----------------------------------------------------------------------------
 

@@ -5,10 +5,8 @@ B.4). Both steps write to a directory, resume an interrupted run (the training l
 and skip work already finished with the same settings; finished work with *other* settings is an
 error unless `force`, so a rerun never silently mixes two recipes.
 
-* `extract`: a `LearngeneConfig` from the ancestry (`from_ancestry` plus the caller's choices), the
-  Aux-Net at the configured depths, KD from the frozen ancestry (`KDStep`) through `train()`, then
-  `OUT/learngene` (`Learngene.save`) with provenance: ancestry, data, steps, KD weights, wall time and
-  an analytic FLOPs estimate (`cost.flops_per_sample`).
+* `extract` (in `extract.py`, re-exported here): a learngene from the ancestry by distillation
+  through the Aux-Net, saved as `OUT/learngene` with its provenance.
 * `descend_family`: one plain HF directory per shape (`OUT/<name>`, `models.io.save`), optionally
   after a short unconstrained pre-training through `pretrain` (CLIP: contrastive, or KD from
   `kd_from`; one-tower descendants: contrastive against the frozen ancestry's other tower, LiT-style,
@@ -31,11 +29,12 @@ from torch.utils.data import Dataset
 
 from ..cost import Timer, caption_tokens, count_params, flops_per_sample, forward_flops
 from ..errors import ClipforgeError
-from ..schedule import LEARNGENE_SCHEDULE, Schedule
+from ..schedule import Schedule
 from ..train.runs import claim, had_checkpoint, normalise
-from .config import LearngeneConfig
-from .distill import TowerStep
+from .distill import Distill, TowerStep
+from .extract import extract  # noqa: F401  (re-exported: `pipeline.extract` is the public path)
 from .learngene import Learngene
+
 
 def _brief(s: Schedule) -> dict[str, Any]:
     """The schedule fields a learngene's settings record (the result-deciding ones)."""
@@ -92,11 +91,12 @@ def _kind(model: nn.Module) -> str:
 
 def pretrain(model: nn.Module, dataset: Dataset, run_dir: str | os.PathLike, *, training: Schedule,
              partner: nn.Module | None = None, kd_from: nn.Module | None = None, kd_alpha: float = 0.5,
-             eval_fn: Callable | None = None, eval_every: int = 0, save_every: int | None = None,
-             progress: bool = True) -> dict[str, Any]:
+             distill: Distill | None = None, eval_fn: Callable | None = None, eval_every: int = 0,
+             until: Callable | None = None, save_every: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Unconstrained contrastive pre-training of `model` in place (resumable in `run_dir`); returns a record.
 
-    CLIP: InfoNCE (`kd_from`: `KDStep(kd_from, kd_alpha)` instead). One tower: `TowerStep(partner)`.
+    CLIP: InfoNCE (`kd_from`: distillation from it instead, `distill`, default `Distill(alpha=kd_alpha)`).
+    One tower: `TowerStep(partner)`. `until` (with `eval_fn`): a stop rule such as `train.plateau.Plateau`.
     The record holds the settings, samples seen, wall time of this session (evaluation time apart),
     caption tokens per sample and analytic training FLOPs (student 3× forward, plus one forward of any
     teacher or partner).
@@ -104,7 +104,6 @@ def pretrain(model: nn.Module, dataset: Dataset, run_dir: str | os.PathLike, *, 
     from ..data.collate import Collator
     from ..models.preprocess import transform_for
     from ..train.loop import train
-    from .distill import KDStep
 
     kind = _kind(model)
     ref = model if kind == "clip" else partner
@@ -114,7 +113,8 @@ def pretrain(model: nn.Module, dataset: Dataset, run_dir: str | os.PathLike, *, 
     context = (model.config if kind == "text" else ref.config.text_config).max_position_embeddings
     vision_cfg = model.config if kind == "vision" else ref.config
     collate = Collator(transform_for(vision_cfg), context)
-    step_fn = (KDStep(kd_from, alpha=kd_alpha) if kd_from is not None else None) if kind == "clip" \
+    distill = distill or Distill(alpha=kd_alpha)
+    step_fn = (distill.step(kd_from) if kd_from is not None else None) if kind == "clip" \
         else TowerStep(partner, kind)
     sched = training.resolved(len(dataset))
     steps, batch_size, seed = sched.steps, sched.batch_size, sched.seed
@@ -126,11 +126,14 @@ def pretrain(model: nn.Module, dataset: Dataset, run_dir: str | os.PathLike, *, 
     eval_timer = _TimedEval(eval_fn) if eval_fn is not None else None
     with Timer() as t:
         train(model, dataset, cfg, run_dir, collate_fn=collate, step_fn=step_fn, eval_fn=eval_timer,
-              resume="latest", progress=progress)
+              until=until, resume="latest", progress=progress)
     eval_s = eval_timer.seconds if eval_timer is not None else 0.0
     model.eval()
     tokens = caption_tokens(dataset, context, batch_size, seed=seed)
-    samples = steps * batch_size
+    log = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines() if x.strip()] \
+        if (run_dir / "log.jsonl").is_file() else []
+    done = next((r["step"] for r in log if r.get("stopped")), steps)  # fewer than `steps` if `until` fired
+    samples = done * batch_size
     fwd = forward_flops(model.config, kind, tokens)
     extra = 0
     if kind == "clip" and kd_from is not None:
@@ -139,7 +142,9 @@ def pretrain(model: nn.Module, dataset: Dataset, run_dir: str | os.PathLike, *, 
         extra = flops_per_sample(partner.config, "text" if kind == "vision" else "image", tokens)
     return {**_brief(sched), "objective": "kd" if kind == "clip" and kd_from is not None else
             "infonce" if kind == "clip" else "infonce vs frozen partner tower",
-            "kd_alpha": kd_alpha if kind == "clip" and kd_from is not None else None,
+            "kd_alpha": distill.alpha if kind == "clip" and kd_from is not None else None,
+            "distill": distill.to_dict() if kind == "clip" and kd_from is not None else None,
+            "steps_done": done, "stopped_early": done < steps,
             "samples_seen": samples, "caption_tokens_per_sample": tokens,
             "train_flops": samples * (3 * fwd + extra), "wall_time_s": round(t.seconds - eval_s, 2),
             "eval_time_s": round(eval_s, 2), "resumed": resumed}
@@ -159,78 +164,6 @@ class _TimedEval:
 
 
 # --- extraction ------------------------------------------------------------------------------------
-
-
-def extract(ancestry_dir: str | os.PathLike, data: Sequence[str] | Dataset, out_dir: str | os.PathLike, *,
-            mode: str = "mmlg", schedule: str = "linear", num_stages: int = 1,
-            aux_depth_vision: int | None = None, aux_depth_text: int | None = None, init: str = "random",
-            alpha: float = 1.0, beta: float = 0.0, tau: float = 1.0, training: Schedule | None = None,
-            resume: bool = True, force: bool = False, progress: bool = True) -> Path:
-    """Extract a learngene by KD from the ancestry; returns `out_dir/learngene` (skipped if already done).
-
-    Aux depths default to the ancestry's; `training` defaults to `LEARNGENE_SCHEDULE`. The training run lives in `out_dir/extract` (checkpoints,
-    `log.jsonl`); `resume=False` or `force` starts it over.
-    """
-    from ..data.collate import Collator
-    from ..models.preprocess import transform_for
-    from ..train.loop import train
-    from .auxnet import build_auxnet
-    from .distill import KDStep
-
-    out_dir = Path(out_dir)
-    lg_dir, run_dir = out_dir / "learngene", out_dir / "extract"
-    ancestry, anc_path = load_ancestry(ancestry_dir)
-    choices: dict[str, Any] = dict(mode=mode, schedule=schedule, num_stages=num_stages, init=init)
-    if aux_depth_vision is not None:
-        choices["aux_depth_vision"] = aux_depth_vision
-    if aux_depth_text is not None:
-        choices["aux_depth_text"] = aux_depth_text
-    cfg = LearngeneConfig.from_ancestry(ancestry.config, **choices)
-    dataset, data_desc = open_data(data, cfg.image_size)
-    sched = (training or LEARNGENE_SCHEDULE).resolved(len(dataset))
-    steps, batch_size, seed = sched.steps, sched.batch_size, sched.seed
-    settings = normalise({
-        "ancestry": str(anc_path), "data": data_desc, "learngene_config": cfg.to_dict(),
-        "kd": {"alpha": alpha, "beta": beta, "tau": tau}, "train": _brief(sched)})
-    meta_path = lg_dir / "learngene.json"
-    if meta_path.is_file() and not force:
-        if json.loads(meta_path.read_text()).get("provenance", {}).get("settings") == settings:
-            print(f"[extract] {lg_dir} is already finished with these settings: skipping")
-            return lg_dir
-        raise ClipforgeError(f"{lg_dir} holds a learngene extracted with other settings; "
-                             "pass --overwrite to redo it or choose another --out")
-    if not resume and run_dir.exists():
-        shutil.rmtree(run_dir)
-    claim(run_dir, settings, force, kind="learngene extract")
-
-    lg = Learngene(cfg, seed=seed, ancestry=ancestry if init == "ancestry" else None)
-    aux = build_auxnet(lg)
-    tcfg = replace(sched, log_every=max(1, min(sched.log_every, steps // 10))).train_config(
-        save_every=max(1, steps // 5), keep_checkpoints=1)
-    print(f"[extract] {mode} learngene ({lg.num_parameters():,} parameters) from {anc_path}: Aux-Net "
-          f"v{cfg.aux_depth_vision}/t{cfg.aux_depth_text}, {steps} steps of {batch_size}")
-    resumed = had_checkpoint(run_dir)
-    with Timer() as t:
-        train(aux, dataset, tcfg, run_dir, collate_fn=Collator(transform_for(aux.config), cfg.context),
-              step_fn=KDStep(ancestry, alpha=alpha, beta=beta, tau=tau), resume="latest", progress=progress)
-    tokens = caption_tokens(dataset, cfg.context, batch_size, seed=seed)
-    student = flops_per_sample(cfg.clip_config(), "clip", round(tokens))
-    teacher = flops_per_sample(ancestry.config, "clip", round(tokens))
-    samples = steps * batch_size
-    provenance = {
-        "method": "mmlg-extract", "ancestry": str(anc_path), "data": data_desc, "steps": steps,
-        "batch_size": batch_size, "samples_seen": samples, "kd": settings["kd"], "settings": settings,
-        "wall_time_s": round(t.seconds, 2), "resumed": resumed,
-        "wall_time_note": "this session only" if resumed else "whole extraction",
-        "flops": {"student_forward_per_sample": student, "teacher_forward_per_sample": teacher,
-                  "caption_tokens_per_sample": tokens, "total": samples * (3 * student + teacher),
-                  "definition": "samples × (3 × Aux-Net forward + ancestry forward), cost.flops_per_sample"},
-        "ancestry_parameters": count_params(ancestry)["total"],
-        "reconstruction": "clipforge MM-LG is rebuilt from the paper's abstract and the TLEG/SWS lineage"}
-    lg.save(lg_dir, provenance=provenance)
-    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # the learngene is saved: free the disk
-    print(f"[extract] saved {lg_dir} ({lg.num_parameters():,} parameters, {t.seconds:.0f} s)")
-    return lg_dir
 
 
 # --- descendants -----------------------------------------------------------------------------------

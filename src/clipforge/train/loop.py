@@ -155,8 +155,8 @@ def _trim_log(path: Path, last_step: int) -> None:
 
 def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, out_dir: str | os.PathLike, *,
           batch_sampler: StatefulBatchSampler | SamplerFactory | None = None, collate_fn: Callable | None = None, step_fn: StepFn | None = None,
-          eval_fn: EvalFn | None = None, resume: str | os.PathLike | None = None,
-          progress: bool = True) -> nn.Module:
+          eval_fn: EvalFn | None = None, until: Callable[[list[tuple[int, dict[str, Any]]]], bool] | None = None,
+          resume: str | os.PathLike | None = None, progress: bool = True) -> nn.Module:
     """Train `model` on `dataset` for `cfg.steps` optimizer steps; return it (unwrapped, mode as on entry).
 
     `dataset`: a map-style dataset; `collate_fn` turns a list of its items into a batch (default:
@@ -165,6 +165,10 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, out_dir: str | o
     `(DistInfo, batch_size_per_rank) -> sampler`. `step_fn(model, batch) -> (loss, logs)` gets the
     unwrapped model and a device-resident batch; `logs` values (numbers or scalar tensors) are logged.
     `eval_fn(model, step) -> metrics` runs on every rank in eval mode without grad; rank 0 logs it.
+    `until(history) -> bool`, called after each evaluation with every [(step, metrics)] so far (kept
+    in the checkpoints, so a resumed run sees the whole history), ends training early when True (e.g.
+    `train.plateau.Plateau`): a last checkpoint is saved marked stopped, so resuming it trains no
+    further. The run then has fewer than `cfg.steps` steps.
     `resume`: None, "latest" (fresh start if there is none) or a checkpoint file or folder.
     Rank 0 writes `out_dir/log.jsonl` and `out_dir/checkpoints/`.
     """
@@ -195,7 +199,8 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, out_dir: str | o
         loss_fn = ClipLoss(cfg.local_loss, cfg.gather_with_grad, cfg.label_smoothing)
         step_fn = ClipStep(loss_fn, fixed_logit_scale=cfg.fixed_logit_scale or 100.0)
 
-    step, passes, restored_rng = 0, 0, None
+    step, passes, restored_rng, stopped = 0, 0, None, False
+    history: list[tuple[int, dict[str, Any]]] = []
     ckpt_path = resolve_resume(resume, out_dir)
     if resume is not None and ckpt_path is None:
         log.warning("resume=%r: no checkpoint in %s, starting fresh", str(resume), ckpt_dir)
@@ -208,6 +213,8 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, out_dir: str | o
         scheduler.load_state_dict(state["scheduler"])
         sampler.load_state_dict(state["sampler"])
         step, passes = int(state["step"]), int(state["passes"])
+        stopped = bool(state.get("stopped", False))
+        history = [(int(s), dict(m)) for s, m in state.get("eval_history", [])]
         if len(state["rng"]) == info.world_size:
             restored_rng = state["rng"][info.rank]
         else:
@@ -268,6 +275,8 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, out_dir: str | o
             "sampler": sampler.state_dict(),
             "rng": D.all_gather_object(rng_state()),
             "world_size": info.world_size,
+            "stopped": stopped,
+            "eval_history": [[s, m] for s, m in history],
             "config": asdict(cfg),
         }
 
@@ -277,7 +286,7 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, out_dir: str | o
     window, t0 = 0, time.perf_counter()
     run_t0 = t0  # `elapsed_s` in log.jsonl: wall seconds since this invocation started training
     try:
-        while step < cfg.steps:
+        while step < cfg.steps and not stopped:
             batch = None
             for _ in range(2):  # a pass may end right at a checkpoint; the next one must not be empty
                 if data_iter is None:
@@ -330,8 +339,14 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, out_dir: str | o
                     log_file.write(json.dumps({"step": step, **{f"eval/{k}": _scalar(v)
                                                                 for k, v in metrics.items()}}) + "\n")
                     log_file.flush()
+                history.append((step, {k: _scalar(v) for k, v in (metrics or {}).items()}))
+                if until is not None and until(history):
+                    stopped = True
+                    if log_file is not None:
+                        log_file.write(json.dumps({"step": step, "stopped": True}) + "\n")
+                        log_file.flush()
 
-            if cfg.save_every > 0 and (step % cfg.save_every == 0 or step == cfg.steps):
+            if cfg.save_every > 0 and (step % cfg.save_every == 0 or step == cfg.steps or stopped):
                 state = checkpoint_state()
                 if info.is_main:
                     save_checkpoint(state, ckpt_dir, step, keep=cfg.keep_checkpoints)

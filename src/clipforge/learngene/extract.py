@@ -1,0 +1,178 @@
+"""`extract`: a learngene from an ancestry by distillation through the Aux-Net (docs/methods.md B.3, B.3b).
+
+Part of clipforge's MM-LG reconstruction (the paper's abstract plus its TLEG lineage). The learngene
+starts from the ancestry by least squares when the shapes allow (`fit.fit_to_ancestry`), is trained by
+`Distill` from the frozen ancestry through `train()`, is measured (`Quality`) at step 0, at intervals
+and at the end beside the ancestry, and may end at a plateau (`train.plateau.Plateau`). It is saved as
+`OUT/learngene` (`Learngene.save`) with provenance: ancestry, data, steps, objective, the Aux-Net's
+quality curve, wall time and an analytic FLOPs estimate (`cost.flops_per_sample`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from torch.utils.data import Dataset
+
+from ..cost import Timer, caption_tokens, count_params, flops_per_sample
+from ..errors import ClipforgeError
+from ..schedule import LEARNGENE_SCHEDULE, Schedule
+from ..train.plateau import Plateau
+from ..train.runs import claim, had_checkpoint, normalise
+from .config import LearngeneConfig
+from .learngene import Learngene
+from .quality import MEAN_R1, Quality
+
+
+def _default_init(cfg: LearngeneConfig, ancestry: nn.Module) -> str:
+    """"lstsq" when the ancestry's blocks have the learngene's shape, else "random"."""
+    v = ancestry.config.vision_config
+    same = (v.hidden_size, v.intermediate_size, v.num_attention_heads) == (cfg.width, cfg.mlp, cfg.heads)
+    t = ancestry.config.text_config
+    same = same and (t.hidden_size, t.intermediate_size, t.num_attention_heads) == (cfg.width, cfg.mlp, cfg.heads)
+    return "lstsq" if same else "random"
+
+
+def extract(ancestry_dir: str | os.PathLike, data: Sequence[str] | Dataset, out_dir: str | os.PathLike, *,
+            mode: str = "mmlg", schedule: str = "linear", num_stages: int = 1,
+            aux_depth_vision: int | None = None, aux_depth_text: int | None = None, init: str | None = None,
+            alpha: float = 1.0, beta: float = 0.0, tau: float = 1.0, feature: str = "cosine",
+            tie_temperature: bool = False, sample_depths: Sequence[int] | None = None,
+            quality: Quality | None = None, eval_every: int = 0, plateau: Plateau | None = None,
+            training: Schedule | None = None, resume: bool = True, force: bool = False,
+            progress: bool = True) -> Path:
+    """Extract a learngene by distillation from the ancestry; returns `out_dir/learngene` (skipped if done).
+
+    Aux depths default to the ancestry's; `init` to "lstsq" when the shapes allow (else "random");
+    `training` to `LEARNGENE_SCHEDULE`. The objective is `Distill(alpha, beta, tau, feature,
+    tie_temperature)`; `sample_depths` trains the Aux-Net at a depth drawn per step from that list
+    (`DepthSampledStep`). `quality` measures the Aux-Net at step 0, every `eval_every` steps and at the
+    end, and the ancestry once on the same data; `plateau` (needs `quality` and `eval_every`) ends the
+    extraction early by its rule. The training run lives in `out_dir/extract` (checkpoints, `log.jsonl`);
+    `resume=False` or `force` starts it over.
+    """
+    from ..data.collate import Collator
+    from ..models.preprocess import transform_for
+    from ..train.loop import train
+    from .auxnet import build_auxnet
+    from .distill import DepthSampledStep, Distill
+    from .pipeline import _brief, load_ancestry, open_data
+
+    out_dir = Path(out_dir)
+    lg_dir, run_dir = out_dir / "learngene", out_dir / "extract"
+    ancestry, anc_path = load_ancestry(ancestry_dir)
+    choices: dict[str, Any] = dict(mode=mode, schedule=schedule, num_stages=num_stages)
+    if aux_depth_vision is not None:
+        choices["aux_depth_vision"] = aux_depth_vision
+    if aux_depth_text is not None:
+        choices["aux_depth_text"] = aux_depth_text
+    cfg = LearngeneConfig.from_ancestry(ancestry.config, **choices)
+    cfg = replace(cfg, init=init or _default_init(cfg, ancestry))
+    distill = Distill(alpha, beta, tau, feature, tie_temperature)
+    if plateau is not None and (quality is None or eval_every <= 0):
+        raise ClipforgeError("a plateau rule needs the Aux-Net measured: give quality data and eval_every > 0")
+    dataset, data_desc = open_data(data, cfg.image_size)
+    sched = (training or LEARNGENE_SCHEDULE).resolved(len(dataset))
+    steps, batch_size, seed = sched.steps, sched.batch_size, sched.seed
+    depths = sorted({int(d) for d in sample_depths}) if sample_depths else None
+    settings = normalise({
+        "ancestry": str(anc_path), "data": data_desc, "learngene_config": cfg.to_dict(),
+        "kd": distill.to_dict(), "sample_depths": depths, "train": _brief(sched),
+        "eval": {"every": eval_every, **quality.describe()} if quality is not None and eval_every > 0 else None,
+        "plateau": plateau.to_dict() if plateau is not None else None})
+    meta_path = lg_dir / "learngene.json"
+    if meta_path.is_file() and not force:
+        if json.loads(meta_path.read_text()).get("provenance", {}).get("settings") == settings:
+            print(f"[extract] {lg_dir} is already finished with these settings: skipping")
+            return lg_dir
+        raise ClipforgeError(f"{lg_dir} holds a learngene extracted with other settings; "
+                             "pass --overwrite to redo it or choose another --out")
+    if not resume and run_dir.exists():
+        shutil.rmtree(run_dir)
+    claim(run_dir, settings, force, kind="learngene extract")
+
+    lg = Learngene(cfg, seed=seed, ancestry=ancestry if cfg.init != "random" else None)
+    aux = build_auxnet(lg)
+    tcfg = replace(sched, log_every=max(1, min(sched.log_every, steps // 10))).train_config(
+        save_every=max(1, steps // 5), keep_checkpoints=1, eval_every=eval_every if quality is not None else 0)
+    print(f"[extract] {mode} learngene ({lg.num_parameters():,} parameters, init {cfg.init}) from {anc_path}: "
+          f"Aux-Net v{cfg.aux_depth_vision}/t{cfg.aux_depth_text}, up to {steps} steps of {batch_size}")
+    resumed = had_checkpoint(run_dir)
+    start = _start_quality(run_dir, aux, ancestry, quality, lg.fit_record)
+    step_fn = distill.step(ancestry)
+    if depths:
+        step_fn = DepthSampledStep(step_fn, depths)
+    with Timer() as t:
+        train(aux, dataset, tcfg, run_dir, collate_fn=Collator(transform_for(aux.config), cfg.context),
+              step_fn=step_fn, eval_fn=quality if quality is not None else None, until=plateau,
+              resume="latest", progress=progress)
+    log = _read_log(run_dir / "log.jsonl")
+    done_steps = next((r["step"] for r in log if r.get("stopped")), steps)
+    stopped = done_steps < steps
+    tokens = caption_tokens(dataset, cfg.context, batch_size, seed=seed)
+    student_depths = depths or [None]
+    student = sum(flops_per_sample(cfg.clip_config(d, d), "clip", round(tokens)) for d in student_depths) \
+        / len(student_depths)
+    teacher = flops_per_sample(ancestry.config, "clip", round(tokens))
+    samples = done_steps * batch_size
+    provenance = {
+        "method": "mmlg-extract", "ancestry": str(anc_path), "data": data_desc, "steps": done_steps,
+        "step_budget": steps, "batch_size": batch_size, "samples_seen": samples, "kd": settings["kd"],
+        "settings": settings, "init": cfg.init, "init_fit": start.get("fit"),
+        "wall_time_s": round(t.seconds, 2), "resumed": resumed,
+        "wall_time_note": "this session only, evaluation included" if resumed else "whole extraction, "
+                                                                                    "evaluation included",
+        "flops": {"student_forward_per_sample": student, "teacher_forward_per_sample": teacher,
+                  "caption_tokens_per_sample": tokens, "total": samples * (3 * student + teacher),
+                  "definition": "samples × (3 × Aux-Net forward + ancestry forward), cost.flops_per_sample"
+                                + ("; Aux-Net forward averaged over the sampled depths" if depths else "")},
+        "ancestry_parameters": count_params(ancestry)["total"],
+        "reconstruction": "clipforge MM-LG is rebuilt from the paper's abstract and the TLEG/SWS lineage"}
+    if quality is not None:
+        curve = [[0, start["auxnet_step0"]]] + [
+            [r["step"], {k[5:]: v for k, v in r.items() if k.startswith("eval/")}]
+            for r in log if any(k.startswith("eval/") for k in r)]
+        provenance["auxnet_quality"] = {
+            "step0": start["auxnet_step0"], "final": curve[-1][1], "ancestry": start["ancestry"],
+            "curve": curve, "data": quality.describe(), "stopped_early": stopped,
+            "rule": plateau.describe() if plateau is not None else f"the step budget ({steps} steps)"}
+    lg.save(lg_dir, provenance=provenance)
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # the learngene is saved: free the disk
+    print(f"[extract] saved {lg_dir} ({lg.num_parameters():,} parameters, {done_steps} steps"
+          f"{' (plateau)' if stopped else ''}, {t.seconds:.0f} s)")
+    return lg_dir
+
+
+def _read_log(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _start_quality(run_dir: Path, aux: nn.Module, ancestry: nn.Module, quality: Quality | None,
+                   fit: dict[str, Any] | None) -> dict[str, Any]:
+    """The Aux-Net's quality before training and the ancestry's, measured once per run (kept in the run)."""
+    from ..files import write_json
+
+    path = run_dir / "start.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    rec: dict[str, Any] = {"fit": fit}
+    if quality is not None:
+        rec["auxnet_step0"] = quality(aux, 0)
+        rec["ancestry"] = quality(ancestry, 0)
+        print(f"[extract] Aux-Net at step 0: {_brief_quality(rec['auxnet_step0'])}; ancestry: "
+              f"{_brief_quality(rec['ancestry'])}")
+    write_json(path, rec)
+    return rec
+
+
+def _brief_quality(q: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.3f}" for k, v in q.items() if k in (MEAN_R1, "zeroshot_acc1"))
