@@ -121,8 +121,10 @@ def test_claim_verdicts_choose_their_comparison_from_the_numbers():
     units = {"direct FT (full)": unit(0.30), "sparse upcycling": unit(0.20), "direct FT (FFN)": unit(0.25),
              "CLIP-MoE": unit(0.29, binding=0.6, relation=0.7, count=0.45),
              "stage1": unit(0.2, shape=0.9), "stage2": unit(0.2, size=0.9), "stage3": unit(0.2)}
-    routing = {"num_experts": 2, "samples": 10, "vision": {"share": [[0.95, 0.05], [0.85, 0.15]]},
-               "text": {"share": [[0.95, 0.05], [0.97, 0.03]]}}
+    # [slot][block][expert]: vision expert 1 takes 15 % of block 1's slots; text expert 1 at most 5 %
+    routing = {"num_experts": 2, "samples": 10,
+               "vision": {"share": [[[0.95, 0.05], [0.8, 0.2]], [[0.95, 0.05], [0.9, 0.1]]]},
+               "text": {"share": [[[0.95, 0.05], [0.97, 0.03]], [[0.95, 0.05], [0.97, 0.03]]]}}
     got = {v["claim"]: v for v in cmreport.claim_verdicts(units, base, routing)}
     t2 = next(v for k, v in got.items() if k.startswith("Table 2"))
     assert "direct FT (full)" in t2["claim"] and not t2["holds"]  # 0.01 below at every seed: significantly below

@@ -284,6 +284,7 @@ def run(args: argparse.Namespace) -> int:
             for method, rec in saved.items():
                 units.setdefault(method, {})[seed] = rec
             continue
+        seed_t0 = time.perf_counter()
         for k, name in ((b.k, "CLIP-MoE"), (b.k_small, f"CLIP-MoE ({b.k_small}x{b.k_small})")):
             print(f"[bench] seed {seed}: {name} ({b.experts - 1} MCL stages x {b.stage_steps} steps, {k}x{k} "
                   f"clusters, + routers {b.router_steps})", flush=True)
@@ -304,7 +305,9 @@ def run(args: argparse.Namespace) -> int:
         ft = bench.work / "direct_ft_ffn" / f"seed{seed}" / "model"
         d = bench.without_mcl(seed, ft)
         record("w/o MCL", seed, d, wall_time_s=json.loads((d.parent / "wall_time.json").read_text())["wall_time_s"])
-        _save_seed(out, seed, identity, {m: per_seed[seed] for m, per_seed in units.items() if seed in per_seed})
+        _save_seed(out, seed, identity, {m: per_seed[seed] for m, per_seed in units.items() if seed in per_seed},
+                   {"wall_time_s": round(time.perf_counter() - seed_t0, 1), "threads": torch.get_num_threads(),
+                    "command": _command(args)})
     ablation: dict[str, Any] = {}
     if args.part in ("all", "ablation") and only is None:
         for name, k, mult, attn in b.ablation:
@@ -328,8 +331,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"[bench] {what} finished; run without --part / --seed to write the results", flush=True)
         return 0
     routing = cmreport.routing(budget, work, out)
-    results = cmreport.build(budget, units, base_eval, ablation, work, _command(args),
-                             round(time.perf_counter() - started, 1), str(ancestry), routing=routing)
+    from clipforge.demo.ancestry import display_path
+
+    seed_runs = {s: _seed_run(out, s) for s in b.seeds}
+    results = cmreport.build(budget, units, base_eval, ablation, display_path(work), _command(args),
+                             round(time.perf_counter() - started, 1), display_path(ancestry), routing=routing)
+    results["seed_runs"] = seed_runs
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "results.json", results)
     cmreport.write_markdown(results, out / "results.md")
@@ -356,12 +363,20 @@ def _load_seed(out: Path, seed: int, identity: dict[str, Any]) -> dict[str, Any]
     return rec["units"] if rec.get("identity") == normalise(identity) else None
 
 
-def _save_seed(out: Path, seed: int, identity: dict[str, Any], units: dict[str, Any]) -> None:
-    """One small committed record per finished seed, so a later session redoes only the missing seeds."""
+def _save_seed(out: Path, seed: int, identity: dict[str, Any], units: dict[str, Any], run: dict[str, Any]) -> None:
+    """One small committed record per finished seed, so a later session redoes only the missing seeds; `run`
+    says how it was made (wall time of the seed's units, evaluation included, threads, command)."""
     from clipforge.files import write_json
     from clipforge.train.runs import normalise
 
-    write_json(out / "units" / f"seed{seed}.json", {"identity": normalise(identity), "seed": seed, "units": units})
+    write_json(out / "units" / f"seed{seed}.json", {"identity": normalise(identity), "seed": seed, "units": units,
+                                                    "run": run})
+
+
+def _seed_run(out: Path, seed: int) -> dict[str, Any] | None:
+    """How a seed's committed record was made (None for records written before it was kept)."""
+    path = out / "units" / f"seed{seed}.json"
+    return json.loads(path.read_text()).get("run") if path.is_file() else None
 
 
 def _cluster_report(run: Path, b: Budget) -> dict[str, Any]:

@@ -204,7 +204,8 @@ def run(args: argparse.Namespace, prefix: str = "clipforge learngene bench") -> 
         dist, sampled = r["distill"], depths if r.get("sample_depths") else None
         per = sum(flops_per_step(lg_shape.clip_config(dd, dd), ancestry.config, tokens, b.batch_size, True)
                   for dd in (sampled or [b.aux_depth])) / len(sampled or [b.aux_depth])
-        lg_path = extract(anc_path, pt, lg_dir.parent, mode=mode, aux_depth_vision=b.aux_depth,
+        lg_path = extract(anc_path, pt, lg_dir.parent, mode=mode, num_stages=r.get("stages", 1),
+                          aux_depth_vision=b.aux_depth,
                           aux_depth_text=b.aux_depth, alpha=dist.alpha, beta=dist.beta, tau=dist.tau,
                           feature=dist.feature, tie_temperature=dist.tie_temperature, sample_depths=sampled,
                           quality=curve, eval_every=b.eval_every,
@@ -216,7 +217,7 @@ def run(args: argparse.Namespace, prefix: str = "clipforge learngene bench") -> 
         lg = Learngene.load(lg_path)
         step0 = {str(d): curve(descend(lg, d, d)) for d in depths}
         return units.put(name, {
-            "mode": mode, "recipe": recipe_name, "flops": prov["flops"]["total"], "wall_time_s": prov["wall_time_s"],
+            "mode": mode, "recipe": recipe_name, "stages": r.get("stages", 1), "flops": prov["flops"]["total"], "wall_time_s": prov["wall_time_s"],
             "steps": prov["steps"], "step_budget": prov["step_budget"], "auxnet_quality": prov["auxnet_quality"],
             "init": prov["init"], "init_fit": prov["init_fit"], "descendants_step0": step0,
             "selection_score": sum(v[SCORE] for v in step0.values()) / len(step0),

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
               "depths": depths, "rows": rows, "wall_time_s": round(time.perf_counter() - t0, 1)}
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "step0.json", result)
-    lines = [f"# Descendants of a fresh learngene (no training)", "",
+    lines = ["# Descendants of a fresh learngene (no training)", "",
              f"Made by `{command}` on {result['date']} in {result['wall_time_s']:.0f} s. Cells: held-out mean "
              f"retrieval R@1 / Fashion-MNIST zero-shot top-1, in % ({quality.describe()['retrieval_size']} scenes, "
              f"{quality.describe()['zeroshot_size']} images). Ancestry on the same data: "

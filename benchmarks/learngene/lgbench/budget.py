@@ -34,7 +34,7 @@ class Budget:
     # extraction: one per learngene method, the recipe chosen from `recipes` by the Aux-Net's quality
     extract_share: float = 0.5  # at most this share of C / ratio
     aux_depth: int = 4
-    recipes: tuple[str, ...] = ("kd", "kd+feature", "kd+infonce-tied", "kd+feature+depths")
+    recipes: tuple[str, ...] = ("kd", "kd+feature", "kd+infonce-tied", "kd+feature+depths", "kd+stages4")
     curve_points: int = 3  # quality measured this many times along every other pre-training run
     # data
     pt_scenes: int = 6000  # the ancestry's own stream (alt captions, train split, seed 0) ...
@@ -60,7 +60,7 @@ class Budget:
     def quick(cls) -> "Budget":
         """A smoke test: the tiny 2-layer ancestry, depths 1 and 2, one seed, a handful of steps."""
         return cls(depths=(1, 2), seeds=(0,), batch_size=16, ptft_max_steps=8, eval_every=4, aux_depth=2,
-                   recipes=("kd", "kd+feature+depths"), curve_points=2, pt_scenes=128, pt_fashion=128,
+                   recipes=("kd+feature+depths", "kd+stages4"), curve_points=2, pt_scenes=128, pt_fashion=128,
                    curve_scenes=32, curve_fashion=32, ft_clip_steps=3, ft_scenes=48, eval_scenes=32,
                    ft_vision_steps=3, ft_vision_batch=16, ft_vision_train=64, eval_classify=32, text_train=64,
                    text_test=32, heur_k=1, methods_at_c=("mmlg",))

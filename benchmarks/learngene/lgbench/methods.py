@@ -41,12 +41,15 @@ DESCRIPTIONS = {
     "auto_lg": "the k ancestry blocks with the highest Block Influence on one batch, then KD",
 }
 
-# Extraction recipes: `Distill` fields plus whether the Aux-Net depth is sampled over the benchmark's depths.
+# Extraction recipes: `Distill` fields, whether the Aux-Net depth is sampled over the benchmark's depths,
+# and the learngene's stages (more stages fit the ancestry far better at step 0 and store more:
+# results/step0*/step0.md).
 RECIPES: dict[str, dict[str, Any]] = {
     "kd": {"distill": Distill(alpha=1.0)},
     "kd+feature": {"distill": Distill(alpha=1.0, beta=1.0)},
     "kd+infonce-tied": {"distill": Distill(alpha=0.5, tie_temperature=True)},
     "kd+feature+depths": {"distill": Distill(alpha=1.0, beta=1.0), "sample_depths": True},
+    "kd+stages4": {"distill": Distill(alpha=1.0), "stages": 4},
 }
 # Descendant pre-training: ancestry-initialised runs distil (half KD, half InfoNCE); TinyCLIP's own
 # affinity mimicking is pure KD; FD is InfoNCE plus the feature term; the rest contrastive.

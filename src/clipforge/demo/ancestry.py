@@ -70,6 +70,19 @@ def default_cache() -> Path:
     return Path(base).expanduser() / "clipforge"
 
 
+def display_path(path: str | Path) -> str:
+    """A path as a results file shows it: under the cache as `<cache>/...`, else relative to the working
+    directory when inside it, so that committed results carry no machine's absolute paths."""
+    p = Path(path).resolve()
+    cache = default_cache().resolve()
+    if p == cache or cache in p.parents:
+        return str(Path("<cache>") / p.relative_to(cache))
+    try:
+        return str(p.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return p.name
+
+
 def ancestry_run_dir(cache: str | Path | None = None, quick: bool = False) -> Path:
     """The ancestry's run directory in `cache` (default `default_cache()`)."""
     return Path(cache or default_cache()) / ("ancestry-quick" if quick else "ancestry")
