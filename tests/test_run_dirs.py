@@ -31,13 +31,14 @@ def _snapshot(root: Path) -> dict[str, int]:
 
 
 def test_sigint_then_the_same_command_resumes_and_ends_equal(tmp_path):
-    argv = [*TRAIN, "--steps", "120"]
+    argv = [*TRAIN, "--steps", "300"]  # long enough that the SIGINT lands mid-run on a loaded machine
     whole = _run([*argv, "--out", str(tmp_path / "whole")])
     cut = _run([*argv, "--out", str(tmp_path / "cut")])
     ckpts = tmp_path / "cut" / "checkpoints"
     deadline = time.time() + 120
     while time.time() < deadline and not any(ckpts.glob("step_*")):
         time.sleep(0.02)
+    assert cut.poll() is None, "the run ended before it could be interrupted"
     cut.send_signal(signal.SIGINT)
     _, err = cut.communicate(timeout=120)
     assert cut.returncode == 130, err
