@@ -25,7 +25,7 @@ from ..cost import Timer, caption_tokens, count_params, flops_per_sample
 from ..errors import ClipforgeError
 from ..schedule import LEARNGENE_SCHEDULE, Schedule
 from ..train.plateau import Plateau
-from ..train.runs import claim, had_checkpoint, normalise
+from ..train.runs import claim, had_checkpoint, normalise, read_log
 from .config import LearngeneConfig
 from .learngene import Learngene
 from .quality import MEAN_R1, Quality
@@ -113,7 +113,7 @@ def extract(ancestry_dir: str | os.PathLike, data: Sequence[str] | Dataset, out_
         train(aux, dataset, tcfg, run_dir, collate_fn=Collator(transform_for(aux.config), cfg.context),
               step_fn=step_fn, eval_fn=quality if quality is not None else None, until=plateau,
               resume="latest", progress=progress)
-    log = _read_log(run_dir / "log.jsonl")
+    log = read_log(run_dir / "log.jsonl")
     done_steps = next((r["step"] for r in log if r.get("stopped")), steps)
     stopped = done_steps < steps
     tokens = caption_tokens(dataset, cfg.context, batch_size, seed=seed)
@@ -148,12 +148,6 @@ def extract(ancestry_dir: str | os.PathLike, data: Sequence[str] | Dataset, out_
     print(f"[extract] saved {lg_dir} ({lg.num_parameters():,} parameters, {done_steps} steps"
           f"{' (plateau)' if stopped else ''}, {t.seconds:.0f} s)")
     return lg_dir
-
-
-def _read_log(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _start_quality(run_dir: Path, aux: nn.Module, ancestry: nn.Module, quality: Quality | None,

@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 from ..cost import Timer, caption_tokens, count_params, flops_per_sample, forward_flops
 from ..errors import ClipforgeError
 from ..schedule import Schedule
-from ..train.runs import claim, had_checkpoint, normalise
+from ..train.runs import claim, had_checkpoint, normalise, read_log
 from .distill import Distill, TowerStep
 from .extract import extract  # noqa: F401  (re-exported: `pipeline.extract` is the public path)
 from .learngene import Learngene
@@ -130,8 +130,7 @@ def pretrain(model: nn.Module, dataset: Dataset, run_dir: str | os.PathLike, *, 
     eval_s = eval_timer.seconds if eval_timer is not None else 0.0
     model.eval()
     tokens = caption_tokens(dataset, context, batch_size, seed=seed)
-    log = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines() if x.strip()] \
-        if (run_dir / "log.jsonl").is_file() else []
+    log = read_log(run_dir / "log.jsonl")
     done = next((r["step"] for r in log if r.get("stopped")), steps)  # fewer than `steps` if `until` fired
     samples = done * batch_size
     fwd = forward_flops(model.config, kind, tokens)

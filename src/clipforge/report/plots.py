@@ -5,7 +5,6 @@ Every function reads plain data (often a run's `log.jsonl`) and writes a PNG ato
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -13,20 +12,12 @@ from pathlib import Path
 import matplotlib
 
 from ..files import atomic_path
+from ..train.runs import read_log  # noqa: F401  (re-exported: plots read training logs)
 
 matplotlib.use("Agg")  # no display on servers and in CI
 import matplotlib.pyplot as plt
 
 
-def read_log(path: str | os.PathLike) -> list[dict]:
-    """The records of a `log.jsonl` file (a truncated last line from a killed run is skipped)."""
-    out = []
-    for line in Path(path).read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
 
 
 def _save(fig, path: str | os.PathLike) -> Path:

@@ -11,6 +11,7 @@ differs, and only `--overwrite` replaces it. Never a silent mix, never a run los
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -128,3 +129,17 @@ def train_run(model, dataset, run_dir: str | Path, cfg, settings: dict[str, Any]
             shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
     D.barrier()
     return model.eval()
+
+
+def read_log(path: str | os.PathLike) -> list[dict]:
+    """The records of a run's `log.jsonl` ([] if absent; a truncated last line from a killed run is skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
