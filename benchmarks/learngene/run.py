@@ -47,6 +47,20 @@ def _command(args: argparse.Namespace, prefix: str) -> str:
     return " ".join(parts)
 
 
+def _canonical_recipe(recipe: dict | None) -> dict:
+    """An ancestry recipe in the current layout (older provenance wrote the schedule's fields flat)."""
+    from dataclasses import asdict
+
+    from clipforge.demo.ancestry import AncestryRecipe
+
+    if not recipe:
+        return {}
+    try:
+        return asdict(AncestryRecipe.from_record(recipe))
+    except (TypeError, ValueError):
+        return dict(recipe)
+
+
 def _resolve_ancestry(path: Path | None, quick: bool) -> Path:
     from clipforge.demo.ancestry import ensure_ancestry
 
@@ -93,10 +107,11 @@ def run(args: argparse.Namespace, prefix: str = "clipforge learngene bench") -> 
     out = args.out or (HERE / "results" / "quick" if args.quick else HERE / "results")
     anc_dir = _resolve_ancestry(args.ancestry, args.quick)
     ancestry, anc_path = load_ancestry(anc_dir)
-    recipe = read_provenance(anc_path).get("recipe") or {}
+    recipe = _canonical_recipe(read_provenance(anc_path).get("recipe") or {})
     fixed = {k: v for k, v in budget.to_dict().items() if k != "seeds"}  # seeds only add downstream units
     claim(work, {"budget": fixed, "ancestry": str(anc_path)}, args.force, kind="bench learngene")
-    units = Units(out / "units", {"budget": fixed, "ancestry_recipe": recipe})
+    units = Units(out / "units", {"budget": fixed, "ancestry_recipe": recipe},
+                  canonical=lambda ident: {**ident, "ancestry_recipe": _canonical_recipe(ident.get("ancestry_recipe"))})
     b, depths, seeds = budget, list(budget.depths), list(budget.seeds)
     size = ancestry.config.vision_config.image_size
     lg_shape = LearngeneConfig.from_ancestry(ancestry.config, aux_depth_vision=b.aux_depth, aux_depth_text=b.aux_depth)

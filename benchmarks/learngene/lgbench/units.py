@@ -13,17 +13,21 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from clipforge.files import write_json
 from clipforge.train.runs import normalise
 
 
 class Units:
-    """`units.get(name)` → the record or None; `units.put(name, record)` writes it atomically."""
+    """`units.get(name)` → the record or None; `units.put(name, record)` writes it atomically.
 
-    def __init__(self, root: Path, identity: dict[str, Any]) -> None:
+    `canonical` maps a stored identity to the form `identity` is written in, so that records written in
+    an older layout of the same identity (e.g. a flat ancestry recipe) still count."""
+
+    def __init__(self, root: Path, identity: dict[str, Any], canonical: Callable[[dict], dict] | None = None) -> None:
         self.root, self.identity = root, normalise(identity)
+        self.canonical = canonical or (lambda d: d)
         self.reused: set[str] = set()
         self.t0 = time.perf_counter()
 
@@ -32,7 +36,11 @@ class Units:
         if not path.is_file():
             return None
         rec = json.loads(path.read_text())
-        if rec.get("identity") != self.identity:
+        try:
+            same = normalise(self.canonical(rec.get("identity") or {})) == self.identity
+        except Exception:  # a layout this version cannot read: not the same identity
+            same = False
+        if not same:
             return None
         return rec["unit"]
 

@@ -1,8 +1,10 @@
 """`clipforge demo`: the whole story on built-in data, phase by phase, resumable.
 
-ancestry (trained once, cached) → CLIP-MoE by DMU → MM-LG learngene → a family of descendants (CLIP at
-a quarter, half and three quarters of the depth, vision-only, text-only) → a CLIP-MoE grown from a
-descendant (the two methods composed) → every model measured the same way → one report.
+ancestry (trained once, cached) → CLIP-MoE by DMU, and direct fine-tuning as its baseline → MM-LG
+learngene (the recipe the learngene benchmark chose) → a family of descendants (CLIP at a quarter, half
+and three quarters of the depth, vision-only, text-only) → Scratch at the middle descendant's training
+FLOPs → (with `compose`) a CLIP-MoE grown from a descendant → every model measured the same way → one
+report that opens with its verdicts.
 
 Every phase writes its own directory under `out` and is skipped when already done with the same
 settings, so an interrupted demo continues where it stopped. Progress: a line per phase with an
@@ -28,25 +30,39 @@ class DemoConfig:
     ancestry: str = ""  # the ancestry's run directory; "": in the user's cache (demo.ancestry.default_cache)
     train_scenes: int = 8_000  # fine-tuning pool for DMU: scenes seed 1 (unseen by the ancestry)
     moe_preset: str = "demo"
+    compose: bool = False  # also grow a CLIP-MoE from the middle descendant (the two methods composed)
     composed_stage_steps: int = 50
     composed_router_steps: int = 30
-    extract_steps: int = 600
+    # MM-LG: the learngene benchmark's chosen recipe (benchmarks/learngene/results.md): least-squares init
+    # from the ancestry, KD + feature term (alpha 1, beta 1), the Aux-Net's depth sampled over the family's
+    # depths; descendants pre-trained by SWS's recipe (half KD, lr 2e-4, no warm-up).
+    extract_steps: int = 150
     extract_batch: int = 64
-    pretrain_steps: int = 100
+    extract_beta: float = 1.0
+    sample_depths: bool = True
+    auxnet_eval_scenes: int = 300  # the Aux-Net measured at step 0, halfway and at the end (and the ancestry)
+    auxnet_eval_fashion: int = 500
+    pretrain_steps: int = 50
+    pretrain_lr: float = 2e-4
     depth_fractions: tuple[float, ...] = (0.25, 0.5, 0.75)
     suite: SuiteConfig = field(default_factory=SuiteConfig)
     probe_train: int = 5000
     estimates: dict[str, float] = field(default_factory=lambda: {  # measured: README "Two commands"
-        "ancestry": 2460, "clip_moe": 400, "learngene": 660, "descendants": 330,
-        "composed": 170, "evaluate": 370, "report": 80})
+        "ancestry": 2220, "clip_moe": 370, "direct_ft": 170, "learngene": 180, "descendants": 200,
+        "scratch": 80, "composed": 0, "evaluate": 390, "report": 80})
+
+    def __post_init__(self) -> None:
+        if self.compose and not self.estimates.get("composed"):
+            self.estimates["composed"] = 30 if self.quick else 200
 
     @classmethod
-    def quick_config(cls) -> "DemoConfig":
-        return cls(quick=True, train_scenes=128, moe_preset="quick",
+    def quick_config(cls, compose: bool = False) -> "DemoConfig":
+        return cls(quick=True, train_scenes=128, moe_preset="quick", compose=compose,
                    composed_stage_steps=2, composed_router_steps=2, extract_steps=4, extract_batch=16,
+                   auxnet_eval_scenes=32, auxnet_eval_fashion=32,
                    pretrain_steps=2, depth_fractions=(0.5, 1.0), suite=SuiteConfig.quick(), probe_train=200,
-                   estimates={"ancestry": 30, "clip_moe": 20, "learngene": 5, "descendants": 5, "composed": 10,
-                              "evaluate": 40, "report": 10})
+                   estimates={"ancestry": 30, "clip_moe": 20, "direct_ft": 3, "learngene": 5, "descendants": 5,
+                              "scratch": 3, "composed": 0, "evaluate": 40, "report": 10})
 
 
 class Progress:
@@ -85,7 +101,9 @@ def _scenes(n: int, image_size: int, seed: int = 1):
 def run_demo(out: str | Path, cfg: DemoConfig | None = None) -> dict[str, Any]:
     """Run (or resume) the demo into `out`; returns the report's paths and per-phase wall times."""
     from .ancestry import AncestryRecipe, ancestry_run_dir, train_ancestry
+    from .baselines import descendant_flops, direct_ft_baseline, scratch_baseline
     from ..learngene.pipeline import descend_family, extract
+    from ..learngene.quality import Quality
     from ..schedule import LEARNGENE_SCHEDULE
     from ..models import io
     from ..moe.dmu import dmu
@@ -96,7 +114,7 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None) -> dict[str, Any]:
     cfg = cfg or DemoConfig()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    progress = Progress(cfg.estimates)
+    progress = Progress({k: v for k, v in cfg.estimates.items() if k != "composed" or cfg.compose})
     anc_run = Path(cfg.ancestry) if cfg.ancestry else ancestry_run_dir(quick=cfg.quick)
     recipe = AncestryRecipe.quick() if cfg.quick else AncestryRecipe()
     cached = (anc_run / "model" / "config.json").is_file()
@@ -120,34 +138,51 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None) -> dict[str, Any]:
     preset = presets()[cfg.moe_preset]
     moe_dir = progress.run("clip_moe", f"CLIP-MoE by DMU ({preset.mcl.num_experts} experts, top-{preset.top_k})",
                            lambda: dmu(str(anc_dir), data, out / "clip_moe", preset, suite=None))
+    ft_dir = progress.run("direct_ft", "baseline: direct fine-tuning of the whole ancestry, as many steps as DMU",
+                          lambda: direct_ft_baseline(anc_dir, data, out / "direct_ft", preset))
 
     lg_sched = replace(LEARNGENE_SCHEDULE, batch_size=cfg.extract_batch)
-    lg_dir = progress.run("learngene", "MM-LG learngene extraction (KD from the ancestry)", lambda: extract(
-        anc_dir, ["scenes", "fashion-mnist"], out / "learngene", training=replace(lg_sched, steps=cfg.extract_steps)))
+    quality = Quality.builtin(size, scenes=cfg.auxnet_eval_scenes, fashion=cfg.auxnet_eval_fashion)
+    lg_dir = progress.run("learngene", "MM-LG learngene extraction (least-squares init, KD + feature term)",
+                          lambda: extract(anc_dir, ["scenes", "fashion-mnist"], out / "learngene",
+                                          aux_depth_vision=mid, aux_depth_text=mid, alpha=1.0, beta=cfg.extract_beta,
+                                          sample_depths=depths if cfg.sample_depths else None, quality=quality,
+                                          eval_every=max(1, cfg.extract_steps // 2),
+                                          training=replace(lg_sched, steps=cfg.extract_steps)))
     shapes = [f"clip:{d}:{d}" for d in depths] + [f"vision:{mid}", f"text:{mid}"]
+    sws = replace(lg_sched, steps=cfg.pretrain_steps, lr=cfg.pretrain_lr, warmup=0)  # SWS: lower lr, no warm-up
     family = progress.run("descendants", f"descendants {', '.join(shapes)}", lambda: descend_family(
-        lg_dir, shapes, out / "descendants", pretraining=replace(lg_sched, steps=cfg.pretrain_steps),
-        data=["scenes", "fashion-mnist"], kd_from=anc_dir))
+        lg_dir, shapes, out / "descendants", pretraining=sws, data=["scenes", "fashion-mnist"], kd_from=anc_dir))
 
-    composed_cfg = _composed(preset, cfg)
-    seed_clip = family[f"clip-v{mid}-t{mid}"]
-    composed_dir = progress.run("composed", f"CLIP-MoE grown from the MM-LG descendant clip-v{mid}-t{mid}",
-                                lambda: dmu(str(seed_clip), data, out / "clip_moe_from_descendant", composed_cfg,
-                                            suite=None))
+    seed_name = f"clip-v{mid}-t{mid}"
+    budget = descendant_flops(lg_dir, family[seed_name], family_size=len(shapes))
+    scratch_dir, scratch_pre = progress.run(
+        "scratch", f"baseline: Scratch {mid}+{mid} at the MM-LG descendant's training FLOPs "
+                   f"({budget['total'] / 1e12:.2f} TFLOP)",
+        lambda: scratch_baseline(family[seed_name], budget, ["scenes", "fashion-mnist"], out / "scratch",
+                                 lg_sched))
 
-    members = {"ancestry": anc_dir, "CLIP-MoE": moe_dir}
+    members = {"ancestry": anc_dir, "CLIP-MoE": moe_dir, "direct FT (full)": ft_dir}
     members |= {f"MM-LG clip {d}+{d}": family[f"clip-v{d}-t{d}"] for d in depths}
-    members |= {f"MM-LG vision {mid}": family[f"vision-v{mid}"], f"MM-LG text {mid}": family[f"text-t{mid}"],
-                f"CLIP-MoE of MM-LG clip {mid}+{mid}": composed_dir}
+    members |= {f"Scratch clip {mid}+{mid}": scratch_dir}
+    members |= {f"MM-LG vision {mid}": family[f"vision-v{mid}"], f"MM-LG text {mid}": family[f"text-t{mid}"]}
+    if cfg.compose:
+        composed_cfg = _composed(preset, cfg)
+        members[f"CLIP-MoE of MM-LG clip {mid}+{mid}"] = progress.run(
+            "composed", f"CLIP-MoE grown from the MM-LG descendant {seed_name}",
+            lambda: dmu(str(family[seed_name]), data, out / "clip_moe_from_descendant", composed_cfg, suite=None))
     records = progress.run("evaluate", f"measuring {len(members)} models on the same tasks", lambda: {
         name: measure(name, Path(d), cfg.suite, out / "eval", cfg.probe_train) for name, d in members.items()})
+    compute = {"scratch": {"budget_flops": budget, "steps": scratch_pre["steps_done"],
+                           "train_flops": scratch_pre["train_flops"], "of": f"MM-LG clip {mid}+{mid}"}}
 
     phases = dict(progress.done)
     paths = progress.run("report", "writing report.md and report.html", lambda: write_report(
-        out, records, phases, cfg, anc_run, cached, ancestry_dir=anc_dir, moe_dir=moe_dir))
+        out, records, phases, cfg, anc_run, cached, ancestry_dir=anc_dir, moe_dir=moe_dir, lg_dir=lg_dir,
+        compute=compute))
     phases["report"] = progress.done["report"]
     write_json(out / "demo.json", {"config": asdict(cfg), "phases_s": phases, "ancestry_was_cached": cached,
-                                   "models": {k: str(v) for k, v in members.items()},
+                                   "models": {k: str(v) for k, v in members.items()}, "compute": compute,
                                    "report": [str(p) for p in paths]})
     total = sum(v for k, v in phases.items() if k != "ancestry")
     print(f"[demo] done: {paths[1]} ({_mins(total)} without the ancestry)", flush=True)

@@ -228,8 +228,48 @@ def moe_section(r: Report, out: Path, cfg: Any, ancestry_dir: Path, moe_dir: Pat
     return moe, test
 
 
+def auxnet_section(r: Report, lg_dir: Path) -> None:
+    """"The learngene's Aux-Net": its quality at step 0 (the least-squares fit), along and at the end of the
+    extraction, beside the ancestry's on the same data (from the learngene's provenance)."""
+    import json
+
+    meta = json.loads((lg_dir / "learngene.json").read_text())
+    prov, lg_cfg = meta["provenance"], meta["config"]
+    q = prov.get("auxnet_quality")
+    r.heading("The learngene's Aux-Net")
+    if not q:
+        r.paragraph("This learngene's extraction did not measure its Aux-Net.")
+        return
+    keys = [("mean_retrieval_recall@1", "scenes R@1, mean of T→I and I→T (%)"),
+            ("zeroshot_acc1", "Fashion-MNIST zero-shot (%)")]
+    rows = [[f"Aux-Net at step {step}" + (" (least-squares init)" if step == 0 else ""),
+             *[_pct(m.get(k)) for k, _ in keys]] for step, m in q["curve"]]
+    rows.append(["ancestry", *[_pct(q["ancestry"].get(k)) for k, _ in keys]])
+    fit = prov.get("init_fit") or {}
+    resid = "; ".join(f"{t} {100 * v:.0f}%" for t, v in fit.get("relative_residual", {}).items()) \
+        if isinstance(fit.get("relative_residual"), dict) else ""
+    data = q.get("data", {})
+    sampled = prov["settings"].get("sample_depths")
+    r.table(["model", *[n for _, n in keys]], rows, caption=(
+        f"The Aux-Net (the learngene expanded to {lg_cfg['aux_depth_vision']}+{lg_cfg['aux_depth_text']} blocks"
+        + (f"; trained at depths {', '.join(map(str, sampled))}, one sampled per step" if sampled else "")
+        + f") along its {prov['steps']}-step extraction, and the ancestry, on the same held-out data "
+        f"({data.get('retrieval', 'scenes')}; {data.get('zeroshot', 'Fashion-MNIST')}). Init: {prov['init']}"
+        + (f", relative residual of the fit per tower: {resid}" if resid else "") + "."))
+
+
+def _preset(cfg: Any) -> dict[str, int]:
+    from ..moe.presets import presets
+
+    p = presets()[cfg.moe_preset]
+    stages, steps = p.mcl.num_experts - 1, p.mcl.schedule.steps
+    return {"stages": stages, "stage_steps": steps, "router_steps": p.router.schedule.steps,
+            "total_steps": stages * steps + p.router.schedule.steps}
+
+
 def write_report(out: Path, records: dict[str, dict[str, Any]], phases: dict[str, float], cfg: Any,
-                 anc_run: Path, cached: bool, ancestry_dir: Path, moe_dir: Path) -> tuple[Path, Path]:
+                 anc_run: Path, cached: bool, ancestry_dir: Path, moe_dir: Path, lg_dir: Path | None = None,
+                 compute: dict[str, Any] | None = None) -> tuple[Path, Path]:
     """Assemble plots and tables into `out/report.md` and `out/report.html`."""
     from ..files import write_json
     from ..models import io
@@ -246,19 +286,37 @@ def write_report(out: Path, records: dict[str, dict[str, Any]], phases: dict[str
                 "Every number below is read from the files this command wrote under "
                 f"`{out}` (eval/*.json, the runs' log.jsonl, routing.json).")
     r.heading("What was made")
-    r.bullets([
+    preset = _preset(cfg)
+    made = [
         f"**ancestry**: the demo CLIP trained on scenes + Fashion-MNIST (`{ancestry_dir}`"
         + ("; a toy budget: `--quick` checks the pipeline, not the methods)." if cfg.quick else
            ", to convergence)."),
         f"**CLIP-MoE** (grow): Diversified Multiplet Upcycling of the ancestry on {cfg.train_scenes:,} new scenes: "
-        "MCL stages fine-tune the FFNs on cluster-pure batches, the stage FFNs become experts, only routers train "
-        f"(`{moe_dir}`).",
-        "**MM-LG** (shrink / reshape): a learngene extracted from the ancestry by distillation, then descendants "
-        "initialised from it at several depths and modalities, each briefly pre-trained "
-        f"({cfg.pretrain_steps} steps).",
-        "**CLIP-MoE of an MM-LG descendant**: the two methods composed, DMU applied to the middle descendant."])
+        f"{preset['stages']} MCL stages of {preset['stage_steps']} steps fine-tune the FFNs on cluster-pure batches, "
+        f"the stage FFNs become experts, only routers train ({preset['router_steps']} steps) (`{moe_dir}`).",
+        f"**direct FT (full)**: the baseline a user would try first, every weight of the ancestry fine-tuned on the "
+        f"same scenes for as many steps as DMU trained ({preset['total_steps']}).",
+        f"**MM-LG** (shrink / reshape): a learngene fitted to the ancestry's layers by least squares, then "
+        f"extracted by distillation ({cfg.extract_steps} steps, KD + feature term"
+        + (", the Aux-Net's depth sampled per step" if cfg.sample_depths else "") + "), then descendants "
+        f"initialised from it at several depths and modalities, each pre-trained {cfg.pretrain_steps} steps "
+        "(half KD from the ancestry, a lower lr, no warm-up)."]
+    sc = (compute or {}).get("scratch")
+    if sc:
+        b = sc["budget_flops"]
+        made.append(f"**{next((n for n in records if n.startswith('Scratch')), 'Scratch')}**: a randomly "
+                    f"initialised CLIP of {sc['of']}'s shape, pre-trained contrastively for the same training FLOPs "
+                    f"as {sc['of']} cost: its share of the extraction ({b['extraction_share'] / 1e12:.2f} TFLOP) plus "
+                    f"its pre-training ({b['pretrain'] / 1e12:.2f} TFLOP), {sc['steps']} steps "
+                    f"({sc['train_flops'] / 1e12:.2f} TFLOP).")
+    if any(n.startswith("CLIP-MoE of ") for n in records):
+        made.append("**CLIP-MoE of an MM-LG descendant**: the two methods composed, DMU applied to the middle "
+                    "descendant.")
+    r.bullets(made)
 
     family_section(r, records, cfg)
+    if lg_dir is not None:
+        auxnet_section(r, lg_dir)
     mmvp_section(r, records)
 
     r.heading("Size against quality")
@@ -278,7 +336,9 @@ def write_report(out: Path, records: dict[str, dict[str, Any]], phases: dict[str
     runs = {"ancestry": anc_run / "log.jsonl"}
     runs |= {f"MCL stage {j}": mcl_dir / f"stage{j}" / "train" / "log.jsonl" for j in range(1, n_exp)}
     runs |= {"CLIP-MoE routers": Path(moe_dir).parent / "log.jsonl",
-             "learngene extraction (KD)": out / "learngene" / "extract" / "log.jsonl"}
+             "direct FT (full)": out / "direct_ft" / "log.jsonl",
+             "learngene extraction (KD)": out / "learngene" / "extract" / "log.jsonl",
+             "Scratch": out / "scratch" / "run" / "log.jsonl"}
     curves_section(r, runs, plots / "curves.png")
 
     r.heading("Wall time per phase")

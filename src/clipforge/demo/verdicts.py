@@ -6,8 +6,9 @@ is a pure function of the records `demo.measure.measure` returns (`record["headl
 records the run did not measure (no Scratch model, no alt-text retrieval, ...) is skipped, never guessed.
 
 Records are found by the names `demo.pipeline` gives them: "ancestry", "CLIP-MoE", "MM-LG clip 2+2",
-"MM-LG vision 2", "CLIP-MoE of MM-LG clip 2+2"; a Scratch baseline of a descendant is expected under the
-descendant's name with "MM-LG" replaced by "Scratch" ("Scratch clip 2+2").
+"MM-LG vision 2", "CLIP-MoE of MM-LG clip 2+2", "direct FT (full)" (the ancestry fine-tuned directly, the
+CLIP-MoE's baseline at equal steps); a Scratch baseline of a descendant is expected under the descendant's
+name with "MM-LG" replaced by "Scratch" ("Scratch clip 2+2"), trained for the descendant's FLOPs.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ QUALITY_KEPT_MIN = 0.90  # "keeps the ancestry's quality": each shared metric at
 
 ANCESTRY = "ancestry"
 CLIP_MOE = "CLIP-MoE"
+DIRECT_FT = "direct FT (full)"
 COMPOSED_PREFIX = "CLIP-MoE of "
 MMLG_PREFIX = "MM-LG "
 SCRATCH_PREFIX = "Scratch "
@@ -127,7 +129,28 @@ def beats(method: str, model: Mapping[str, Any], base_name: str, base: Mapping[s
         return None
     holds = all(mq[k] > bq[k] for k in shared)
     figures = "; ".join(f"{k} {pct(bq[k])} → {pct(mq[k])} ({pts(mq[k] - bq[k])})" for k in shared)
-    return Verdict(method, f"beats {base_name} (same shape and training steps)", holds, figures)
+    return Verdict(method, f"beats {base_name} (same shape, same training FLOPs)", holds, figures)
+
+
+def _mean_r1(h: Mapping[str, float]) -> float | None:
+    return (h["t2i_r1"] + h["i2t_r1"]) / 2 if "t2i_r1" in h and "i2t_r1" in h else None
+
+
+def against_finetuning(method: str, model: Mapping[str, Any], base_name: str, base: Mapping[str, Any]
+                       ) -> list[Verdict | None]:
+    """CLIP-MoE against direct fine-tuning at equal steps (paper Tables 2 and 5): retrieval on the new
+    captions at least the fine-tuned model's (mean of both directions), zero-shot above it."""
+    m, b = model["headline"], base["headline"]
+    out: list[Verdict | None] = []
+    mr, br = _mean_r1(m), _mean_r1(b)
+    if mr is not None and br is not None:
+        out.append(Verdict(method, f"matches or beats {base_name} on held-out scenes R@1 (mean of T→I, I→T)",
+                           mr >= br - _EPS, f"{pct(br)} vs {pct(mr)} ({pts(mr - br)})"))
+    if "fmnist_acc1" in m and "fmnist_acc1" in b:
+        d = m["fmnist_acc1"] - b["fmnist_acc1"]
+        out.append(Verdict(method, f"beats {base_name} on Fashion-MNIST zero-shot", d > _EPS,
+                           f"top-1 {pct(b['fmnist_acc1'])} vs {pct(m['fmnist_acc1'])} ({pts(d)})"))
+    return out
 
 
 def _grown(method: str, model: Mapping[str, Any], base_name: str, base: Mapping[str, Any]) -> list[Verdict | None]:
@@ -137,12 +160,17 @@ def _grown(method: str, model: Mapping[str, Any], base_name: str, base: Mapping[
 
 
 def verdicts(records: Records) -> list[Verdict]:
-    """Every claim this run's records can decide: CLIP-MoE vs the ancestry, MM-LG descendants vs the
-    ancestry (and vs Scratch where measured), each composed model vs its seed descendant."""
+    """Every claim this run's records can decide: CLIP-MoE vs the ancestry and vs direct fine-tuning, MM-LG
+    descendants vs the ancestry (and vs Scratch where measured), each composed model vs its seed descendant."""
     out: list[Verdict | None] = []
     anc = records.get(ANCESTRY)
     if anc is not None and CLIP_MOE in records:
         out += _grown(CLIP_MOE, records[CLIP_MOE], "the ancestry", anc)
+    if anc is not None and DIRECT_FT in records:  # the premise: fine-tuning gains retrieval, loses zero-shot
+        out += [raises_retrieval(DIRECT_FT, records[DIRECT_FT], "the ancestry", anc),
+                keeps_zeroshot(DIRECT_FT, records[DIRECT_FT], "the ancestry", anc)]
+    if CLIP_MOE in records and DIRECT_FT in records:
+        out += against_finetuning(CLIP_MOE, records[CLIP_MOE], DIRECT_FT + " at equal steps", records[DIRECT_FT])
     for name, rec in records.items():
         if not name.startswith(MMLG_PREFIX):
             continue
