@@ -20,13 +20,16 @@ from ..cost import forward_flops
 from ..schedule import Schedule
 
 
+def dmu_steps(preset: Any) -> int:
+    """Optimizer steps DMU trains in all: every MCL stage, then the routers."""
+    return (preset.mcl.num_experts - 1) * preset.mcl.schedule.steps + preset.router.schedule.steps
+
+
 def direct_ft_baseline(ancestry_dir: Path, data: Any, out: Path, preset: Any) -> Path:
     """Direct fine-tuning of every ancestry weight, at the MCL stages' schedule for DMU's total steps."""
     from ..moe.baselines import FinetuneConfig, direct_ft
 
-    mcl, router = preset.mcl.schedule, preset.router.schedule
-    steps = (preset.mcl.num_experts - 1) * mcl.steps + router.steps
-    cfg = FinetuneConfig(schedule=replace(mcl, steps=steps), params="full")
+    cfg = FinetuneConfig(schedule=replace(preset.mcl.schedule, steps=dmu_steps(preset)), params="full")
     direct_ft(str(ancestry_dir), data, out, cfg)
     return out / "model"
 

@@ -260,11 +260,12 @@ def auxnet_section(r: Report, lg_dir: Path) -> None:
 
 def _preset(cfg: Any) -> dict[str, int]:
     from ..moe.presets import presets
+    from .baselines import dmu_steps
 
     p = presets()[cfg.moe_preset]
     stages, steps = p.mcl.num_experts - 1, p.mcl.schedule.steps
     return {"stages": stages, "stage_steps": steps, "router_steps": p.router.schedule.steps,
-            "total_steps": stages * steps + p.router.schedule.steps}
+            "total_steps": dmu_steps(p)}
 
 
 def write_report(out: Path, records: dict[str, dict[str, Any]], phases: dict[str, float], cfg: Any,
