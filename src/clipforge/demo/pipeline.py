@@ -48,7 +48,7 @@ class DemoConfig:
     suite: SuiteConfig = field(default_factory=SuiteConfig)
     probe_train: int = 5000
     estimates: dict[str, float] = field(default_factory=lambda: {  # measured: README "Two commands"
-        "ancestry": 2220, "clip_moe": 370, "direct_ft": 170, "learngene": 180, "descendants": 200,
+        "ancestry": 1900, "clip_moe": 370, "direct_ft": 170, "learngene": 180, "descendants": 200,
         "scratch": 80, "composed": 0, "evaluate": 390, "report": 80})
 
     def __post_init__(self) -> None:
