@@ -150,6 +150,7 @@ def test_every_verdict_line_names_its_figures() -> None:
     assert all(s in scratch for s in ("19.0%", "37.0%", "50.0%", "66.0%")), scratch
     vs_ft = line("CLIP-MoE: beats direct FT (full)")
     assert all(s in vs_ft for s in ("69.2%", "69.5%", "+0.3 pts")), vs_ft
+    assert "CLIP-MoE 69.5% vs direct FT (full) 69.2%" in vs_ft, vs_ft  # each figure beside its model
     composed = verdict_lines(_family(False))[-1]  # the bad run's composed model: −2.0 points of zero-shot
     assert composed.startswith("CLIP-MoE of MM-LG clip 2+2: keeps"), composed
     assert all(s in composed for s in ("66.0%", "64.0%", "-2.0 pts")), composed
@@ -169,3 +170,40 @@ def test_report_opens_with_the_verdicts(tmp_path) -> None:
     assert len(bullets) == len(EXPECTED_CLAIMS) and all("**does not hold**" in b for b in bullets)
     assert md.index("**Contents**") > md.index("## What this run shows")
     assert "What this run shows" in r.to_html().split("<nav", 1)[0]
+
+
+def test_progress_scales_what_is_left_by_the_pace_so_far(capsys) -> None:
+    from clipforge.demo.pipeline import Progress
+
+    p = Progress({"a": 100, "b": 200, "c": 10})
+    assert p.pace() == 1.0  # nothing run yet
+    p.done["c"] = 50.0  # a short phase says nothing about the machine
+    assert p.pace() == 1.0
+    p.done["a"] = 130.0  # 30 % slower than estimated
+    assert abs(p.pace() - 1.3) < 1e-9
+    p.run("b", "b", lambda: None)
+    assert "about 4.3 min left in all" in capsys.readouterr().out  # 200 s × 1.3
+    p.done["a"] = 1000.0
+    assert p.pace() == 2.0  # clamped
+
+
+def test_machine_pace_is_the_step_time_ratio_clamped(monkeypatch) -> None:
+    from clipforge.demo import pace
+
+    assert pace.step_seconds("tiny", batch=4, warmup=0, steps=1) > 0  # a real (tiny) measurement
+    monkeypatch.setattr(pace, "step_seconds", lambda **kw: 2.6)
+    assert pace.machine_pace(2.0) == (1.3, 2.6)
+    assert pace.machine_pace(0.0) == (1.0, 2.6)  # no reference: unscaled
+    assert pace.machine_pace(100.0)[0] == pace.PACE_RANGE[0]
+
+
+def test_calibration_scales_every_estimate(monkeypatch, capsys) -> None:
+    from clipforge.demo import pace
+    from clipforge.demo.pipeline import Progress, _calibrate
+
+    monkeypatch.setattr(pace, "step_seconds", lambda **kw: 3.0)
+    monkeypatch.setattr(pace, "REFERENCE_STEP_S", 2.0)
+    p = Progress({"a": 100, "b": 10})
+    rec = _calibrate(p)
+    assert p.estimates == {"a": 150, "b": 15} and rec["pace"] == 1.5
+    assert "pace 1.50" in capsys.readouterr().out

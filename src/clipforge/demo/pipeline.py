@@ -47,13 +47,16 @@ class DemoConfig:
     depth_fractions: tuple[float, ...] = (0.25, 0.5, 0.75)
     suite: SuiteConfig = field(default_factory=SuiteConfig)
     probe_train: int = 5000
-    estimates: dict[str, float] = field(default_factory=lambda: {  # measured: README "Two commands"
-        "ancestry": 1900, "clip_moe": 370, "direct_ft": 170, "learngene": 180, "descendants": 200,
-        "scratch": 80, "composed": 0, "evaluate": 390, "report": 80})
+    calibrate: bool = True  # time a few ancestry steps first and scale the estimates (demo.pace)
+    # Measured: the from-nothing demo of 2026-12-03 (README "Two commands", demo.json -> phases_s) on the
+    # machine of demo.pace.REFERENCE_STEP_S; "composed" (only with --compose) from the earlier cached run.
+    estimates: dict[str, float] = field(default_factory=lambda: {
+        "ancestry": 2763, "clip_moe": 262, "direct_ft": 275, "learngene": 122, "descendants": 150,
+        "scratch": 69, "composed": 0, "evaluate": 338, "report": 71})
 
     def __post_init__(self) -> None:
         if self.compose and not self.estimates.get("composed"):
-            self.estimates["composed"] = 30 if self.quick else 200
+            self.estimates["composed"] = 30 if self.quick else 170
 
     @classmethod
     def quick_config(cls, compose: bool = False) -> "DemoConfig":
@@ -61,22 +64,24 @@ class DemoConfig:
                    composed_stage_steps=2, composed_router_steps=2, extract_steps=4, extract_batch=16,
                    auxnet_eval_scenes=32, auxnet_eval_fashion=32,
                    pretrain_steps=2, depth_fractions=(0.5, 1.0), suite=SuiteConfig.quick(), probe_train=200,
+                   calibrate=False,
                    estimates={"ancestry": 30, "clip_moe": 20, "direct_ft": 3, "learngene": 5, "descendants": 5,
                               "scratch": 3, "composed": 0, "evaluate": 40, "report": 10})
 
 
 class Progress:
-    """Prints one line per phase with the overall ETA (estimates, corrected by the phases already run)."""
+    """Prints one line per phase with the overall ETA: the estimates left, scaled by the pace so far."""
 
     def __init__(self, estimates: dict[str, float]) -> None:
         self.estimates = dict(estimates)
         self.done: dict[str, float] = {}
+        self.planned: dict[str, float] = dict(estimates)  # what the run said up front
         self.start = time.perf_counter()
 
     def run(self, name: str, title: str, fn: Callable[[], Any]) -> Any:
         names = list(self.estimates)
         i = names.index(name) + 1
-        left = sum(v for k, v in self.estimates.items() if k not in self.done)
+        left = sum(v for k, v in self.estimates.items() if k not in self.done) * self.pace()
         print(f"[demo] phase {i}/{len(names)}: {title} (about {_mins(self.estimates[name])}; "
               f"about {_mins(left)} left in all)", flush=True)
         t = time.perf_counter()
@@ -84,6 +89,26 @@ class Progress:
         self.done[name] = round(time.perf_counter() - t, 1)
         print(f"[demo] phase {i}/{len(names)} done in {_mins(self.done[name])}", flush=True)
         return out
+
+
+    def pace(self) -> float:
+        """Measured ÷ estimated time of the phases run so far (a slower machine than the estimates' shows
+        it in its first long phase), clamped to [0.5, 2]; 1 until a phase of 60 s or more has run."""
+        est = sum(self.estimates[k] for k in self.done if self.estimates[k] >= 60)
+        took = sum(self.done[k] for k in self.done if self.estimates[k] >= 60)
+        return min(2.0, max(0.5, took / est)) if est else 1.0
+
+
+def _calibrate(progress: Progress) -> dict[str, float]:
+    """Scale the estimates by this machine's pace (demo.pace) and say so."""
+    from .pace import REFERENCE_STEP_S, machine_pace
+
+    t = time.perf_counter()
+    pace, step = machine_pace()
+    progress.estimates = {k: v * pace for k, v in progress.estimates.items()}
+    print(f"[demo] this machine: {step:.2f} s per ancestry training step, {REFERENCE_STEP_S:.2f} s where the "
+          f"estimates were measured: pace {pace:.2f} ({time.perf_counter() - t:.0f} s to measure)", flush=True)
+    return {"pace": round(pace, 3), "step_s": round(step, 3), "reference_step_s": REFERENCE_STEP_S}
 
 
 def _mins(s: float) -> str:
@@ -115,17 +140,19 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None) -> dict[str, Any]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     progress = Progress({k: v for k, v in cfg.estimates.items() if k != "composed" or cfg.compose})
+    pace = _calibrate(progress) if cfg.calibrate else None
     anc_run = Path(cfg.ancestry) if cfg.ancestry else ancestry_run_dir(quick=cfg.quick)
     recipe = AncestryRecipe.quick() if cfg.quick else AncestryRecipe()
     cached = (anc_run / "model" / "config.json").is_file()
     if not cached:
         print(f"[demo] no cached ancestry in {anc_run}: this first run trains it there "
-              f"(about {_mins(cfg.estimates['ancestry'])} on 2 CPU cores); later runs reuse it "
+              f"(about {_mins(progress.estimates['ancestry'])} on this machine); later runs reuse it "
               f"(another cache: --cache DIR or $CLIPFORGE_CACHE)", flush=True)
     else:
         progress.estimates["ancestry"] = 5
         print(f"[demo] using the cached ancestry in {anc_run}", flush=True)
-    print(f"[demo] this run: about {_mins(sum(progress.estimates.values()))} on 2 CPU cores, into {out}", flush=True)
+    progress.planned = dict(progress.estimates)
+    print(f"[demo] this run: about {_mins(sum(progress.estimates.values()))} on this machine, into {out}", flush=True)
     anc_dir = progress.run("ancestry", "the ancestry CLIP (trained once, then cached)",
                            lambda: train_ancestry(anc_run, recipe))
     ancestry = io.load(anc_dir)
@@ -182,6 +209,7 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None) -> dict[str, Any]:
         compute=compute))
     phases["report"] = progress.done["report"]
     write_json(out / "demo.json", {"config": asdict(cfg), "phases_s": phases, "ancestry_was_cached": cached,
+                                   "pace": pace, "estimated_s": progress.planned,
                                    "models": {k: str(v) for k, v in members.items()}, "compute": compute,
                                    "report": [str(p) for p in paths]})
     total = sum(v for k, v in phases.items() if k != "ancestry")

@@ -143,13 +143,14 @@ def against_finetuning(method: str, model: Mapping[str, Any], base_name: str, ba
     m, b = model["headline"], base["headline"]
     out: list[Verdict | None] = []
     mr, br = _mean_r1(m), _mean_r1(b)
+    ref = base_name.split(" at ")[0]  # the model's name, without the claim's qualifier
     if mr is not None and br is not None:
         out.append(Verdict(method, f"matches or beats {base_name} on held-out scenes R@1 (mean of T→I, I→T)",
-                           mr >= br - _EPS, f"{pct(br)} vs {pct(mr)} ({pts(mr - br)})"))
+                           mr >= br - _EPS, f"{method} {pct(mr)} vs {ref} {pct(br)} ({pts(mr - br)})"))
     if "fmnist_acc1" in m and "fmnist_acc1" in b:
         d = m["fmnist_acc1"] - b["fmnist_acc1"]
         out.append(Verdict(method, f"beats {base_name} on Fashion-MNIST zero-shot", d > _EPS,
-                           f"top-1 {pct(b['fmnist_acc1'])} vs {pct(m['fmnist_acc1'])} ({pts(d)})"))
+                           f"top-1 {method} {pct(m['fmnist_acc1'])} vs {ref} {pct(b['fmnist_acc1'])} ({pts(d)})"))
     return out
 
 
