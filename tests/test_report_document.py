@@ -91,3 +91,14 @@ def test_retrieval_examples(tmp_path: Path) -> None:
     png = plot_retrieval_examples(ex, tmp_path / "plots" / "retrieval.png")
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list((tmp_path / "plots").glob(".*"))
+
+
+def test_image_labels_are_cut_to_four_lines() -> None:
+    from clipforge.report.samples import _short_label
+
+    short = "a red circle"
+    assert _short_label(short) == short
+    long = " ".join(["a small striped diagonal green cross"] * 6)
+    label = _short_label(long)
+    assert len(label.splitlines()) == 4 and label.endswith("…")
+    assert all(len(line) <= 32 for line in label.splitlines())

@@ -21,9 +21,15 @@ TRAIN = ["train", "--model", "tiny", "--data", "scenes", "--batch-size", "8", "-
 ENV = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
 
 
+def _default_sigint() -> None:
+    # A suite started in the background (`cmd &` in a script) inherits SIGINT ignored, and Python then
+    # installs no KeyboardInterrupt handler: the child must see SIGINT as a terminal user's run would.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _run(args: list[str], **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "clipforge", *args], env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kw)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint, **kw)
 
 
 def _snapshot(root: Path) -> dict[str, int]:

@@ -89,6 +89,15 @@ def _entry_image(entry: dict[str, Any], dataset: Any | None) -> Image.Image:
     return as_image(dataset[entry["index"]]).convert("RGB")
 
 
+def _short_label(caption: str, width: int = 32, lines: int = 4) -> str:
+    """The caption under an image, at most `lines` lines (cut with "…"): a longer one ran into the next row."""
+    wrapped = textwrap.wrap(caption, width)
+    if len(wrapped) > lines:
+        wrapped = wrapped[:lines]
+        wrapped[-1] = wrapped[-1][: width - 1].rstrip() + "…"
+    return "\n".join(wrapped)
+
+
 def plot_retrieval_examples(examples: dict[str, Any], path: str | os.PathLike, dataset: Any | None = None,
                             wrap: int = 62) -> Path:
     """A grid: per row an image (upscaled, nearest) and, per model, its top captions (green = own).
@@ -111,7 +120,7 @@ def plot_retrieval_examples(examples: dict[str, Any], path: str | os.PathLike, d
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(f"#{entry['index']}", fontsize=font)
-        ax.set_xlabel(textwrap.fill(entry["caption"], 30), fontsize=font - 1)
+        ax.set_xlabel(_short_label(entry["caption"]), fontsize=font - 1)
         for c, name in enumerate(names, start=1):
             ax = axes[r][c]
             ax.axis("off")
