@@ -2,8 +2,8 @@
 
 The phase estimates (`DemoConfig.estimates`) are wall times measured on one 2-core machine. Machines sold
 as the same kind are not the same speed: the ancestry's 1,000 steps took 31.7 min on 2 Xeon cores one day
-and 41 min on 2 Xeon cores the next. So before it prints an estimate, the full demo times a few training
-steps of the ancestry architecture on a fixed synthetic batch (about 10 s) and scales every estimate by
+and 46 min on 2 Xeon cores two days later. So before it prints an estimate, the full demo times a few training
+steps of the ancestry architecture on a fixed synthetic batch (13 s measured) and scales every estimate by
 the ratio to `REFERENCE_STEP_S`, the same measurement taken on the estimates' machine beside them.
 """
 

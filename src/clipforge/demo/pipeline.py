@@ -76,7 +76,6 @@ class Progress:
     def __init__(self, estimates: dict[str, float]) -> None:
         self.estimates = dict(estimates)
         self.done: dict[str, float] = {}
-        self.planned: dict[str, float] = dict(estimates)  # what the run said up front
         self.start = time.perf_counter()
 
     def run(self, name: str, title: str, fn: Callable[[], Any]) -> Any:
@@ -91,13 +90,14 @@ class Progress:
         print(f"[demo] phase {i}/{len(names)} done in {_mins(self.done[name])}", flush=True)
         return out
 
-
     def pace(self) -> float:
-        """Measured ÷ estimated time of the phases run so far (a slower machine than the estimates' shows
-        it in its first long phase), clamped to [0.5, 2]; 1 until a phase of 60 s or more has run."""
+        """Measured ÷ estimated time of the phases run so far (what the calibration missed shows in the first
+        long phase), clamped to demo.pace.PACE_RANGE; 1 until a phase of 60 s or more has run."""
+        from .pace import PACE_RANGE
+
         est = sum(self.estimates[k] for k in self.done if self.estimates[k] >= 60)
         took = sum(self.done[k] for k in self.done if self.estimates[k] >= 60)
-        return min(2.0, max(0.5, took / est)) if est else 1.0
+        return min(PACE_RANGE[1], max(PACE_RANGE[0], took / est)) if est else 1.0
 
 
 def _calibrate(progress: Progress) -> dict[str, float]:
@@ -152,7 +152,6 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None) -> dict[str, Any]:
     else:
         progress.estimates["ancestry"] = 1  # loading it
         print(f"[demo] using the cached ancestry in {anc_run}", flush=True)
-    progress.planned = dict(progress.estimates)
     print(f"[demo] this run: about {_mins(sum(progress.estimates.values()))} on this machine, into {out}", flush=True)
     anc_dir = progress.run("ancestry", "the ancestry CLIP (trained once, then cached)",
                            lambda: train_ancestry(anc_run, recipe))
@@ -210,7 +209,7 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None) -> dict[str, Any]:
         compute=compute))
     phases["report"] = progress.done["report"]
     write_json(out / "demo.json", {"config": asdict(cfg), "phases_s": phases, "ancestry_was_cached": cached,
-                                   "pace": pace, "estimated_s": progress.planned,
+                                   "pace": pace, "estimated_s": progress.estimates,
                                    "models": {k: str(v) for k, v in members.items()}, "compute": compute,
                                    "report": [str(p) for p in paths]})
     total = sum(v for k, v in phases.items() if k != "ancestry")

@@ -100,18 +100,15 @@ def plot_tradeoff(records: dict[str, dict[str, Any]], path: Path) -> Path:
     # Under 10 in wide at 120 dpi: shown near its own size at 1,300 px, so the text stays readable.
     fig, axes = plt.subplots(1, 2, figsize=(9.5, 4.2), sharex=True)
     handles: dict[str, Any] = {}
-    tops = [0.0, 0.0]  # each panel's highest value: the y axis leaves room above it for the largest marker
     for i, (name, r) in enumerate(records.items()):
         h, active = r["headline"], r["cost"]["params_active_per_token"]
         style = {"marker": _marker(name, r), "color": f"C{i % 10}", "s": max(30, 150 - 16 * i), "zorder": 2 + i,
                  "edgecolors": "black", "linewidths": 0.6, "label": name}
         if "t2i_r1" in h and "i2t_r1" in h:
             handles[name] = axes[0].scatter(active, 50 * (h["t2i_r1"] + h["i2t_r1"]), **style)
-            tops[0] = max(tops[0], 50 * (h["t2i_r1"] + h["i2t_r1"]))
         _, acc = _quality(r)
         if acc is not None:
             handles[name] = axes[1].scatter(active, 100 * acc, **style)
-            tops[1] = max(tops[1], 100 * acc)
     axes[0].set_title("held-out scenes retrieval", fontsize=10)
     axes[0].set_ylabel("R@1, mean of T→I and I→T (%)")
     axes[1].set_title("task accuracy: Fashion-MNIST zero-shot (CLIPs),\n"
@@ -119,7 +116,8 @@ def plot_tradeoff(records: dict[str, dict[str, Any]], path: Path) -> Path:
     axes[1].set_ylabel("top-1 accuracy (%)")
     count_axis(axes[0], [r["cost"]["params_active_per_token"] for r in records.values()], "parameters active per token")
     axes[1].set_xlabel("parameters active per token")
-    for ax, top in zip(axes, tops):
+    for ax in axes:  # room above the highest point for the largest marker
+        top = ax.dataLim.y1 if ax.has_data() else 0.0
         ax.set_ylim(0, top * 1.12 if top > 0 else 1)
         ax.grid(alpha=0.3)
     fig.legend(list(handles.values()), list(handles), loc="upper center", bbox_to_anchor=(0.5, 0.0),
