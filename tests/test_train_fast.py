@@ -12,7 +12,7 @@ from clipforge.errors import ClipforgeError
 from clipforge.models.registry import build
 from clipforge.train import ClipLoss, ClipStep, TrainConfig, train
 from clipforge.train import fast
-from clipforge.train.fast import CompiledStep, adamw_kwargs, resolve_amp
+from clipforge.train.fast import CompiledStep, adamw_kwargs, attention_kernel, resolve_amp, resolve_attention
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -165,3 +165,65 @@ def test_attention_implementation_choice():
     torch.testing.assert_close(outs["sdpa"], outs["eager"], rtol=1e-4, atol=1e-4)
     with pytest.raises(ClipforgeError, match="attention implementation 'flash'"):
         build("tiny", attn_implementation="flash")
+
+
+def test_attention_auto_is_eager_only_under_bf16_on_a_cpu():
+    assert resolve_attention("auto", "bf16", CPU) == "eager"
+    assert resolve_attention("auto", "off", CPU) == "sdpa"
+    assert resolve_attention("auto", "bf16", CUDA) == "sdpa"
+    assert resolve_attention("sdpa", "bf16", CPU) == "sdpa" and resolve_attention("eager", "off", CUDA) == "eager"
+    with pytest.raises(ClipforgeError, match="attention setting 'flash'"):
+        resolve_attention("flash", "off", CPU)
+
+
+def test_attention_kernel_sets_every_tower_and_puts_it_back():
+    model = build("tiny", seed=0)  # sdpa
+    configs = [model.config, model.text_model.config, model.vision_model.config]
+    with attention_kernel(model, "eager"):
+        assert [c._attn_implementation for c in configs] == ["eager"] * 3
+    assert [c._attn_implementation for c in configs] == ["sdpa"] * 3
+    with pytest.raises(RuntimeError), attention_kernel(model, "eager"):
+        raise RuntimeError("a failing step")
+    assert [c._attn_implementation for c in configs] == ["sdpa"] * 3
+
+
+class _KernelRecording(_Recording):
+    def __call__(self, model, batch):
+        self.seen.append((model.text_model.config._attn_implementation, model.vision_model.config._attn_implementation))
+        return self.inner(model, batch)
+
+
+@pytest.mark.parametrize("native,setting,expected", [(True, "auto", "eager"), (False, "auto", "sdpa"),
+                                                     (True, "sdpa", "sdpa"), (False, "eager", "eager")])
+def test_train_steps_with_the_resolved_kernel_and_evaluates_with_the_models_own(tmp_path, monkeypatch, native,
+                                                                             setting, expected):
+    monkeypatch.setattr(fast, "cpu_has_native_bf16", lambda: native)
+    step, seen_eval = _KernelRecording(), []
+
+    def eval_fn(model, _step):
+        seen_eval.append(model.config._attn_implementation)
+        return {"x": 0.0}
+
+    model = tiny_model()
+    train(model, SyntheticPairs(16), TrainConfig(steps=2, batch_size=8, log_every=0, eval_every=2, attention=setting),
+          tmp_path, step_fn=step, eval_fn=eval_fn, progress=False)
+    assert step.seen == [(expected, expected)] * 2
+    assert seen_eval == ["sdpa"] and model.config._attn_implementation == "sdpa"
+
+
+def test_unknown_attention_setting_fails_before_training(tmp_path):
+    with pytest.raises(ClipforgeError, match="attention setting 'flash'"):
+        train(tiny_model(), SyntheticPairs(16), TrainConfig(steps=1, batch_size=8, attention="flash"), tmp_path,
+              progress=False)
+    assert not (tmp_path / "log.jsonl").exists()
+
+
+def test_eager_and_sdpa_steps_agree(tmp_path):
+    """Only roundoff separates the two kernels: after 3 fp32 steps the weights agree closely."""
+    models = {}
+    for attn in ("sdpa", "eager"):
+        models[attn] = train(tiny_model(), SyntheticPairs(16), TrainConfig(steps=3, batch_size=8, log_every=0,
+                                                                           amp="off", attention=attn),
+                             tmp_path / attn, progress=False)
+    for (name, a), b in zip(models["sdpa"].state_dict().items(), models["eager"].state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)

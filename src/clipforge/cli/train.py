@@ -63,6 +63,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_schedule_flags(p, TRAIN_SCHEDULE, only=("amp",))
     p.add_argument("--optimizer", choices=["auto", "fused", "foreach", "for-loop"], default="auto",
                    help="AdamW kernel (default auto: fused where torch has it, CPU and CUDA)")
+    p.add_argument("--attention", choices=["auto", "sdpa", "eager"], default="auto",
+                   help="attention kernel while training (default auto: eager under bf16 on a CPU, where torch's "
+                        "SDPA backward is slow; sdpa elsewhere)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the training step (minutes up front; eager fallback without a compiler)")
     p.add_argument("--seed", type=int, default=0, help="seed of the data order and the RNG streams (default 0)")
@@ -170,7 +173,7 @@ def run_train(args: argparse.Namespace) -> int:
     sched = schedule_from_args(args, TRAIN_SCHEDULE, seed=args.seed, num_workers=args.num_workers,
                                grad_checkpointing=args.grad_checkpointing)
     cfg = sched.train_config(trainable=args.trainable, frozen=args.frozen, optimizer=args.optimizer,
-                             compile=args.compile, save_every=args.save_every)
+                             attention=args.attention, compile=args.compile, save_every=args.save_every)
     _check_train_args(args, cfg, data)
     settings = {"model": prov["source"], "data": list(args.data), "image_key": args.image_key,
                 "caption_key": args.caption_key, "on_error": args.on_error, "scenes_captions": args.scenes_captions,

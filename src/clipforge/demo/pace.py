@@ -22,17 +22,20 @@ PACE_RANGE = (0.5, 3.0)
 
 
 def step_seconds(arch: str = "ancestry", batch: int = 256, warmup: int = 1, steps: int = 3) -> float:
-    """Median wall time of one training step (forward, backward, AdamW) of a random `arch` CLIP."""
+    """Median wall time of one training step (forward, backward, AdamW) of a random `arch` CLIP, with the
+    amp and attention kernel that `train()`'s "auto" settings pick here."""
     from ..models.registry import build
-    from ..train.fast import adamw_kwargs, resolve_amp
+    from ..train.fast import adamw_kwargs, resolve_amp, resolve_attention
 
-    model = build(arch, seed=0).train()
+    cpu = torch.device("cpu")
+    bf16 = resolve_amp("auto", cpu) == "bf16"
+    # the step as `train()` runs it: with the attention kernel "auto" picks (eager under bf16 on a CPU)
+    model = build(arch, seed=0, attn_implementation=resolve_attention("auto", "bf16" if bf16 else "off", cpu)).train()
     vision, text = model.config.vision_config, model.config.text_config
     g = torch.Generator().manual_seed(0)
     pixels = torch.randn(batch, 3, vision.image_size, vision.image_size, generator=g)
     ids = torch.randint(0, text.vocab_size, (batch, text.max_position_embeddings), generator=g)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **adamw_kwargs("auto", model.parameters()))
-    bf16 = resolve_amp("auto", torch.device("cpu")) == "bf16"
     times = []
     for i in range(warmup + steps):
         t = time.perf_counter()

@@ -3,7 +3,7 @@
 Methods plug in through `step_fn(model, batch) -> (loss, logs)` (the default is the CLIP contrastive
 step), an optional batch sampler (anything with the `StatefulBatchSampler` contract) and a collate
 function. The loop owns the rest: freezing, AdamW with warmup-cosine, clipping, activation
-checkpointing, bf16 autocast, DDP, logging, checkpoints, and exact resumption.
+checkpointing, bf16 autocast and its attention kernel, DDP, logging, checkpoints, and exact resumption.
 
 Resumption is bit-identical on the CPU because a checkpoint holds the sampler position and every
 RNG state (per rank), and nothing else in the loop draws from the global RNGs: the DataLoader gets
@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ClipforgeError
 from . import distributed as D
-from .fast import CompiledStep, adamw_kwargs, resolve_amp
+from .fast import CompiledStep, adamw_kwargs, attention_kernel, resolve_amp, resolve_attention
 from .config import TrainConfig
 from .checkpoint import (CHECKPOINT_DIR, load_checkpoint, resolve_resume, rng_state, save_checkpoint,
                          set_rng_state, step_files)
@@ -117,6 +117,7 @@ def validate_config(cfg: TrainConfig, info: D.DistInfo) -> None:
         raise ClipforgeError(f"batch size {cfg.batch_size} does not split over {info.world_size} ranks")
     if cfg.fixed_logit_scale is not None and not 1.0 <= cfg.fixed_logit_scale <= 100.0:
         raise ClipforgeError(f"fixed_logit_scale must lie in [1, 100], got {cfg.fixed_logit_scale}")
+    resolve_attention(cfg.attention, "off", info.device)  # an unknown setting fails here, before any work
 
 
 def _make_sampler(batch_sampler: Any, dataset: Dataset, cfg: TrainConfig, info: D.DistInfo) -> Any:
@@ -254,6 +255,7 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, out_dir: str | o
         bar = tqdm(total=cfg.steps, initial=step, desc="train", dynamic_ncols=True)
 
     autocast = _autocast(cfg.amp, info.device)
+    kernel = resolve_attention(cfg.attention, resolve_amp(cfg.amp, info.device), info.device)
     if restored_rng is not None:
         set_rng_state(restored_rng)  # last: nothing above may draw from the RNGs after this
 
@@ -301,7 +303,7 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, out_dir: str | o
             batch = _to_device(batch, info.device)
 
             optimizer.zero_grad(set_to_none=True)
-            with autocast:
+            with autocast, attention_kernel(model, kernel):  # evaluation keeps the model's own kernel
                 loss, logs = runner(batch)
             loss.backward()
             grad_norm = None
