@@ -80,6 +80,29 @@ def test_committed_seed_records_are_reused_without_the_work_directory(quick_resu
     assert bench.main(args) == 0
 
 
+def test_seed_records_of_another_ancestry_with_the_same_recipe_are_not_reused(quick_results, monkeypatch):
+    """The same recipe trains other weights where the kernels differ: the weights' digest is in the identity."""
+    import shutil
+
+    other = quick_results / "ancestry-other-weights"
+    save(build("tiny", seed=1), other, provenance={"source": "test stand-in ancestry"})
+    out = quick_results / "out4"
+    shutil.copytree(quick_results / "out" / "units", out / "units")
+    bench = _bench()
+
+    class Retrained(Exception):
+        pass
+
+    def retrain(*a, **k):
+        raise Retrained
+
+    monkeypatch.setattr(bench.Bench, "clip_moe", retrain)
+    args = ["--quick", "--out", str(out), "--work", str(quick_results / "work_other"), "--ancestry", str(other),
+            "--part", "main"]
+    with pytest.raises(Retrained):
+        bench.main(args)
+
+
 def test_verdicts_follow_the_numbers():
     import sys
 

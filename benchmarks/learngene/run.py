@@ -93,6 +93,7 @@ def run(args: argparse.Namespace, prefix: str = "clipforge learngene bench") -> 
     from clipforge.data.collate import Collator
     from clipforge.learngene import Learngene, LearngeneConfig, descend
     from clipforge.learngene.pipeline import extract, load_ancestry, pretrain
+    from clipforge.files import file_digest
     from clipforge.models.io import load, read_provenance, save
     from clipforge.models.preprocess import transform_for
     from clipforge.schedule import Schedule
@@ -110,7 +111,10 @@ def run(args: argparse.Namespace, prefix: str = "clipforge learngene bench") -> 
     recipe = _canonical_recipe(read_provenance(anc_path).get("recipe") or {})
     fixed = {k: v for k, v in budget.to_dict().items() if k != "seeds"}  # seeds only add downstream units
     claim(work, {"budget": fixed, "ancestry": str(anc_path)}, args.force, kind="bench learngene")
-    units = Units(out / "units", {"budget": fixed, "ancestry_recipe": recipe},
+    # The weights' digest, not only the recipe: the same recipe trains different weights on machines whose
+    # kernels differ (fp32 vs bf16, sdpa vs eager attention), and units of two ancestries must not mix.
+    weights = file_digest(anc_path / "model.safetensors")
+    units = Units(out / "units", {"budget": fixed, "ancestry_recipe": recipe, "ancestry_weights": weights},
                   canonical=lambda ident: {**ident, "ancestry_recipe": _canonical_recipe(ident.get("ancestry_recipe"))})
     b, depths, seeds = budget, list(budget.depths), list(budget.seeds)
     size = ancestry.config.vision_config.image_size
@@ -301,7 +305,7 @@ def run(args: argparse.Namespace, prefix: str = "clipforge learngene bench") -> 
         "quick": bool(args.quick), "command": _command(args, prefix), "date": time.strftime("%Y-%m-%d %H:%M"),
         "device": gpu or f"CPU ({platform.machine()}, {torch.get_num_threads()} threads), torch {torch.__version__}",
         "budget": b.to_dict(), "C_flops": C, "points": points, "depth_shares": {str(d): v for d, v in shares.items()},
-        "ancestry": {"recipe": recipe, "params": anc_counts["total"],
+        "ancestry": {"recipe": recipe, "weights_sha256": weights, "params": anc_counts["total"],
                      "depth": ancestry.config.vision_config.num_hidden_layers, "quality": chosen["mmlg"]["auxnet_quality"]["ancestry"]},
         "ptft": {str(d): u for d, u in ptft.items()},
         "runs": {p: {m: {str(d): u for d, u in r.items()} for m, r in rp.items()} for p, rp in runs.items()},

@@ -2,7 +2,7 @@
 
 * `peaks`: fp32 and bf16 matmul GFLOP/s of this machine (square matmuls), measured in the same run;
 * `options_part`: `train()` ms/step of each option (today's default, foreach / fused AdamW, eager
-  attention, bf16 autocast, torch.compile, the new default) on the ancestry @ 256 and ViT-B/16 @ 8,
+  attention, bf16 autocast with SDPA and with eager attention, torch.compile, the new default) on the ancestry @ 256 and ViT-B/16 @ 8,
   with achieved GFLOP/s (FLOPs of one forward + backward, counted by torch's FlopCounterMode) and
   its share of both peaks;
 * `profile_part`: torch.profiler's self time of one ancestry step grouped by kind (matmuls,
@@ -21,22 +21,21 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from clipforge.models.registry import build
-from clipforge.train.fast import adamw_kwargs, cpu_has_native_bf16, resolve_amp
+from clipforge.train.fast import adamw_kwargs, cpu_has_native_bf16, resolve_amp, resolve_attention
 from clipforge.train.loop import TrainConfig, train
 from clipforge.train.loss import ClipLoss, ClipStep
 from clipforge.train.optim import param_groups
 
 
 class Option(NamedTuple):
-    """One column of the comparison: TrainConfig overrides and the attention kernel."""
+    """One column of the comparison: TrainConfig overrides (the attention kernel among them)."""
 
     name: str
     config: dict[str, Any]
-    attn: str = "sdpa"
 
 
-# Today's (pre-issue-17) default on the CPU: torch's for-loop AdamW, fp32, SDPA, eager.
-TODAY = {"optimizer": "for-loop", "amp": "off", "compile": False}
+# Today's (pre-issue-17) default on the CPU: torch's for-loop AdamW, fp32, SDPA attention, no compile.
+TODAY = {"optimizer": "for-loop", "amp": "off", "compile": False, "attention": "sdpa"}
 
 
 def options(device: torch.device, quick: bool) -> list[Option]:
@@ -44,9 +43,11 @@ def options(device: torch.device, quick: bool) -> list[Option]:
     rows = [Option("today's default (for-loop AdamW, fp32, SDPA)", TODAY),
             Option("foreach AdamW", {**TODAY, "optimizer": "foreach"}),
             Option("fused AdamW", {**TODAY, "optimizer": "fused"}),
-            Option("eager attention", TODAY, "eager")]
+            Option("eager attention", {**TODAY, "attention": "eager"})]
     if device.type == "cuda" or cpu_has_native_bf16():
-        rows.append(Option("bf16 autocast + fused AdamW", {**TODAY, "optimizer": "fused", "amp": "bf16"}))
+        bf16 = {**TODAY, "optimizer": "fused", "amp": "bf16"}
+        rows += [Option("bf16 autocast + fused AdamW (SDPA)", bf16),
+                 Option("bf16 autocast + fused AdamW + eager attention", {**bf16, "attention": "eager"})]
     if not quick:
         rows.append(Option("torch.compile + fused AdamW", {**TODAY, "optimizer": "fused", "compile": True}))
     rows.append(Option("new default (TrainConfig())", {}))
@@ -87,7 +88,7 @@ def time_option(arch: str, batch_size: int, option: Option, warmup: int, steps: 
                 fixed_batch: Callable, stamper: Callable, items: Callable) -> tuple[list[float], float]:
     """Per-step ms of `train()` under `option` after `warmup` steps, and the first step's seconds."""
     total = warmup + steps + 1
-    model = build(arch, seed=0, attn_implementation=option.attn)
+    model = build(arch, seed=0)
     batch = fixed_batch(model, batch_size)
     collate = stamper(batch)
     cfg = TrainConfig(**{"steps": total, "batch_size": batch_size, "save_every": 0, "eval_every": 0,
@@ -120,7 +121,7 @@ def options_part(cases: list[tuple[str, int]], warmup: int, steps: int, rounds: 
         for o in opts:
             med = statistics.median(times[o.name])
             gflops = flops / (med / 1e3) / 1e9
-            rows.append({"arch": arch, "batch": bs, "option": o.name, "config": o.config, "attn": o.attn,
+            rows.append({"arch": arch, "batch": bs, "option": o.name, "config": o.config,
                          "ms_per_step": med, "speedup_vs_today": base / med, "first_step_s": first[o.name],
                          "gflop_per_step": flops / 1e9, "gflops": gflops,
                          "share_fp32_peak": gflops / peak["float32"]["gflops"],
@@ -129,7 +130,8 @@ def options_part(cases: list[tuple[str, int]], warmup: int, steps: int, rounds: 
     return {"warmup": warmup, "steps": steps, "rounds": rounds, "peaks": peak, "rows": rows,
             "new_default": {"amp": resolve_amp(default.amp, device),
                             "optimizer": next(iter(adamw_kwargs(default.optimizer, [torch.zeros(1, device=device)]))),
-                            "compile": default.compile, "attn": "sdpa"}}
+                            "compile": default.compile,
+                            "attn": resolve_attention(default.attention, resolve_amp(default.amp, device), device)}}
 
 
 # --------------------------------------------------------------------------------------------- profile

@@ -9,6 +9,7 @@ would have given them, so outputs follow the user's umask.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -72,6 +73,15 @@ def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)
     return Path(dst)
+
+
+def file_digest(path: str | os.PathLike, chars: int = 16) -> str:
+    """The first `chars` hex digits of a file's SHA-256: enough to tell two weight files apart."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:chars]
 
 
 def _jsonable(x: Any) -> Any:

@@ -15,7 +15,6 @@ error unless `force`, so a rerun never silently mixes two recipes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -29,6 +28,7 @@ from torch.utils.data import Dataset
 
 from ..cost import Timer, caption_tokens, count_params, flops_per_sample, forward_flops
 from ..errors import ClipforgeError
+from ..files import file_digest
 from ..schedule import Schedule
 from ..train.runs import claim, had_checkpoint, normalise, read_log
 from .distill import Distill, TowerStep
@@ -65,17 +65,6 @@ def open_data(data: Sequence[str] | Dataset, image_size: int, scenes_size: int =
     if not isinstance(data, (list, tuple)):
         return data, getattr(data, "name", type(data).__name__)
     return open_mixture(data, "train", image_size, scenes_size), list(data)
-
-
-# --- bookkeeping -----------------------------------------------------------------------------------
-
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
 
 
 # --- steps for one-tower pre-training ---------------------------------------------------------------
@@ -208,7 +197,7 @@ def descend_family(learngene_dir: str | os.PathLike, shapes: Sequence[ShapeSpec 
     learngene_dir = Path(learngene_dir)
     lg = Learngene.load(learngene_dir)
     lg_meta = json.loads((learngene_dir / "learngene.json").read_text())
-    digest = _file_digest(learngene_dir / "learngene.safetensors")
+    digest = file_digest(learngene_dir / "learngene.safetensors")
     specs = [parse_shape(s) if isinstance(s, str) else tuple(s) for s in shapes]
     if pretraining is not None and data is None:
         raise ClipforgeError("pre-training descendants needs --data")
