@@ -6,13 +6,15 @@ import logging
 
 import pytest
 import torch
+from torch import nn
 
 from _train_worker import SyntheticPairs, resume_config, tiny_model
 from clipforge.errors import ClipforgeError
 from clipforge.models.registry import build
 from clipforge.train import ClipLoss, ClipStep, TrainConfig, train
 from clipforge.train import fast
-from clipforge.train.fast import CompiledStep, adamw_kwargs, attention_kernel, resolve_amp, resolve_attention
+from clipforge.train.fast import (SHORT_SEQUENCE, CompiledStep, adamw_kwargs, attention_kernel, longest_sequence,
+                                  resolve_amp, resolve_attention)
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -167,13 +169,21 @@ def test_attention_implementation_choice():
         build("tiny", attn_implementation="flash")
 
 
-def test_attention_auto_is_eager_only_under_bf16_on_a_cpu():
+def test_attention_auto_is_eager_on_a_cpu_under_bf16_or_for_short_sequences():
     assert resolve_attention("auto", "bf16", CPU) == "eager"
     assert resolve_attention("auto", "off", CPU) == "sdpa"
-    assert resolve_attention("auto", "bf16", CUDA) == "sdpa"
+    assert resolve_attention("auto", "off", CPU, tokens=SHORT_SEQUENCE) == "eager"
+    assert resolve_attention("auto", "off", CPU, tokens=SHORT_SEQUENCE + 1) == "sdpa"
+    assert resolve_attention("auto", "bf16", CUDA, tokens=8) == "sdpa"
     assert resolve_attention("sdpa", "bf16", CPU) == "sdpa" and resolve_attention("eager", "off", CUDA) == "eager"
     with pytest.raises(ClipforgeError, match="attention setting 'flash'"):
         resolve_attention("flash", "off", CPU)
+
+
+def test_longest_sequence_reads_both_towers():
+    assert longest_sequence(build("ancestry", seed=0)) == 32  # 5x5 patches + 1 = 26 image, 32 text tokens
+    assert longest_sequence(build("ViT-B-16", kind="vision", seed=0)) == 197
+    assert longest_sequence(nn.Linear(2, 2)) is None
 
 
 def test_attention_kernel_sets_every_tower_and_puts_it_back():
@@ -193,11 +203,14 @@ class _KernelRecording(_Recording):
         return self.inner(model, batch)
 
 
-@pytest.mark.parametrize("native,setting,expected", [(True, "auto", "eager"), (False, "auto", "sdpa"),
-                                                     (True, "sdpa", "sdpa"), (False, "eager", "eager")])
+# the tiny model's sequences are short (SHORT_SEQUENCE), so fp32 "auto" is eager unless the limit is lowered
+@pytest.mark.parametrize("native,setting,short,expected", [
+    (True, "auto", 0, "eager"), (False, "auto", 0, "sdpa"), (False, "auto", SHORT_SEQUENCE, "eager"),
+    (True, "sdpa", SHORT_SEQUENCE, "sdpa"), (False, "eager", 0, "eager")])
 def test_train_steps_with_the_resolved_kernel_and_evaluates_with_the_models_own(tmp_path, monkeypatch, native,
-                                                                             setting, expected):
+                                                                             setting, short, expected):
     monkeypatch.setattr(fast, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(fast, "SHORT_SEQUENCE", short)
     step, seen_eval = _KernelRecording(), []
 
     def eval_fn(model, _step):

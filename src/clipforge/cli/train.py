@@ -64,8 +64,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--optimizer", choices=["auto", "fused", "foreach", "for-loop"], default="auto",
                    help="AdamW kernel (default auto: fused where torch has it, CPU and CUDA)")
     p.add_argument("--attention", choices=["auto", "sdpa", "eager"], default="auto",
-                   help="attention kernel while training (default auto: eager under bf16 on a CPU, where torch's "
-                        "SDPA backward is slow; sdpa elsewhere)")
+                   help="attention kernel while training (default auto: eager on a CPU under bf16, where torch's "
+                        "SDPA backward is slow, or for sequences of at most 64 tokens; sdpa elsewhere)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the training step (minutes up front; eager fallback without a compiler)")
     p.add_argument("--seed", type=int, default=0, help="seed of the data order and the RNG streams (default 0)")

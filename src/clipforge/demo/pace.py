@@ -25,12 +25,14 @@ def step_seconds(arch: str = "ancestry", batch: int = 256, warmup: int = 1, step
     """Median wall time of one training step (forward, backward, AdamW) of a random `arch` CLIP, with the
     amp and attention kernel that `train()`'s "auto" settings pick here."""
     from ..models.registry import build
-    from ..train.fast import adamw_kwargs, resolve_amp, resolve_attention
+    from ..train.fast import adamw_kwargs, longest_sequence, resolve_amp, resolve_attention
 
     cpu = torch.device("cpu")
     bf16 = resolve_amp("auto", cpu) == "bf16"
-    # the step as `train()` runs it: with the attention kernel "auto" picks (eager under bf16 on a CPU)
-    model = build(arch, seed=0, attn_implementation=resolve_attention("auto", "bf16" if bf16 else "off", cpu)).train()
+    model = build(arch, seed=0).train()
+    # the step as `train()` runs it: with the attention kernel "auto" picks for this model here
+    kernel = resolve_attention("auto", "bf16" if bf16 else "off", cpu, longest_sequence(model))
+    model = build(arch, seed=0, attn_implementation=kernel).train()
     vision, text = model.config.vision_config, model.config.text_config
     g = torch.Generator().manual_seed(0)
     pixels = torch.randn(batch, 3, vision.image_size, vision.image_size, generator=g)

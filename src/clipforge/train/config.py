@@ -15,7 +15,7 @@ class TrainConfig(Schedule):
     trainable: list[str] | None = None  # parameter name patterns (fnmatch) to train; None: all
     frozen: list[str] | None = None
     optimizer: str = "auto"  # AdamW kernel: "auto" (fused where supported, else foreach), "fused", "foreach", "for-loop"
-    attention: str = "auto"  # attention kernel: "auto" (eager under bf16 on a CPU, else sdpa), "sdpa", "eager"
+    attention: str = "auto"  # attention kernel: "auto" (eager on a CPU under bf16 or for short sequences, else sdpa; train.fast), "sdpa", "eager"
     compile: bool = False  # torch.compile the step (eager fallback when the compiler is missing)
     eval_every: int = 0  # 0: never; else every N steps and at the end
     save_every: int = 0  # 0: never; else every N steps and at the end

@@ -7,10 +7,14 @@ Each switch has an "auto" that picks the fast path the machine supports, measure
 * amp "auto": bf16 autocast on CUDA, and on CPUs with native bf16 matmuls (AVX512-BF16 or AMX,
   as oneDNN reports them); fp32 elsewhere, since without them bf16 matmuls are emulated and
   hundreds of times slower than fp32.
-* attention "auto": explicit softmax(QK^T)V ("eager") when the step runs under bf16 autocast on a CPU,
-  torch's scaled_dot_product_attention ("sdpa") elsewhere. On a CPU with AMX, the SDPA flash kernel's
-  bf16 backward took 61 % of an ancestry step (26 tokens per sequence): 2.63 s per step with it, 1.03 s
-  eager (2 threads, batch 256); at ViT-B/16 @ 8 the two are level (3.59 vs 3.70 s). Only roundoff differs.
+* attention "auto": explicit softmax(QK^T)V ("eager") on a CPU when the step runs under bf16 autocast or
+  when every sequence is short (at most SHORT_SEQUENCE tokens), torch's scaled_dot_product_attention
+  ("sdpa") elsewhere. Only roundoff differs. Measured with `demo.pace.step_seconds` (2 threads, fused AdamW):
+  on 2 Xeon cores with AMX, the SDPA flash kernel's bf16 backward took 61 % of an ancestry step (26 image
+  tokens, 32 text tokens): 2.63 s per step with it, 1.03 s eager (batch 256); at ViT-B/16 @ 8 the two are
+  level (3.59 vs 3.70 s). In fp32 on 2 AMD EPYC cores (AVX2): ancestry @ 256 eager 2.22 s vs sdpa 2.41 s,
+  ViT-B/32 @ 32 (50 / 77 tokens) 18.5 vs 19.0 s, ViT-B/16 @ 8 (197 / 77 tokens) 14.1 vs 11.9 s; on Xeon
+  the fp32 ancestry step took 1.65 s eager vs 1.77 s sdpa.
 * optimizer "auto": the fused AdamW kernel where torch has one for every parameter's device and
   dtype (CPU and CUDA), else the multi-tensor ("foreach") one; "for-loop" is torch's CPU default.
 * compile: `torch.compile` of the step (model + loss); if the compiler is missing or fails on the
@@ -39,6 +43,9 @@ ATTENTION_CHOICES = ("auto", "sdpa", "eager")
 OPTIMIZER_CHOICES = ("auto", "fused", "foreach", "for-loop")
 # CPU flags that give native bf16 dot products (Linux /proc/cpuinfo names).
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+# Longest sequence (image patches + class token, or text positions) for which "auto" picks eager attention
+# on a CPU in fp32: eager wins at 26-32 tokens, the two are level at 50-77, SDPA wins at 197 (docstring).
+SHORT_SEQUENCE = 64
 
 
 @functools.lru_cache(maxsize=1)
@@ -75,14 +82,34 @@ def resolve_amp(amp: str, device: torch.device) -> str:
     return mode
 
 
-def resolve_attention(attention: str, amp: str, device: torch.device) -> str:
+def resolve_attention(attention: str, amp: str, device: torch.device, tokens: int | None = None) -> str:
     """"sdpa" or "eager" for the setting `attention` (auto, sdpa, eager) of a step under the resolved `amp`
-    ("bf16" / "off") on `device`; auto is eager only for bf16 on a CPU (module docstring)."""
+    ("bf16" / "off") on `device`, for a model whose longest sequence is `tokens` (None: unknown). Auto is
+    eager on a CPU under bf16 or for sequences of at most SHORT_SEQUENCE tokens (module docstring)."""
     if attention not in ATTENTION_CHOICES:
         raise ClipforgeError(f"unknown attention setting {attention!r}; choose {', '.join(ATTENTION_CHOICES)}")
     if attention == "auto":
-        return "eager" if device.type == "cpu" and amp == "bf16" else "sdpa"
+        short = tokens is not None and tokens <= SHORT_SEQUENCE
+        return "eager" if device.type == "cpu" and (amp == "bf16" or short) else "sdpa"
     return attention
+
+
+def longest_sequence(model: nn.Module) -> int | None:
+    """The most tokens any transformers tower in `model` attends over (image patches + class token, text
+    positions), or None when it has no such config."""
+    from transformers import PretrainedConfig
+
+    lengths = []
+    for m in model.modules():
+        c = getattr(m, "config", None)
+        if not isinstance(c, PretrainedConfig):
+            continue
+        for sub in (c, getattr(c, "vision_config", None), getattr(c, "text_config", None)):
+            if getattr(sub, "image_size", None) and getattr(sub, "patch_size", None):
+                lengths.append((sub.image_size // sub.patch_size) ** 2 + 1)
+            elif getattr(sub, "max_position_embeddings", None):
+                lengths.append(sub.max_position_embeddings)
+    return max(lengths) if lengths else None
 
 
 @contextlib.contextmanager

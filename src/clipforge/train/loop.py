@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ClipforgeError
 from . import distributed as D
-from .fast import CompiledStep, adamw_kwargs, attention_kernel, resolve_amp, resolve_attention
+from .fast import CompiledStep, adamw_kwargs, attention_kernel, longest_sequence, resolve_amp, resolve_attention
 from .config import TrainConfig
 from .checkpoint import (CHECKPOINT_DIR, load_checkpoint, resolve_resume, rng_state, save_checkpoint,
                          set_rng_state, step_files)
@@ -255,7 +255,7 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, out_dir: str | o
         bar = tqdm(total=cfg.steps, initial=step, desc="train", dynamic_ncols=True)
 
     autocast = _autocast(cfg.amp, info.device)
-    kernel = resolve_attention(cfg.attention, resolve_amp(cfg.amp, info.device), info.device)
+    kernel = resolve_attention(cfg.attention, resolve_amp(cfg.amp, info.device), info.device, longest_sequence(model))
     if restored_rng is not None:
         set_rng_state(restored_rng)  # last: nothing above may draw from the RNGs after this
 
