@@ -2,9 +2,10 @@
 
 The phase estimates (`DemoConfig.estimates`) are wall times measured on one 2-core machine. Machines sold
 as the same kind are not the same speed: the ancestry's 1,000 steps took 31.7 min on 2 Xeon cores one day
-and 46 min on 2 Xeon cores two days later. So before it prints an estimate, the full demo times a few training
-steps of the ancestry architecture on a fixed synthetic batch (13 s measured) and scales every estimate by
-the ratio to `REFERENCE_STEP_S`, the same measurement taken on the estimates' machine beside them.
+and 46 min on 2 Xeon cores two days later, and 2 AMD EPYC cores (AVX2, no native bf16) train in fp32 where
+Xeon cores with AMX train in bf16. So before it prints an estimate, the full demo times a few training steps
+of the ancestry architecture on a fixed batch of its training data (12-17 s measured) and scales every
+estimate by the ratio to `REFERENCE_STEP_S`, the same measurement taken on the estimates' machine beside them.
 """
 
 from __future__ import annotations
@@ -13,19 +14,26 @@ import time
 
 import torch
 
-# The calibration's median step (ancestry architecture, batch 256, amp "auto") on the machine and day the
-# estimates were measured (2 Xeon cores with AMX, 2026-12-03, right after the from-nothing demo whose phases
-# they are: `python -c "from clipforge.demo.pace import step_seconds; print(step_seconds())"` twice, alone,
-# gave 2.60 and 2.88 s; that demo's ancestry trained at 2.6 s per step).
-REFERENCE_STEP_S = 2.74
+# The calibration's median step (ancestry architecture, 256 samples of its training data, amp and attention
+# "auto") on the machine and day the estimates were measured (2 AMD EPYC cores, 2026-12-03, right after the
+# from-nothing demo whose phases they are: `python -c "from clipforge.demo.pace import step_seconds;
+# print(step_seconds())"` twice, alone, gave 1.24 and 1.16 s; that demo's ancestry phase took 1.79 s per step,
+# its scene rendering and curve evaluations included).
+REFERENCE_STEP_S = 1.20
 PACE_RANGE = (0.5, 3.0)
 
 
 def step_seconds(arch: str = "ancestry", batch: int = 256, warmup: int = 1, steps: int = 3) -> float:
-    """Median wall time of one training step (forward, backward, AdamW) of a random `arch` CLIP, with the
-    amp and attention kernel that `train()`'s "auto" settings pick here."""
+    """Median wall time of one training step (forward, backward, AdamW) of a random `arch` CLIP on `batch`
+    samples of the ancestry's own training data, with the amp and attention kernel that `train()`'s "auto"
+    settings pick here. Real captions, not full-length random ids: the alt-text batches pad to far fewer than
+    the 32 positions, and how much that saves differs between kernels (synthetic full-length batches timed
+    2.16 s on 2 AMD EPYC cores where the ancestry trained at 1.6 s per step)."""
+    from ..data.collate import Collator
+    from ..models.preprocess import transform_for
     from ..models.registry import build
     from ..train.fast import adamw_kwargs, longest_sequence, resolve_amp, resolve_attention
+    from .ancestry import AncestryRecipe, training_data
 
     cpu = torch.device("cpu")
     bf16 = resolve_amp("auto", cpu) == "bf16"
@@ -33,16 +41,18 @@ def step_seconds(arch: str = "ancestry", batch: int = 256, warmup: int = 1, step
     # the step as `train()` runs it: with the attention kernel "auto" picks for this model here
     kernel = resolve_attention("auto", "bf16" if bf16 else "off", cpu, longest_sequence(model))
     model = build(arch, seed=0, attn_implementation=kernel).train()
-    vision, text = model.config.vision_config, model.config.text_config
-    g = torch.Generator().manual_seed(0)
-    pixels = torch.randn(batch, 3, vision.image_size, vision.image_size, generator=g)
-    ids = torch.randint(0, text.vocab_size, (batch, text.max_position_embeddings), generator=g)
+    data = training_data(AncestryRecipe())
+    idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:batch].tolist()
+    with torch.random.fork_rng(devices=[]):
+        inputs = Collator(transform_for(model.config), model.config.text_config.max_position_embeddings)(
+            [data[i] for i in idx])
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **adamw_kwargs("auto", model.parameters()))
     times = []
     for i in range(warmup + steps):
         t = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = model(input_ids=ids, pixel_values=pixels, return_loss=True).loss
+            loss = model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
+                         pixel_values=inputs["pixel_values"], return_loss=True).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -48,12 +48,12 @@ class DemoConfig:
     suite: SuiteConfig = field(default_factory=SuiteConfig)
     probe_train: int = 5000
     calibrate: bool = True  # time a few ancestry steps first and scale the estimates (demo.pace)
-    # Measured: the from-nothing demo of 2026-12-03 (README "Two commands", demo.json -> phases_s) on the
-    # machine of demo.pace.REFERENCE_STEP_S; "composed" (only with --compose) from the earlier cached run;
-    # "ancestry" scaled to its 800 steps (2,763 s for 1,000 steps at 2.6 s each: 800 x 2.74 + 150).
+    # Measured: the from-nothing demo of 2026-12-03, 16:00 UTC, on 2 AMD EPYC cores (README "Two commands",
+    # demo.json -> phases_s), the machine of demo.pace.REFERENCE_STEP_S; "composed" (only with --compose) from
+    # an earlier cached run.
     estimates: dict[str, float] = field(default_factory=lambda: {
-        "ancestry": 2340, "clip_moe": 262, "direct_ft": 275, "learngene": 122, "descendants": 150,
-        "scratch": 69, "composed": 0, "evaluate": 338, "report": 71})
+        "ancestry": 1436, "clip_moe": 210, "direct_ft": 201, "learngene": 88, "descendants": 98,
+        "scratch": 37, "composed": 0, "evaluate": 295, "report": 63})
 
     def __post_init__(self) -> None:
         if self.compose and not self.estimates.get("composed"):
