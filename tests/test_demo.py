@@ -16,15 +16,18 @@ from clipforge.demo.verdicts import (
 )
 
 
-def test_quick_demo_writes_the_whole_report(tmp_path, capsys):
+def test_quick_demo_writes_the_whole_report(tmp_path, capsys, monkeypatch):
     out, anc = tmp_path / "demo", tmp_path / "ancestry"
+    monkeypatch.setenv("CLIPFORGE_DEMO_STARTED", str(time.time() - 60))  # as scripts/demo.sh sets it
     t = time.perf_counter()
     assert main(["demo", "--quick", "--compose", "--out", str(out), "--ancestry", str(anc)]) == 0
     first = time.perf_counter() - t
     printed = capsys.readouterr().out
     assert "no cached ancestry" in printed and "about" in printed and "left in all" in printed
+    assert "s of set-up so far: about" in printed and "since scripts/demo.sh started" in printed
 
     demo = json.loads((out / "demo.json").read_text())
+    assert 60 <= demo["setup_s"] < 60 + first
     assert set(demo["phases_s"]) == {"ancestry", "clip_moe", "direct_ft", "learngene", "descendants", "scratch",
                                      "composed", "evaluate", "report"}
     names = set(demo["models"])
@@ -197,6 +200,18 @@ def test_machine_pace_is_the_step_time_ratio_clamped(monkeypatch) -> None:
     assert pace.machine_pace(2.0) == (1.3, 2.6)
     assert pace.machine_pace(0.0) == (1.0, 2.6)  # no reference: unscaled
     assert pace.machine_pace(100.0)[0] == pace.PACE_RANGE[0]
+
+
+def test_setup_seconds_reads_the_start_scripts_demo_sh_sets(monkeypatch) -> None:
+    from clipforge.demo.pipeline import setup_seconds
+
+    monkeypatch.delenv("CLIPFORGE_DEMO_STARTED", raising=False)
+    assert setup_seconds() is None
+    monkeypatch.setenv("CLIPFORGE_DEMO_STARTED", str(time.time() - 150))
+    assert 150 <= setup_seconds() < 160
+    for bad in ("soon", str(time.time() + 100)):
+        monkeypatch.setenv("CLIPFORGE_DEMO_STARTED", bad)
+        assert setup_seconds() is None
 
 
 def test_calibration_scales_every_estimate(monkeypatch, capsys) -> None:

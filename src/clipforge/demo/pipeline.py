@@ -49,8 +49,8 @@ class DemoConfig:
     probe_train: int = 5000
     calibrate: bool = True  # time a few ancestry steps first and scale the estimates (demo.pace)
     # Measured: the from-nothing demo of 2026-12-03, 16:00 UTC, on 2 AMD EPYC cores (README "Two commands",
-    # demo.json -> phases_s), the machine of demo.pace.REFERENCE_STEP_S; "composed" (only with --compose) from
-    # an earlier cached run.
+    # demo.json -> phases_s), the machine of demo.pace.REFERENCE_STEP_S; "composed" (only with --compose, 30 s quick, 170 s
+    # full, set below) from an earlier cached run on 2 Xeon cores, not re-measured here.
     estimates: dict[str, float] = field(default_factory=lambda: {
         "ancestry": 1436, "clip_moe": 210, "direct_ft": 201, "learngene": 88, "descendants": 98,
         "scratch": 37, "composed": 0, "evaluate": 295, "report": 63})
@@ -113,6 +113,18 @@ def _calibrate(progress: Progress) -> dict[str, float]:
     return {"pace": round(pace, 3), "step_s": round(step, 3), "reference_step_s": REFERENCE_STEP_S}
 
 
+def setup_seconds() -> float | None:
+    """Seconds since `scripts/demo.sh` started (it sets $CLIPFORGE_DEMO_STARTED, Unix time, before the set-up),
+    so that the first estimate and the final time cover the whole command; None when run directly."""
+    import os
+
+    try:
+        spent = time.time() - float(os.environ["CLIPFORGE_DEMO_STARTED"])
+    except (KeyError, ValueError):
+        return None
+    return spent if 0 <= spent < 86_400 else None
+
+
 def _mins(s: float) -> str:
     return f"{s:.0f} s" if s < 90 else f"{s / 60:.1f} min"
 
@@ -153,7 +165,11 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None) -> dict[str, Any]:
     else:
         progress.estimates["ancestry"] = 1  # loading it
         print(f"[demo] using the cached ancestry in {anc_run}", flush=True)
-    print(f"[demo] this run: about {_mins(sum(progress.estimates.values()))} on this machine, into {out}", flush=True)
+    setup_s = setup_seconds()
+    setup = f" (+ {_mins(setup_s)} of set-up so far: about {_mins(setup_s + sum(progress.estimates.values()))} " \
+            f"in all)" if setup_s is not None else ""
+    print(f"[demo] this run: about {_mins(sum(progress.estimates.values()))} on this machine{setup}, into {out}",
+          flush=True)
     anc_dir = progress.run("ancestry", "the ancestry CLIP (trained once, then cached)",
                            lambda: train_ancestry(anc_run, recipe))
     ancestry = io.load(anc_dir)
@@ -210,11 +226,13 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None) -> dict[str, Any]:
         compute=compute))
     phases["report"] = progress.done["report"]
     write_json(out / "demo.json", {"config": asdict(cfg), "phases_s": phases, "ancestry_was_cached": cached,
-                                   "pace": pace, "estimated_s": progress.estimates,
+                                   "pace": pace, "estimated_s": progress.estimates, "setup_s": setup_s,
                                    "models": {k: str(v) for k, v in members.items()}, "compute": compute,
                                    "report": [str(p) for p in paths]})
     total = sum(v for k, v in phases.items() if k != "ancestry")
-    print(f"[demo] done: {paths[1]} ({_mins(total)} without the ancestry)", flush=True)
+    since = setup_seconds()
+    whole = f"; {_mins(since)} since scripts/demo.sh started" if since is not None else ""
+    print(f"[demo] done: {paths[1]} ({_mins(total)} without the ancestry{whole})", flush=True)
     return {"report": paths, "phases_s": phases}
 
 
