@@ -125,6 +125,20 @@ def _flat_curve(metrics: dict[str, Any]) -> dict[str, float]:
             "scenes_i2t_r1": metrics["scenes_retrieval"]["text_retrieval_recall@1"]}
 
 
+# the curve's metrics (log.jsonl keys "eval/<key>") as the report names them
+CURVE_NAMES = {"fmnist_acc1": "Fashion-MNIST zero-shot top-1", "scenes_t2i_r1": "held-out scenes T→I R@1"}
+
+
+def plot_curve(records: list[dict], path: Path, arch: str) -> Path:
+    """The training loss with the curve evaluations on a second axis, in %."""
+    from ..report.plots import loss_curve
+
+    curve = {name: [(r["step"], 100 * r[f"eval/{k}"]) for r in records if f"eval/{k}" in r]
+             for k, name in CURVE_NAMES.items()}
+    return loss_curve(records, path, title=f"demo ancestry ({arch} architecture): training loss", extra=curve,
+                      extra_label="quality (%)", extra_max=100)
+
+
 def convergence(records: list[dict], window: int = 150) -> dict[str, float]:
     """Mean loss over the last `window` logged steps vs the `window` before: flat means converged."""
     losses = [(r["step"], r["loss"]) for r in records if "loss" in r]
@@ -180,7 +194,7 @@ def train_ancestry(out: str | Path, recipe: AncestryRecipe | None = None, force:
     from ..models.io import read_provenance, save
     from ..models.preprocess import transform_for
     from ..models.registry import build
-    from ..report.plots import loss_curve, read_log
+    from ..report.plots import read_log
     from ..train.loop import train
     from ..train.runs import MODEL, claim, had_checkpoint, read_claim
 
@@ -227,10 +241,7 @@ def train_ancestry(out: str | Path, recipe: AncestryRecipe | None = None, force:
               "command": "clipforge ancestry" + ("" if recipe == AncestryRecipe() else " (custom recipe)"),
               "recipe": wanted}
     write_json(out / "metrics.json", result)
-    curve = {k: [(r["step"], r[f"eval/{k}"]) for r in records if f"eval/{k}" in r]
-             for k in ("fmnist_acc1", "scenes_t2i_r1")}
-    loss_curve(records, out / "plots" / "loss.png", title=f"ancestry ({recipe.arch}) training loss",
-               extra=curve)
+    plot_curve(records, out / "plots" / "loss.png", recipe.arch)
     save(model, model_dir, metrics=metrics, provenance={
         "source": "trained from scratch by `clipforge ancestry` on built-in data (scenes + fashion-mnist)",
         "name": "clipforge demo ancestry", "recipe": wanted, "train_wall_time_s": round(train_s, 1)})

@@ -42,8 +42,10 @@ def smooth(values: Sequence[float], window: int) -> list[float]:
 
 
 def loss_curve(records: Iterable[dict], path: str | os.PathLike, title: str = "training loss",
-               key: str = "loss", extra: dict[str, list[tuple[int, float]]] | None = None) -> Path:
-    """Loss against step (raw and smoothed), with optional extra series (e.g. eval metrics) on a 2nd axis."""
+               key: str = "loss", extra: dict[str, list[tuple[int, float]]] | None = None,
+               extra_label: str = "metric", extra_max: float = 1.0) -> Path:
+    """Loss against step (raw and smoothed), with optional extra series (e.g. eval metrics) on a 2nd axis
+    labelled `extra_label`, from 0 to `extra_max` (100 for series in %)."""
     recs = [r for r in records if key in r and "step" in r]
     steps = [r["step"] for r in recs]
     vals = [float(r[key]) for r in recs]
@@ -60,8 +62,8 @@ def loss_curve(records: Iterable[dict], path: str | os.PathLike, title: str = "t
             if pts:
                 xs, ys = zip(*pts)
                 ax2.plot(xs, ys, "o-", color=f"C{i + 1}", label=name)
-        ax2.set_ylabel("metric")
-        ax2.set_ylim(0, 1)
+        ax2.set_ylabel(extra_label)
+        ax2.set_ylim(0, extra_max)
         ax2.legend(loc="center right", fontsize=8)
     ax.legend(loc="upper right", fontsize=8)
     ax.grid(alpha=0.3)
