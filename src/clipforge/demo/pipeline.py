@@ -48,9 +48,9 @@ class DemoConfig:
     suite: SuiteConfig = field(default_factory=SuiteConfig)
     probe_train: int = 5000
     calibrate: bool = True  # time a few ancestry steps first and scale the estimates (demo.pace)
-    # Measured: the from-nothing demo of 2026-12-03, 16:00 UTC, on 2 AMD EPYC cores (README "Two commands",
-    # demo.json -> phases_s), the machine of demo.pace.REFERENCE_STEP_S; "composed" (only with --compose, 30 s quick, 170 s
-    # full, set below) from an earlier cached run on 2 Xeon cores, not re-measured here.
+    # Measured: the from-nothing demo of 2026-12-03, 15:56 UTC, on 2 AMD EPYC cores (commit 2fa4f18,
+    # demo.json -> phases_s), the machine of demo.pace.REFERENCE_STEP_S; "composed" (only with --compose:
+    # 30 s quick, 170 s full, set below) from an earlier cached run on 2 Xeon cores, not re-measured here.
     estimates: dict[str, float] = field(default_factory=lambda: {
         "ancestry": 1436, "clip_moe": 210, "direct_ft": 201, "learngene": 88, "descendants": 98,
         "scratch": 37, "composed": 0, "evaluate": 295, "report": 63})
