@@ -83,7 +83,8 @@ def options_part(bench: ModuleType, quick: bool, steps: int, rounds: int, thread
         big = i > 0 and device.type == "cpu"
         parts.append(bench.options_part([case], 1 if big else 2, max(2, steps // 2) if big else steps,
                                         1 if big else rounds, device, quick, peak, fixed_batch, stamper, items))
-    return {"peaks": peak, "new_default": parts[0]["new_default"],
+    attn = {arch: kernel for part in parts for arch, kernel in part["new_default"]["attn"].items()}
+    return {"peaks": peak, "new_default": {**parts[0]["new_default"], "attn": attn},
             "cases": [{k: v for k, v in p.items() if k not in ("peaks", "new_default")} for p in parts]}
 
 

@@ -21,7 +21,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from clipforge.models.registry import build
-from clipforge.train.fast import adamw_kwargs, cpu_has_native_bf16, resolve_amp, resolve_attention
+from clipforge.train.fast import adamw_kwargs, cpu_has_native_bf16, longest_sequence, resolve_amp, resolve_attention
 from clipforge.train.loop import TrainConfig, train
 from clipforge.train.loss import ClipLoss, ClipStep
 from clipforge.train.optim import param_groups
@@ -131,7 +131,10 @@ def options_part(cases: list[tuple[str, int]], warmup: int, steps: int, rounds: 
             "new_default": {"amp": resolve_amp(default.amp, device),
                             "optimizer": next(iter(adamw_kwargs(default.optimizer, [torch.zeros(1, device=device)]))),
                             "compile": default.compile,
-                            "attn": resolve_attention(default.attention, resolve_amp(default.amp, device), device)}}
+                            # per model: "auto" depends on the sequence length (train.fast.SHORT_SEQUENCE)
+                            "attn": {arch: resolve_attention(default.attention, resolve_amp(default.amp, device),
+                                                             device, longest_sequence(build(arch)))
+                                     for arch, _ in cases}}}
 
 
 # --------------------------------------------------------------------------------------------- profile
@@ -277,7 +280,8 @@ def markdown(options: dict[str, Any], prof: dict[str, Any]) -> list[str]:
              f"{pk['float32']['gflops']:.0f} GFLOP/s (n={pk['float32']['n']}), bf16 {pk['bfloat16']['gflops']:.1f} "
              f"GFLOP/s (n={pk['bfloat16']['n']}; native bf16: {'yes' if pk['native_bf16'] else 'no, emulated'}). "
              f"New default here: amp {nd['amp']}, AdamW {nd['optimizer']}, compile {nd['compile']}, attention "
-             f"{nd['attn']}. 'first step' includes compiling where compile is on.", "",
+             f"{', '.join(f'{a} {k}' for a, k in nd['attn'].items())}. 'first step' includes compiling where compile "
+             f"is on.", "",
              "| arch | batch | option | ms/step | × vs today | GFLOP/s | % fp32 peak | % bf16 peak | first step s |",
              "|---|---|---|---|---|---|---|---|---|"]
     for case in options["cases"]:

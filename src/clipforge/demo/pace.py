@@ -32,7 +32,7 @@ def step_seconds(arch: str = "ancestry", batch: int = 256, warmup: int = 1, step
     from ..data.collate import Collator
     from ..models.preprocess import transform_for
     from ..models.registry import build
-    from ..train.fast import adamw_kwargs, longest_sequence, resolve_amp, resolve_attention
+    from ..train.fast import adamw_kwargs, attention_kernel, longest_sequence, resolve_amp, resolve_attention
     from .ancestry import AncestryRecipe, training_data
 
     cpu = torch.device("cpu")
@@ -40,7 +40,6 @@ def step_seconds(arch: str = "ancestry", batch: int = 256, warmup: int = 1, step
     model = build(arch, seed=0).train()
     # the step as `train()` runs it: with the attention kernel "auto" picks for this model here
     kernel = resolve_attention("auto", "bf16" if bf16 else "off", cpu, longest_sequence(model))
-    model = build(arch, seed=0, attn_implementation=kernel).train()
     data = training_data(AncestryRecipe())
     idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:batch].tolist()
     with torch.random.fork_rng(devices=[]):
@@ -50,7 +49,7 @@ def step_seconds(arch: str = "ancestry", batch: int = 256, warmup: int = 1, step
     times = []
     for i in range(warmup + steps):
         t = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16), attention_kernel(model, kernel):
             loss = model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
                          pixel_values=inputs["pixel_values"], return_loss=True).loss
         loss.backward()
