@@ -224,3 +224,12 @@ def test_calibration_scales_every_estimate(monkeypatch, capsys) -> None:
     rec = _calibrate(p)
     assert p.estimates == {"a": 150, "b": 15} and rec["pace"] == 1.5
     assert "pace 1.50" in capsys.readouterr().out
+
+
+def test_a_cache_that_cannot_exist_fails_before_anything_is_written(tmp_path, capsys) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    out = tmp_path / "out"
+    assert main(["demo", "--quick", "--out", str(out), "--cache", str(tmp_path / "file" / "cache")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--cache" in err[0] and "cannot create" in err[0]
+    assert not out.exists()

@@ -31,11 +31,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..demo.pipeline import DemoConfig, run_demo
+    from ..errors import ClipforgeError
 
     cfg = DemoConfig.quick_config(compose=args.compose) if args.quick else DemoConfig(compose=args.compose)
     from ..demo.ancestry import ancestry_run_dir
 
     cfg.ancestry = str(args.ancestry or ancestry_run_dir(args.cache, quick=args.quick))
+    parent = Path(cfg.ancestry).parent
+    try:  # before anything is written: a cache that cannot exist fails here, not after OUT was made
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        flag = "--ancestry" if args.ancestry else "--cache"
+        raise ClipforgeError(f"{flag}: cannot create the directory {parent} ({e.strerror})") from None
     result = run_demo(args.out, cfg)
     md, html = result["report"]
     print(f"report: {html}\n        {md}")
