@@ -4,8 +4,10 @@ The phase estimates (`DemoConfig.estimates`) are wall times measured on one 2-co
 as the same kind are not the same speed: the ancestry's 1,000 steps took 31.7 min on 2 Xeon cores one day
 and 46 min on 2 Xeon cores two days later, and 2 AMD EPYC cores (AVX2, no native bf16) train in fp32 where
 Xeon cores with AMX train in bf16. So before it prints an estimate, the full demo times a few training steps
-of the ancestry architecture on a fixed batch of its training data (12-17 s measured) and scales every
-estimate by the ratio to `REFERENCE_STEP_S`, the same measurement taken on the estimates' machine beside them.
+of the ancestry architecture on a fixed batch of its training data and scales every estimate by the ratio to
+`REFERENCE_STEP_S`, the same measurement taken on the estimates' machine beside them. It takes the median of
+eight steps (12-15 s in all on 2 AMD EPYC cores): one 2-core machine's step time read 0.89 to 1.83 s within an
+hour, in bursts of seconds, and a median of three steps caught the bursts.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ REFERENCE_STEP_S = 1.20
 PACE_RANGE = (0.5, 3.0)
 
 
-def step_seconds(arch: str = "ancestry", batch: int = 256, warmup: int = 1, steps: int = 3) -> float:
+def step_seconds(arch: str = "ancestry", batch: int = 256, warmup: int = 1, steps: int = 8) -> float:
     """Median wall time of one training step (forward, backward, AdamW) of a random `arch` CLIP on `batch`
     samples of the ancestry's own training data, with the amp and attention kernel that `train()`'s "auto"
     settings pick here. Real captions, not full-length random ids: the alt-text batches pad to far fewer than
