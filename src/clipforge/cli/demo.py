@@ -13,8 +13,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                     "descend a family (CLIP at three depths, vision-only, text-only), train the baselines each "
                     "verdict needs (direct fine-tuning, Scratch at equal FLOPs), measure every model on the same tasks and write OUT/report.md and a "
                     "self-contained OUT/report.html. Resumable: rerun to continue. Measured on 2 AMD EPYC cores: "
-                    "43 min the first time from a fresh clone (24 of them training the ancestry into the cache), "
-                    "17 min after; the demo times this machine first and prints its own estimate.")
+                    "35-43 min the first time from a fresh clone (18-24 of them training the ancestry into the "
+                    "cache), 14-18 min after; the demo times this machine first and prints its own estimate.")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output directory (default runs/demo)")
     p.add_argument("--cache", type=Path, help="cache directory for the trained ancestry, reused across runs "
                                               "(default $CLIPFORGE_CACHE, else $XDG_CACHE_HOME/clipforge or "
