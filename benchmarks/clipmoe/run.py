@@ -349,11 +349,11 @@ def _ancestry_record(ancestry: Path) -> dict[str, Any]:
     """What identifies the ancestry: its recipe and its weights' digest (the same recipe trains different
     weights where the kernels differ: fp32 or bf16, sdpa or eager attention)."""
     from clipforge.files import file_digest
-    from clipforge.models.io import read_provenance
+    from clipforge.models.io import WEIGHTS, read_provenance
 
     prov = read_provenance(ancestry)
     return {"recipe": prov.get("recipe"), "name": prov.get("name"),
-            "weights_sha256": file_digest(Path(ancestry) / "model.safetensors")}
+            "weights_sha256": file_digest(Path(ancestry) / WEIGHTS)}
 
 
 def _load_seed(out: Path, seed: int, identity: dict[str, Any]) -> dict[str, Any] | None:

@@ -92,9 +92,9 @@ def run(args: argparse.Namespace, prefix: str = "clipforge learngene bench") -> 
     from clipforge.data.classification import FashionMNIST
     from clipforge.data.collate import Collator
     from clipforge.learngene import Learngene, LearngeneConfig, descend
-    from clipforge.learngene.pipeline import extract, load_ancestry, pretrain
     from clipforge.files import file_digest
-    from clipforge.models.io import load, read_provenance, save
+    from clipforge.learngene.pipeline import extract, load_ancestry, pretrain
+    from clipforge.models.io import WEIGHTS, load, read_provenance, save
     from clipforge.models.preprocess import transform_for
     from clipforge.schedule import Schedule
     from clipforge.train.plateau import Plateau
@@ -113,7 +113,7 @@ def run(args: argparse.Namespace, prefix: str = "clipforge learngene bench") -> 
     claim(work, {"budget": fixed, "ancestry": str(anc_path)}, args.force, kind="bench learngene")
     # The weights' digest, not only the recipe: the same recipe trains different weights on machines whose
     # kernels differ (fp32 vs bf16, sdpa vs eager attention), and units of two ancestries must not mix.
-    weights = file_digest(anc_path / "model.safetensors")
+    weights = file_digest(anc_path / WEIGHTS)
     units = Units(out / "units", {"budget": fixed, "ancestry_recipe": recipe, "ancestry_weights": weights},
                   canonical=lambda ident: {**ident, "ancestry_recipe": _canonical_recipe(ident.get("ancestry_recipe"))})
     b, depths, seeds = budget, list(budget.depths), list(budget.seeds)

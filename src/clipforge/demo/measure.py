@@ -33,7 +33,7 @@ def measure(name: str, model_dir: Path, suite: SuiteConfig, cache: Path, probe_t
     """The record of one model (cached in `cache/<name>.json`, keyed by the model directory and suite)."""
     path = cache / f"{name.replace(' ', '_').replace('/', '_')}.json"
     key = {"model": str(Path(model_dir).resolve()), "suite": suite.to_dict(), "probe_train": probe_train,
-           "mtime": (Path(model_dir) / "model.safetensors").stat().st_mtime_ns}
+           "mtime": (Path(model_dir) / io.WEIGHTS).stat().st_mtime_ns}
     if path.is_file():
         rec = json.loads(path.read_text())
         if rec.get("key") == json.loads(json.dumps(key)):
