@@ -123,3 +123,93 @@ def test_every_bad_input_gets_one_line_and_writes_nothing(ws, capsys):
             before = after
     assert not (ws / "PWNED").exists(), "pickled code ran"
     assert not failures, "\n".join(failures)
+
+
+# --- the --out rule, for every command that writes ---------------------------------------------------
+
+@pytest.fixture(scope="module")
+def outs(tmp_path_factory) -> Path:
+    """A folder of the user's files, a folder holding the input model, a learngene, a checkpoint."""
+    from clipforge.learngene.config import LearngeneConfig
+    from clipforge.learngene.learngene import Learngene
+    from clipforge.models.convert_openai import save_openai
+
+    root = tmp_path_factory.mktemp("outs")
+    (root / "mine").mkdir()
+    (root / "mine" / "notes.txt").write_text("the user's own file")
+    model = save(build("tiny", seed=0), root / "holder" / "model")
+    lg_anc = build("tiny", seed=1)
+    Learngene(LearngeneConfig.from_ancestry(lg_anc.config), ancestry=lg_anc).save(root / "lgholder" / "lg")
+    (root / "ckholder").mkdir()
+    save_openai(build("tiny", seed=2), root / "ckholder" / "ck.pt")  # a checkpoint in the OpenAI layout
+    from clipforge.moe.pack import pack
+
+    save(pack([str(model), str(model)], top_k=1), root / "moeholder" / "moe")
+    assert (model / "config.json").is_file()
+    return root
+
+
+def _writers(root: Path) -> list[tuple[str, list[str], Path | None]]:
+    """(name, argv without --out, the input that --out must never be / hold / lie inside)."""
+    m, lg, ck = root / "holder" / "model", root / "lgholder" / "lg", root / "ckholder" / "ck.pt"
+    moe = root / "moeholder" / "moe"
+    tiny_data = ["--data", "scenes", "--scenes-size", "16", "--workers", "0"]
+    return [
+        ("build", ["build", "tiny"], None),
+        ("import", ["import", str(ck), "--vision-heads", "2", "--text-heads", "2"], ck),
+        ("stretch", ["stretch", str(m), "--keep", "4"], m),
+        ("export", ["export", str(m), "--format", "torch-export"], m),
+        ("train", ["train", "--model", str(m), "--data", "scenes", "--steps", "1", "--batch-size", "4",
+                   "--workers", "0"], m),
+        ("ancestry", ["ancestry", "--quick"], None),
+        ("moe dmu", ["moe", "dmu", "--model", str(m), *tiny_data, "--preset", "quick", "--no-eval"], m),
+        ("moe stage", ["moe", "stage", "--model", str(m), *tiny_data, "--preset", "quick"], m),
+        ("moe pack", ["moe", "pack", "--stage", str(m), "--stage", str(m)], m),
+        ("moe route", ["moe", "route", "--model", str(moe), *tiny_data, "--preset", "quick"], moe),
+        ("moe baseline", ["moe", "baseline", "direct-ft", "--model", str(m), *tiny_data, "--steps", "1",
+                          "--batch-size", "4"], m),
+        ("moe stats", ["moe", "stats", "--model", str(moe), "--samples", "4"], moe),
+        ("learngene extract", ["learngene", "extract", "--model", str(m), "--steps", "1", "--batch-size", "4",
+                               "--eval-scenes", "0", "--workers", "0"], m),
+        ("learngene descend", ["learngene", "descend", "--learngene", str(lg), "--shape", "clip:1"], lg),
+        ("demo", ["demo", "--quick", "--ancestry", str(root / "no-ancestry-here")], None),
+    ]
+
+
+def _out_probes(root: Path) -> list[tuple[str, list[str], str]]:
+    probes = []
+    for name, argv, src in _writers(root):
+        mine = root / "mine"
+        probes.append((f"{name}: --out a folder of the user's files", [*argv, "--out", str(mine)], str(mine)))
+        if src is not None:
+            probes.append((f"{name}: --out the input itself", [*argv, "--out", str(src)], str(src)))
+            probes.append((f"{name}: --out the folder holding the input", [*argv, "--out", str(src.parent)],
+                           str(src.parent)))
+    probes.append(("eval: --out a file eval did not write", ["eval", "--model", str(root / "holder" / "model"),
+                   "--task", "retrieval", "--limit", "8", "--out", str(root / "mine" / "notes.txt")], "notes.txt"))
+    return probes
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_out_never_lands_on_the_users_files_or_the_inputs(outs, capsys):
+    probes = _out_probes(outs)
+    assert len(probes) >= 30
+    before, failures = _tree(outs), []
+    for name, argv, culprit in probes:
+        capsys.readouterr()
+        try:
+            code = main(argv)
+        except SystemExit as e:
+            code = e.code
+        err = capsys.readouterr().err.strip()
+        lines = err.splitlines()
+        if not (code == 2 and len(lines) == 1 and lines[0].startswith("clipforge: error: ") and culprit in lines[0]):
+            failures.append(f"{name}: code {code}, stderr {err[-300:]!r}")
+        after = _tree(outs)
+        if after != before:
+            failures.append(f"{name}: changed {sorted(set(after) ^ set(before))[:3] or 'file contents'}")
+            before = after
+    assert not failures, "\n".join(failures)

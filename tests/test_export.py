@@ -155,7 +155,7 @@ def test_descendant_tower_exports_and_default_out(dirs):
     (["export", "{root}/dense", "--format", "tflite"], "unknown export format 'tflite'"),
     (["export", "{root}/child", "--format", "torch-export", "--tower", "text"], "no text tower"),
     (["export", "{root}/dense", "--format", "torch-export", "--tower", "audio"], "--tower"),
-    (["export", "{root}/dense", "--format", "torch-export", "--out", "{root}/dense"], "model directory itself"),
+    (["export", "{root}/dense", "--format", "torch-export", "--out", "{root}/dense"], "is the input"),
 ])
 def test_bad_input_is_one_line_exit_2(dirs, capsys, argv, message):
     argv = [a.format(root=dirs) for a in argv]

@@ -170,10 +170,13 @@ def test_run_stages_ffn_only_and_resumable(tmp_path, monkeypatch):
         m.setattr(mcl, "train", no_train)
         assert mcl.run_stages(base_dir, ds, cfg, out, progress=False) == dirs
 
-    # An interrupted stage 2 (model not written, last checkpoint lost) resumes to the same weights.
+    # An interrupted stage 2 (claimed, labels saved, model not written) resumes to the same weights.
     import shutil
+    for d in (out, out / "stage2"):
+        claim = json.loads((d / "settings.json").read_text())
+        (d / "settings.json").write_text(json.dumps({**claim, "status": "running"}))
     shutil.rmtree(out / "stage2" / "model")
-    (out / "stage2" / "train" / "checkpoints" / "step_3.pt").unlink()
+    assert not (out / "stage2" / "train" / "checkpoints").exists()  # a finished stage keeps its model only
     mcl.run_stages(base_dir, ds, cfg, out, progress=False)
     again = _weights(out / "stage2" / "model")
     assert all(torch.equal(stage2[k], again[k]) for k in stage2)

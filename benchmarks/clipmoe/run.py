@@ -244,7 +244,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from clipforge.files import write_json
-    from clipforge.train.runs import claim
+    from clipforge.run import Run
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -262,8 +262,8 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or (HERE / "results" / "quick" if args.quick else HERE / "results")
     work = args.work or Path("runs/bench-clipmoe-quick" if args.quick else "runs/bench-clipmoe")
     ancestry = _ancestry(args.ancestry, args.quick)
-    claim(work, {"budget": asdict(budget) | {"seeds": None}, "ancestry": str(ancestry.resolve())}, args.force,
-          kind="bench clipmoe")
+    Run(work, "bench clipmoe", {"budget": asdict(budget) | {"seeds": None}, "ancestry": str(ancestry.resolve())},
+        overwrite=args.force).hold()
     started = time.perf_counter()
     bench = Bench(budget, ancestry, work)
     b = budget
@@ -357,7 +357,7 @@ def _ancestry_record(ancestry: Path) -> dict[str, Any]:
 
 
 def _load_seed(out: Path, seed: int, identity: dict[str, Any]) -> dict[str, Any] | None:
-    from clipforge.train.runs import normalise
+    from clipforge.run import normalise
 
     path = out / "units" / f"seed{seed}.json"
     if not path.is_file():
@@ -370,7 +370,7 @@ def _save_seed(out: Path, seed: int, identity: dict[str, Any], units: dict[str, 
     """One small committed record per finished seed, so a later session redoes only the missing seeds; `run`
     says how it was made (wall time of the seed's units, evaluation included, threads, command)."""
     from clipforge.files import write_json
-    from clipforge.train.runs import normalise
+    from clipforge.run import normalise
 
     write_json(out / "units" / f"seed{seed}.json", {"identity": normalise(identity), "seed": seed, "units": units,
                                                     "run": run})

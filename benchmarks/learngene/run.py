@@ -98,7 +98,7 @@ def run(args: argparse.Namespace, prefix: str = "clipforge learngene bench") -> 
     from clipforge.models.preprocess import transform_for
     from clipforge.schedule import Schedule
     from clipforge.train.plateau import Plateau
-    from clipforge.train.runs import claim
+    from clipforge.run import Run
 
     t_start = time.perf_counter()
     budget = Budget.quick() if args.quick else Budget()
@@ -110,7 +110,7 @@ def run(args: argparse.Namespace, prefix: str = "clipforge learngene bench") -> 
     ancestry, anc_path = load_ancestry(anc_dir)
     recipe = _canonical_recipe(read_provenance(anc_path).get("recipe") or {})
     fixed = {k: v for k, v in budget.to_dict().items() if k != "seeds"}  # seeds only add downstream units
-    claim(work, {"budget": fixed, "ancestry": str(anc_path)}, args.force, kind="bench learngene")
+    Run(work, "bench learngene", {"budget": fixed, "ancestry": str(anc_path)}, overwrite=args.force).hold()
     # The weights' digest, not only the recipe: the same recipe trains different weights on machines whose
     # kernels differ (fp32 vs bf16, sdpa vs eager attention), and units of two ancestries must not mix.
     weights = file_digest(anc_path / WEIGHTS)

@@ -9,6 +9,7 @@ would have given them, so outputs follow the user's umask.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -18,6 +19,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from .errors import ClipforgeError
+
+# A full disk (or quota) gets one line naming the destination (errors.py: the project's error rule).
+_NO_SPACE = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
 
 
 def _umask() -> int:
@@ -36,7 +42,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yields a temporary path beside `path`; when the block succeeds, it replaces `path` in one rename.
 
     For writers that want a path (`torch.save`, `np.savez`, `fig.savefig`). On an error the temporary
-    file is removed and `path` is left as it was.
+    file is removed and `path` is left as it was; a full disk (ENOSPC, EDQUOT) becomes a
+    `ClipforgeError` naming `path`.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -49,8 +56,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.chmod(tmp, default_mode())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno in _NO_SPACE:
+            # The raw OSError names the hidden temporary file; the user needs the destination.
+            raise ClipforgeError(f"cannot write {path}: {_NO_SPACE[e.errno]}") from None
         raise
 
 

@@ -12,6 +12,7 @@ field metadata, so that every default and its help text live here or in the embe
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any
 
@@ -22,10 +23,27 @@ def _f(default: Any, help: str, flag: str | None = None, cli: bool = True) -> An
     return field(default=default, metadata={"help": help, "flag": flag, "cli": cli})
 
 
+def finite_float(text: str) -> float:
+    """argparse `type=` for a float flag: refuses non-numbers, nan and ±inf at parse time.
+
+    Here, not in clipforge.cli, because the schedule flags are generated here and the library must
+    not import the CLI; `clipforge.cli._types` re-exports it for the CLI's own flags.
+    """
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):  # float() accepts "nan", "inf", "-infinity"...
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
 def _problem(name: str, value: Any) -> str | None:
     """What is wrong with a schedule value (None: nothing); the caller names the field or the flag."""
     if value is None:
         return None if name in ("steps", "fixed_logit_scale", "grad_clip") else "must be set"
+    if isinstance(value, float) and not math.isfinite(value):  # nan passes every comparison below
+        return f"must be finite, got {value}"
     if name in ("steps", "warmup", "weight_decay", "num_workers") and value < 0:
         return f"must not be negative, got {value}"
     if name == "lr" and not value > 0:
@@ -116,7 +134,8 @@ def _type(f: Any) -> Any:
     default = f.default if f.default is not MISSING else None
     if f.name in ("steps", "batch_size", "warmup", "log_every"):
         return int
-    return type(default) if default is not None and not isinstance(default, bool) else float
+    kind = type(default) if default is not None and not isinstance(default, bool) else float
+    return finite_float if kind is float else kind
 
 
 def add_schedule_flags(p: argparse.ArgumentParser, defaults: Schedule | None = None, prefix: str = "",

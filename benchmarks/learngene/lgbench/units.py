@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from clipforge.files import write_json
-from clipforge.train.runs import normalise
+from clipforge.run import normalise
 
 
 class Units:

@@ -26,6 +26,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compose", action="store_true",
                    help="also grow a CLIP-MoE from the middle MM-LG descendant (the two methods composed; "
                         "about 3 more minutes: 2.8 min measured)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace what OUT holds (another run, files the demo did not make) instead of refusing")
     p.set_defaults(func=run)
 
 
@@ -43,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as e:
         flag = "--ancestry" if args.ancestry else "--cache"
         raise ClipforgeError(f"{flag}: cannot create the directory {parent} ({e.strerror})") from None
-    result = run_demo(args.out, cfg)
+    result = run_demo(args.out, cfg, overwrite=args.overwrite)
     md, html = result["report"]
     print(f"report: {html}\n        {md}")
     return 0

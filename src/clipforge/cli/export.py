@@ -20,7 +20,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", required=True, metavar="{onnx,torch-export}",
                    help="onnx (vision.onnx / text.onnx) or torch-export (vision.pt2 / text.pt2, torch.export.save)")
     p.add_argument("--out", type=Path, help="output directory (default: MODEL-onnx or MODEL-torch-export beside it); "
-                                            "replaced atomically")
+                                            "written atomically, never over files it did not make")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace what OUT holds (files this command did not make) instead of refusing")
     p.add_argument("--tower", default="both", metavar="{vision,text,both}",
                    help="which tower(s) to export (default both: every tower the model has)")
     p.set_defaults(func=run_export)
@@ -29,7 +31,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from ..models.export import export
 
-    out, manifest = export(args.model, args.format, out=args.out, tower=args.tower)
+    out, manifest = export(args.model, args.format, out=args.out, tower=args.tower, overwrite=args.overwrite)
     for tower, entry in manifest["towers"].items():
         check = entry["check"]
         said = (f"max |diff| vs PyTorch {check['max_abs_diff']:.2e} ({check['runtime']})" if isinstance(check, dict)

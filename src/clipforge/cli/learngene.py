@@ -142,7 +142,10 @@ def run_extract(args: argparse.Namespace) -> int:
 
     from ..learngene.pipeline import load_ancestry
     from ..learngene.quality import MEAN_R1, Quality
+    from ..run import check_out
     from ..train.plateau import Plateau
+
+    check_out(args.out, [args.ancestry, *(args.data or [])])
 
     for flag in ("eval_scenes", "eval_fashion", "eval_every", "plateau_patience"):
         value = getattr(args, flag)
@@ -175,7 +178,9 @@ def run_extract(args: argparse.Namespace) -> int:
 @with_workers
 def run_descend(args: argparse.Namespace) -> int:
     from ..learngene.pipeline import descend_family
+    from ..run import check_out
 
+    check_out(args.out, [args.learngene, args.kd_from, *(args.data or [])])
     lg_dir = args.learngene if (args.learngene / "learngene.json").is_file() else args.learngene / "learngene"
     data = (args.data or ["scenes", "fashion-mnist"]) if args.pretrain_steps > 0 else None
     pretraining = None

@@ -21,6 +21,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kind", choices=["clip", "vision", "text"], default="clip",
                    help="full CLIP, or one tower with its projection (default clip)")
     p.add_argument("--list", action="store_true", help="list the registered architectures and exit")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace what OUT holds (files this command did not make) instead of refusing")
     p.set_defaults(func=run_build)
 
     p = sub.add_parser(
@@ -40,6 +42,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="experts per token for a released CLIP-MoE checkpoint (not stored in it; default 2)")
     p.add_argument("--long-context", action="store_true",
                    help="stretch the text positions Long-CLIP style (77 -> 248 tokens; see `clipforge stretch`)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace what OUT holds (files this command did not make) instead of refusing")
     p.set_defaults(func=run_import)
 
     p = sub.add_parser(
@@ -51,6 +55,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--keep", type=int, default=20, help="leading positions kept as they are (default 20)")
     p.add_argument("--factor", type=int, default=4, help="positions each later gap becomes (default 4)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace what OUT holds (files this command did not make) instead of refusing")
     p.set_defaults(func=run_stretch)
 
     p = sub.add_parser(
@@ -71,17 +77,23 @@ def run_build(args: argparse.Namespace) -> int:
     if not args.name or not args.out:
         raise ClipforgeError("build needs an architecture NAME and --out DIR (or --list)")
     from ..models.io import save
+    from ..run import check_out, make_artefact
 
+    check_out(args.out, [])
     model = build(args.name, seed=args.seed, kind=args.kind)
-    save(model, args.out, provenance={"source": f"random init: registry architecture {args.name!r}",
-                                      "seed": args.seed, "kind": args.kind, "name": f"{args.name} ({args.kind})"})
-    print(f"saved {args.name} ({args.kind}, seed {args.seed}) to {args.out}")
+    settings = {"name": args.name, "seed": args.seed, "kind": args.kind}
+    prov = {"source": f"random init: registry architecture {args.name!r}", "seed": args.seed, "kind": args.kind,
+            "name": f"{args.name} ({args.kind})"}
+    if make_artefact(args.out, "build", settings, lambda d: save(model, d, provenance=prov), overwrite=args.overwrite):
+        print(f"saved {args.name} ({args.kind}, seed {args.seed}) to {args.out}")
     return 0
 
 
 def run_import(args: argparse.Namespace) -> int:
+    from ..files import file_digest
     from ..models.convert_openai import load_openai, read_state_dict
     from ..models.io import save
+    from ..run import check_out, make_artefact
 
     heads = dict(vision_heads=args.vision_heads, text_heads=args.text_heads, quick_gelu=args.act == "quick_gelu")
     # The layout is detected from the key names; each importer then reads the file itself (a second read,
@@ -93,6 +105,7 @@ def run_import(args: argparse.Namespace) -> int:
         load_released_dense,
     )
 
+    check_out(args.out, [args.checkpoint])
     sd = read_state_dict(args.checkpoint)
     if is_released_layout(sd):
         model = load_released(args.checkpoint, top_k=args.top_k, **heads)
@@ -108,16 +121,23 @@ def run_import(args: argparse.Namespace) -> int:
 
         model = stretch_text_positions(model)
         fmt += ", text positions stretched Long-CLIP style"
-    save(model, args.out, provenance={"source": f"imported from {args.checkpoint.resolve()}",
-                                      "format": fmt, "act": args.act, "name": args.checkpoint.stem})
-    print(f"imported {args.checkpoint} to {args.out}")
+    prov = {"source": f"imported from {args.checkpoint.name}", "format": fmt, "act": args.act,
+            "name": args.checkpoint.stem}
+    settings = {"checkpoint_sha256": file_digest(args.checkpoint), "act": args.act, "vision_heads": args.vision_heads,
+                "text_heads": args.text_heads, "top_k": args.top_k, "long_context": args.long_context}
+    if make_artefact(args.out, "import", settings, lambda d: save(model, d, provenance=prov),
+                     inputs=[args.checkpoint], overwrite=args.overwrite):
+        print(f"imported {args.checkpoint} to {args.out}")
     return 0
 
 
 def run_stretch(args: argparse.Namespace) -> int:
-    from ..models.io import load, read_provenance, save
+    from ..files import file_digest
+    from ..models.io import WEIGHTS, load, read_provenance, resolve_model_dir, save
     from ..models.positions import stretch_text_positions
+    from ..run import check_out, make_artefact
 
+    check_out(args.out, [args.model])
     model = load(args.model)
     before = model.text_model.embeddings.position_embedding.weight.shape[0] if hasattr(model, "text_model") else 0
     out = stretch_text_positions(model, keep=args.keep, factor=args.factor)
@@ -126,8 +146,12 @@ def run_stretch(args: argparse.Namespace) -> int:
     prov.update(source=f"{args.model.resolve()}, text positions stretched Long-CLIP style "
                        f"({before} -> {after}, keep {args.keep}, factor {args.factor})")
     prov.pop("metrics", None)  # they were the unstretched model's
-    save(out, args.out, provenance=prov)
-    print(f"stretched {args.model} ({before} -> {after} text positions) to {args.out}")
+    weights = resolve_model_dir(args.model) / WEIGHTS
+    settings = {"model_sha256": file_digest(weights) if weights.is_file() else str(args.model), "keep": args.keep,
+                "factor": args.factor}
+    if make_artefact(args.out, "stretch", settings, lambda d: save(out, d, provenance=prov), inputs=[args.model],
+                     overwrite=args.overwrite):
+        print(f"stretched {args.model} ({before} -> {after} text positions) to {args.out}")
     return 0
 
 

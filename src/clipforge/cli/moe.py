@@ -105,6 +105,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     _data_args(p)
     p.add_argument("--out", type=Path, required=True, help="output directory (a rerun with the same flags resumes it)")
     _config_args(p, router=False)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace what OUT holds (files this command did not make) instead of refusing")
     p.set_defaults(func=run_stage)
 
     p = msub.add_parser("pack", help="pack dense stage models into one CLIP-MoE",
@@ -114,6 +116,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="output directory (a rerun with the same flags resumes it)")
     p.add_argument("--top-k", type=int, default=2, help="experts each token uses (default 2)")
     p.add_argument("--seed", type=int, default=0, help="router init seed")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace what OUT holds (files this command did not make) instead of refusing")
     p.set_defaults(func=run_pack)
 
     p = msub.add_parser("route", help="train the routers of a CLIP-MoE",
@@ -122,6 +126,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     _data_args(p)
     p.add_argument("--out", type=Path, required=True, help="run directory; the result is OUT/model")
     _config_args(p, mcl=False)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace what OUT holds (files this command did not make) instead of refusing")
     p.set_defaults(func=run_route)
 
     p = msub.add_parser("baseline", help="direct fine-tuning, sparse upcycling or the w/o-MCL ablation",
@@ -137,6 +143,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--experts", type=int, default=4, help="sparse-upcycling: experts")
     p.add_argument("--top-k", type=int, default=2, help="experts each token uses (default 2)")
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and RNG streams (default 0)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace what OUT holds (files this command did not make) instead of refusing")
     p.set_defaults(func=run_baseline)
 
     p = msub.add_parser("stats", help="routing statistics and the built-in evaluation of a CLIP-MoE",
@@ -145,6 +153,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", type=Path, required=True, help="a CLIP-MoE model directory or a run directory holding model/")
     p.add_argument("--out", type=Path, required=True, help="directory for routing.json, cost.json, routing.png")
     p.add_argument("--samples", type=int, default=500, help="held-out scenes to route (default 500)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace what OUT holds (files this command did not make) instead of refusing")
     p.set_defaults(func=run_stats)
 
     p = msub.add_parser("bench", help="run the CLIP-MoE benchmark (benchmarks/clipmoe/run.py)", add_help=False,
@@ -165,6 +175,13 @@ def _model_dir(path: Path) -> Path:
     from ..models.io import resolve_model_dir
 
     return resolve_model_dir(path)
+
+
+def _check_out(args: argparse.Namespace, *models: Path | None) -> None:
+    """`--out` never is, holds or lies inside an input (checked before anything is loaded)."""
+    from ..run import check_out
+
+    check_out(args.out, [*models, *(getattr(args, "data", None) or [])])
 
 
 def _config(args: argparse.Namespace):
@@ -212,6 +229,7 @@ def run_dmu(args: argparse.Namespace) -> int:
     from ..eval.suite import SuiteConfig
     from ..moe.dmu import dmu
 
+    _check_out(args, args.base)
     base = _model_dir(args.base)
     cfg = _config(args)
     data = _open(args, _image_size(base))
@@ -230,9 +248,10 @@ def run_dmu(args: argparse.Namespace) -> int:
 def run_stage(args: argparse.Namespace) -> int:
     from ..moe.mcl import run_stages
 
+    _check_out(args, args.base)
     base = _model_dir(args.base)
     cfg = _config(args)
-    dirs = run_stages(str(base), _open(args, _image_size(base)), cfg.mcl, args.out)
+    dirs = run_stages(str(base), _open(args, _image_size(base)), cfg.mcl, args.out, resume=not args.overwrite)
     for j, d in enumerate(dirs):
         print(f"expert {j}: {d}")
     return 0
@@ -243,13 +262,27 @@ def run_pack(args: argparse.Namespace) -> int:
     from ..moe.model import moe_param_counts
     from ..moe.pack import pack
 
+    from ..files import file_digest
+    from ..run import make_artefact
+
+    _check_out(args, *args.stage)
+    if len(args.stage) < 2:
+        raise ClipforgeError(f"--stage: a CLIP-MoE needs at least two stage models (the base first), got "
+                             f"{len(args.stage)}")
+    if not 1 <= args.top_k <= len(args.stage):
+        raise ClipforgeError(f"--top-k {args.top_k}: must lie in [1, {len(args.stage)}] (the number of --stage "
+                             "models)")
     stages = [_model_dir(s) for s in args.stage]
     model = pack([str(s) for s in stages], top_k=args.top_k, seed=args.seed)
-    io.save(model, args.out, provenance={"source": "clipforge moe pack", "experts": [str(s) for s in stages],
-                                         "top_k": args.top_k, "router_seed": args.seed})
-    c = moe_param_counts(model)
-    print(f"packed {len(stages)} experts (top-{args.top_k}): {c['stored']:,} parameters stored, "
-          f"{c['active_per_token']:,} active per token -> {args.out}")
+    prov = {"source": "clipforge moe pack", "experts": [str(s) for s in args.stage], "top_k": args.top_k,
+            "router_seed": args.seed}
+    settings = {"stages_sha256": [file_digest(s / io.WEIGHTS) for s in stages], "top_k": args.top_k,
+                "seed": args.seed}
+    if make_artefact(args.out, "moe pack", settings, lambda d: io.save(model, d, provenance=prov),
+                     overwrite=args.overwrite):
+        c = moe_param_counts(model)
+        print(f"packed {len(stages)} experts (top-{args.top_k}): {c['stored']:,} parameters stored, "
+              f"{c['active_per_token']:,} active per token -> {args.out}")
     return 0
 
 
@@ -258,13 +291,15 @@ def run_route(args: argparse.Namespace) -> int:
     from ..models import io
     from ..moe.routers import train_routers
 
+    if args.top_k is not None:
+        raise ClipforgeError("--top-k: a packed model's top-k is fixed at packing (`moe pack --top-k`)")
+    _check_out(args, args.model)
     model_dir = _model_dir(args.model)
     cfg = _config(args)
     model = io.load(model_dir)
-    if args.top_k is not None:
-        raise ClipforgeError("--top-k: a packed model's top-k is fixed at packing (`moe pack --top-k`)")
     train_routers(model, _open(args, _image_size(model_dir)), args.out, cfg.router,
-                  {"model": str(model_dir.resolve())}, {"name": "CLIP-MoE (routers trained)"})
+                  {"model": str(model_dir.resolve())}, {"name": "CLIP-MoE (routers trained)"},
+                  force=args.overwrite, inputs=[model_dir])
     print(f"CLIP-MoE: {args.out / 'model'}")
     return 0
 
@@ -277,19 +312,22 @@ def run_baseline(args: argparse.Namespace) -> int:
     from ..schedule import schedule_from_args
 
     sched = schedule_from_args(args, BASELINE_SCHEDULE, seed=args.seed)
+    _check_out(args, args.base, args.finetuned)
     base = _model_dir(args.base)
     data = _open(args, _image_size(base))
     if args.method == "direct-ft":
         cfg = B.FinetuneConfig(schedule=sched, params=args.params)
-        B.direct_ft(str(base), data, args.out, cfg)
+        B.direct_ft(str(base), data, args.out, cfg, force=args.overwrite)
     else:
         rcfg = RouterConfig(schedule=sched)
         if args.method == "sparse-upcycling":
-            B.sparse_upcycling(str(base), data, args.out, rcfg, num_experts=args.experts, top_k=args.top_k)
+            B.sparse_upcycling(str(base), data, args.out, rcfg, num_experts=args.experts, top_k=args.top_k,
+                               force=args.overwrite)
         else:
             if args.finetuned is None:
                 raise ClipforgeError("without-mcl needs --finetuned (a `moe baseline direct-ft` model)")
-            B.without_mcl(str(base), str(_model_dir(args.finetuned)), data, args.out, rcfg, top_k=args.top_k)
+            B.without_mcl(str(base), str(_model_dir(args.finetuned)), data, args.out, rcfg, top_k=args.top_k,
+                          force=args.overwrite)
     print(f"{args.method}: {args.out / 'model'}")
     return 0
 
@@ -301,14 +339,23 @@ def run_stats(args: argparse.Namespace) -> int:
     from ..models import io
     from ..moe.routing import load_shares, plot_routing, routing_stats
 
+    from ..files import file_digest
+    from ..run import make_artefact
+
+    _check_out(args, args.model)
     model_dir = _model_dir(args.model)
     model = io.load(model_dir)
     size = int(model.config.vision_config.image_size)
     stats = routing_stats(model, ScenesDataset(split="test", size=args.samples, seed=1, image_size=size))
-    write_json(args.out / "routing.json", stats)
-    write_json(args.out / "cost.json", model_costs(model))
-    plot = plot_routing(stats, args.out / "routing.png", title=f"routing: {model_dir}")
-    print(json.dumps({"routing": load_shares(stats), "heat_map": str(plot)}, indent=2))
+
+    def write(d: Path) -> None:
+        write_json(d / "routing.json", stats)
+        write_json(d / "cost.json", model_costs(model))
+        plot_routing(stats, d / "routing.png", title=f"routing: {model_dir}")
+
+    settings = {"model_sha256": file_digest(model_dir / io.WEIGHTS), "samples": args.samples}
+    make_artefact(args.out, "moe stats", settings, write, overwrite=args.overwrite)
+    print(json.dumps({"routing": load_shares(stats), "heat_map": str(args.out / "routing.png")}, indent=2))
     return 0
 
 

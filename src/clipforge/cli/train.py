@@ -89,7 +89,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, help="evaluate on the first N test samples (mmvp: N pairs per attribute)")
     p.add_argument("--scenes-captions", choices=SCENES_CAPTIONS, default="full", help=SCENES_CAPTIONS_HELP)
     p.add_argument("--steps", type=int, default=300, help="fine-tuning steps (task finetune)")
-    p.add_argument("--out", type=Path, help="write the metrics to this JSON file")
+    p.add_argument("--out", type=Path, help="write the metrics to this JSON file (never over a file `eval` did not "
+                                            "write, unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out even if `eval` did not write it")
     p.set_defaults(func=run_eval)
 
 
@@ -133,7 +135,7 @@ _RESULT_NEUTRAL = {"num_workers", "log_every", "save_every", "keep_checkpoints",
 
 def _check_train_args(args: argparse.Namespace, cfg, data) -> None:
     """Refuse bad flags before anything is written (one line naming the flag)."""
-    from ..train.distributed import dist_info
+    from ..distributed import dist_info
     from ..train.loop import validate_config
 
     if cfg.steps < 1:
@@ -155,16 +157,18 @@ def _check_train_args(args: argparse.Namespace, cfg, data) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
+    from .. import distributed as D
     from ..data import open_mixture
     from ..data.collate import Collator
     from ..data.loader import resolve_workers
     from ..models.io import save
     from ..models.preprocess import transform_for
     from ..models.tokenizer import tokenizer_for
-    from ..train import distributed as D
+    from ..run import Run, check_out
     from ..train.loop import train
-    from ..train.runs import MODEL, claim, finished, had_checkpoint
+    from ..train.runs import MODEL, had_checkpoint
 
+    check_out(args.out, [args.model, *args.data])  # before the model is loaded: --out X over --model X
     model, prov = _load_or_build(args.model)
     size = model.config.vision_config.image_size
     data = open_mixture(args.data, "train", size, image_key=args.image_key, caption_key=args.caption_key,
@@ -179,22 +183,22 @@ def run_train(args: argparse.Namespace) -> int:
                 "caption_key": args.caption_key, "on_error": args.on_error, "scenes_captions": args.scenes_captions,
                 "train": {k: v for k, v in asdict(cfg).items() if k not in _RESULT_NEUTRAL}}
     D.init_distributed()  # under torchrun: join the group before any rank-0-only write
-    if finished(args.out, settings) and not args.overwrite:
-        print(f"{args.out / MODEL} is already trained with these settings (pass --overwrite to retrain)")
-        return 0
-    if D.rank() == 0:
-        claim(args.out, settings, args.overwrite, kind="train")
-    D.barrier()
-    resume = args.resume or ("latest" if had_checkpoint(args.out) else None)
-    if resume == "latest" and args.resume is None:
-        print(f"[train] resuming the interrupted run in {args.out}")
-    collate = Collator(transform_for(model.config), model.config.text_config.max_position_embeddings,
-                       tokenizer=tokenizer_for(model))
-    model = train(model, data, cfg, args.out, collate_fn=collate, resume=resume)
-    if D.rank() == 0:
-        save(model, args.out / MODEL, provenance={**prov, "data": args.data, "steps": args.steps,
-                                                  "command": "clipforge train", "settings": settings})
-        print(f"saved {args.out / MODEL}")
+    with Run(args.out, "train", settings, inputs=[args.model, *args.data], overwrite=args.overwrite) as run:
+        if run.done:
+            print(run.skip_message())
+            return 0
+        resume = args.resume or ("latest" if had_checkpoint(run.dir) else None)
+        if resume == "latest" and args.resume is None:
+            print(f"[train] resuming the interrupted run in {args.out}")
+        collate = Collator(transform_for(model.config), model.config.text_config.max_position_embeddings,
+                           tokenizer=tokenizer_for(model))
+        model = train(model, data, cfg, run.dir, collate_fn=collate, resume=resume)
+        if D.rank() == 0:
+            save(model, run.dir / MODEL, provenance={**prov, "data": args.data, "steps": args.steps,
+                                                     "command": "clipforge train", "settings": settings})
+        run.finish()
+        if D.rank() == 0:
+            print(f"saved {args.out / MODEL}")
     return 0
 
 
@@ -208,6 +212,8 @@ def run_eval(args: argparse.Namespace) -> int:
         raise ClipforgeError(f"--limit must be at least 1, got {args.limit}")
     if args.steps < 1:
         raise ClipforgeError(f"--steps must be at least 1, got {args.steps}")
+    if args.out is not None:
+        _check_eval_out(args.out, args.overwrite)
     model = load(args.model)
     size = model.config.vision_config.image_size if hasattr(model.config, "vision_config") else None
     if args.task == "mmvp":
@@ -232,6 +238,24 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.out:
         write_json(args.out, result)
     return 0
+
+
+EVAL_KEYS = {"model", "task", "data", "metrics"}
+
+
+def _check_eval_out(out: Path, overwrite: bool) -> None:
+    """`eval --out` replaces only a metrics file `eval` wrote (its four keys), unless --overwrite."""
+    if out.is_dir():
+        raise ClipforgeError(f"--out {out} is a directory; give a file name for the metrics JSON")
+    if not out.exists() or overwrite:
+        return
+    try:
+        ours = set(json.loads(out.read_text(encoding="utf-8"))) == EVAL_KEYS
+    except (ValueError, UnicodeDecodeError, TypeError):
+        ours = False
+    if not ours:
+        raise ClipforgeError(f"--out {out} exists and was not written by `clipforge eval`; pass --overwrite to "
+                             "replace it or choose another file")
 
 
 class _Subset:

@@ -57,7 +57,7 @@ def shard_list(spec: str | os.PathLike[str]) -> list[str]:
 def _rank_world(recorded: tuple[int, int] | None) -> tuple[int, int]:
     """This process's (rank, world size): the process group's, else the one `recorded` in the main
     process (a worker holds no process group), else torchrun's environment."""
-    from ..train import distributed as D
+    from .. import distributed as D
 
     if D.is_initialized():
         return D.rank(), D.world_size()
@@ -93,7 +93,7 @@ def _groups(shard: str) -> Iterator[tuple[str, dict[str, bytes]]]:
 
 
 def _initialized() -> bool:
-    from ..train import distributed as D
+    from .. import distributed as D
 
     return D.is_initialized()
 

@@ -5,7 +5,7 @@ procedural scenes (rich in attribute binding, relations and counts: what converg
 plus real Fashion-MNIST images, evaluates it beside its random initialisation, and saves it as a
 plain Hugging Face CLIP directory with its metrics and loss curve. A later call with the same recipe
 reuses the cached model; an interrupted run resumes from its last checkpoint (the run-directory
-protocol of `clipforge.train.runs`, kind "ancestry"). By default it lives in the user's cache
+lifecycle of `clipforge.run.Run`, kind "ancestry"). By default it lives in the user's cache
 (`default_cache()`), never in the current directory.
 """
 
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ClipforgeError
+from ..run import Run
 from ..schedule import Schedule, schedule
 
 KIND = "ancestry"
@@ -155,7 +156,7 @@ def convergence(records: list[dict], window: int = 150) -> dict[str, float]:
 def _same_recipe(stored: dict | None, recipe: AncestryRecipe) -> bool:
     if not isinstance(stored, dict):
         return False
-    from ..train.runs import normalise
+    from ..run import normalise
 
     try:  # compared as JSON: a stored tuple (betas) reads back as a list
         return normalise(asdict(AncestryRecipe.from_record(stored))) == normalise(asdict(recipe))
@@ -188,31 +189,34 @@ def _refresh_metrics(out: Path, recipe: AncestryRecipe) -> None:
 def train_ancestry(out: str | Path, recipe: AncestryRecipe | None = None, force: bool = False,
                    progress: bool = True) -> Path:
     """Train (or reuse) the ancestry in `out`; returns the model directory `out/model`."""
-    from ..data.collate import Collator
     from ..data.scenes.styles import check_style
-    from ..files import write_json
-    from ..models.io import read_provenance, save
-    from ..models.preprocess import transform_for
-    from ..models.registry import build
-    from ..report.plots import read_log
-    from ..train.loop import train
-    from ..train.runs import MODEL, claim, had_checkpoint, read_claim
 
     recipe = recipe or AncestryRecipe()
     check_style(recipe.caption_style, "ancestry recipe caption_style")  # fail before any training
     out = Path(out)
-    model_dir = out / MODEL
-    wanted = asdict(recipe)
-    if model_dir.is_dir() and not force:
-        if not _same_recipe(read_provenance(model_dir).get("recipe"), recipe):
-            raise ClipforgeError(f"{model_dir} holds an ancestry trained with another recipe; "
-                                 "pass --overwrite to retrain or choose another --out")
-        if read_claim(out) is None:  # a cache written before ancestries claimed their directory
-            write_json(out / "settings.json", {"kind": KIND, "settings": {"recipe": wanted}})
-        print(f"[ancestry] reusing the cached ancestry in {model_dir} (same recipe)")
-        _refresh_metrics(out, recipe)
-        return model_dir
-    claim(out, {"recipe": wanted}, force, kind=KIND)
+    same = lambda old, new: isinstance(old, dict) and _same_recipe(old.get("recipe"), recipe)  # noqa: E731
+    with Run(out, KIND, {"recipe": asdict(recipe)}, overwrite=force, same=same) as run:
+        if run.done:
+            print(f"[ancestry] reusing the cached ancestry in {run.artefact_path} (same recipe)")
+            _refresh_metrics(out, recipe)
+            return run.artefact_path
+        _train(run, recipe, progress)
+        run.finish()
+    return run.artefact_path
+
+
+def _train(run: Run, recipe: AncestryRecipe, progress: bool) -> None:
+    """Train, evaluate and save the ancestry into `run` (resuming its checkpoints)."""
+    from ..data.collate import Collator
+    from ..files import write_json
+    from ..models.io import save
+    from ..models.preprocess import transform_for
+    from ..models.registry import build
+    from ..report.plots import read_log
+    from ..train.loop import train
+    from ..train.runs import had_checkpoint
+
+    out, model_dir, wanted = run.dir, run.artefact_path, asdict(recipe)
     t0 = time.time()
     model = build(recipe.arch, seed=recipe.schedule.seed)
     metrics_init_path = out / "metrics_init.json"
@@ -246,7 +250,6 @@ def train_ancestry(out: str | Path, recipe: AncestryRecipe | None = None, force:
         "source": "trained from scratch by `clipforge ancestry` on built-in data (scenes + fashion-mnist)",
         "name": "clipforge demo ancestry", "recipe": wanted, "train_wall_time_s": round(train_s, 1)})
     print(f"[ancestry] saved to {model_dir} ({train_s / 60:.1f} min)")
-    return model_dir
 
 
 def ensure_ancestry(out: str | Path | None = None, quick: bool = False) -> Path:

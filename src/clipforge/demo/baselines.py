@@ -60,22 +60,19 @@ def scratch_baseline(descendant_dir: Path, budget: dict[str, float], data: Any, 
     from ..learngene.pipeline import open_data, pretrain
     from ..models.io import load, read_provenance, save
     from ..models.registry import build
-    from ..train.runs import claim
+    from ..run import Run
 
     config = load(descendant_dir).config
     steps = scratch_steps(config, budget["total"], budget["caption_tokens_per_sample"], schedule.batch_size)
     sched = replace(schedule, steps=steps, warmup=max(1, steps // 10), seed=seed)
     settings = {"shape_of": str(Path(descendant_dir).resolve()), "flops_budget": budget, "steps": steps,
                 "lr": sched.lr, "batch_size": sched.batch_size, "seed": seed}
-    model_dir = out / "model"
-    if (model_dir / "config.json").is_file():
-        prov = read_provenance(model_dir)
-        if prov.get("settings") == json.loads(json.dumps(settings)):
-            return model_dir, prov["pretrain"]
-    claim(out / "run", settings, False, kind="demo scratch")  # refuses a run made with other settings
-    model = build(config, seed=seed)
-    dataset, _ = open_data(data, int(config.vision_config.image_size))
-    pre = pretrain(model, dataset, out / "run", training=sched)
-    save(model.cpu(), model_dir, provenance={"source": "clipforge.demo.baselines", "name": "Scratch",
-                                             "settings": settings, "pretrain": pre})
-    return model_dir, pre
+    with Run(out, "demo scratch", settings, inputs=[descendant_dir]) as run:
+        if not run.done:
+            model = build(config, seed=seed)
+            dataset, _ = open_data(data, int(config.vision_config.image_size))
+            pre = pretrain(model, dataset, run.dir / "run", training=sched)
+            save(model.cpu(), run.artefact_path, provenance={"source": "clipforge.demo.baselines", "name": "Scratch",
+                                                             "settings": settings, "pretrain": pre})
+            run.finish(cleanup=[run.dir / "run" / "checkpoints"])
+    return run.artefact_path, read_provenance(run.artefact_path)["pretrain"]

@@ -137,8 +137,22 @@ def _scenes(n: int, image_size: int, seed: int = 1):
                   f"scenes[train,seed{seed},n{n},{image_size}px]")
 
 
-def run_demo(out: str | Path, cfg: DemoConfig | None = None) -> dict[str, Any]:
-    """Run (or resume) the demo into `out`; returns the report's paths and per-phase wall times."""
+def run_demo(out: str | Path, cfg: DemoConfig | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Run (or resume) the demo into `out`; returns the report's paths and per-phase wall times.
+
+    `out` is claimed like every run (`clipforge.run.Run`); a rerun redoes nothing its phases finished."""
+    from ..run import Run
+
+    cfg = cfg or DemoConfig()
+    with Run(out, "demo", {"quick": cfg.quick}, inputs=[cfg.ancestry or None], overwrite=overwrite,
+             artefact="report.html") as run:
+        result = _demo(run.dir, cfg)
+        run.finish()
+    return result
+
+
+def _demo(out: Path, cfg: DemoConfig) -> dict[str, Any]:
+    """Every phase of the demo into `out` (each skipped when already done)."""
     from .ancestry import AncestryRecipe, ancestry_run_dir, train_ancestry
     from .baselines import descendant_flops, direct_ft_baseline, scratch_baseline
     from ..learngene.pipeline import descend_family, extract
@@ -150,9 +164,6 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None) -> dict[str, Any]:
     from .measure import measure
     from .report import write_report
 
-    cfg = cfg or DemoConfig()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     progress = Progress({k: v for k, v in cfg.estimates.items() if k != "composed" or cfg.compose})
     pace = _calibrate(progress) if cfg.calibrate else None
     anc_run = Path(cfg.ancestry) if cfg.ancestry else ancestry_run_dir(quick=cfg.quick)

@@ -103,7 +103,7 @@ def autocast_for(device: torch.device, amp: str = "auto") -> contextlib.Abstract
 
 def shard_range(n: int, rank: int | None = None, world: int | None = None) -> range:
     """Rank `rank`'s contiguous share of `n` items (sizes differ by at most one); this process's by default."""
-    from ..train import distributed as D
+    from .. import distributed as D
 
     rank = D.rank() if rank is None else rank
     world = D.world_size() if world is None else world
@@ -149,7 +149,7 @@ def image_batches(dataset: Any, transform: Callable, batch_size: int, device: to
 
 def gather_rows(x: Tensor, n: int) -> Tensor:
     """Every rank's `shard_range` rows of an [n, ...] result, concatenated in order on every rank."""
-    from ..train import distributed as D
+    from .. import distributed as D
 
     if D.world_size() == 1:
         return x
@@ -205,7 +205,7 @@ def embed_images(
     if split and n is not None:
         return gather_rows(local, n)
     if shard and n is None:  # a stream: each rank read its own part; concatenate in rank order
-        from ..train import distributed as D
+        from .. import distributed as D
 
         return torch.cat([p for p in D.all_gather_object(local) if p.numel()])
     return local

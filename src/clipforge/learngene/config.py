@@ -43,6 +43,26 @@ _LEGACY_INITS = {"ancestry": "mean"}  # learngenes saved before the least-square
 TOWERS = ("vision", "text")
 
 
+# The field annotations (strings under `from __future__ import annotations`) → what JSON must hold.
+_TYPE_WORDS = {"int": "an integer", "float": "a number", "str": "a string", "list[float]": "a list of numbers"}
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)  # JSON true is not a width
+
+
+def _has_type(value: Any, annotation: str) -> bool:
+    if annotation == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation == "float":
+        return _is_number(value)
+    if annotation == "str":
+        return isinstance(value, str)
+    if annotation == "list[float]":
+        return isinstance(value, list) and all(_is_number(v) for v in value)
+    return True  # a field type added later and not listed here: left to the dataclass
+
+
 @dataclass
 class LearngeneConfig:
     """Shape of the learngene's blocks and of the descendants' inputs, plus the MM-LG choices.
@@ -113,10 +133,19 @@ class LearngeneConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "LearngeneConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
+        """A config from its JSON form; a field of the wrong type is named (a file may be hand-edited)."""
+        if not isinstance(d, dict):
+            raise ClipforgeError(f"learngene config must be a JSON object, got {type(d).__name__}")
+        types = {f.name: f.type for f in fields(cls)}
+        unknown = sorted(set(d) - set(types))
         if unknown:
             raise ClipforgeError(f"unknown learngene config fields: {', '.join(unknown)}")
+        for name, value in d.items():
+            if not _has_type(value, types[name]):
+                shown = json.dumps(value, default=str)
+                shown = shown if len(shown) <= 40 else shown[:37] + "..."
+                raise ClipforgeError(f"learngene config field {name!r} must be {_TYPE_WORDS[types[name]]}, "
+                                     f"got {shown}")
         return cls(**d)
 
     def to_json(self) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -25,7 +24,8 @@ from ..cost import Timer, caption_tokens, count_params, flops_per_sample
 from ..errors import ClipforgeError
 from ..schedule import LEARNGENE_SCHEDULE, Schedule
 from ..train.plateau import Plateau
-from ..train.runs import claim, had_checkpoint, normalise, read_log
+from ..run import Run, normalise
+from ..train.runs import had_checkpoint, read_log
 from .config import LearngeneConfig
 from .learngene import Learngene
 from .quality import MEAN_R1, Quality
@@ -58,11 +58,7 @@ def extract(ancestry_dir: str | os.PathLike, data: Sequence[str] | Dataset, out_
     extraction early by its rule. The training run lives in `out_dir/extract` (checkpoints, `log.jsonl`);
     `resume=False` or `force` starts it over.
     """
-    from ..data.collate import Collator
-    from ..models.preprocess import transform_for
-    from ..train.loop import train
-    from .auxnet import build_auxnet
-    from .distill import DepthSampledStep, Distill
+    from .distill import Distill
     from .pipeline import _brief, load_ancestry, open_data
 
     out_dir = Path(out_dir)
@@ -80,24 +76,36 @@ def extract(ancestry_dir: str | os.PathLike, data: Sequence[str] | Dataset, out_
         raise ClipforgeError("a plateau rule needs the Aux-Net measured: give quality data and eval_every > 0")
     dataset, data_desc = open_data(data, cfg.image_size)
     sched = (training or LEARNGENE_SCHEDULE).resolved(len(dataset))
-    steps, batch_size, seed = sched.steps, sched.batch_size, sched.seed
     depths = sorted({int(d) for d in sample_depths}) if sample_depths else None
     settings = normalise({
         "ancestry": str(anc_path), "data": data_desc, "learngene_config": cfg.to_dict(),
         "kd": distill.to_dict(), "sample_depths": depths, "train": _brief(sched),
         "eval": {"every": eval_every, **quality.describe()} if quality is not None and eval_every > 0 else None,
         "plateau": plateau.to_dict() if plateau is not None else None})
-    meta_path = lg_dir / "learngene.json"
-    if meta_path.is_file() and not force:
-        if json.loads(meta_path.read_text()).get("provenance", {}).get("settings") == settings:
-            print(f"[extract] {lg_dir} is already finished with these settings: skipping")
+    data_paths = list(data) if isinstance(data, (list, tuple)) else []
+    with Run(out_dir, "learngene extract", settings, overwrite=force or not resume, artefact="learngene",
+             inputs=[anc_path, *data_paths]) as run:
+        if run.done:
+            print(f"[extract] {run.skip_message()}")
             return lg_dir
-        raise ClipforgeError(f"{lg_dir} holds a learngene extracted with other settings; "
-                             "pass --overwrite to redo it or choose another --out")
-    if not resume and run_dir.exists():
-        shutil.rmtree(run_dir)
-    claim(run_dir, settings, force, kind="learngene extract")
+        _extract(run, cfg, ancestry, anc_path, dataset, data_desc, sched, settings, distill, depths, quality,
+                 eval_every, plateau, mode, progress)
+        run.finish(cleanup=[run_dir / "checkpoints"])  # the learngene is saved: free the disk
+    return lg_dir
 
+
+def _extract(run: Run, cfg: LearngeneConfig, ancestry: nn.Module, anc_path: Path, dataset: Dataset, data_desc: Any,
+             sched: Schedule, settings: dict[str, Any], distill: Any, depths: list[int] | None,
+             quality: Quality | None, eval_every: int, plateau: Plateau | None, mode: str, progress: bool) -> None:
+    """Train the Aux-Net by KD in `run.dir/extract` and save the learngene to `run.dir/learngene`."""
+    from ..data.collate import Collator
+    from ..models.preprocess import transform_for
+    from ..train.loop import train
+    from .auxnet import build_auxnet
+    from .distill import DepthSampledStep
+
+    lg_dir, run_dir = run.dir / "learngene", run.dir / "extract"
+    steps, batch_size, seed = sched.steps, sched.batch_size, sched.seed
     lg = Learngene(cfg, seed=seed, ancestry=ancestry if cfg.init != "random" else None)
     aux = build_auxnet(lg)
     tcfg = replace(sched, log_every=max(1, min(sched.log_every, steps // 10))).train_config(
@@ -144,10 +152,8 @@ def extract(ancestry_dir: str | os.PathLike, data: Sequence[str] | Dataset, out_
             "curve": curve, "data": quality.describe(), "stopped_early": stopped,
             "rule": plateau.describe() if plateau is not None else f"the step budget ({steps} steps)"}
     lg.save(lg_dir, provenance=provenance)
-    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # the learngene is saved: free the disk
     print(f"[extract] saved {lg_dir} ({lg.num_parameters():,} parameters, {done_steps} steps"
           f"{' (plateau)' if stopped else ''}, {t.seconds:.0f} s)")
-    return lg_dir
 
 
 def _start_quality(run_dir: Path, aux: nn.Module, ancestry: nn.Module, quality: Quality | None,

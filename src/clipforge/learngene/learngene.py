@@ -312,20 +312,50 @@ class Learngene(nn.Module):
 
     @classmethod
     def load(cls, model_dir: str | os.PathLike) -> "Learngene":
-        """Rebuild a saved learngene exactly (every tensor, the config)."""
+        """Rebuild a saved learngene exactly (every tensor, the config).
+
+        Whatever is wrong with the directory (JSON, config field, truncated or non-finite weights) is a
+        one-line `ClipforgeError` naming the file, raised before anything is built from it.
+        """
+        from ..models.io import nonfinite_tensor
+
+        def line(e: BaseException) -> str:
+            return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
         model_dir = Path(model_dir)
         meta_path, weights = model_dir / CONFIG, model_dir / WEIGHTS
         if not meta_path.is_file() or not weights.is_file():
             raise ClipforgeError(f"{model_dir}: not a learngene directory (needs {CONFIG} and {WEIGHTS})")
-        meta = json.loads(meta_path.read_text())
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ClipforgeError(f"{meta_path}: not valid JSON ({line(e)})") from None
+        if not isinstance(meta, dict):
+            raise ClipforgeError(f"{meta_path}: not a learngene record (a JSON object is expected)")
         if meta.get("format") != FORMAT:
             raise ClipforgeError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r}")
-        lg = cls(LearngeneConfig.from_dict(meta["config"]), initialise=False)
-        state = load_file(str(weights))
+        if "config" not in meta:
+            raise ClipforgeError(f"{meta_path}: has no 'config' (the learngene's shape and choices)")
+        try:
+            config = LearngeneConfig.from_dict(meta["config"])
+            lg = cls(config, initialise=False)
+        except ClipforgeError as e:  # the config's own checks name the field, not the file
+            raise ClipforgeError(f"{meta_path}: {e}") from None
+        except (RuntimeError, ValueError, TypeError, OverflowError, MemoryError) as e:  # absurd sizes
+            raise ClipforgeError(f"{meta_path}: its config describes no buildable learngene "
+                                 f"({type(e).__name__}: {line(e)})") from None
+        try:
+            state = load_file(str(weights))
+        except Exception as e:  # safetensors raises its own types for a truncated file or a corrupt header
+            raise ClipforgeError(f"{weights}: not a readable safetensors file ({line(e)})") from None
         try:
             lg.load_state_dict(state, strict=True)
         except RuntimeError as e:
-            raise ClipforgeError(f"{weights}: does not match {meta_path} ({str(e).splitlines()[0]})") from None
+            raise ClipforgeError(f"{weights}: does not match {meta_path} ({line(e)})") from None
+        bad = nonfinite_tensor(lg.state_dict().items())
+        if bad is not None:
+            raise ClipforgeError(f"{weights}: tensor {bad!r} holds NaN or inf values; the learngene is refused "
+                                 "(extract it again)")
         return lg
 
     def card(self, provenance: dict[str, Any] | None = None) -> str:

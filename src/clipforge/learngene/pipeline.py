@@ -30,7 +30,8 @@ from ..cost import Timer, caption_tokens, count_params, flops_per_sample, forwar
 from ..errors import ClipforgeError
 from ..files import file_digest
 from ..schedule import Schedule
-from ..train.runs import claim, had_checkpoint, normalise, read_log
+from ..run import Run, make_artefact, normalise
+from ..train.runs import had_checkpoint, read_log
 from .distill import Distill, TowerStep
 from .extract import extract  # noqa: F401  (re-exported: `pipeline.extract` is the public path)
 from .learngene import Learngene
@@ -191,8 +192,6 @@ def descend_family(learngene_dir: str | os.PathLike, shapes: Sequence[ShapeSpec 
     contrastively against the frozen other tower of `kd_from`, else of the learngene's own ancestry.
     A descendant already finished with the same settings (and the same learngene file) is skipped.
     """
-    from ..models.io import read_provenance, save
-    from .descend import descend, provenance
 
     learngene_dir = Path(learngene_dir)
     lg = Learngene.load(learngene_dir)
@@ -204,46 +203,54 @@ def descend_family(learngene_dir: str | os.PathLike, shapes: Sequence[ShapeSpec 
     dataset, data_desc = open_data(data, lg.config.image_size) if pretraining is not None else (None, None)
     sched = pretraining.resolved(len(dataset)) if pretraining is not None else None
     ancestry_src = kd_from or lg_meta.get("provenance", {}).get("ancestry")
-    ancestry = None
     out_dir = Path(out_dir)
+    family = normalise({"learngene_sha256": digest, "pretrain": None if sched is None else {
+        **_brief(sched), "data": data_desc, "kd_from": str(kd_from) if kd_from is not None else None,
+        "kd_alpha": kd_alpha if kd_from is not None else None}})
+    inputs = [learngene_dir, kd_from, *(data if isinstance(data, (list, tuple)) else [])]
     done: dict[str, Path] = {}
-    for spec in specs:
-        kind, dv, dt = spec
-        name = shape_name(spec)
-        model_dir, run_dir = out_dir / name, out_dir / "_runs" / name
-        settings = normalise({
-            "learngene": str(learngene_dir.resolve()), "learngene_sha256": digest, "shape": list(spec),
-            "pretrain": None if sched is None else {
-                **_brief(sched), "data": data_desc,
-                "kd_from": str(kd_from) if kd_from is not None and kind == "clip" else None,
-                "kd_alpha": kd_alpha if kd_from is not None and kind == "clip" else None,
-                "partner": str(ancestry_src) if kind != "clip" else None}})
-        if (model_dir / "config.json").is_file() and not force:
-            if read_provenance(model_dir).get("settings") == settings:
-                print(f"[descend] {name}: already finished, skipping")
-                done[name] = model_dir
-                continue
-            raise ClipforgeError(f"{model_dir} holds a descendant made with other settings; "
-                                 "pass --overwrite to redo it or choose another --out")
+    # The family's claim (a rerun may add shapes); each descendant is an artefact made once (its own claim).
+    with Run(out_dir, "learngene descend", family, overwrite=force, inputs=inputs, artefact="_runs") as run:
+        ancestry: list[nn.Module] = []  # loaded once, when a descendant first needs it
+        for spec in specs:
+            name = shape_name(spec)
+            settings = normalise({"learngene": str(learngene_dir.resolve()), "shape": list(spec), **family,
+                                  "partner": str(ancestry_src) if spec[0] != "clip" and sched else None})
+            write = _descendant_writer(lg, spec, learngene_dir, settings, sched, dataset, ancestry, ancestry_src,
+                                       kd_from, kd_alpha, eval_fn, eval_every, out_dir / "_runs" / name, progress)
+            make_artefact(out_dir / name, "learngene descendant", settings, write, overwrite=force)
+            shutil.rmtree(out_dir / "_runs" / name / "checkpoints", ignore_errors=True)  # saved: free the disk
+            done[name] = out_dir / name
+        run.finish()
+    return done
+
+
+def _descendant_writer(lg: Learngene, spec: ShapeSpec, learngene_dir: Path, settings: dict[str, Any],
+                       sched: Schedule | None, dataset: Dataset | None, ancestry: list[nn.Module],
+                       ancestry_src: Any, kd_from: Any, kd_alpha: float, eval_fn: Callable | None, eval_every: int,
+                       run_dir: Path, progress: bool) -> Callable[[Path], None]:
+    """`write(dir)`: descend one shape from the learngene, pre-train it if asked (resumable in `run_dir`), save."""
+    from ..models.io import save
+    from .descend import descend, provenance
+
+    kind, dv, dt = spec
+
+    def write(model_dir: Path) -> None:
         model = descend(lg, dv, dt, kind)
         prov = {**provenance(lg, dv, dt, kind, source=str(learngene_dir.resolve())),
                 "rule": "block i of L′ = a(i, L′)·first + b(i, L′)·second; non-block parts copied",
                 "settings": settings, "params": count_params(model)["total"]}
         if sched is not None:
-            claim(run_dir, settings, force, kind="learngene descend")
-            needs_ancestry = kind != "clip" or kd_from is not None
-            if needs_ancestry and ancestry is None:
+            if (kind != "clip" or kd_from is not None) and not ancestry:
                 if ancestry_src is None:
                     raise ClipforgeError("one-tower pre-training needs the ancestry: pass --kd-from")
-                ancestry, _ = load_ancestry(ancestry_src)
-            print(f"[descend] {name}: pre-training {sched.steps} steps")
+                ancestry.append(load_ancestry(ancestry_src)[0])
+            print(f"[descend] {shape_name(spec)}: pre-training {sched.steps} steps")
             prov["pretrain"] = pretrain(
-                model, dataset, run_dir, training=sched, partner=ancestry if kind != "clip" else None,
-                kd_from=ancestry if kind == "clip" and kd_from is not None else None, kd_alpha=kd_alpha,
+                model, dataset, run_dir, training=sched, partner=ancestry[0] if kind != "clip" else None,
+                kd_from=ancestry[0] if kind == "clip" and kd_from is not None else None, kd_alpha=kd_alpha,
                 eval_fn=eval_fn, eval_every=eval_every, progress=progress)
         save(model.cpu(), model_dir, provenance=prov)
-        if sched is not None:
-            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # the model is saved: free the disk
-        print(f"[descend] {name}: saved {model_dir} ({prov['params']:,} parameters)")
-        done[name] = model_dir
-    return done
+        print(f"[descend] {shape_name(spec)}: saved ({prov['params']:,} parameters)")
+
+    return write

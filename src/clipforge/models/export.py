@@ -245,23 +245,26 @@ def default_out(model_dir: str | os.PathLike, fmt: str) -> Path:
 
 
 def export(model_dir: str | os.PathLike, fmt: str, out: str | os.PathLike | None = None,
-           tower: str = "both") -> tuple[Path, dict[str, Any]]:
+           tower: str = "both", overwrite: bool = False) -> tuple[Path, dict[str, Any]]:
     """Export the towers of the model in `model_dir` as `fmt`; returns (out dir, manifest).
 
-    `out` (default `default_out`) is written atomically: a failed export leaves it as it was.
+    `out` (default `default_out`) is made once (`clipforge.run.make_artefact`): written beside itself and
+    renamed into place, never over the model, a directory of other files (unless `overwrite`) or a failed
+    export's leftovers; an export already there with the same settings is kept.
     """
-    from .io import atomic_dir, load
+    from ..files import file_digest
+    from ..run import check_out, make_artefact
+    from .io import WEIGHTS, load
 
     if fmt not in FORMATS:
         raise ClipforgeError(f"unknown export format {fmt!r}; choose {' or '.join(FORMATS)}")
     if fmt == "onnx":
         require_onnx()
     model_dir = Path(model_dir)
+    out_dir = Path(out) if out is not None else default_out(model_dir, fmt)
+    check_out(out_dir, [model_dir])
     model = load(model_dir).float()
     towers = _towers_arg(model, tower)
-    out_dir = Path(out) if out is not None else default_out(model_dir, fmt)
-    if out_dir.resolve() == model_dir.resolve():
-        raise ClipforgeError(f"--out {out_dir} is the model directory itself; choose another")
     is_moe = any(type(m).__name__ == "MoEFFN" for m in model.modules())
     manifest: dict[str, Any] = {
         "format": fmt, "source": str(model_dir.resolve()), "class": type(model).__name__,
@@ -270,11 +273,19 @@ def export(model_dir: str | os.PathLike, fmt: str, out: str | os.PathLike | None
     }
     if fmt == "onnx":
         manifest["opset"] = ONNX_OPSET
-    with atomic_dir(out_dir) as tmp:
+
+    def write(tmp: Path) -> None:
+        tmp.mkdir(parents=True, exist_ok=True)
         for t in towers:
             manifest["towers"][t] = export_tower(model, t, fmt, tmp)
         for name in PIPELINE_FILES:
             if (model_dir / name).is_file():
                 shutil.copyfile(model_dir / name, tmp / name)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+
+    weights = model_dir / WEIGHTS
+    settings = {"model_sha256": file_digest(weights) if weights.is_file() else str(model_dir), "format": fmt,
+                "towers": towers}
+    if not make_artefact(out_dir, "export", settings, write, overwrite=overwrite):
+        manifest = json.loads((out_dir / MANIFEST).read_text())
     return out_dir, manifest

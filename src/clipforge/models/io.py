@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -179,8 +180,9 @@ def load(model_dir: str | os.PathLike, *, device: str | torch.device = "cpu",
     safetensors with `model.safetensors.index.json`, or `pytorch_model.bin` (unpickled with
     `weights_only=True`, so a file holding code is refused), legacy config fields, the hub's stored
     `position_ids` buffers. Weights come in as `dtype` (float32 unless None: the checkpoint's own).
-    Errors name the culprit: a missing `config.json`, a missing or unreadable weights file, or tensors
-    whose names or shapes disagree with the config.
+    Errors name the culprit: a missing `config.json`, a missing or unreadable weights file, tensors
+    whose names or shapes disagree with the config, or a tensor holding NaN or inf (refused at load,
+    not discovered as a NaN loss later).
     """
     model_dir = resolve_model_dir(model_dir, strict=False)  # `_load_config` names what is missing
     cls, config = _load_config(model_dir)
@@ -207,8 +209,36 @@ def load(model_dir: str | os.PathLike, *, device: str | torch.device = "cpu",
         problems.append(_first_line(RuntimeError(info["error_msgs"][0])))
     if problems:
         raise ClipforgeError(f"{model_dir}: weights do not match config.json: {'; '.join(problems)}")
+    bad = nonfinite_tensor(model.state_dict().items())
+    if bad is not None:
+        raise ClipforgeError(f"{_weights_file(model_dir, bad)}: tensor {bad!r} holds NaN or inf values; "
+                             "the model is refused (train it again from a finite checkpoint)")
     _adopt_processing(model, model_dir)
     return model.to(device).eval()
+
+
+def nonfinite_tensor(named: Iterable[tuple[str, torch.Tensor]]) -> str | None:
+    """The name of the first floating tensor holding NaN or inf, or None: one cheap pass, no copies kept."""
+    for name, t in named:
+        if (t.is_floating_point() or t.is_complex()) and not t.is_meta and not bool(torch.isfinite(t).all()):
+            return name
+    return None
+
+
+def _weights_file(model_dir: Path, key: str) -> Path:
+    """The weights file holding tensor `key`: the shard a sharded index names, else the single file."""
+    for name in WEIGHT_FILES:
+        path = model_dir / name
+        if not path.is_file():
+            continue
+        if name.endswith(".index.json"):
+            try:
+                shard = json.loads(path.read_text()).get("weight_map", {}).get(key)
+            except (ValueError, AttributeError):  # the loader read it already; be lenient in an error path
+                shard = None
+            return model_dir / shard if isinstance(shard, str) else path
+        return path
+    return model_dir
 
 
 def _adopt_processing(model: PreTrainedModel, model_dir: Path) -> None:

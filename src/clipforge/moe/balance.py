@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from ..models.captions import caption_mask
 from ..models.registry import EOS_TOKEN_ID
-from ..train import distributed as D
+from .. import distributed as D
 from ..train.loss import ClipLoss, logit_scale_param
 
 

@@ -54,6 +54,11 @@ def _load(model_or_dir: nn.Module | str | os.PathLike) -> nn.Module:
     return io.load(model_or_dir)
 
 
+def _paths(*models: Any) -> list[Any]:
+    """The inputs a run must not write over: the models given as directories."""
+    return [m for m in models if not isinstance(m, nn.Module)]
+
+
 def direct_ft(base: nn.Module | str | os.PathLike, dataset: Any, run_dir: str | os.PathLike, cfg: FinetuneConfig,
               collate_fn: Callable | None = None, force: bool = False, progress: bool = True) -> nn.Module:
     """Direct fine-tuning of the base on `dataset` (shuffled batches); the result is `run_dir/model`."""
@@ -62,7 +67,7 @@ def direct_ft(base: nn.Module | str | os.PathLike, dataset: Any, run_dir: str | 
     prov = {"source": "clipforge.moe.baselines", "name": f"direct FT ({cfg.params})", "base": _identity(base)}
     return train_run(model, dataset, Path(run_dir), cfg.train_config(len(dataset)), settings, prov,
                      collate_fn=collate_fn or _default_collate(model), force=force, progress=progress,
-                     kind="moe baseline")
+                     kind="moe baseline", inputs=_paths(base))
 
 
 def sparse_upcycling(base: nn.Module | str | os.PathLike, dataset: Any, run_dir: str | os.PathLike,
@@ -77,7 +82,7 @@ def sparse_upcycling(base: nn.Module | str | os.PathLike, dataset: Any, run_dir:
                 "moe_config": moe_config}
     prov = {"name": f"sparse upcycling ({num_experts} experts, top-{top_k})", "base": _identity(base)}
     return train_routers(model, dataset, run_dir, cfg, settings, prov, collate_fn, force, progress,
-                         kind="moe baseline")
+                         kind="moe baseline", inputs=_paths(base))
 
 
 def without_mcl(base: nn.Module | str | os.PathLike, finetuned: nn.Module | str | os.PathLike, dataset: Any,
@@ -90,4 +95,4 @@ def without_mcl(base: nn.Module | str | os.PathLike, finetuned: nn.Module | str 
                 "top_k": min(top_k, 2), "moe_config": moe_config}
     prov = {"name": "w/o MCL (base + direct-FT experts)", "base": _identity(base)}
     return train_routers(model, dataset, run_dir, cfg, settings, prov, collate_fn, force, progress,
-                         kind="moe baseline")
+                         kind="moe baseline", inputs=_paths(base, finetuned))

@@ -52,9 +52,14 @@ def _omp_threads(threads: int | None) -> Iterator[None]:
         faiss.omp_set_num_threads(old)
 
 
+def _nonfinite_rows(x: np.ndarray, chunk: int = 65_536) -> int:
+    """How many rows of `x` [N, D] hold a nan or inf (in row chunks: no [N, D] boolean copy)."""
+    return sum(int((~np.isfinite(x[a:a + chunk])).any(axis=1).sum()) for a in range(0, len(x), chunk))
+
+
 def kmeans(x: np.ndarray, k: int, seed: int = 0, niter: int = 50, *, spherical: bool = True, nredo: int = 1,
            init: str = "kmeans++", max_points: int | None = None, threads: int | None = None,
-           gpu: bool | None = None) -> np.ndarray:
+           gpu: bool | None = None, what: str = "embeddings") -> np.ndarray:
     """Cluster the rows of `x` [N, D] into `k` groups with faiss; returns labels int64 [N].
 
     Deterministic for a given `seed` on the CPU (faiss seeds its own RNG; assignment and centroid
@@ -62,6 +67,7 @@ def kmeans(x: np.ndarray, k: int, seed: int = 0, niter: int = 50, *, spherical: 
     `max_points` subsamples the training points (None: use all); every point is assigned at the end.
     `x` may be fp16 or a memmap: it is read as float32 (faiss's type). `gpu`: faiss's GPU index
     (None: when a GPU build of faiss sees a GPU; its sums may differ from the CPU's in the last bits).
+    `what` names the rows in errors. Non-finite rows are refused (faiss would cluster them silently).
     """
     import faiss
 
@@ -77,6 +83,10 @@ def kmeans(x: np.ndarray, k: int, seed: int = 0, niter: int = 50, *, spherical: 
         raise ClipforgeError(f"cannot make {k} clusters from {n} points")
     if init not in INIT_METHODS:
         raise ClipforgeError(f"unknown k-means init {init!r}; choose {', '.join(INIT_METHODS)}")
+    bad = _nonfinite_rows(x)
+    if bad:
+        raise ClipforgeError(f"k-means: {bad} of {n} {what} rows are not finite (nan/inf); the model that embedded "
+                             "them probably has non-finite weights (a diverged training run?)")
     if k == 1:
         return np.zeros(n, dtype=np.int64)
     method = (faiss.ClusteringInitMethod_KMEANS_PLUS_PLUS if init == "kmeans++"
@@ -102,8 +112,8 @@ def stage_labels(image_emb: np.ndarray, text_emb: np.ndarray, k_img: int = 3, k_
     """
     if len(image_emb) != len(text_emb):
         raise ClipforgeError(f"{len(image_emb)} image embeddings but {len(text_emb)} text embeddings")
-    a = kmeans(image_emb, k_img, seed, **kmeans_kw)
-    b = kmeans(text_emb, k_txt, seed + 1, **kmeans_kw)
+    a = kmeans(image_emb, k_img, seed, what="image embedding", **kmeans_kw)
+    b = kmeans(text_emb, k_txt, seed + 1, what="text embedding", **kmeans_kw)
     return (k_img * b + a).astype(np.int64)
 
 
@@ -284,13 +294,19 @@ def labels_for_stage(model: nn.Module, dataset: Any, prev: ClusterLabels | None,
 
     Every rank must call it; all return the same labels.
     """
-    from ..train import distributed as D
+    from .. import distributed as D
 
     u, w = embed_dataset(model, dataset, batch_size=batch_size, device=device, caption=caption,
                          num_workers=num_workers, gather="main", spill_dir=spill_dir)
-    labels = None
+    labels, error = None, None
     if D.rank() == 0:
         assert u is not None and w is not None
-        y = stage_labels(u, w, k_img, k_txt, seed=seed, **kmeans_kw)
-        labels = ClusterLabels.extend(prev, y, k_img, k_txt, seed)
-    return D.broadcast_object(labels)
+        try:
+            y = stage_labels(u, w, k_img, k_txt, seed=seed, **kmeans_kw)
+            labels = ClusterLabels.extend(prev, y, k_img, k_txt, seed)
+        except ClipforgeError as e:  # sent to every rank: the others would wait in the broadcast forever
+            error = str(e)
+    labels, error = D.broadcast_object((labels, error))
+    if error is not None:
+        raise ClipforgeError(error)
+    return labels

@@ -30,8 +30,8 @@ from ..errors import ClipforgeError
 from ..files import write_json
 from ..eval.suite import SuiteConfig
 from ..models import io
-from ..train import distributed as D
-from ..train.runs import claim, normalise
+from .. import distributed as D
+from ..run import Run, normalise
 from .mcl import MCLConfig, _identity, run_stages
 from .pack import pack
 from .routers import RouterConfig, router_record, train_routers
@@ -95,9 +95,20 @@ def dmu(base: nn.Module | str | os.PathLike, dataset: Any, out: str | os.PathLik
                 "dataset": getattr(dataset, "name", type(dataset).__name__), "dmu": cfg.to_dict()}
     record = router_record(cfg.router, len(dataset), settings)
     D.init_distributed()  # under torchrun: join the group before any rank-0-only write
-    if D.rank() == 0:
-        claim(out, record, force, kind="moe dmu")
-    D.barrier()
+    inputs = [] if isinstance(base, nn.Module) else [base]
+    with Run(out, "moe dmu", record, overwrite=force, inputs=inputs) as run:
+        if run.done:
+            print(run.skip_message())
+            return out / "model"
+        _phases(run, base, dataset, cfg, settings, suite, eval_stages, routing_samples, collate_fn, progress)
+        run.finish()
+    return out / "model"
+
+
+def _phases(run: Run, base: Any, dataset: Any, cfg: DMUConfig, settings: dict[str, Any], suite: SuiteConfig | None,
+            eval_stages: bool, routing_samples: int, collate_fn: Callable | None, progress: bool) -> None:
+    """MCL stages, packing, router training and evaluation inside `run` (each skipped when done)."""
+    out = run.dir
     manifest: dict[str, Any] = {"settings": normalise(settings), "phases": {}}
     old = out / "dmu.json"
     if old.is_file():
@@ -112,10 +123,9 @@ def dmu(base: nn.Module | str | os.PathLike, dataset: Any, out: str | os.PathLik
     _phase(manifest, "pack", t, model=str(out / "packed"))
 
     t = time.perf_counter()
-    model = train_routers(packed, dataset, out, cfg.router, settings,
+    model = train_routers(packed, dataset, run, cfg.router, settings,
                           {"name": "CLIP-MoE (DMU)", "method": "Diversified Multiplet Upcycling",
-                           "experts": [str(d) for d in expert_dirs]}, collate_fn=collate_fn, progress=progress,
-                          kind="moe dmu")
+                           "experts": [str(d) for d in expert_dirs]}, collate_fn=collate_fn, progress=progress)
     _phase(manifest, "routers", t, model=str(out / "model"))
     if D.rank() == 0:
         write_json(out / "dmu.json", manifest)
@@ -128,4 +138,3 @@ def dmu(base: nn.Module | str | os.PathLike, dataset: Any, out: str | os.PathLik
         _phase(manifest, "evaluation", t, results=str(out / "eval.json"))
         write_json(out / "dmu.json", manifest)
     D.barrier()
-    return out / "model"

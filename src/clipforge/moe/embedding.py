@@ -103,7 +103,7 @@ def embed_dataset(model: nn.Module, dataset: Any, batch_size: int = 256, device:
     from ..data.loader import worker_count
     from ..eval.embed import autocast_for, eval_mode, image_batches, image_transform, model_device, shard_range
     from ..models.encode import image_features, normalized
-    from ..train import distributed as D
+    from .. import distributed as D
 
     if caption not in ("first", "mean"):
         raise ClipforgeError(f"caption must be 'first' or 'mean', got {caption!r}")

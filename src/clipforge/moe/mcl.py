@@ -20,6 +20,7 @@ progress reuses its labels and resumes from its latest checkpoint.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 from dataclasses import asdict, dataclass, replace
@@ -32,11 +33,11 @@ from torch import nn
 from ..errors import ClipforgeError
 from ..files import write_json
 from ..models import io
-from ..train import distributed as D
+from .. import distributed as D
 from ..train.checkpoint import CHECKPOINT_DIR, latest_checkpoint
 from ..schedule import Schedule, schedule
 from ..train.loop import train
-from ..train.runs import claim, read_claim
+from ..run import Run, is_finished
 from .cluster_sampler import (
     POLICIES,
     cluster_sampler_factory,
@@ -151,13 +152,6 @@ def _stage_record(cfg: MCLConfig, stage: int, base_id: str, dataset: Any) -> dic
             "dataset": getattr(dataset, "name", type(dataset).__name__), "config": cfg.fingerprint()}
 
 
-def _check_record(stage_dir: Path, record: dict[str, Any]) -> bool:
-    """True if `stage_dir` is claimed for `record`; False if unclaimed; an error naming the fields if it differs."""
-    if read_claim(stage_dir) is None:
-        return False
-    return claim(stage_dir, record, kind=STAGE_KIND)  # same settings: True; other settings: raises
-
-
 def resolve_schedule(cfg: MCLConfig, labels: ClusterLabels, n: int, world_size: int) -> dict[str, int]:
     """Concrete global batch, steps and warm-up of a stage on `n` samples over `world_size` ranks."""
     batch = cfg.schedule.resolved(n, world_size=world_size).batch_size
@@ -199,29 +193,46 @@ def run_stage(base: nn.Module | str | os.PathLike, prev_stage_model: nn.Module |
                              f"{'' if labels_so_far is None else f', got those of stage {labels_so_far.stage}'}")
     info = D.init_distributed()
     stage_dir = Path(out_dir) / f"stage{j}"
-    base_model = _as_model(base)
-    prev = prev_stage_model if prev_stage_model is not None else base_model
     record = _stage_record(cfg, j, _identity(base), dataset)
-    same = _check_record(stage_dir, record) if resume is not None else False
     labels_file = stage_dir / f"labels_stage{j}.npz"
+    inputs = [] if isinstance(base, nn.Module) else [base]
+    with Run(stage_dir, STAGE_KIND, record, overwrite=resume is None, inputs=inputs) as run:
+        if run.done:
+            return io.load(stage_dir / "model"), ClusterLabels.load(labels_file)
+        base_model = _as_model(base)
+        prev = prev_stage_model if prev_stage_model is not None else base_model
+        labels = _stage_labels(run, prev, dataset, labels_so_far, j, cfg, info, attributes)
+        model = _train_stage(run, base, base_model, prev, dataset, labels, j, cfg, info, collate_fn, progress)
+        run.finish(cleanup=[stage_dir / "train" / CHECKPOINT_DIR])
+    return model, labels
 
-    fresh = not (same and labels_file.is_file())
-    if fresh:
-        labels = _make_labels(prev, dataset, labels_so_far, j, cfg, info.device)  # the same on every rank
-    else:
+
+def _stage_labels(run: Run, prev: nn.Module, dataset: Any, labels_so_far: ClusterLabels | None, j: int,
+                  cfg: MCLConfig, info: Any, attributes: Mapping[str, np.ndarray] | None) -> ClusterLabels:
+    """Stage j's accumulated labels: reused from an interrupted run of the stage, else clustered and saved."""
+    labels_file = run.dir / f"labels_stage{j}.npz"
+    if run.resumed and labels_file.is_file():
         labels = ClusterLabels.load(labels_file)
         if labels.num_samples != len(dataset) or labels.stage != j:
             raise ClipforgeError(f"{labels_file} does not fit stage {j} on {len(dataset)} samples")
         log.info("MCL stage %d: reusing %s", j, labels_file)
+        return labels
+    labels = _make_labels(prev, dataset, labels_so_far, j, cfg, info.device)  # the same on every rank
     sched = resolve_schedule(cfg, labels, len(dataset), info.world_size)
-    if fresh:
-        if info.is_main:
-            claim(stage_dir, record, force=resume is None, kind=STAGE_KIND)
-            reports = policy_report(labels.ids, sched["global_batch"], info.world_size, labels.parents,
-                                    cfg.min_cluster_size, cfg.min_batch)
-            labels.save(stage_dir, attributes, extra={"embedded_with": f"stage{j - 1}", "policy": cfg.policy,
-                                                      "policy_report": reports})
-        D.barrier()
+    if info.is_main:
+        reports = policy_report(labels.ids, sched["global_batch"], info.world_size, labels.parents,
+                                cfg.min_cluster_size, cfg.min_batch)
+        labels.save(run.dir, attributes, extra={"embedded_with": f"stage{j - 1}", "policy": cfg.policy,
+                                                "policy_report": reports})
+    D.barrier()
+    return labels
+
+
+def _train_stage(run: Run, base: Any, base_model: nn.Module, prev: nn.Module, dataset: Any, labels: ClusterLabels,
+                 j: int, cfg: MCLConfig, info: Any, collate_fn: Callable | None, progress: bool) -> nn.Module:
+    """Fine-tune stage j's model on cluster-pure batches and save it to `run.dir/model`."""
+    stage_dir = run.dir
+    sched = resolve_schedule(cfg, labels, len(dataset), info.world_size)
     sizes = labels.sizes
     report = plan_batches(labels.ids, sched["global_batch"], info.world_size, cfg.policy, cfg.min_cluster_size,
                           labels.parents, cfg.min_batch).report
@@ -246,7 +257,7 @@ def run_stage(base: nn.Module | str | os.PathLike, prev_stage_model: nn.Module |
     # Resume only from a checkpoint that exists: "latest" on a fresh stage would just log a warning.
     has_ckpt = latest_checkpoint(stage_dir / "train" / CHECKPOINT_DIR) is not None
     model = train(model, dataset, tcfg, stage_dir / "train", batch_sampler=factory,
-                  collate_fn=collate_fn or _default_collate(model), resume=resume if has_ckpt else None,
+                  collate_fn=collate_fn or _default_collate(model), resume="latest" if has_ckpt else None,
                   progress=progress)
     if info.is_main:
         io.save(model, stage_dir / "model", provenance={
@@ -259,7 +270,7 @@ def run_stage(base: nn.Module | str | os.PathLike, prev_stage_model: nn.Module |
             "schedule": sched, "note": "logit scale fixed (frozen) during the stage" if cfg.schedule.fixed_logit_scale else "",
             "mcl_config": asdict(cfg)})
     D.barrier()
-    return model, labels
+    return model
 
 
 def run_stages(base: nn.Module | str | os.PathLike, dataset: Any, cfg: MCLConfig, out_dir: str | os.PathLike,
@@ -274,6 +285,25 @@ def run_stages(base: nn.Module | str | os.PathLike, dataset: Any, cfg: MCLConfig
     out_dir = Path(out_dir)
     info = D.init_distributed()
     base_id = _identity(base)
+    settings = {"base": base_id, "num_samples": len(dataset), "num_experts": cfg.num_experts,
+                "dataset": getattr(dataset, "name", type(dataset).__name__), "config": cfg.fingerprint()}
+    inputs = [] if isinstance(base, nn.Module) else [base]
+    with Run(out_dir, "moe stages", settings, overwrite=not resume, inputs=inputs, artefact="mcl.json") as run:
+        if run.done:
+            return [Path(d) for d in json.loads((out_dir / "mcl.json").read_text())["experts"]]
+        dirs, summaries = _stages(base, dataset, cfg, out_dir, collate_fn, resume, attributes, progress, info)
+        if info.is_main:
+            write_json(out_dir / "mcl.json", {"base": base_id, "experts": [str(d) for d in dirs],
+                                              "config": asdict(cfg), "stages": summaries})
+        run.finish()
+    return dirs
+
+
+def _stages(base: Any, dataset: Any, cfg: MCLConfig, out_dir: Path, collate_fn: Callable | None, resume: bool,
+            attributes: Mapping[str, np.ndarray] | None, progress: bool, info: Any
+            ) -> tuple[list[Path], list[dict[str, Any]]]:
+    """Stages 1..N−1 in turn (finished ones skipped); the expert model dirs and per-stage summaries."""
+    base_id = _identity(base)
     if isinstance(base, nn.Module):
         base_dir = out_dir / "stage0" / "model"
         if info.is_main:
@@ -287,7 +317,7 @@ def run_stages(base: nn.Module | str | os.PathLike, dataset: Any, cfg: MCLConfig
     for j in range(1, cfg.num_experts):
         stage_dir = out_dir / f"stage{j}"
         record = _stage_record(cfg, j, base_id, dataset)
-        done = resume and (stage_dir / "model" / "config.json").is_file() and _check_record(stage_dir, record)
+        done = resume and is_finished(stage_dir, STAGE_KIND, record)
         if done:
             log.info("MCL stage %d/%d: finished earlier, skipping (%s)", j, cfg.num_experts - 1, stage_dir / "model")
             labels = ClusterLabels.load(stage_dir / f"labels_stage{j}.npz")
@@ -303,7 +333,4 @@ def run_stages(base: nn.Module | str | os.PathLike, dataset: Any, cfg: MCLConfig
         dirs.append(stage_dir / "model")
         summaries.append({"stage": j, "model": str(stage_dir / "model"), "num_clusters": labels.num_clusters,
                           "skipped": bool(done)})
-    if info.is_main:
-        write_json(out_dir / "mcl.json", {"base": base_id, "experts": [str(d) for d in dirs],
-                                          "config": asdict(cfg), "stages": summaries})
-    return dirs
+    return dirs, summaries

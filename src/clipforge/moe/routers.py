@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from torch import nn
 
@@ -18,6 +18,7 @@ from ..errors import ClipforgeError
 from ..schedule import Schedule, schedule
 from ..train.config import TrainConfig
 from ..train.loss import ClipLoss
+from ..run import Run
 from ..train.runs import train_run
 from .balance import RouterStep
 from .mcl import PAPER_SCHEDULE
@@ -57,13 +58,14 @@ def router_record(cfg: RouterConfig, num_samples: int, settings: dict[str, Any] 
     return {"router": asdict(cfg), "num_samples": num_samples, **(settings or {})}
 
 
-def train_routers(model: nn.Module, dataset: Any, run_dir: str | os.PathLike, cfg: RouterConfig,
+def train_routers(model: nn.Module, dataset: Any, run_dir: "str | os.PathLike | Run", cfg: RouterConfig,
                   settings: dict[str, Any] | None = None, provenance: dict[str, Any] | None = None,
                   collate_fn: Callable | None = None, force: bool = False, progress: bool = True,
-                  kind: str = "moe route") -> nn.Module:
+                  kind: str = "moe route", inputs: Iterable[Any] = ()) -> nn.Module:
     """Train `model`'s routers (or what `cfg.trainable` names) in `run_dir`; the result is `run_dir/model`.
 
-    Resumable: a finished run with the same settings is loaded, an interrupted one resumes.
+    `run_dir`: a directory, or the `Run` of a method that holds this training (DMU). Resumable: a finished
+    run with the same settings is loaded, an interrupted one resumes.
     """
     from .mcl import _default_collate
 
@@ -77,5 +79,6 @@ def train_routers(model: nn.Module, dataset: Any, run_dir: str | os.PathLike, cf
     record = router_record(cfg, len(dataset), settings)
     prov = {"source": "clipforge.moe.routers", "trainable": list(cfg.trainable),
             "schedule": _brief(cfg.schedule.resolved(len(dataset))), **(provenance or {})}
-    return train_run(model, dataset, Path(run_dir), tcfg, record, prov, step_fn=step,
-                     collate_fn=collate_fn or _default_collate(model), force=force, progress=progress, kind=kind)
+    return train_run(model, dataset, run_dir if isinstance(run_dir, Run) else Path(run_dir), tcfg, record, prov,
+                     step_fn=step, collate_fn=collate_fn or _default_collate(model), force=force, progress=progress,
+                     kind=kind, inputs=inputs)

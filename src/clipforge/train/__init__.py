@@ -1,6 +1,6 @@
 """Training: one loop (`train`) with pluggable steps, the CLIP loss, freezing, sampling, checkpoints."""
 
-from .distributed import DistInfo, barrier, broadcast_object, cleanup, gather_with_grad, init_distributed
+from ..distributed import DistInfo, barrier, broadcast_object, cleanup, gather_with_grad, init_distributed
 from ..schedule import Schedule
 from .config import TrainConfig
 from .loop import enable_grad_checkpointing, seed_everything, train

@@ -7,9 +7,11 @@ with `os.replace`, so a crash never leaves a half-written checkpoint or pointer 
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +54,38 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:  # on any error the temporary file is removed and `path` is untouched
         torch.save(obj, tmp)
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """The bytes of every tensor in a nested state (about what `torch.save` writes)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.nelement() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def _write_failure(ckpt_dir: Path, error: BaseException, needed: int) -> str:
+    """One line for a failed checkpoint write: "no space left" only when the errno or the free space says so."""
+    # torch.save reports a full disk as a bare RuntimeError ("file write failed"), without an errno.
+    try:
+        free: int | None = shutil.disk_usage(ckpt_dir).free
+    except OSError:
+        free = None
+    full = getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "no space left" in str(error).lower()
+    if full or (free is not None and free < needed):
+        reason = "no space left on the device" + (f" ({free / 2**20:.0f} MiB free, the checkpoint needs about "
+                                                   f"{needed / 2**20:.0f} MiB)" if free is not None else "")
+    else:
+        text = str(error).strip()
+        reason = text.splitlines()[0][:200] if text else type(error).__name__
+    kept = latest_checkpoint(ckpt_dir)
+    last = f"the last checkpoint {kept.name} is kept" if kept is not None else "there is no earlier checkpoint"
+    return f"cannot write a checkpoint to {ckpt_dir}: {reason}; {last}"
 
 
 def _atomic_write_text(text: str, path: Path) -> None:
@@ -80,8 +112,12 @@ def save_checkpoint(state: dict[str, Any], ckpt_dir: Path, step: int, keep: int 
     """
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     path = ckpt_dir / f"step_{step}.pt"
-    _atomic_save(state, path)
-    _atomic_write_text(path.name + "\n", ckpt_dir / LATEST)
+    try:
+        _atomic_save(state, path)
+        # Only after the file is complete: a failed write leaves `latest` on the previous checkpoint.
+        _atomic_write_text(path.name + "\n", ckpt_dir / LATEST)
+    except (RuntimeError, OSError, ClipforgeError) as e:  # ClipforgeError: atomic_path's full-disk line
+        raise ClipforgeError(_write_failure(ckpt_dir, e, _tensor_bytes(state))) from None
     files = step_files(ckpt_dir)
     older = sorted(s for s in files if s <= step)
     doomed = [s for s in files if s > step] + (older[:-keep] if keep > 0 else [])

@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ClipforgeError
-from . import distributed as D
+from .. import distributed as D
 from .fast import CompiledStep, adamw_kwargs, attention_kernel, longest_sequence, resolve_amp, resolve_attention
 from .config import TrainConfig
 from .checkpoint import (CHECKPOINT_DIR, load_checkpoint, resolve_resume, rng_state, save_checkpoint,
@@ -154,6 +154,70 @@ def _trim_log(path: Path, last_step: int) -> None:
     path.write_text("".join(k + "\n" for k in kept))
 
 
+def _nonfinite_params(params: list[Tensor]) -> Tensor:
+    """A 0-d float tensor on the parameters' device: 1 when any of `params` holds a nan or inf, else 0.
+
+    No host sync: the caller reads it together with the loss. The max-abs norm of a finite tensor never
+    overflows (a 2-norm can) and is nan/inf exactly when the tensor holds one.
+    """
+    if not params:
+        return torch.zeros(())
+    try:
+        norms = torch._foreach_norm(params, math.inf)  # one fused kernel per dtype/device group
+    except (AttributeError, RuntimeError, NotImplementedError):  # a torch without it, or an odd dtype
+        norms = [torch.linalg.vector_norm(p.detach(), math.inf) for p in params]
+    return (~torch.stack([n.float() for n in norms]).isfinite().all()).float()
+
+
+class _FiniteGuard:
+    """Stops training at the first non-finite loss or parameter, with one line saying where and what to do.
+
+    The loss is checked where the loop syncs anyway (each log line); the loss and every trainable
+    parameter before each checkpoint and at the end, one host sync each, so a non-finite state is never
+    written and never returned. Under DDP the flags are all-reduced, so every rank raises together.
+    """
+
+    def __init__(self, cfg: TrainConfig, step: int, kept: Path | None) -> None:
+        self.cfg = cfg
+        self.loss_ok = self.params_ok = step  # the last steps known to be finite
+        self.kept = kept  # the last checkpoint known to be finite (the resumed one, then each written)
+        self.last_loss = math.nan  # the last logged loss, named when no step ran since
+
+    def check_logged(self, mean_loss: float, step: int, lr: float) -> None:
+        """After a log line: `mean_loss` is the rank-mean loss since the previous log line."""
+        if not math.isfinite(mean_loss):
+            raise ClipforgeError(self._message(f"the loss became {mean_loss}", self.loss_ok, step, lr))
+        self.loss_ok, self.last_loss = step, mean_loss
+
+    def check_state(self, loss_sum: Tensor, window: int, trainable: list[tuple[str, Tensor]], step: int,
+                    lr: float) -> None:
+        """Before a checkpoint and at the end: the loss since the last log line and every trainable parameter."""
+        if self.loss_ok == self.params_ok == step:
+            return
+        flags = torch.stack([loss_sum.float() / max(window, 1),
+                             _nonfinite_params([p for _, p in trainable]).to(loss_sum.device)])
+        loss, bad_params = D.all_reduce_mean(flags).tolist()  # the one sync
+        if not math.isfinite(loss):
+            raise ClipforgeError(self._message(f"the loss became {loss}", self.loss_ok, step, lr))
+        if bad_params > 0:
+            # The error path may sync freely: name the first offending parameter (on this rank).
+            name = next((n for n, p in trainable if not bool(p.detach().isfinite().all())), "a parameter")
+            shown = loss if window else self.last_loss  # no step since the log line: its loss
+            raise ClipforgeError(self._message(f"parameter {name} became non-finite (loss {shown:.4g})",
+                                               self.params_ok, step, lr))
+        self.loss_ok = self.params_ok = step
+
+    def saved(self, path: Path) -> None:
+        """`path` was written after a passing `check_state`: the checkpoint to name from now on."""
+        self.kept = path
+
+    def _message(self, what: str, since: int, step: int, lr: float) -> str:
+        kept = (f"the last finite checkpoint {self.kept} is kept" if self.kept is not None
+                else "there is no finite checkpoint")
+        return (f"training diverged between step {since} and step {step}: {what} at lr {lr:.3g}; {kept} and "
+                f"no model was saved; retry with a lower --lr (was {self.cfg.lr:g})")
+
+
 def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, out_dir: str | os.PathLike, *,
           batch_sampler: StatefulBatchSampler | SamplerFactory | None = None, collate_fn: Callable | None = None, step_fn: StepFn | None = None,
           eval_fn: EvalFn | None = None, until: Callable[[list[tuple[int, dict[str, Any]]]], bool] | None = None,
@@ -189,6 +253,7 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, out_dir: str | o
         frozen.append(_fix_logit_scale(model, cfg.fixed_logit_scale))
     groups = param_groups(model, cfg.trainable, frozen, cfg.weight_decay, cfg.decay_exclusions)
     trainable = [p for g in groups for p in g["params"]]
+    named_trainable = [(n, p) for g in groups for n, p in zip(g["param_names"], g["params"])]
     if cfg.grad_checkpointing:
         enable_grad_checkpointing(model)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
@@ -283,6 +348,7 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, out_dir: str | o
         }
 
     model.train()
+    guard = _FiniteGuard(cfg, step, ckpt_path)
     data_iter: Iterator[Any] | None = None
     loss_sum = torch.zeros((), device=info.device)
     window, t0 = 0, time.perf_counter()
@@ -332,6 +398,7 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, out_dir: str | o
                     log_file.flush()
                 if bar is not None:
                     bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+                guard.check_logged(record["loss"], step, record["lr"])  # after the line: log.jsonl shows it
                 loss_sum.zero_()
                 window, t0 = 0, time.perf_counter()
 
@@ -349,13 +416,16 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, out_dir: str | o
                         log_file.flush()
 
             if cfg.save_every > 0 and (step % cfg.save_every == 0 or step == cfg.steps or stopped):
+                guard.check_state(loss_sum, window, named_trainable, step, scheduler.get_last_lr()[0])
                 state = checkpoint_state()
                 if info.is_main:
                     save_checkpoint(state, ckpt_dir, step, keep=cfg.keep_checkpoints)
+                guard.saved(ckpt_dir / f"step_{step}.pt")  # every rank, so all raise the same line
                 del state
                 D.barrier()
             if bar is not None:
                 bar.update(1)
+        guard.check_state(loss_sum, window, named_trainable, step, scheduler.get_last_lr()[0])  # never return nan
     finally:
         if bar is not None:
             bar.close()
