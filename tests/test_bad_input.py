@@ -185,6 +185,10 @@ def _out_probes(root: Path) -> list[tuple[str, list[str], str]]:
             probes.append((f"{name}: --out the input itself", [*argv, "--out", str(src)], str(src)))
             probes.append((f"{name}: --out the folder holding the input", [*argv, "--out", str(src.parent)],
                            str(src.parent)))
+    m = str(root / "holder" / "model")
+    probes.append(("pack one stage", ["moe", "pack", "--stage", m, "--out", str(root / "p")], "--stage"))
+    probes.append(("pack top-k above stages", ["moe", "pack", "--stage", m, "--stage", m, "--top-k", "3",
+                                                "--out", str(root / "p")], "--top-k"))
     probes.append(("eval: --out a file eval did not write", ["eval", "--model", str(root / "holder" / "model"),
                    "--task", "retrieval", "--limit", "8", "--out", str(root / "mine" / "notes.txt")], "notes.txt"))
     return probes

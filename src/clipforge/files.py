@@ -94,6 +94,18 @@ def file_digest(path: str | os.PathLike, chars: int = 16) -> str:
     return h.hexdigest()[:chars]
 
 
+def read_json_object(path: str | os.PathLike, what: str = "a JSON object") -> dict[str, Any]:
+    """A JSON file that must hold an object (a config, a record): anything else is one line naming the file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ClipforgeError(f"{path}: not valid JSON ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ClipforgeError(f"{path}: not {what} (a JSON object is expected)")
+    return data
+
+
 def _jsonable(x: Any) -> Any:
     """JSON for the values results hold: tensors and numpy values, paths, sets."""
     if hasattr(x, "tolist"):  # torch tensors, numpy arrays and scalars

@@ -27,7 +27,7 @@ def finite_float(text: str) -> float:
     """argparse `type=` for a float flag: refuses non-numbers, nan and ±inf at parse time.
 
     Here, not in clipforge.cli, because the schedule flags are generated here and the library must
-    not import the CLI; `clipforge.cli._types` re-exports it for the CLI's own flags.
+    not import the CLI; the CLI's hand-written float flags import it from here.
     """
     try:
         value = float(text)

@@ -1,4 +1,4 @@
-"""The `--workers` flag, one definition for every command that loads data."""
+"""Flags every writing or data-reading command shares, defined once: `--workers` and `--overwrite`."""
 
 from __future__ import annotations
 
@@ -13,6 +13,15 @@ WORKERS_HELP = ("DataLoader worker processes per rank that decode and preprocess
 
 def add_workers_flag(p: argparse.ArgumentParser, *aliases: str, dest: str = "workers") -> None:
     p.add_argument("--workers", *aliases, dest=dest, type=int, default=None, metavar="N", help=WORKERS_HELP)
+
+
+OVERWRITE_HELP = ("replace what OUT holds (another run, other settings, files this command did not make) instead "
+                  "of refusing; the old contents are kept aside until the new run finishes, and put back if it fails")
+
+
+def add_overwrite_flag(p: argparse.ArgumentParser) -> None:
+    """`--overwrite` (alias `--force`): the one way to replace what `--out` holds (`clipforge.run.Run`)."""
+    p.add_argument("--overwrite", "--force", dest="overwrite", action="store_true", help=OVERWRITE_HELP)
 
 
 def with_workers(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:

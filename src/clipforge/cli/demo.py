@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ._workers import add_overwrite_flag
+
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -26,8 +28,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compose", action="store_true",
                    help="also grow a CLIP-MoE from the middle MM-LG descendant (the two methods composed; "
                         "about 3 more minutes: 2.8 min measured)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace what OUT holds (another run, files the demo did not make) instead of refusing")
+    add_overwrite_flag(p)
     p.set_defaults(func=run)
 
 

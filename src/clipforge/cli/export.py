@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ._workers import add_overwrite_flag
+
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -21,8 +23,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="onnx (vision.onnx / text.onnx) or torch-export (vision.pt2 / text.pt2, torch.export.save)")
     p.add_argument("--out", type=Path, help="output directory (default: MODEL-onnx or MODEL-torch-export beside it); "
                                             "written atomically, never over files it did not make")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace what OUT holds (files this command did not make) instead of refusing")
+    add_overwrite_flag(p)
     p.add_argument("--tower", default="both", metavar="{vision,text,both}",
                    help="which tower(s) to export (default both: every tower the model has)")
     p.set_defaults(func=run_export)

@@ -12,8 +12,13 @@ from pathlib import Path
 from types import ModuleType
 
 from ..errors import ClipforgeError
-from ..schedule import LEARNGENE_SCHEDULE, add_schedule_flags, schedule_from_args
-from ._workers import add_workers_flag, with_workers
+from ..schedule import (
+    LEARNGENE_SCHEDULE,
+    add_schedule_flags,
+    finite_float,
+    schedule_from_args,
+)
+from ._workers import add_overwrite_flag, add_workers_flag, with_workers
 
 BENCH = Path("benchmarks") / "learngene" / "run.py"
 # Schedule fields exposed as flags (generated: clipforge.schedule); descend has --pretrain-steps instead.
@@ -57,12 +62,12 @@ def _add_extract(lsub: argparse._SubParsersAction) -> None:
                    help="learngene init: least-squares fit of the ancestry's layers over the schedule's basis, "
                         "the mean ancestry block, or TLEG's random init (default lstsq when the block shapes "
                         "match the ancestry's, else random)")
-    p.add_argument("--alpha", type=float, default=1.0, help="KD weight; 1 - alpha weighs InfoNCE (default 1)")
-    p.add_argument("--beta", type=float, default=0.0, help="feature-distillation weight (default 0)")
+    p.add_argument("--alpha", type=finite_float, default=1.0, help="KD weight; 1 - alpha weighs InfoNCE (default 1)")
+    p.add_argument("--beta", type=finite_float, default=0.0, help="feature-distillation weight (default 0)")
     p.add_argument("--feature", choices=["cosine", "mse"], default="cosine",
                    help="feature term (with --beta): 1 - cos of the normalised embeddings, or MSE of the "
                         "unnormalised ones (default cosine)")
-    p.add_argument("--tau", type=float, default=1.0, help="KD temperature (default 1)")
+    p.add_argument("--tau", type=finite_float, default=1.0, help="KD temperature (default 1)")
     p.add_argument("--tie-temperature", action="store_true",
                    help="the Aux-Net's logits use the ancestry's logit scale (default: its own)")
     p.add_argument("--sample-depths", type=_depth_list,
@@ -78,11 +83,10 @@ def _add_extract(lsub: argparse._SubParsersAction) -> None:
                    help="end at a plateau: the best mean retrieval R@1 rose by less than --plateau-delta over "
                         "the last --plateau-patience measurements (default: run the step budget)")
     p.add_argument("--plateau-patience", type=int, default=2, help="measurements without gain (default 2)")
-    p.add_argument("--plateau-delta", type=float, default=0.005, help="gain that counts (default 0.005)")
+    p.add_argument("--plateau-delta", type=finite_float, default=0.005, help="gain that counts (default 0.005)")
     add_schedule_flags(p, LEARNGENE_SCHEDULE, what="extraction: ", only=LG_FLAGS)
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and RNG streams (default 0)")
-    p.add_argument("--overwrite", "--force", dest="force", action="store_true",
-                   help="replace what OUT holds (a finished extraction, other settings) instead of refusing")
+    add_overwrite_flag(p)
     add_workers_flag(p)
     p.set_defaults(func=run_extract)
 
@@ -114,8 +118,7 @@ def _add_descend(lsub: argparse._SubParsersAction) -> None:
                         "other tower (default for them: the learngene's own ancestry)")
     add_schedule_flags(p, LEARNGENE_SCHEDULE, what="pre-training: ", only=LG_FLAGS[1:])
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and RNG streams (default 0)")
-    p.add_argument("--overwrite", "--force", dest="force", action="store_true",
-                   help="replace descendants OUT holds (finished ones, other settings) instead of refusing")
+    add_overwrite_flag(p)
     add_workers_flag(p)
     p.set_defaults(func=run_descend)
 
@@ -138,9 +141,7 @@ def _bench_module(required: bool = True) -> ModuleType | None:
 
 @with_workers
 def run_extract(args: argparse.Namespace) -> int:
-    from ..learngene.pipeline import extract
-
-    from ..learngene.pipeline import load_ancestry
+    from ..learngene.pipeline import extract, load_ancestry
     from ..learngene.quality import MEAN_R1, Quality
     from ..run import check_out
     from ..train.plateau import Plateau
@@ -165,7 +166,7 @@ def run_extract(args: argparse.Namespace) -> int:
                      aux_depth_text=args.aux_depth_text, init=args.init, alpha=args.alpha, beta=args.beta,
                      tau=args.tau, feature=args.feature, tie_temperature=args.tie_temperature,
                      sample_depths=args.sample_depths, quality=quality, eval_every=every if quality else 0,
-                     plateau=plateau, training=training, force=args.force)
+                     plateau=plateau, training=training, force=args.overwrite)
     meta = json.loads((lg_dir / "learngene.json").read_text())
     print(f"learngene: {lg_dir} ({meta['num_parameters']:,} parameters)")
     q = meta.get("provenance", {}).get("auxnet_quality")
@@ -189,7 +190,7 @@ def run_descend(args: argparse.Namespace) -> int:
     if args.pretrain_steps > 0:
         pretraining = schedule_from_args(args, LEARNGENE_SCHEDULE, steps=args.pretrain_steps, seed=args.seed)
     made = descend_family(lg_dir, args.shape, args.out, pretraining=pretraining, data=data, kd_from=args.kd_from,
-                          force=args.force)
+                          force=args.overwrite)
     for name, path in made.items():
         print(f"{name}: {path}")
     return 0

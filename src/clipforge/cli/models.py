@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from ..errors import ClipforgeError
+from ._workers import add_overwrite_flag
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -21,8 +22,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kind", choices=["clip", "vision", "text"], default="clip",
                    help="full CLIP, or one tower with its projection (default clip)")
     p.add_argument("--list", action="store_true", help="list the registered architectures and exit")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace what OUT holds (files this command did not make) instead of refusing")
+    add_overwrite_flag(p)
     p.set_defaults(func=run_build)
 
     p = sub.add_parser(
@@ -42,8 +42,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="experts per token for a released CLIP-MoE checkpoint (not stored in it; default 2)")
     p.add_argument("--long-context", action="store_true",
                    help="stretch the text positions Long-CLIP style (77 -> 248 tokens; see `clipforge stretch`)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace what OUT holds (files this command did not make) instead of refusing")
+    add_overwrite_flag(p)
     p.set_defaults(func=run_import)
 
     p = sub.add_parser(
@@ -55,8 +54,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--keep", type=int, default=20, help="leading positions kept as they are (default 20)")
     p.add_argument("--factor", type=int, default=4, help="positions each later gap becomes (default 4)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace what OUT holds (files this command did not make) instead of refusing")
+    add_overwrite_flag(p)
     p.set_defaults(func=run_stretch)
 
     p = sub.add_parser(

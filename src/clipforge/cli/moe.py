@@ -13,8 +13,8 @@ from pathlib import Path
 from types import ModuleType
 
 from ..errors import ClipforgeError
-from ..schedule import Schedule, add_schedule_flags
-from ._workers import add_workers_flag, with_workers
+from ..schedule import Schedule, add_schedule_flags, finite_float
+from ._workers import add_overwrite_flag, add_workers_flag, with_workers
 
 BENCH = Path("benchmarks") / "clipmoe" / "run.py"
 
@@ -29,7 +29,7 @@ MCL_FLAGS: list[tuple[str, str, type, str]] = [
 ]
 ROUTER_FLAGS: list[tuple[str, str, type, str]] = [
     ("--balance-loss", "balance_loss", str, "switch (paper) or mixtral (released code)"),
-    ("--alpha", "alpha", float, "balance-loss weight (paper 0.01)"),
+    ("--alpha", "alpha", finite_float, "balance-loss weight (paper 0.01)"),
 ]
 # Schedule fields each phase exposes as --stage-* / --router-* (generated: clipforge.schedule).
 PHASE_SCHEDULE = ("steps", "batch_size", "lr", "weight_decay", "warmup", "label_smoothing", "fixed_logit_scale")
@@ -94,8 +94,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-eval", action="store_true", help="skip the built-in evaluation")
     p.add_argument("--eval-size", choices=["full", "quick"], default="full",
                    help="built-in evaluation sets: full (1k scenes, 200 pairs per attribute, 10k FMNIST) or quick")
-    p.add_argument("--overwrite", "--force", dest="force", action="store_true",
-                   help="replace what OUT holds (another run, other settings) instead of refusing")
+    add_overwrite_flag(p)
     p.set_defaults(func=run_dmu)
 
     p = msub.add_parser("stage", help="MCL stages only: the dense stage models (experts)",
@@ -105,8 +104,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     _data_args(p)
     p.add_argument("--out", type=Path, required=True, help="output directory (a rerun with the same flags resumes it)")
     _config_args(p, router=False)
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace what OUT holds (files this command did not make) instead of refusing")
+    add_overwrite_flag(p)
     p.set_defaults(func=run_stage)
 
     p = msub.add_parser("pack", help="pack dense stage models into one CLIP-MoE",
@@ -116,8 +114,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="output directory (a rerun with the same flags resumes it)")
     p.add_argument("--top-k", type=int, default=2, help="experts each token uses (default 2)")
     p.add_argument("--seed", type=int, default=0, help="router init seed")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace what OUT holds (files this command did not make) instead of refusing")
+    add_overwrite_flag(p)
     p.set_defaults(func=run_pack)
 
     p = msub.add_parser("route", help="train the routers of a CLIP-MoE",
@@ -126,8 +123,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     _data_args(p)
     p.add_argument("--out", type=Path, required=True, help="run directory; the result is OUT/model")
     _config_args(p, mcl=False)
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace what OUT holds (files this command did not make) instead of refusing")
+    add_overwrite_flag(p)
     p.set_defaults(func=run_route)
 
     p = msub.add_parser("baseline", help="direct fine-tuning, sparse upcycling or the w/o-MCL ablation",
@@ -143,8 +139,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--experts", type=int, default=4, help="sparse-upcycling: experts")
     p.add_argument("--top-k", type=int, default=2, help="experts each token uses (default 2)")
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and RNG streams (default 0)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace what OUT holds (files this command did not make) instead of refusing")
+    add_overwrite_flag(p)
     p.set_defaults(func=run_baseline)
 
     p = msub.add_parser("stats", help="routing statistics and the built-in evaluation of a CLIP-MoE",
@@ -153,8 +148,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", type=Path, required=True, help="a CLIP-MoE model directory or a run directory holding model/")
     p.add_argument("--out", type=Path, required=True, help="directory for routing.json, cost.json, routing.png")
     p.add_argument("--samples", type=int, default=500, help="held-out scenes to route (default 500)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace what OUT holds (files this command did not make) instead of refusing")
+    add_overwrite_flag(p)
     p.set_defaults(func=run_stats)
 
     p = msub.add_parser("bench", help="run the CLIP-MoE benchmark (benchmarks/clipmoe/run.py)", add_help=False,
@@ -237,7 +231,7 @@ def run_dmu(args: argparse.Namespace) -> int:
           f"({cfg.mcl.num_experts - 1} MCL stages of {cfg.mcl.schedule.steps or 'one epoch of'} steps), top-{cfg.top_k}, "
           f"router {cfg.router.schedule.steps or 'one epoch of'} steps; output {args.out}")
     suite = None if args.no_eval else (SuiteConfig.quick() if args.eval_size == "quick" else SuiteConfig())
-    model_dir = dmu(str(base), data, args.out, cfg, suite=suite, force=args.force)
+    model_dir = dmu(str(base), data, args.out, cfg, suite=suite, force=args.overwrite)
     if (args.out / "eval.md").is_file():
         print((args.out / "eval.md").read_text())
     print(f"CLIP-MoE: {model_dir}")
@@ -258,11 +252,10 @@ def run_stage(args: argparse.Namespace) -> int:
 
 
 def run_pack(args: argparse.Namespace) -> int:
+    from ..files import file_digest
     from ..models import io
     from ..moe.model import moe_param_counts
     from ..moe.pack import pack
-
-    from ..files import file_digest
     from ..run import make_artefact
 
     _check_out(args, *args.stage)
@@ -308,7 +301,6 @@ def run_route(args: argparse.Namespace) -> int:
 def run_baseline(args: argparse.Namespace) -> int:
     from ..moe import baselines as B
     from ..moe.routers import RouterConfig
-
     from ..schedule import schedule_from_args
 
     sched = schedule_from_args(args, BASELINE_SCHEDULE, seed=args.seed)
@@ -335,11 +327,9 @@ def run_baseline(args: argparse.Namespace) -> int:
 def run_stats(args: argparse.Namespace) -> int:
     from ..cost import model_costs
     from ..data.scenes import ScenesDataset
-    from ..files import write_json
+    from ..files import file_digest, write_json
     from ..models import io
     from ..moe.routing import load_shares, plot_routing, routing_stats
-
-    from ..files import file_digest
     from ..run import make_artefact
 
     _check_out(args, args.model)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import ClipforgeError
 from ..schedule import Schedule, add_schedule_flags, schedule_from_args
-from ._workers import add_workers_flag
+from ._workers import add_overwrite_flag, add_workers_flag
 
 # = clipforge.data.scenes.styles.CAPTION_STYLES (not imported here: the parser stays cheap to build).
 SCENES_CAPTIONS = ("full", "alt", "dense")
@@ -36,8 +36,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache", type=Path, help=CACHE_HELP)
     p.add_argument("--quick", action="store_true", help="a toy ancestry for tests (tiny model, a few steps)")
     p.add_argument("--steps", type=int, help="override the number of training steps")
-    p.add_argument("--overwrite", "--force", dest="force", action="store_true",
-                   help="retrain even if OUT holds an ancestry (another recipe, or finished)")
+    add_overwrite_flag(p)
     p.add_argument("--scenes-captions", choices=SCENES_CAPTIONS,
                    help="caption style of the training scenes (default: the recipe's, alt)")
     p.set_defaults(func=run_ancestry)
@@ -74,8 +73,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_workers_flag(p, "--num-workers", dest="num_workers")
     p.add_argument("--resume", help="a checkpoint file or directory to start from (a rerun of the same command "
                                     "resumes its own run without this flag)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace what OUT holds (another run, other settings) instead of refusing")
+    add_overwrite_flag(p)
     p.set_defaults(func=run_train)
 
     p = sub.add_parser(
@@ -91,14 +89,19 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=300, help="fine-tuning steps (task finetune)")
     p.add_argument("--out", type=Path, help="write the metrics to this JSON file (never over a file `eval` did not "
                                             "write, unless --overwrite)")
-    p.add_argument("--overwrite", action="store_true", help="replace --out even if `eval` did not write it")
+    add_overwrite_flag(p)
     p.set_defaults(func=run_eval)
 
 
 def run_ancestry(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from ..demo.ancestry import AncestryRecipe, ancestry_run_dir, summary, train_ancestry
+    from ..demo.ancestry import (
+        AncestryRecipe,
+        ancestry_run_dir,
+        summary,
+        train_ancestry,
+    )
 
     recipe = AncestryRecipe.quick() if args.quick else AncestryRecipe()
     if args.steps is not None:
@@ -109,7 +112,7 @@ def run_ancestry(args: argparse.Namespace) -> int:
         recipe.caption_style = args.scenes_captions
     out = args.out or ancestry_run_dir(args.cache, quick=args.quick)
     print(f"[ancestry] run directory {out}")
-    model_dir = train_ancestry(out, recipe, force=args.force)
+    model_dir = train_ancestry(out, recipe, force=args.overwrite)
     metrics_path = Path(out) / "metrics.json"
     if metrics_path.exists():
         print(summary(json.loads(metrics_path.read_text())))

@@ -317,6 +317,7 @@ class Learngene(nn.Module):
         Whatever is wrong with the directory (JSON, config field, truncated or non-finite weights) is a
         one-line `ClipforgeError` naming the file, raised before anything is built from it.
         """
+        from ..files import read_json_object
         from ..models.io import nonfinite_tensor
 
         def line(e: BaseException) -> str:
@@ -326,12 +327,7 @@ class Learngene(nn.Module):
         meta_path, weights = model_dir / CONFIG, model_dir / WEIGHTS
         if not meta_path.is_file() or not weights.is_file():
             raise ClipforgeError(f"{model_dir}: not a learngene directory (needs {CONFIG} and {WEIGHTS})")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ClipforgeError(f"{meta_path}: not valid JSON ({line(e)})") from None
-        if not isinstance(meta, dict):
-            raise ClipforgeError(f"{meta_path}: not a learngene record (a JSON object is expected)")
+        meta = read_json_object(meta_path, "a learngene record")
         if meta.get("format") != FORMAT:
             raise ClipforgeError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r}")
         if "config" not in meta:

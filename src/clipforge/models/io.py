@@ -22,7 +22,7 @@ import torch
 from transformers import PreTrainedModel
 
 from ..errors import ClipforgeError
-from ..files import atomic_dir, write_text
+from ..files import atomic_dir, read_json_object, write_text
 from .registry import MODEL_CLASSES
 
 WEIGHTS = "model.safetensors"
@@ -146,12 +146,7 @@ def _load_config(model_dir: Path):
         raise ClipforgeError(f"{model_dir}: no such model directory")
     if not cfg_path.is_file():
         raise ClipforgeError(f"{cfg_path}: missing config.json (not a clipforge / Hugging Face model directory)")
-    try:
-        raw = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ClipforgeError(f"{cfg_path}: not valid JSON ({e})") from None
-    if not isinstance(raw, dict):
-        raise ClipforgeError(f"{cfg_path}: not a config (a JSON object is expected)")
+    raw = read_json_object(cfg_path, "a config")
     arch = (raw.get("architectures") or [None])[0] or _BY_MODEL_TYPE.get(raw.get("model_type"))
     cls = model_class(arch)
     if cls is None:
