@@ -126,7 +126,7 @@ def test_embed_dataset_uses_first_caption(tmp_path):
     assert np.allclose(np.linalg.norm(w_mean.astype(np.float32), axis=1), 1, atol=2e-3)
     assert not np.allclose(w_mean, w)
     # Above the spill threshold the same values live in a memory-mapped file.
-    u2, w2 = embed_dataset(model, ds, batch_size=4, spill_bytes=0, spill_dir=tmp_path)
+    u2, w2 = embed_dataset(model, ds, batch_size=5, spill_bytes=0, spill_dir=tmp_path)
     assert isinstance(u2, np.memmap) and isinstance(w2, np.memmap)
     assert np.array_equal(u2, u) and np.array_equal(w2, w)
     assert np.array_equal(kmeans(u2, 2, seed=3), kmeans(u, 2, seed=3))

@@ -14,6 +14,8 @@ from typing import Any
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..errors import ClipforgeError
+
 
 @dataclass
 class Sample:
@@ -39,3 +41,14 @@ class ImageTextDataset(Dataset):
 
     def __getitem__(self, i: int) -> Sample:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+def as_image(item: Any) -> Image.Image:
+    """The PIL image of a dataset item: a `Sample`, a bare image, or an `(image, ...)` tuple."""
+    if isinstance(item, Image.Image):
+        return item
+    if hasattr(item, "image"):
+        return item.image
+    if isinstance(item, (tuple, list)) and item and isinstance(item[0], Image.Image):
+        return item[0]
+    raise ClipforgeError(f"cannot find an image in a dataset item of type {type(item).__name__}")

@@ -71,7 +71,7 @@ class EmbedCollator:
         self.captions = captions
 
     def __call__(self, items: list) -> dict:
-        from ..eval.embed import as_image
+        from .base import as_image
 
         batch: dict = {"pixel_values": torch.stack([self.transform(as_image(x)) for x in items])}
         if self.captions:

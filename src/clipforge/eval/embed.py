@@ -26,6 +26,7 @@ from PIL import Image
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..data.base import as_image
 from ..errors import ClipforgeError
 from ..models.encode import image_features, normalized, text_features
 
@@ -67,17 +68,6 @@ def eval_mode(model: nn.Module):
             yield model
     finally:
         model.train(was_training)
-
-
-def as_image(item: Any) -> Image.Image:
-    """The PIL image of a dataset item: a `Sample`, a bare image, or an `(image, ...)` tuple."""
-    if isinstance(item, Image.Image):
-        return item
-    if hasattr(item, "image"):
-        return item.image
-    if isinstance(item, (tuple, list)) and item and isinstance(item[0], Image.Image):
-        return item[0]
-    raise ClipforgeError(f"cannot find an image in a dataset item of type {type(item).__name__}")
 
 
 def _batches(items: Iterable[Any], size: int) -> Iterable[list[Any]]:

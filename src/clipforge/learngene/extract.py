@@ -59,7 +59,7 @@ def extract(ancestry_dir: str | os.PathLike, data: Sequence[str] | Dataset, out_
     `resume=False` or `force` starts it over.
     """
     from .distill import Distill
-    from .pipeline import _brief, load_ancestry, open_data
+    from .inputs import brief, load_ancestry, open_data
 
     out_dir = Path(out_dir)
     lg_dir, run_dir = out_dir / "learngene", out_dir / "extract"
@@ -79,7 +79,7 @@ def extract(ancestry_dir: str | os.PathLike, data: Sequence[str] | Dataset, out_
     depths = sorted({int(d) for d in sample_depths}) if sample_depths else None
     settings = normalise({
         "ancestry": str(anc_path), "data": data_desc, "learngene_config": cfg.to_dict(),
-        "kd": distill.to_dict(), "sample_depths": depths, "train": _brief(sched),
+        "kd": distill.to_dict(), "sample_depths": depths, "train": brief(sched),
         "eval": {"every": eval_every, **quality.describe()} if quality is not None and eval_every > 0 else None,
         "plateau": plateau.to_dict() if plateau is not None else None})
     data_paths = list(data) if isinstance(data, (list, tuple)) else []

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..errors import ClipforgeError
 from .config import TOWERS
-from .learngene import BLOCK_PARTS, Learngene, block_param_name
+from .blocks import BLOCK_PARTS, block_param_name
 
 
 def _float(c: Any) -> float:
@@ -32,7 +32,7 @@ def _float(c: Any) -> float:
 
 
 @torch.no_grad()
-def fit_to_ancestry(learngene: Learngene, ancestry: nn.Module) -> dict[str, Any]:
+def fit_to_ancestry(learngene: nn.Module, ancestry: nn.Module) -> dict[str, Any]:
     """Set the learngene's block tensors to the least-squares fit of the ancestry's layers; return residuals.
 
     Non-block parts are not touched here (`Learngene` copies them). The record holds, per tower, the

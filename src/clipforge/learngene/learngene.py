@@ -25,23 +25,13 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from ..errors import ClipforgeError
+from .blocks import BLOCK_PARTS, block_param_name  # noqa: F401  (part of the learngene's API)
 from .config import TOWERS, LearngeneConfig
 
 FORMAT = "clipforge.learngene/1"
 WEIGHTS = "learngene.safetensors"
 CONFIG = "learngene.json"
 
-# Learngene key → path inside one HF `CLIPEncoderLayer`.
-BLOCK_PARTS: dict[str, str] = {
-    "ln1_weight": "layer_norm1.weight", "ln1_bias": "layer_norm1.bias",
-    "q_weight": "self_attn.q_proj.weight", "q_bias": "self_attn.q_proj.bias",
-    "k_weight": "self_attn.k_proj.weight", "k_bias": "self_attn.k_proj.bias",
-    "v_weight": "self_attn.v_proj.weight", "v_bias": "self_attn.v_proj.bias",
-    "out_weight": "self_attn.out_proj.weight", "out_bias": "self_attn.out_proj.bias",
-    "ln2_weight": "layer_norm2.weight", "ln2_bias": "layer_norm2.bias",
-    "fc1_weight": "mlp.fc1.weight", "fc1_bias": "mlp.fc1.bias",
-    "fc2_weight": "mlp.fc2.weight", "fc2_bias": "mlp.fc2.bias",
-}
 PART_OF_PATH = {path: key for key, path in BLOCK_PARTS.items()}
 
 # Learngene key → (tower or None, full HF parameter name). The names are the same in `CLIPModel`,
@@ -70,11 +60,6 @@ ROLES: dict[str, dict[str, tuple[str, str]]] = {
     "tleg_per_tower": {"vision": ("theta_a_vision", "theta_b_vision"), "text": ("theta_a_text", "theta_b_text")},
     "shared_only": {"vision": ("theta_mm", "theta_s"), "text": ("theta_mm", "theta_s")},
 }
-
-
-def block_param_name(tower: str, layer: int, part_path: str) -> str:
-    """Full HF name of a block tensor, e.g. `vision_model.encoder.layers.3.mlp.fc1.weight`."""
-    return f"{tower}_model.encoder.layers.{layer}.{part_path}"
 
 
 def _block_shapes(cfg: LearngeneConfig) -> dict[str, tuple[int, ...]]:

@@ -34,38 +34,12 @@ from ..run import Run, make_artefact, normalise
 from ..train.runs import had_checkpoint, read_log
 from .distill import Distill, TowerStep
 from .extract import extract  # noqa: F401  (re-exported: `pipeline.extract` is the public path)
+from .inputs import brief
+from .inputs import load_ancestry, open_data
 from .learngene import Learngene
 
 
-def _brief(s: Schedule) -> dict[str, Any]:
-    """The schedule fields a learngene's settings record (the result-deciding ones)."""
-    return {"steps": s.steps, "batch_size": s.batch_size, "lr": s.lr, "weight_decay": s.weight_decay,
-            "warmup": s.warmup, "seed": s.seed}
-
 ShapeSpec = tuple[str, int | None, int | None]  # (kind, depth_vision, depth_text)
-
-
-# --- inputs ----------------------------------------------------------------------------------------
-
-
-def load_ancestry(path: str | os.PathLike) -> tuple[nn.Module, Path]:
-    """The ancestry CLIP from a model directory, or from a run directory holding `model/` (`clipforge ancestry`)."""
-    from ..models.io import load
-
-    path = Path(path)
-    model_dir = path if (path / "config.json").is_file() else path / "model"
-    if not (model_dir / "config.json").is_file():
-        raise ClipforgeError(f"{path}: no ancestry model here (expected a model directory or a run with model/)")
-    return load(model_dir).eval(), model_dir.resolve()
-
-
-def open_data(data: Sequence[str] | Dataset, image_size: int, scenes_size: int = 50_000) -> tuple[Dataset, Any]:
-    """(dataset, description): built-in names or paths (scenes drawn at `image_size`), or a dataset as is."""
-    from ..data import open_mixture
-
-    if not isinstance(data, (list, tuple)):
-        return data, getattr(data, "name", type(data).__name__)
-    return open_mixture(data, "train", image_size, scenes_size), list(data)
 
 
 # --- steps for one-tower pre-training ---------------------------------------------------------------
@@ -129,7 +103,7 @@ def pretrain(model: nn.Module, dataset: Dataset, run_dir: str | os.PathLike, *, 
         extra = flops_per_sample(kd_from.config, "clip", tokens)
     elif kind != "clip":
         extra = flops_per_sample(partner.config, "text" if kind == "vision" else "image", tokens)
-    return {**_brief(sched), "objective": "kd" if kind == "clip" and kd_from is not None else
+    return {**brief(sched), "objective": "kd" if kind == "clip" and kd_from is not None else
             "infonce" if kind == "clip" else "infonce vs frozen partner tower",
             "kd_alpha": distill.alpha if kind == "clip" and kd_from is not None else None,
             "distill": distill.to_dict() if kind == "clip" and kd_from is not None else None,
@@ -205,7 +179,7 @@ def descend_family(learngene_dir: str | os.PathLike, shapes: Sequence[ShapeSpec 
     ancestry_src = kd_from or lg_meta.get("provenance", {}).get("ancestry")
     out_dir = Path(out_dir)
     family = normalise({"learngene_sha256": digest, "pretrain": None if sched is None else {
-        **_brief(sched), "data": data_desc, "kd_from": str(kd_from) if kd_from is not None else None,
+        **brief(sched), "data": data_desc, "kd_from": str(kd_from) if kd_from is not None else None,
         "kd_alpha": kd_alpha if kd_from is not None else None}})
     inputs = [learngene_dir, kd_from, *(data if isinstance(data, (list, tuple)) else [])]
     done: dict[str, Path] = {}

@@ -21,10 +21,15 @@ from torch import nn
 
 from ..errors import ClipforgeError
 from ..models import io
-from ..schedule import Schedule, schedule
-from ..train.config import TrainConfig
+from ..schedule import Schedule, TrainConfig, schedule
 from ..train.runs import train_run
-from .mcl import ATTENTION_PATTERNS, FFN_PATTERNS, PAPER_SCHEDULE, _default_collate, _identity
+from .mcl import (
+    ATTENTION_PATTERNS,
+    FFN_PATTERNS,
+    PAPER_SCHEDULE,
+    _default_collate,
+    _identity,
+)
 from .pack import pack, upcycle
 from .routers import EXPERT_AND_ROUTER_PATTERNS, RouterConfig, train_routers
 

@@ -15,10 +15,9 @@ from typing import Any, Callable, Iterable
 from torch import nn
 
 from ..errors import ClipforgeError
-from ..schedule import Schedule, schedule
-from ..train.config import TrainConfig
-from ..train.loss import ClipLoss
 from ..run import Run
+from ..schedule import Schedule, TrainConfig, schedule
+from ..train.loss import ClipLoss
 from ..train.runs import train_run
 from .balance import RouterStep
 from .mcl import PAPER_SCHEDULE

@@ -23,7 +23,8 @@ from PIL import Image  # noqa: E402
 from torch import nn  # noqa: E402
 
 from ..errors import ClipforgeError  # noqa: E402
-from ..eval.embed import as_image, embed_images, embed_texts  # noqa: E402
+from ..data.base import as_image  # noqa: E402
+from ..eval.embed import embed_images, embed_texts  # noqa: E402
 from .plots import _save  # noqa: E402
 
 # Keys of an image entry that are not model names.

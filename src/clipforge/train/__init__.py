@@ -1,10 +1,22 @@
 """Training: one loop (`train`) with pluggable steps, the CLIP loss, freezing, sampling, checkpoints."""
 
-from ..distributed import DistInfo, barrier, broadcast_object, cleanup, gather_with_grad, init_distributed
-from ..schedule import Schedule
-from .config import TrainConfig
+from ..distributed import (
+    DistInfo,
+    barrier,
+    broadcast_object,
+    cleanup,
+    gather_with_grad,
+    init_distributed,
+)
+from ..schedule import Schedule, TrainConfig
 from .loop import enable_grad_checkpointing, seed_everything, train
-from .loss import ClipLoss, ClipStep, clamp_logit_scale_, contrastive_logits, logit_scale_param
+from .loss import (
+    ClipLoss,
+    ClipStep,
+    clamp_logit_scale_,
+    contrastive_logits,
+    logit_scale_param,
+)
 from .optim import apply_freeze, cosine_with_warmup, param_groups
 from .sampler import ResumableSampler, StatefulBatchSampler
 
