@@ -12,12 +12,12 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from clipforge.errors import ClipforgeError
+from clipforge.models.checkpoint_files import read_state_dict
 from clipforge.models.convert_openai import (
     hf_to_openai,
     is_openai_layout,
     load_openai,
     openai_to_hf,
-    read_state_dict,
     save_openai,
 )
 from clipforge.models.encode import image_features, text_features

@@ -16,7 +16,8 @@ from torch import Tensor, nn
 from clipforge.cli import main
 from clipforge.errors import ClipforgeError
 from clipforge.learngene import Learngene, LearngeneConfig
-from clipforge.models.convert_openai import hf_to_openai, read_state_dict
+from clipforge.models.checkpoint_files import read_state_dict
+from clipforge.models.convert_openai import hf_to_openai
 from clipforge.models.io import load, save
 from clipforge.models.registry import build
 

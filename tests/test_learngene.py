@@ -14,7 +14,7 @@ from torch.nn.utils import parametrize
 
 from _train_worker import SyntheticPairs
 from helpers import fake_batch
-from clipforge.cost import count_params
+from clipforge.models.params import count_params
 from clipforge.errors import ClipforgeError
 from clipforge.learngene import (BLOCK_PARTS, KDStep, Learngene, LearngeneConfig, Shape, auto_lg, build_auxnet,
                                  descend, heur_lg, scratch, weight_sources)

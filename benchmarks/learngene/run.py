@@ -88,7 +88,8 @@ def run(args: argparse.Namespace, prefix: str = "clipforge learngene bench") -> 
     from lgbench.tasks import SCORE, CurveEval, clip_retrieval, text_counting, vision_classification
     from lgbench.units import Progress, Units
 
-    from clipforge.cost import Timer, caption_tokens, count_params
+    from clipforge.cost import Timer, caption_tokens
+    from clipforge.models.params import count_params
     from clipforge.data.classification import FashionMNIST
     from clipforge.data.collate import Collator
     from clipforge.learngene import Learngene, LearngeneConfig, descend

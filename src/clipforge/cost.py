@@ -8,35 +8,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from .models.encode import model_kind
+
+
 
 def _numel(params) -> int:
     return int(sum(p.numel() for p in params))
-
-
-def count_params(model: nn.Module) -> dict[str, int]:
-    """Parameters stored, split into vision tower, text tower and the rest (logit scale, ...).
-
-    Projections count with their tower. Shared tensors (an MM-LG learngene tied into both towers)
-    are counted once, as `parameters()` deduplicates them.
-    """
-    seen: set[int] = set()
-    out = {"vision": 0, "text": 0, "other": 0}
-    for name, p in model.named_parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        if name.startswith(("vision_model.", "visual_projection")):
-            out["vision"] += p.numel()
-        elif name.startswith(("text_model.", "text_projection")):
-            out["text"] += p.numel()
-        else:
-            out["other"] += p.numel()
-    out["total"] = out["vision"] + out["text"] + out["other"]
-    return out
-
-
-def count_trainable(model: nn.Module) -> int:
-    return _numel(p for p in model.parameters() if p.requires_grad)
 
 
 # --- compute: analytic forward FLOPs and wall time -------------------------------------------------
@@ -181,7 +158,8 @@ def model_costs(model: nn.Module, latency_batch: int = 64, repeats: int = 5, cap
                 ) -> dict[str, float | int]:
     """Parameters stored / active per token, analytic forward FLOPs and measured latency per image and
     per caption (for the towers the model has; captions at `caption_tokens` tokens)."""
-    has_v, has_t = hasattr(model, "vision_model"), hasattr(model, "text_model")
+    kind = model_kind(model)
+    has_v, has_t = kind in ("clip", "vision"), kind in ("clip", "text")
     out: dict[str, float | int] = {"params_stored": _numel(model.parameters()),
                                    "params_active_per_token": active_params(model), "caption_tokens": caption_tokens}
     if has_v:

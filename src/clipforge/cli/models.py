@@ -89,7 +89,8 @@ def run_build(args: argparse.Namespace) -> int:
 
 def run_import(args: argparse.Namespace) -> int:
     from ..files import file_digest
-    from ..models.convert_openai import load_openai, read_state_dict
+    from ..models.checkpoint_files import read_state_dict
+    from ..models.convert_openai import load_openai
     from ..models.io import save
     from ..run import check_out, make_artefact
 
@@ -155,7 +156,7 @@ def run_stretch(args: argparse.Namespace) -> int:
 
 def describe(model_dir: Path) -> dict:
     """Architecture, parameter counts and provenance of a saved model, as a dict."""
-    from ..cost import count_params
+    from ..models.params import count_params
     from ..models.io import load, read_provenance
 
     model = load(model_dir)

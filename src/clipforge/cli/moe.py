@@ -75,14 +75,8 @@ def _config_args(p: argparse.ArgumentParser, mcl: bool = True, router: bool = Tr
     p.add_argument("--seed", type=int, help="seed of clustering, sampling and routers (default 0)")
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
-    top = sub.add_parser(
-        "moe", help="CLIP-MoE: grow a CLIP by Diversified Multiplet Upcycling",
-        description="CLIP-MoE (arXiv 2409.19291): MCL stages fine-tune the base's FFNs on cluster-pure batches, "
-                    "the stage FFNs become the experts of a top-k MoE in every block, and only the routers train.")
-    msub = top.add_subparsers(dest="moe_command", metavar="SUBCOMMAND")
-    msub.required = True
-
+def _add_dmu(msub: argparse._SubParsersAction) -> None:
+    """`moe dmu`: the whole pipeline from a dense CLIP."""
     p = msub.add_parser("dmu", help="the whole pipeline: stages, packing, routers, evaluation",
                         description="Run DMU from a dense CLIP directory on your data. Resumable: rerun the same "
                                     "command after an interruption.")
@@ -97,6 +91,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_overwrite_flag(p)
     p.set_defaults(func=run_dmu)
 
+
+def _add_stage(msub: argparse._SubParsersAction) -> None:
+    """`moe stage`: the MCL stages only."""
     p = msub.add_parser("stage", help="MCL stages only: the dense stage models (experts)",
                         description="Run MCL stages 1..E-1 from a base; OUT/stage{j}/model is expert j.")
     p.add_argument("--model", "--base", dest="base", type=Path, required=True,
@@ -107,6 +104,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_overwrite_flag(p)
     p.set_defaults(func=run_stage)
 
+
+def _add_pack(msub: argparse._SubParsersAction) -> None:
+    """`moe pack`: dense stage models into one CLIP-MoE."""
     p = msub.add_parser("pack", help="pack dense stage models into one CLIP-MoE",
                         description="Expert e of every MoE block is that block's FFN from the e-th --stage model "
                                     "(the first is the base); routers are freshly drawn.")
@@ -117,6 +117,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_overwrite_flag(p)
     p.set_defaults(func=run_pack)
 
+
+def _add_route(msub: argparse._SubParsersAction) -> None:
+    """`moe route`: train a CLIP-MoE's routers."""
     p = msub.add_parser("route", help="train the routers of a CLIP-MoE",
                         description="Train only the routers (InfoNCE + alpha * balance loss) on shuffled batches.")
     p.add_argument("--model", type=Path, required=True, help="a CLIP-MoE directory (e.g. from `moe pack`)")
@@ -126,6 +129,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_overwrite_flag(p)
     p.set_defaults(func=run_route)
 
+
+def _add_baseline(msub: argparse._SubParsersAction) -> None:
+    """`moe baseline`: the paper's baselines on the same data."""
     p = msub.add_parser("baseline", help="direct fine-tuning, sparse upcycling or the w/o-MCL ablation",
                         description="The baselines of the CLIP-MoE paper on the same data.")
     p.add_argument("method", choices=["direct-ft", "sparse-upcycling", "without-mcl"])
@@ -142,6 +148,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_overwrite_flag(p)
     p.set_defaults(func=run_baseline)
 
+
+def _add_stats(msub: argparse._SubParsersAction) -> None:
+    """`moe stats`: routing statistics and cost of a CLIP-MoE."""
     p = msub.add_parser("stats", help="routing statistics and the built-in evaluation of a CLIP-MoE",
                         description="Share of tokens per block and expert as first / second choice (JSON + heat "
                                     "map), parameters stored and active, FLOPs and latency.")
@@ -150,6 +159,22 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--samples", type=int, default=500, help="held-out scenes to route (default 500)")
     add_overwrite_flag(p)
     p.set_defaults(func=run_stats)
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    top = sub.add_parser(
+        "moe", help="CLIP-MoE: grow a CLIP by Diversified Multiplet Upcycling",
+        description="CLIP-MoE (arXiv 2409.19291): MCL stages fine-tune the base's FFNs on cluster-pure batches, "
+                    "the stage FFNs become the experts of a top-k MoE in every block, and only the routers train.")
+    msub = top.add_subparsers(dest="moe_command", metavar="SUBCOMMAND")
+    msub.required = True
+
+    _add_dmu(msub)
+    _add_stage(msub)
+    _add_pack(msub)
+    _add_route(msub)
+    _add_baseline(msub)
+    _add_stats(msub)
 
     p = msub.add_parser("bench", help="run the CLIP-MoE benchmark (benchmarks/clipmoe/run.py)", add_help=False,
                         description="Base, direct FT, sparse upcycling, w/o MCL and CLIP-MoE from the trained "

@@ -13,20 +13,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from torch import nn
 
 from ..cost import model_costs
 from ..files import write_json
 from ..eval.suite import SuiteConfig, evaluate_builtin, headline
 from ..models import io
-from ..models.encode import has_text, has_vision
+from ..models.encode import model_kind
 
 CAPTION_TOKENS = 16
-
-
-def kind_of(model: nn.Module) -> str:
-    v, t = has_vision(model), has_text(model)
-    return "clip" if v and t else "vision" if v else "text"
 
 
 def measure(name: str, model_dir: Path, suite: SuiteConfig, cache: Path, probe_train: int = 5000) -> dict[str, Any]:
@@ -39,7 +33,7 @@ def measure(name: str, model_dir: Path, suite: SuiteConfig, cache: Path, probe_t
         if rec.get("key") == json.loads(json.dumps(key)):
             return rec
     model = io.load(model_dir).eval()
-    kind = kind_of(model)
+    kind = model_kind(model)
     t = time.perf_counter()
     rec: dict[str, Any] = {"name": name, "kind": kind, "model": str(model_dir), "key": key}
     if kind == "clip":

@@ -153,21 +153,47 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, overwrite: bool = F
 
 def _demo(out: Path, cfg: DemoConfig) -> dict[str, Any]:
     """Every phase of the demo into `out` (each skipped when already done)."""
-    from .ancestry import AncestryRecipe, ancestry_run_dir, train_ancestry
-    from .baselines import descendant_flops, direct_ft_baseline, scratch_baseline
-    from ..learngene.pipeline import descend_family, extract
-    from ..learngene.quality import Quality
-    from ..schedule import LEARNGENE_SCHEDULE
     from ..models import io
-    from ..moe.dmu import dmu
     from ..moe.presets import presets
     from .measure import measure
-    from .report import write_report
 
     progress = Progress({k: v for k, v in cfg.estimates.items() if k != "composed" or cfg.compose})
     pace = _calibrate(progress) if cfg.calibrate else None
+    anc_run, cached, setup_s = _announce(out, cfg, progress)
+    anc_dir = _ancestry(progress, cfg, anc_run)
+    ancestry = io.load(anc_dir)
+    size = int(ancestry.config.vision_config.image_size)
+    L = int(ancestry.config.vision_config.num_hidden_layers)
+    depths = sorted({max(1, round(f * L)) for f in cfg.depth_fractions})
+    mid = depths[len(depths) // 2]
+
+    data = _scenes(cfg.train_scenes, size)
+    preset = presets()[cfg.moe_preset]
+    moe_dir, ft_dir = _grow(progress, out, anc_dir, data, preset)
+    lg_dir, family, shapes, lg_sched = _shrink(progress, cfg, out, anc_dir, size, depths, mid)
+    scratch_dir, compute = _scratch(progress, out, lg_dir, family, mid, len(shapes), lg_sched)
+
+    members = {"ancestry": anc_dir, "CLIP-MoE": moe_dir, "direct FT (full)": ft_dir}
+    members |= {f"MM-LG clip {d}+{d}": family[f"clip-v{d}-t{d}"] for d in depths}
+    members |= {f"Scratch clip {mid}+{mid}": scratch_dir}
+    members |= {f"MM-LG vision {mid}": family[f"vision-v{mid}"], f"MM-LG text {mid}": family[f"text-t{mid}"]}
+    if cfg.compose:
+        composed_cfg = _composed(preset, cfg)
+        seed_dir = family[f"clip-v{mid}-t{mid}"]
+        members[f"CLIP-MoE of MM-LG clip {mid}+{mid}"] = progress.run(
+            "composed", f"CLIP-MoE grown from the MM-LG descendant clip-v{mid}-t{mid}",
+            lambda: _dmu(seed_dir, data, out / "clip_moe_from_descendant", composed_cfg))
+    records = progress.run("evaluate", f"measuring {len(members)} models on the same tasks", lambda: {
+        name: measure(name, Path(d), cfg.suite, out / "eval", cfg.probe_train) for name, d in members.items()})
+    return _finish(progress, out, cfg, records, members, compute, pace=pace, setup_s=setup_s, anc_run=anc_run,
+                   cached=cached, anc_dir=anc_dir, moe_dir=moe_dir, lg_dir=lg_dir)
+
+
+def _announce(out: Path, cfg: DemoConfig, progress: Progress) -> tuple[Path, bool, float | None]:
+    """Say where the ancestry comes from and how long this run should take; (ancestry run, cached?, set-up s)."""
+    from .ancestry import ancestry_run_dir
+
     anc_run = Path(cfg.ancestry) if cfg.ancestry else ancestry_run_dir(quick=cfg.quick)
-    recipe = AncestryRecipe.quick() if cfg.quick else AncestryRecipe()
     cached = (anc_run / "model" / "config.json").is_file()
     if not cached:
         print(f"[demo] no cached ancestry in {anc_run}: this first run trains it there "
@@ -181,20 +207,42 @@ def _demo(out: Path, cfg: DemoConfig) -> dict[str, Any]:
             f"in all)" if setup_s is not None else ""
     print(f"[demo] this run: about {_mins(sum(progress.estimates.values()))} on this machine{setup}, into {out}",
           flush=True)
-    anc_dir = progress.run("ancestry", "the ancestry CLIP (trained once, then cached)",
-                           lambda: train_ancestry(anc_run, recipe))
-    ancestry = io.load(anc_dir)
-    size = int(ancestry.config.vision_config.image_size)
-    L = int(ancestry.config.vision_config.num_hidden_layers)
-    depths = sorted({max(1, round(f * L)) for f in cfg.depth_fractions})
-    mid = depths[len(depths) // 2]
+    return anc_run, cached, setup_s
 
-    data = _scenes(cfg.train_scenes, size)
-    preset = presets()[cfg.moe_preset]
+
+def _ancestry(progress: Progress, cfg: DemoConfig, anc_run: Path) -> Path:
+    """Phase 1: the ancestry's model directory (trained into `anc_run`, or found there)."""
+    from .ancestry import AncestryRecipe, train_ancestry
+
+    recipe = AncestryRecipe.quick() if cfg.quick else AncestryRecipe()
+    return progress.run("ancestry", "the ancestry CLIP (trained once, then cached)",
+                        lambda: train_ancestry(anc_run, recipe))
+
+
+def _dmu(base: Path, data: Any, out: Path, preset: Any) -> Path:
+    """DMU from `base` into `out`, without the built-in evaluation (the demo measures every model itself)."""
+    from ..moe.dmu import dmu
+
+    return dmu(str(base), data, out, preset, suite=None)
+
+
+def _grow(progress: Progress, out: Path, anc_dir: Path, data: Any, preset: Any) -> tuple[Path, Path]:
+    """Grow: CLIP-MoE by DMU, and direct fine-tuning as its baseline; their model directories."""
+    from .baselines import direct_ft_baseline
+
     moe_dir = progress.run("clip_moe", f"CLIP-MoE by DMU ({preset.mcl.num_experts} experts, top-{preset.top_k})",
-                           lambda: dmu(str(anc_dir), data, out / "clip_moe", preset, suite=None))
+                           lambda: _dmu(anc_dir, data, out / "clip_moe", preset))
     ft_dir = progress.run("direct_ft", "baseline: direct fine-tuning of the whole ancestry, as many steps as DMU",
                           lambda: direct_ft_baseline(anc_dir, data, out / "direct_ft", preset))
+    return moe_dir, ft_dir
+
+
+def _shrink(progress: Progress, cfg: DemoConfig, out: Path, anc_dir: Path, size: int, depths: list[int],
+            mid: int) -> tuple[Path, dict[str, Path], list[str], Any]:
+    """Shrink / reshape: the MM-LG learngene, then its family; (learngene, family, shapes, schedule)."""
+    from ..learngene.pipeline import descend_family, extract
+    from ..learngene.quality import Quality
+    from ..schedule import LEARNGENE_SCHEDULE
 
     lg_sched = replace(LEARNGENE_SCHEDULE, batch_size=cfg.extract_batch)
     quality = Quality.builtin(size, scenes=cfg.auxnet_eval_scenes, fashion=cfg.auxnet_eval_fashion)
@@ -208,28 +256,31 @@ def _demo(out: Path, cfg: DemoConfig) -> dict[str, Any]:
     sws = replace(lg_sched, steps=cfg.pretrain_steps, lr=cfg.pretrain_lr, warmup=0)  # SWS: lower lr, no warm-up
     family = progress.run("descendants", f"descendants {', '.join(shapes)}", lambda: descend_family(
         lg_dir, shapes, out / "descendants", pretraining=sws, data=["scenes", "fashion-mnist"], kd_from=anc_dir))
+    return lg_dir, family, shapes, lg_sched
+
+
+def _scratch(progress: Progress, out: Path, lg_dir: Path, family: dict[str, Path], mid: int, family_size: int,
+             lg_sched: Any) -> tuple[Path, dict[str, Any]]:
+    """The Scratch baseline at the middle descendant's training FLOPs; (its directory, the compute record)."""
+    from .baselines import descendant_flops, scratch_baseline
 
     seed_name = f"clip-v{mid}-t{mid}"
-    budget = descendant_flops(lg_dir, family[seed_name], family_size=len(shapes))
+    budget = descendant_flops(lg_dir, family[seed_name], family_size=family_size)
     scratch_dir, scratch_pre = progress.run(
         "scratch", f"baseline: Scratch {mid}+{mid} at the MM-LG descendant's training FLOPs "
                    f"({budget['total'] / 1e12:.2f} TFLOP)",
         lambda: scratch_baseline(family[seed_name], budget, ["scenes", "fashion-mnist"], out / "scratch",
                                  lg_sched))
-
-    members = {"ancestry": anc_dir, "CLIP-MoE": moe_dir, "direct FT (full)": ft_dir}
-    members |= {f"MM-LG clip {d}+{d}": family[f"clip-v{d}-t{d}"] for d in depths}
-    members |= {f"Scratch clip {mid}+{mid}": scratch_dir}
-    members |= {f"MM-LG vision {mid}": family[f"vision-v{mid}"], f"MM-LG text {mid}": family[f"text-t{mid}"]}
-    if cfg.compose:
-        composed_cfg = _composed(preset, cfg)
-        members[f"CLIP-MoE of MM-LG clip {mid}+{mid}"] = progress.run(
-            "composed", f"CLIP-MoE grown from the MM-LG descendant {seed_name}",
-            lambda: dmu(str(family[seed_name]), data, out / "clip_moe_from_descendant", composed_cfg, suite=None))
-    records = progress.run("evaluate", f"measuring {len(members)} models on the same tasks", lambda: {
-        name: measure(name, Path(d), cfg.suite, out / "eval", cfg.probe_train) for name, d in members.items()})
     compute = {"scratch": {"budget_flops": budget, "steps": scratch_pre["steps_done"],
                            "train_flops": scratch_pre["train_flops"], "of": f"MM-LG clip {mid}+{mid}"}}
+    return scratch_dir, compute
+
+
+def _finish(progress: Progress, out: Path, cfg: DemoConfig, records: dict[str, Any], members: dict[str, Path],
+            compute: dict[str, Any], *, pace: dict[str, float] | None, setup_s: float | None, anc_run: Path,
+            cached: bool, anc_dir: Path, moe_dir: Path, lg_dir: Path) -> dict[str, Any]:
+    """The report phase, then demo.json (settings, times, models) and the closing line."""
+    from .report import write_report
 
     phases = dict(progress.done)
     paths = progress.run("report", "writing report.md and report.html", lambda: write_report(

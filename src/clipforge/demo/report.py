@@ -269,24 +269,9 @@ def _preset(cfg: Any) -> dict[str, int]:
             "total_steps": dmu_steps(p)}
 
 
-def write_report(out: Path, records: dict[str, dict[str, Any]], phases: dict[str, float], cfg: Any,
-                 anc_run: Path, cached: bool, ancestry_dir: Path, moe_dir: Path, lg_dir: Path | None = None,
-                 compute: dict[str, Any] | None = None) -> tuple[Path, Path]:
-    """Assemble plots and tables into `out/report.md` and `out/report.html`."""
-    from ..files import write_json
-    from ..models import io
-    from ..report.samples import plot_retrieval_examples, retrieval_examples
-
-    plots = out / "plots"
-    command = "clipforge demo" + (" --quick" if cfg.quick else "") + f" --out {out}"
-    r = Report("clipforge demo: one CLIP becomes a family")
-    verdict_section(r, records, cfg.quick)
-    r.contents()  # after the verdicts: they are what a reader opens the report for
-    r.paragraph(f"Made by `{command}` (ancestry from `{anc_run}`, "
-                f"{'cached from an earlier run' if cached else 'trained by this run'}) with torch {torch.__version__} "
-                f"on {platform.machine()} ({torch.get_num_threads()} threads, Python {sys.version.split()[0]}). "
-                "Every number below is read from the files this command wrote under "
-                f"`{out}` (eval/*.json, the runs' log.jsonl, routing.json).")
+def made_section(r: Report, records: dict[str, dict[str, Any]], cfg: Any, ancestry_dir: Path, moe_dir: Path,
+                 compute: dict[str, Any] | None) -> None:
+    """"What was made": one bullet per method, with the settings this run used."""
     r.heading("What was made")
     preset = _preset(cfg)
     made = [
@@ -316,33 +301,34 @@ def write_report(out: Path, records: dict[str, dict[str, Any]], phases: dict[str
                     "descendant.")
     r.bullets(made)
 
-    family_section(r, records, cfg)
-    if lg_dir is not None:
-        auxnet_section(r, lg_dir)
-    mmvp_section(r, records)
 
-    r.heading("Size against quality")
-    r.image(plot_tradeoff(records, plots / "tradeoff.png"), "Quality in % against parameters active per token, "
-            "one colour and marker per model (■ CLIP-MoE, ● CLIP, ▲ vision only, ▼ text only); markers shrink in "
-            "legend order, so models with the same numbers show as concentric rings.")
-
-    moe, test = moe_section(r, out, cfg, ancestry_dir, moe_dir)
-    mcl_dir, n_exp = Path(moe_dir).parent / "mcl", int(moe.config.num_experts)
+def samples_section(r: Report, out: Path, ancestry_dir: Path, moe: Any, test: Any) -> None:
+    """"Sample retrievals": held-out scenes and the ancestry's and the CLIP-MoE's top captions."""
+    from ..files import write_json
+    from ..models import io
+    from ..report.samples import plot_retrieval_examples, retrieval_examples
 
     r.heading("Sample retrievals")
     examples = retrieval_examples({"ancestry": io.load(ancestry_dir), "CLIP-MoE": moe}, test, n_images=6, top=3)
     write_json(out / "retrieval_examples.json", examples)
-    r.image(plot_retrieval_examples(examples, plots / "retrievals.png"),
+    r.image(plot_retrieval_examples(examples, out / "plots" / "retrievals.png"),
             f"Held-out scenes and the top-3 of {examples['n_captions']} captions by each model (green: its own caption).")
 
+
+def training_logs(out: Path, anc_run: Path, moe_dir: Path, n_experts: int) -> dict[str, Path]:
+    """The log.jsonl of every training run the demo made, by the name its curve gets."""
+    mcl_dir = Path(moe_dir).parent / "mcl"
     runs = {"ancestry": anc_run / "log.jsonl"}
-    runs |= {f"MCL stage {j}": mcl_dir / f"stage{j}" / "train" / "log.jsonl" for j in range(1, n_exp)}
+    runs |= {f"MCL stage {j}": mcl_dir / f"stage{j}" / "train" / "log.jsonl" for j in range(1, n_experts)}
     runs |= {"CLIP-MoE routers": Path(moe_dir).parent / "log.jsonl",
              "direct FT (full)": out / "direct_ft" / "log.jsonl",
              "learngene extraction (KD)": out / "learngene" / "extract" / "log.jsonl",
              "Scratch": out / "scratch" / "run" / "log.jsonl"}
-    curves_section(r, runs, plots / "curves.png")
+    return runs
 
+
+def closing_sections(r: Report, phases: dict[str, float], command: str) -> None:
+    """"Wall time per phase" and "Definitions" (which ends with the command that reproduces the report)."""
     r.heading("Wall time per phase")
     total = sum(v for k, v in phases.items() if k != "ancestry")
     r.table(["phase", "seconds", "minutes"], [[k, f"{v:.1f}", f"{v / 60:.1f}"] for k, v in phases.items()] +
@@ -354,5 +340,35 @@ def write_report(out: Path, records: dict[str, dict[str, Any]], phases: dict[str
                "**MFLOPs**: analytic forward FLOPs per image / caption, multiply-adds counted as 2 (see `clipforge.cost`).",
                "**MM-LG** here is clipforge's reconstruction from the paper's abstract and the TLEG/SWS lineage.",
                f"Reproduce: `{command}`."])
-    return r.write(out)
 
+
+def write_report(out: Path, records: dict[str, dict[str, Any]], phases: dict[str, float], cfg: Any,
+                 anc_run: Path, cached: bool, ancestry_dir: Path, moe_dir: Path, lg_dir: Path | None = None,
+                 compute: dict[str, Any] | None = None) -> tuple[Path, Path]:
+    """Assemble plots and tables into `out/report.md` and `out/report.html`."""
+    command = "clipforge demo" + (" --quick" if cfg.quick else "") + f" --out {out}"
+    r = Report("clipforge demo: one CLIP becomes a family")
+    verdict_section(r, records, cfg.quick)
+    r.contents()  # after the verdicts: they are what a reader opens the report for
+    r.paragraph(f"Made by `{command}` (ancestry from `{anc_run}`, "
+                f"{'cached from an earlier run' if cached else 'trained by this run'}) with torch {torch.__version__} "
+                f"on {platform.machine()} ({torch.get_num_threads()} threads, Python {sys.version.split()[0]}). "
+                "Every number below is read from the files this command wrote under "
+                f"`{out}` (eval/*.json, the runs' log.jsonl, routing.json).")
+    made_section(r, records, cfg, ancestry_dir, moe_dir, compute)
+
+    family_section(r, records, cfg)
+    if lg_dir is not None:
+        auxnet_section(r, lg_dir)
+    mmvp_section(r, records)
+
+    r.heading("Size against quality")
+    r.image(plot_tradeoff(records, out / "plots" / "tradeoff.png"), "Quality in % against parameters active per "
+            "token, one colour and marker per model (■ CLIP-MoE, ● CLIP, ▲ vision only, ▼ text only); markers shrink "
+            "in legend order, so models with the same numbers show as concentric rings.")
+
+    moe, test = moe_section(r, out, cfg, ancestry_dir, moe_dir)
+    samples_section(r, out, ancestry_dir, moe, test)
+    curves_section(r, training_logs(out, anc_run, moe_dir, int(moe.config.num_experts)), out / "plots" / "curves.png")
+    closing_sections(r, phases, command)
+    return r.write(out)

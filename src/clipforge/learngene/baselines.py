@@ -44,7 +44,7 @@ from transformers import PreTrainedModel
 from ..errors import ClipforgeError
 from ..models.registry import Kind, build
 from .config import TOWERS
-from .learngene import Learngene, block_param_name
+from .learngene import block_param_name
 
 SCORES = ("block_influence", "relative_change")
 _BLOCK = re.compile(r"(?P<tower>vision|text)_model\.encoder\.layers\.(?P<layer>\d+)\.(?P<path>.+)")
@@ -56,12 +56,6 @@ class Shape:
 
     config: Any
     kind: Kind = "clip"
-
-    @classmethod
-    def of_learngene(cls, learngene: Learngene, depth_vision: int, depth_text: int, kind: Kind = "clip") -> "Shape":
-        """The shape `descend(learngene, depth_vision, depth_text, kind)` produces."""
-        return cls(learngene.config.clip_config(depth_vision, depth_text), kind)
-
 
 def _towers(model: nn.Module) -> list[str]:
     return [t for t in TOWERS if hasattr(model, f"{t}_model")]

@@ -20,7 +20,8 @@ from typing import Any
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..cost import Timer, caption_tokens, count_params, flops_per_sample
+from ..cost import Timer, caption_tokens, flops_per_sample
+from ..models.params import count_params
 from ..errors import ClipforgeError
 from ..schedule import LEARNGENE_SCHEDULE, Schedule
 from ..train.plateau import Plateau

@@ -194,10 +194,6 @@ class Learngene(nn.Module):
         first, second = self.sources(tower, layer, depth, key)
         return a * first + b * second
 
-    def block_weights(self, tower: str, layer: int, depth: int) -> dict[str, Tensor]:
-        """All tensors of block `layer` of a `depth`-layer `tower`, keyed by their path in the HF layer."""
-        return {path: self.block_weight(tower, layer, depth, key) for key, path in BLOCK_PARTS.items()}
-
     # --- initialisation ------------------------------------------------------------------------
 
     def _first_roles(self) -> set[str]:

@@ -26,7 +26,9 @@ from typing import Any
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..cost import Timer, caption_tokens, count_params, flops_per_sample, forward_flops
+from ..cost import Timer, caption_tokens, flops_per_sample, forward_flops
+from ..models.encode import model_kind
+from ..models.params import count_params
 from ..errors import ClipforgeError
 from ..files import file_digest
 from ..schedule import Schedule
@@ -45,9 +47,6 @@ ShapeSpec = tuple[str, int | None, int | None]  # (kind, depth_vision, depth_tex
 # --- steps for one-tower pre-training ---------------------------------------------------------------
 
 
-def _kind(model: nn.Module) -> str:
-    has_v, has_t = hasattr(model, "vision_model"), hasattr(model, "text_model")
-    return "clip" if has_v and has_t else "vision" if has_v else "text"
 
 
 # --- pre-training ----------------------------------------------------------------------------------
@@ -69,7 +68,7 @@ def pretrain(model: nn.Module, dataset: Dataset, run_dir: str | os.PathLike, *, 
     from ..models.preprocess import transform_for
     from ..train.loop import train
 
-    kind = _kind(model)
+    kind = model_kind(model)
     ref = model if kind == "clip" else partner
     if kind != "clip" and partner is None:
         raise ClipforgeError(f"pre-training a {kind}-only descendant needs a partner CLIP (the ancestry) "

@@ -39,6 +39,12 @@ def has_text(model: nn.Module) -> bool:
     return hasattr(model, "text_model")
 
 
+def model_kind(model: nn.Module) -> str:
+    """"clip" (both towers), "vision" or "text": the one answer to which towers a model has."""
+    v, t = has_vision(model), has_text(model)
+    return "clip" if v and t else "vision" if v else "text"
+
+
 @torch.no_grad()
 def normalized(x: Tensor) -> Tensor:
     return torch.nn.functional.normalize(x.float(), dim=-1)

@@ -22,7 +22,7 @@ import torch
 from transformers import PreTrainedModel
 
 from ..errors import ClipforgeError
-from ..files import atomic_dir, read_json_object, write_text
+from ..files import atomic_dir, read_json_object
 from .registry import MODEL_CLASSES
 
 WEIGHTS = "model.safetensors"
@@ -95,14 +95,6 @@ def _version() -> str:
 def read_provenance(model_dir: str | os.PathLike) -> dict[str, Any]:
     p = Path(model_dir) / PROVENANCE
     return json.loads(p.read_text()) if p.exists() else {}
-
-
-def update_provenance(model_dir: str | os.PathLike, **fields: Any) -> None:
-    """Merge `fields` into a saved model's `clipforge.json` (atomically) and refresh its card."""
-    model_dir = Path(model_dir)
-    prov = read_provenance(model_dir)
-    prov.update(fields)
-    write_text(model_dir / PROVENANCE, json.dumps(prov, indent=2, default=str) + "\n")
 
 
 # The weight files transformers reads, in the order it prefers them.
@@ -261,7 +253,7 @@ def _materialize_buffers(model: torch.nn.Module) -> None:
 
 def model_card(model: PreTrainedModel, provenance: dict[str, Any]) -> str:
     """A Hugging Face style model card: architecture, parameter counts, origin, metrics."""
-    from ..cost import count_params
+    from .params import count_params
 
     cfg = model.config
     counts = count_params(model)

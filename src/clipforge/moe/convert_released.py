@@ -21,7 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ClipforgeError
-from ..models.convert_openai import hf_to_openai, openai_to_hf, read_state_dict
+from ..models.checkpoint_files import read_state_dict
+from ..models.convert_openai import hf_to_openai, openai_to_hf
 from ..models.io import _materialize_buffers
 from ..models.positions import LONG_CLIP_KEEP, merge_two_tables
 from .config import CLIPMoEConfig

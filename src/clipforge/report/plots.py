@@ -148,20 +148,3 @@ def loss_panels(logs: dict[str, Sequence[tuple[float, float]]], path: str | os.P
     return _save(fig, path)
 
 
-def heatmap(matrix: Sequence[Sequence[float]], row_labels: Sequence[str], col_labels: Sequence[str],
-            path: str | os.PathLike, title: str = "", cbar: str = "", fmt: str = "{:.2f}") -> Path:
-    """A labelled heat map with the values written in the cells."""
-    rows, cols = len(row_labels), len(col_labels)
-    fig, ax = plt.subplots(figsize=(max(4, 0.7 * cols + 2), max(3, 0.35 * rows + 1.5)))
-    im = ax.imshow(matrix, aspect="auto", cmap="viridis")
-    ax.set_xticks(range(cols))
-    ax.set_xticklabels(col_labels)
-    ax.set_yticks(range(rows))
-    ax.set_yticklabels(row_labels, fontsize=7)
-    if rows * cols <= 400:
-        for r in range(rows):
-            for c in range(cols):
-                ax.text(c, r, fmt.format(matrix[r][c]), ha="center", va="center", fontsize=6, color="w")
-    fig.colorbar(im, ax=ax, label=cbar)
-    ax.set_title(title)
-    return _save(fig, path)

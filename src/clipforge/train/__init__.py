@@ -9,7 +9,7 @@ from ..distributed import (
     init_distributed,
 )
 from ..schedule import Schedule, TrainConfig
-from .loop import enable_grad_checkpointing, seed_everything, train
+from .loop import seed_everything, train
 from .loss import (
     ClipLoss,
     ClipStep,
@@ -19,6 +19,7 @@ from .loss import (
 )
 from .optim import apply_freeze, cosine_with_warmup, param_groups
 from .sampler import ResumableSampler, StatefulBatchSampler
+from .step import enable_grad_checkpointing
 
 __all__ = [
     "ClipLoss", "ClipStep", "DistInfo", "ResumableSampler", "Schedule", "StatefulBatchSampler", "TrainConfig", "apply_freeze",
