@@ -1,38 +1,191 @@
-"""Unit records: one small JSON per finished unit of work, committed with the results.
+"""What every benchmark shares: its flags, the ancestry, unit records, the machine and the Markdown tables.
 
-A unit (PT-FT at one depth, one extraction, one method at one compute point and depth with its
-downstream seeds) is written to `results/units/<name>.json` the moment it finishes, with the identity
-of the benchmark (budget and ancestry recipe). A rerun, on this machine or another, reuses every record
-whose identity matches, so a later session redoes only what is missing; model weights live in the
-work directory and are rebuilt (deterministically, from the same seeds) when a record needs more
-downstream seeds than it holds and the weights are gone.
+A benchmark is a subpackage `benchmarks/<name>/` run from the repository root as
+`python -m benchmarks.<name>.run`: `run.py` (`main(argv) -> int`) measures, `report.py` turns the result
+records in `results/` into `results.md` (and plots), `README.md` says what is measured and how.
+
+* `add_common` gives every benchmark the same flags (`--quick --out --work --ancestry --threads
+  --overwrite --note`; a benchmark without a work directory or an ancestry leaves those out) and
+  `out_dir` / `work_dir` their defaults: the committed `benchmarks/<name>/results/` and `runs/bench-<name>/`,
+  and with `--quick` both under `runs/bench-<name>-quick/`, so a smoke test never writes into the
+  committed results.
+* `resolve_ancestry` finds the ancestry model (a model or run directory) or trains the demo's;
+  `ancestry_record` says which one it is (recipe and the weights' digest).
+* `Units`: one small JSON record per finished unit of work, reused by a rerun whose identity matches,
+  so a rerun (on this machine or another) does only what is missing.
+* `machine` describes where the numbers were measured; what else ran there is the user's to say (`--note`).
+* `table` is the one Markdown table renderer; `write_results` writes results.json and results.md.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import platform
+import shlex
 import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from clipforge.files import write_json
-from clipforge.run import normalise
+from clipforge.files import write_json, write_text
+from clipforge.run import Run, normalise
+
+BENCHMARKS = Path(__file__).resolve().parent
+
+
+def results_dir(name: str) -> Path:
+    """The committed results of benchmark `name`."""
+    return BENCHMARKS / name / "results"
+
+
+def work_dir(args: argparse.Namespace, name: str) -> Path:
+    """`--work`, else `runs/bench-<name>` (`-quick` with `--quick`), relative to the repository root."""
+    return getattr(args, "work", None) or Path(f"runs/bench-{name}{'-quick' if args.quick else ''}")
+
+
+def out_dir(args: argparse.Namespace, name: str) -> Path:
+    """`--out`, else the committed results folder; with `--quick`, `results/` under the quick work directory."""
+    if args.out is not None:
+        return args.out
+    return work_dir(args, name) / "results" if args.quick else results_dir(name)
+
+
+def add_common(p: argparse.ArgumentParser, name: str, *, work: bool = True, ancestry: bool = True,
+               threads: str = "torch's") -> None:
+    """The flags every benchmark takes; `work` / `ancestry` False for one that has no such input."""
+    p.add_argument("--quick", action="store_true", help="smoke test: toy sizes, seconds to minutes (the tests run it)")
+    p.add_argument("--out", type=Path, help=f"results directory (default benchmarks/{name}/results; with --quick "
+                                            f"runs/bench-{name}-quick/results)")
+    if work:
+        p.add_argument("--work", type=Path, help=f"models, runs and data (default runs/bench-{name}[-quick])")
+    if ancestry:
+        p.add_argument("--ancestry", type=Path, help="ancestry model or `clipforge ancestry` run directory (default: "
+                                                     "the cached demo ancestry, its quick variant with --quick; "
+                                                     "trained if missing)")
+    p.add_argument("--threads", type=int, help=f"torch CPU threads (default: {threads})")
+    if work:
+        p.add_argument("--overwrite", "--force", dest="overwrite", action="store_true",
+                       help="discard a work directory made with other settings (alias --force)")
+    p.add_argument("--note", help="what else ran on the machine meanwhile (recorded with the machine description)")
+
+
+def command(name: str, argv: Sequence[str]) -> str:
+    """The command line that made a result, as results.md quotes it."""
+    return shlex.join(["python", "-m", f"benchmarks.{name}.run", *argv])
+
+
+def all_cores() -> int:
+    """The cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def set_threads(threads: int | None, default_all: bool = False) -> int:
+    """Set torch's CPU threads (`threads`, else every core with `default_all`, else torch's own); return them."""
+    import torch
+
+    if threads or default_all:
+        torch.set_num_threads(threads or all_cores())
+    return torch.get_num_threads()
+
+
+# ------------------------------------------------------------------------------------------- machine
+
+
+def cpu_model() -> str:
+    """The processor's name (Linux: /proc/cpuinfo), else what `platform` knows."""
+    try:
+        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def machine(note: str | None = None) -> dict[str, Any]:
+    """Where the numbers were measured: CPU, cores, torch threads and versions, the GPU, the load average at
+    this moment, and `note` (what else ran meanwhile, which only the user knows)."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "usable_cores": all_cores(),
+            "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
+            "gpu": torch.cuda.get_device_name(0) if cuda else None,
+            "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+            "note": note}
+
+
+# ------------------------------------------------------------------------------------------ ancestry
+
+
+def resolve_ancestry(path: Path | None, quick: bool) -> Path:
+    """The ancestry's model directory: `path` (a model directory or a run directory holding `model/`) when it
+    holds a model, else the demo ancestry found or trained at `path` (default: the cache; `quick`: its quick
+    variant)."""
+    from clipforge.demo.ancestry import ensure_ancestry
+    from clipforge.models.io import resolve_model_dir
+
+    if path is not None:
+        model = resolve_model_dir(path, strict=False)
+        if (model / "config.json").is_file():
+            return model
+    return Path(ensure_ancestry(path, quick=quick))
+
+
+def ancestry_record(model_dir: Path) -> dict[str, Any]:
+    """What identifies an ancestry: its recipe, its name and its weights' digest (one recipe trains different
+    weights where the kernels differ: fp32 or bf16, SDPA or eager attention)."""
+    from clipforge.files import file_digest
+    from clipforge.models.io import WEIGHTS, read_provenance
+
+    prov = read_provenance(model_dir)
+    return {"recipe": prov.get("recipe"), "name": prov.get("name"),
+            "weights_sha256": file_digest(Path(model_dir) / WEIGHTS)}
+
+
+def canonical_recipe(recipe: dict | None) -> dict:
+    """An ancestry recipe in the current layout (older provenance wrote the schedule's fields flat)."""
+    from dataclasses import asdict
+
+    from clipforge.demo.ancestry import AncestryRecipe
+
+    if not recipe:
+        return {}
+    try:
+        return asdict(AncestryRecipe.from_record(recipe))
+    except (TypeError, ValueError):
+        return dict(recipe)
+
+
+def claim_work(work: Path, name: str, settings: dict[str, Any], overwrite: bool) -> Run:
+    """Hold the work directory for this process: a second process on it, or one with other settings
+    (unless `overwrite`), is refused in one line."""
+    return Run(work, f"bench {name}", settings, overwrite=overwrite).hold()
+
+
+# ---------------------------------------------------------------------------------------- unit records
 
 
 class Units:
-    """`units.get(name)` → the record or None; `units.put(name, record)` writes it atomically.
+    """Unit records: `get(name)` → the record or None, `put(name, record)` writes `<root>/<name>.json`.
 
-    `canonical` maps a stored identity to the form `identity` is written in, so that records written in
-    an older layout of the same identity (e.g. a flat ancestry recipe) still count."""
+    A record holds the benchmark's identity (budget, ancestry...); one whose identity differs is not
+    reused. `canonical` maps a stored identity to today's layout of the same identity; `legacy` reads a
+    record written in an older layout (a dict without "unit") as today's record."""
 
-    def __init__(self, root: Path, identity: dict[str, Any], canonical: Callable[[dict], dict] | None = None) -> None:
-        self.root, self.identity = root, normalise(identity)
+    def __init__(self, root: Path, identity: dict[str, Any], canonical: Callable[[dict], dict] | None = None,
+                 legacy: Callable[[dict], dict] | None = None) -> None:
+        self.root, self.identity = Path(root), normalise(identity)
         self.canonical = canonical or (lambda d: d)
+        self.legacy = legacy
         self.reused: set[str] = set()
-        self.t0 = time.perf_counter()
+
+    def path(self, name: str) -> Path:
+        return self.root / f"{name}.json"
 
     def get(self, name: str) -> dict[str, Any] | None:
-        path = self.root / f"{name}.json"
+        """The record of unit `name` if one exists with this identity."""
+        path = self.path(name)
         if not path.is_file():
             return None
         rec = json.loads(path.read_text())
@@ -42,6 +195,8 @@ class Units:
             same = False
         if not same:
             return None
+        if "unit" not in rec and self.legacy is not None:
+            return self.legacy(rec)
         return rec["unit"]
 
     def has(self, name: str) -> bool:
@@ -52,19 +207,62 @@ class Units:
         return True
 
     def put(self, name: str, unit: dict[str, Any]) -> dict[str, Any]:
-        write_json(self.root / f"{name}.json", {"identity": self.identity, "name": name, "unit": unit})
+        write_json(self.path(name), {"identity": self.identity, "name": name, "unit": unit})
         return unit
 
 
 class Progress:
     """One line per unit of work, with the elapsed time and a naive ETA for the phase."""
 
-    def __init__(self, phase: str, total: int) -> None:
-        self.phase, self.total, self.done, self.t0 = phase, total, 0, time.perf_counter()
+    def __init__(self, phase: str, total: int, tag: str = "bench") -> None:
+        self.phase, self.total, self.tag, self.done, self.t0 = phase, total, tag, 0, time.perf_counter()
 
     def tick(self, what: str, skipped: bool = False) -> None:
         self.done += 1
         elapsed = time.perf_counter() - self.t0
         eta = elapsed / self.done * (self.total - self.done)
         note = "from its record" if skipped else f"{elapsed:.0f} s in phase, ~{eta:.0f} s left"
-        print(f"[bench] {self.phase} {self.done}/{self.total} {what} ({note})", flush=True)
+        print(f"[{self.tag}] {self.phase} {self.done}/{self.total} {what} ({note})", flush=True)
+
+
+# ------------------------------------------------------------------------------------------- reports
+
+
+def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], numeric: Sequence[bool] | None = None) -> list[str]:
+    """A Markdown table's lines; cells are given as text (each benchmark formats its numbers), `numeric`
+    right-aligns those columns."""
+    align = ["---:" if n else "---" for n in (numeric or [False] * len(columns))]
+    return (["| " + " | ".join(columns) + " |", "|" + "|".join(align) + "|"]
+            + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+
+
+def machine_line(m: dict[str, Any]) -> str:
+    """The machine description as a sentence for results.md."""
+    where = m.get("gpu") or f"{m['cpu']}, {m['threads']} of {m['usable_cores']} cores"
+    note = m.get("note")
+    return (f"Machine: {where}; torch {m['torch']}; load average at start {m['load_average']}. What else ran: "
+            f"{note if note else 'not recorded (pass --note)'}.")
+
+
+def write_results(out: Path, results: dict[str, Any], markdown: str) -> Path:
+    """results.json and results.md in `out`, each written atomically; the path of results.md."""
+    write_json(out / "results.json", results)
+    return write_text(out / "results.md", markdown)
+
+
+def read_results(out: Path) -> dict[str, Any]:
+    """The result record in `out` (results.json), for a report rebuilt from it."""
+    from clipforge.files import read_json_object
+
+    return read_json_object(out / "results.json", "a benchmark's results")
+
+
+def report_main(name: str, render: Callable[[dict[str, Any], Path], None], argv: list[str] | None) -> int:
+    """`python -m benchmarks.<name>.report [--out DIR]`: rebuild results.md (and plots) from DIR/results.json."""
+    p = argparse.ArgumentParser(description=f"Rebuild benchmarks/{name}'s results.md (and plots) from results.json.")
+    p.add_argument("--out", type=Path, default=results_dir(name), help=f"results directory (default "
+                                                                       f"benchmarks/{name}/results)")
+    args = p.parse_args(argv)
+    render(read_results(args.out), args.out)
+    print(f"[{name}] wrote {args.out / 'results.md'}")
+    return 0

@@ -1,12 +1,17 @@
-"""Tables and plots of the CLIP-MoE benchmark, rebuilt from its saved units."""
+"""Tables and plots of the CLIP-MoE benchmark, rebuilt from its saved units.
+
+    python -m benchmarks.clipmoe.report [--out DIR]   # results.md and plots again from DIR/results.json
+"""
 
 from __future__ import annotations
 
 import math
-import os
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+from .. import harness
 
 MAIN_METRICS = ["fmnist_acc1", "dense_t2i_r1", "dense_t2i_r5", "dense_i2t_r1", "dense_i2t_r5", "alt_t2i_r1",
                 "alt_i2t_r1", "t2i_r1", "i2t_r1", "mmvp_mean"]
@@ -192,81 +197,96 @@ def _cell(ms: dict[str, float] | None, pct: bool = False) -> str:
     return f"{f * ms['mean']:.1f}" if pct else f"{ms['mean']:.3f}"
 
 
-def write_markdown(results: dict[str, Any], path: Path) -> None:
+def markdown(results: dict[str, Any]) -> str:
+    """results.md: the command and budget, the verdicts, then every table."""
     b = results["budget"]
     lines = ["# CLIP-MoE benchmark in the paper's regime (miniature of its Tables 1, 2, 4, 5 and Fig. 3)", "",
              f"Made by `{results['command']}` in {results['wall_time_s'] / 60:.1f} min (units cached in "
              f"`{results['work']}` or recorded in `units/` are not re-timed; per-seed records: "
              + "; ".join(f"seed {s}: " + (f"{r['wall_time_s'] / 60:.1f} min, {r['threads']} thread(s)" if r else
                                           "wall time not recorded") for s, r in results.get("seed_runs", {}).items())
-             + f"). Ancestry: `{results['ancestry']}`.", "",
-             f"Budget: fine-tuning pool {b['train_scenes']:,} new scenes with {b.get('caption_style', 'full')} captions "
-             f"(seed 1, unseen by the alt-caption ancestry), global batch "
-             f"{b['batch']}, {b['experts']} experts top-{b['top_k']}, MCL stages of S = {b['stage_steps']} steps "
-             f"(lr {b['stage_lr']}, {b['k']}x{b['k']} clusters, FFN only), routers R = {b['router_steps']} steps "
-             f"(lr {b['router_lr']}, switch balance loss, alpha 0.01), baselines T = {(b['experts'] - 1) * b['stage_steps'] + b['router_steps']} "
-             f"steps (lr {b['ft_lr']}), seeds {list(b['seeds'])}. Numbers in % (mean ± std over seeds).", "",
-             "## What it shows", ""] + [f"* {v['line']}" for v in results.get("verdicts", [])] + [
-             "", "## Main table (paper Tables 2, 4, 5): quality", "",
-             "| model | " + " | ".join(HEADERS) + " |", "|---|" + "---|" * len(HEADERS)]
-    main = results["main"]
-    cost_rows: list[str] = []
-    for name in [n for n in ORDER if n in main] + [n for n in main if n not in ORDER]:
-        m = main[name]
-        c = m.get("cost", {})
-        wall = m.get("wall_time_s")
-        cells = [_cell(m["metrics"].get(k), pct=True) for k in MAIN_METRICS]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        wall_s = f"{wall['mean']:.0f}" if wall else "–"
-        cost_rows.append(f"| {name} | {c.get('params_stored', 0):,} | {c.get('params_active_per_token', 0):,} | "
-                         f"{c.get('flops_per_image', 0) / 1e9:.3f} | {wall_s} |")
-    lines += ["", "## Cost", "", "| model | params stored | active / token | GFLOPs / image | train wall s |",
-              "|---|---|---|---|---|"] + cost_rows
-    clusters = [(n, m["clusters"]) for n, m in main.items() if m.get("clusters")]
-    if clusters:
-        lines += ["", "## Clusters (seed of the first run)", "",
-                  "| model | stage | clusters | size min / median / max | mean global batches per cluster | "
-                  "dropped share |", "|---|---|---|---|---|---|"]
-        for n, rep in clusters:
-            for st, r in rep.items():
-                lines.append(f"| {n} | {st} | {r.get('num', '–')} | {r.get('size_min', '–')} / "
-                             f"{r.get('size_median', '–')} / {r.get('size_max', '–')} | "
-                             f"{r['mean_batches_per_cluster']:.2f} | {100 * (r.get('dropped_share') or 0):.1f} % |")
-    lines += ["", "## Table 1: MMVP-style pair accuracy of every dense MCL stage model", "",
-              "| model | " + " | ".join(ATTRS) + " |", "|---|" + "---|" * len(ATTRS)]
-    for name, row in results["table1_stages_mmvp"].items():
-        lines.append(f"| {name} | " + " | ".join(_cell(row.get(a), pct=True) for a in ATTRS) + " |")
+             + f"). Ancestry: `{results['ancestry']}`.", ""]
+    if results.get("machine"):
+        lines += [harness.machine_line(results["machine"]), ""]
+    lines += [f"Budget: fine-tuning pool {b['train_scenes']:,} new scenes with {b.get('caption_style', 'full')} "
+              f"captions (seed 1, unseen by the alt-caption ancestry), global batch "
+              f"{b['batch']}, {b['experts']} experts top-{b['top_k']}, MCL stages of S = {b['stage_steps']} steps "
+              f"(lr {b['stage_lr']}, {b['k']}x{b['k']} clusters, FFN only), routers R = {b['router_steps']} steps "
+              f"(lr {b['router_lr']}, switch balance loss, alpha 0.01), baselines T = "
+              f"{(b['experts'] - 1) * b['stage_steps'] + b['router_steps']} "
+              f"steps (lr {b['ft_lr']}), seeds {list(b['seeds'])}. Numbers in % (mean ± std over seeds).", "",
+              "## What it shows", ""] + [f"* {v['line']}" for v in results.get("verdicts", [])]
+    lines += _main_tables(results["main"]) + _table1(results["table1_stages_mmvp"])
     if results["ablation"]:
-        lines += ["", "## Ablation: one MCL stage vs direct FT with the same steps and trainable parameters", "",
-                  "Paired difference (stage − direct FT) in points, ± its standard error over seeds; **bold** when "
-                  "|diff| > 2 se.", "",
-                  "| setting | k | steps | trains | " + " | ".join(ATTRS) + " | T→I R@1 | FMNIST |",
-                  "|---|---|---|---|" + "---|" * (len(ATTRS) + 2)]
-        for name, a in results["ablation"].items():
-            cells = []
-            for k in [f"mmvp_{x}" for x in ATTRS] + ["t2i_r1", "fmnist_acc1"]:
-                d = a["diff"][k]
-                txt = f"{100 * d['mean']:+.1f} ± {100 * d['se']:.1f}" if d["n"] > 1 else f"{100 * d['mean']:+.1f}"
-                cells.append(f"**{txt}**" if d["significant"] else txt)
-            lines.append(f"| {name} | {a['k']}x{a['k']} | {a['steps']} | {a['trains']} | " + " | ".join(cells) + " |")
-        base = results["main"]["base"]["metrics"]
-        keys = [f"mmvp_{x}" for x in ATTRS] + ["t2i_r1", "fmnist_acc1"]
-        lines += ["", "The same runs in absolute terms (%, mean ± std over seeds), beside the base:", "",
-                  "| model | " + " | ".join(ATTRS) + " | T→I R@1 | FMNIST |", "|---|" + "---|" * (len(ATTRS) + 2),
-                  "| base (ancestry) | " + " | ".join(_cell(base.get(k), pct=True) for k in keys) + " |"]
-        for name, a in results["ablation"].items():
-            lines.append(f"| MCL stage, {name} | " + " | ".join(_cell(a["stage"].get(k), pct=True) for k in keys) + " |")
-            lines.append(f"| {a['reference']} | " + " | ".join(_cell(a["direct_ft"].get(k), pct=True) for k in keys)
-                         + " |")
+        lines += _ablation_tables(results["ablation"], results["main"]["base"]["metrics"])
     lines += ["", "## Definitions", ""] + [f"* **{k}**: {v}" for k, v in results["definitions"].items()]
     lines += ["", "Plots: `plots/main.png`, `plots/table1_stages_mmvp.png`, `plots/ablation.png`, "
               "`plots/fig3_routing.png`.", ""]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, path)
+    return "\n".join(lines)
 
 
-def plots(results: dict[str, Any], work: Path, out: Path) -> None:
+def _main_tables(main: dict[str, Any]) -> list[str]:
+    """The main table's quality, its cost and the clusters of the MCL stages."""
+    names = [n for n in ORDER if n in main] + [n for n in main if n not in ORDER]
+    quality, cost = [], []
+    for name in names:
+        m = main[name]
+        c = m.get("cost", {})
+        wall = m.get("wall_time_s")
+        quality.append([name] + [_cell(m["metrics"].get(k), pct=True) for k in MAIN_METRICS])
+        cost.append([name, f"{c.get('params_stored', 0):,}", f"{c.get('params_active_per_token', 0):,}",
+                     f"{c.get('flops_per_image', 0) / 1e9:.3f}", f"{wall['mean']:.0f}" if wall else "–"])
+    lines = ["", "## Main table (paper Tables 2, 4, 5): quality", ""] + harness.table(["model"] + HEADERS, quality)
+    lines += ["", "## Cost", ""] + harness.table(
+        ["model", "params stored", "active / token", "GFLOPs / image", "train wall s"], cost)
+    clusters = [(n, m["clusters"]) for n, m in main.items() if m.get("clusters")]
+    if clusters:
+        rows = [[n, st, r.get("num", "–"), f"{r.get('size_min', '–')} / {r.get('size_median', '–')} / "
+                 f"{r.get('size_max', '–')}", f"{r['mean_batches_per_cluster']:.2f}",
+                 f"{100 * (r.get('dropped_share') or 0):.1f} %"] for n, rep in clusters for st, r in rep.items()]
+        lines += ["", "## Clusters (seed of the first run)", ""] + harness.table(
+            ["model", "stage", "clusters", "size min / median / max", "mean global batches per cluster",
+             "dropped share"], rows)
+    return lines
+
+
+def _table1(table1: dict[str, Any]) -> list[str]:
+    rows = [[name] + [_cell(row.get(a), pct=True) for a in ATTRS] for name, row in table1.items()]
+    return ["", "## Table 1: MMVP-style pair accuracy of every dense MCL stage model", ""] + harness.table(
+        ["model"] + ATTRS, rows)
+
+
+def _ablation_tables(ablation: dict[str, Any], base: dict[str, Any]) -> list[str]:
+    """Paired differences (stage − direct FT) per setting, then the same runs in absolute terms."""
+    keys = [f"mmvp_{x}" for x in ATTRS] + ["t2i_r1", "fmnist_acc1"]
+    rows = []
+    for name, a in ablation.items():
+        cells = []
+        for k in keys:
+            d = a["diff"][k]
+            txt = f"{100 * d['mean']:+.1f} ± {100 * d['se']:.1f}" if d["n"] > 1 else f"{100 * d['mean']:+.1f}"
+            cells.append(f"**{txt}**" if d["significant"] else txt)
+        rows.append([name, f"{a['k']}x{a['k']}", a["steps"], a["trains"]] + cells)
+    lines = ["", "## Ablation: one MCL stage vs direct FT with the same steps and trainable parameters", "",
+             "Paired difference (stage − direct FT) in points, ± its standard error over seeds; **bold** when "
+             "|diff| > 2 se.", ""] + harness.table(["setting", "k", "steps", "trains"] + ATTRS + ["T→I R@1", "FMNIST"],
+                                                   rows)
+    absolute = [["base (ancestry)"] + [_cell(base.get(k), pct=True) for k in keys]]
+    for name, a in ablation.items():
+        absolute.append([f"MCL stage, {name}"] + [_cell(a["stage"].get(k), pct=True) for k in keys])
+        absolute.append([a["reference"]] + [_cell(a["direct_ft"].get(k), pct=True) for k in keys])
+    return lines + ["", "The same runs in absolute terms (%, mean ± std over seeds), beside the base:", ""] + \
+        harness.table(["model"] + ATTRS + ["T→I R@1", "FMNIST"], absolute)
+
+
+def render(results: dict[str, Any], out: Path) -> None:
+    """results.json, results.md and the plots in `out`, from the result record."""
+    harness.write_results(out, results, markdown(results))
+    plots(results, out)
+
+
+def plots(results: dict[str, Any], out: Path) -> None:
+    """The main table, Table 1, the ablation and Fig. 3 as PNGs in `out/plots`."""
     from clipforge.moe.routing import plot_routing
     from clipforge.report.plots import grouped_bars
 
@@ -314,3 +334,12 @@ def routing(budget, work: Path, out: Path) -> dict[str, Any] | None:
         write_json(path, stats)
         return stats
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Rebuild results.md and the plots from a results directory's results.json."""
+    return harness.report_main("clipmoe", render, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -11,7 +11,6 @@ from torch import nn
 from .models.encode import model_kind
 
 
-
 def _numel(params) -> int:
     return int(sum(p.numel() for p in params))
 

@@ -156,8 +156,8 @@ def run_stretch(args: argparse.Namespace) -> int:
 
 def describe(model_dir: Path) -> dict:
     """Architecture, parameter counts and provenance of a saved model, as a dict."""
-    from ..models.params import count_params
     from ..models.io import load, read_provenance
+    from ..models.params import count_params
 
     model = load(model_dir)
     cfg = model.config

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ClipforgeError
+from ..markdown import table
 from ..run import Run
 from ..schedule import Schedule, schedule
 
@@ -275,6 +276,4 @@ def summary(metrics: dict[str, Any]) -> str:
                 rows.append((name, t[task][k], r.get(task, {}).get(k, float("nan"))))
     for k, v in t["mmvp"].items():
         rows.append((f"MMVP-style {k}", v, r["mmvp"][k]))
-    lines = ["| metric | ancestry | random init |", "|---|---|---|"]
-    lines += [f"| {n} | {a:.3f} | {b:.3f} |" for n, a, b in rows]
-    return "\n".join(lines)
+    return "\n".join(table(["metric", "ancestry", "random init"], [[n, f"{a:.3f}", f"{b:.3f}"] for n, a, b in rows]))

@@ -13,10 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-
 from ..cost import model_costs
-from ..files import write_json
 from ..eval.suite import SuiteConfig, evaluate_builtin, headline
+from ..files import write_json
 from ..models import io
 from ..models.encode import model_kind
 

@@ -34,7 +34,13 @@ def step_seconds(arch: str = "ancestry", batch: int = 256, warmup: int = 1, step
     from ..data.collate import Collator
     from ..models.preprocess import transform_for
     from ..models.registry import build
-    from ..train.fast import adamw_kwargs, attention_kernel, longest_sequence, resolve_amp, resolve_attention
+    from ..train.fast import (
+        adamw_kwargs,
+        attention_kernel,
+        longest_sequence,
+        resolve_amp,
+        resolve_attention,
+    )
     from .ancestry import AncestryRecipe, training_data
 
     cpu = torch.device("cpu")

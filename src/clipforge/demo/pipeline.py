@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from ..files import write_json
 from ..eval.suite import SuiteConfig
+from ..files import write_json
 
 
 @dataclass

@@ -4,6 +4,7 @@ Sibling modules the tasks need (tokenizer, preprocessing, synthetic scenes) are 
 task runs, so the metrics work on bare tensors without them.
 """
 
+from ..files import write_json
 from .embed import embed_images, embed_texts, model_context_length
 from .metrics import (
     classification_metrics,
@@ -12,7 +13,6 @@ from .metrics import (
     stable_rank,
     zeroshot_classifier,
 )
-from ..files import write_json
 from .probes import finetune_classifier, linear_probe, text_linear_probe
 from .tasks import mmvp_diagnostic, retrieval, zeroshot_classification
 

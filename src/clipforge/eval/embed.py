@@ -53,7 +53,9 @@ def model_context_length(model: nn.Module) -> int:
 
 def image_transform(model: nn.Module) -> Callable[[Image.Image], Tensor]:
     """The preprocessing pipeline recorded in the model's config."""
-    from ..models.preprocess import transform_for  # imported late: an optional sibling module
+    from ..models.preprocess import (
+        transform_for,  # imported late: an optional sibling module
+    )
 
     return transform_for(model.config)
 
@@ -227,7 +229,10 @@ def embed_texts(
     `context_length` defaults to the model's. Texts are tokenised with clipforge's CLIP tokenizer
     (truncated to the context, end-of-text token kept). `shard`, `amp`: see the module docstring.
     """
-    from ..models.tokenizer import tokenize, tokenizer_for  # imported late: an optional sibling module
+    from ..models.tokenizer import (  # imported late: an optional sibling module
+        tokenize,
+        tokenizer_for,
+    )
 
     if batch_size < 1:
         raise ClipforgeError(f"batch_size must be positive, got {batch_size}")

@@ -15,10 +15,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..data.base import as_image
 from ..errors import ClipforgeError
 from ..models.encode import image_features
 from ..train.optim import cosine_with_warmup
-from ..data.base import as_image
 from .embed import embed_images, embed_texts, eval_mode, image_transform, model_device
 from .metrics import classification_metrics
 from .tasks import Device, _label, _n_classes, _need, _Recorder

@@ -20,7 +20,12 @@ from torch import Tensor, nn
 from ..errors import ClipforgeError
 from ..models.encode import has_text, has_vision
 from .embed import embed_images, embed_texts
-from .metrics import classification_metrics, pair_accuracy, retrieval_metrics, zeroshot_classifier
+from .metrics import (
+    classification_metrics,
+    pair_accuracy,
+    retrieval_metrics,
+    zeroshot_classifier,
+)
 
 Device = str | torch.device | None
 DEFAULT_TEMPLATES = ("a photo of a {c}.",)
@@ -127,7 +132,10 @@ def mmvp_diagnostic(
     is right iff both images prefer their own caption (chance 0.25). Images are drawn at the model's
     input size unless `image_size` is given.
     """
-    from ..data.scenes import PAIR_TYPES, diagnostic_pairs  # imported late: an optional sibling module
+    from ..data.scenes import (  # imported late: an optional sibling module
+        PAIR_TYPES,
+        diagnostic_pairs,
+    )
 
     _need(model, True, True, "the MMVP diagnostic")
     size = image_size or int(model.config.vision_config.image_size)

@@ -9,13 +9,22 @@ inheritance and weight selection.
 """
 
 from .auxnet import LearngeneWeight, build_auxnet, weight_sources
-from .baselines import Shape, auto_lg, block_scores, heur_lg, scratch, select_elements, tinyclip, weight_selection
+from .baselines import (
+           Shape,
+           auto_lg,
+           block_scores,
+           heur_lg,
+           scratch,
+           select_elements,
+           tinyclip,
+           weight_selection,
+)
 from .config import LearngeneConfig
 from .descend import KEY_RULES, descend, provenance
 from .distill import DepthSampledStep, Distill, KDStep, kd_loss
 from .fit import fit_to_ancestry
-from .quality import Quality
 from .learngene import BLOCK_PARTS, NON_BLOCK, Learngene
+from .quality import Quality
 
 __all__ = ["BLOCK_PARTS", "DepthSampledStep", "Distill", "KEY_RULES", "KDStep", "Quality", "fit_to_ancestry",
            "select_elements", "tinyclip", "weight_selection", "Learngene", "LearngeneConfig", "LearngeneWeight", "NON_BLOCK",

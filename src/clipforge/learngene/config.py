@@ -34,7 +34,14 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ..errors import ClipforgeError
-from ..models.registry import BOS_TOKEN_ID, CLIP_MEAN, CLIP_STD, EOS_TOKEN_ID, PAD_TOKEN_ID, VOCAB_SIZE
+from ..models.registry import (
+    BOS_TOKEN_ID,
+    CLIP_MEAN,
+    CLIP_STD,
+    EOS_TOKEN_ID,
+    PAD_TOKEN_ID,
+    VOCAB_SIZE,
+)
 
 MODES = ("mmlg", "tleg_per_tower", "shared_only")
 SCHEDULES = ("linear", "blend", "learned")

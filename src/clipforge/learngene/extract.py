@@ -21,11 +21,11 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..cost import Timer, caption_tokens, flops_per_sample
-from ..models.params import count_params
 from ..errors import ClipforgeError
+from ..models.params import count_params
+from ..run import Run, normalise
 from ..schedule import LEARNGENE_SCHEDULE, Schedule
 from ..train.plateau import Plateau
-from ..run import Run, normalise
 from ..train.runs import had_checkpoint, read_log
 from .config import LearngeneConfig
 from .learngene import Learngene

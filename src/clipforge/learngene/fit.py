@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from ..errors import ClipforgeError
-from .config import TOWERS
 from .blocks import BLOCK_PARTS, block_param_name
+from .config import TOWERS
 
 
 def _float(c: Any) -> float:

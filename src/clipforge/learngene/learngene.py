@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from ..errors import ClipforgeError
+from ..markdown import table
 from .blocks import BLOCK_PARTS, block_param_name  # noqa: F401  (part of the learngene's API)
 from .config import TOWERS, LearngeneConfig
 
@@ -341,14 +342,13 @@ class Learngene(nn.Module):
         lines = ["# MM-LG learngene (clipforge)", "",
                  "clipforge's MM-LG is a reconstruction from the paper's abstract (arXiv 2506.16673) and its "
                  "TLEG/SWS lineage; every choice below is a config field in `learngene.json`.", "",
-                 "Layer l of a tower of depth L uses `a(l, L)·first + b(l, L)·second` per block tensor.", "",
-                 "| choice | value |", "|---|---|"]
-        lines += [f"| {k} | {getattr(c, k)} |" for k in ("mode", "schedule", "num_stages", "aux_depth_vision",
-                                                          "aux_depth_text", "init")]
+                 "Layer l of a tower of depth L uses `a(l, L)·first + b(l, L)·second` per block tensor.", ""]
+        lines += table(["choice", "value"], [[k, getattr(c, k)] for k in (
+            "mode", "schedule", "num_stages", "aux_depth_vision", "aux_depth_text", "init")])
         lines += ["", f"Blocks: width {c.width}, {c.heads} heads, MLP {c.mlp}, {c.act}. Inputs: {c.image_size} px "
                   f"(patch {c.patch_size}), {c.context} tokens. Projection {c.projection_dim}.", "",
-                  "## Parameters", "", "| part | parameters |", "|---|---|"]
-        lines += [f"| {k} | {v:,} |" for k, v in self.parameter_breakdown().items()]
+                  "## Parameters", ""]
+        lines += table(["part", "parameters"], [[k, f"{v:,}"] for k, v in self.parameter_breakdown().items()])
         if provenance:
             lines += ["", "## Provenance", ""]
             lines += [f"- {k}: {json.dumps(v, default=str) if isinstance(v, (dict, list)) else v}"

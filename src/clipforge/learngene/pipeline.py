@@ -27,19 +27,17 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..cost import Timer, caption_tokens, flops_per_sample, forward_flops
-from ..models.encode import model_kind
-from ..models.params import count_params
 from ..errors import ClipforgeError
 from ..files import file_digest
-from ..schedule import Schedule
+from ..models.encode import model_kind
+from ..models.params import count_params
 from ..run import Run, make_artefact, normalise
+from ..schedule import Schedule
 from ..train.runs import had_checkpoint, read_log
 from .distill import Distill, TowerStep
 from .extract import extract  # noqa: F401  (re-exported: `pipeline.extract` is the public path)
-from .inputs import brief
-from .inputs import load_ancestry, open_data
+from .inputs import brief, load_ancestry, open_data
 from .learngene import Learngene
-
 
 ShapeSpec = tuple[str, int | None, int | None]  # (kind, depth_vision, depth_text)
 

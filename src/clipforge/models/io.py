@@ -23,6 +23,7 @@ from transformers import PreTrainedModel
 
 from ..errors import ClipforgeError
 from ..files import atomic_dir, read_json_object
+from ..markdown import table
 from .registry import MODEL_CLASSES
 
 WEIGHTS = "model.safetensors"
@@ -49,7 +50,9 @@ def save(
     with atomic_dir(out_dir) as tmp, _quiet_transformers():
         model.save_pretrained(tmp, safe_serialization=True)
         if getattr(model.config, "model_type", None) == "clipforge_clip_moe":
-            from ..moe.remote import ship_code  # loads without clipforge: trust_remote_code=True
+            from ..moe.remote import (
+                ship_code,  # loads without clipforge: trust_remote_code=True
+            )
 
             ship_code(tmp)
         if hasattr(model, "text_model"):
@@ -260,16 +263,13 @@ def model_card(model: PreTrainedModel, provenance: dict[str, Any]) -> str:
     lines = ["---", "library_name: transformers", "tags: [clip, clipforge]", "---", "",
              f"# {provenance.get('name', type(model).__name__)}", "",
              f"A `{type(model).__name__}` written by clipforge. Load it with plain transformers:", "",
-             *_load_snippet(model), "", "## Architecture", "", "| tower | layers | width | heads | MLP | act | input |",
-             "|---|---|---|---|---|---|---|"]
-    for tower, sub in _towers(cfg):
-        inp = (f"{sub.image_size}px, patch {sub.patch_size}, {sub.num_channels} ch" if tower == "vision"
-               else f"{sub.max_position_embeddings} tokens")
-        lines.append(f"| {tower} | {sub.num_hidden_layers} | {sub.hidden_size} | {sub.num_attention_heads} | "
-                     f"{sub.intermediate_size} | {sub.hidden_act} | {inp} |")
-    lines += ["", f"Projection dim: {getattr(cfg, 'projection_dim', '?')}.", "",
-              "## Parameters", "", "| part | parameters |", "|---|---|"]
-    lines += [f"| {k} | {v:,} |" for k, v in counts.items() if v]
+             *_load_snippet(model), "", "## Architecture", ""]
+    lines += table(["tower", "layers", "width", "heads", "MLP", "act", "input"], [
+        [tower, sub.num_hidden_layers, sub.hidden_size, sub.num_attention_heads, sub.intermediate_size,
+         sub.hidden_act, f"{sub.image_size}px, patch {sub.patch_size}, {sub.num_channels} ch" if tower == "vision"
+         else f"{sub.max_position_embeddings} tokens"] for tower, sub in _towers(cfg)])
+    lines += ["", f"Projection dim: {getattr(cfg, 'projection_dim', '?')}.", "", "## Parameters", ""]
+    lines += table(["part", "parameters"], [[k, f"{v:,}"] for k, v in counts.items() if v])
     if getattr(cfg, "model_type", None) == "clipforge_clip_moe":
         from ..moe.card import card_section
 
@@ -283,9 +283,8 @@ def model_card(model: PreTrainedModel, provenance: dict[str, Any]) -> str:
     metrics = provenance.get("metrics")
     lines += ["", "## Metrics", ""]
     if metrics:
-        lines += ["| metric | value |", "|---|---|"]
-        for k, v in _flatten(metrics).items():
-            lines.append(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |")
+        lines += table(["metric", "value"], [[k, f"{v:.4f}" if isinstance(v, float) else v]
+                                             for k, v in _flatten(metrics).items()])
     else:
         lines.append("Not measured yet.")
     return "\n".join(lines) + "\n"

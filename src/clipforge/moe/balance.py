@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import distributed as D
 from ..models.captions import caption_mask
 from ..models.registry import EOS_TOKEN_ID
-from .. import distributed as D
 from ..train.loss import ClipLoss, logit_scale_param
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..markdown import table
 from .model import CLIPMoEModel, moe_param_counts
 
 
@@ -15,10 +16,9 @@ def card_section(model: nn.Module) -> str:
     counts = moe_param_counts(model)
     lines = ["## Mixture of experts", "",
              f"{cfg.num_experts} experts per MoE block, top-{cfg.top_k} routing (softmax in fp32, the top-k "
-             f"probabilities renormalised), expert dropout {cfg.expert_dropout} in training.", "",
-             "| tower | MoE blocks |", "|---|---|"]
-    for tower in ("vision", "text"):
-        lines.append(f"| {tower} | {', '.join(map(str, cfg.moe_layers(tower))) or 'none'} |")
+             f"probabilities renormalised), expert dropout {cfg.expert_dropout} in training.", ""]
+    lines += table(["tower", "MoE blocks"], [[t, ", ".join(map(str, cfg.moe_layers(t))) or "none"]
+                                             for t in ("vision", "text")])
     lines += ["", f"Parameters: {counts['stored']:,} stored, {counts['active_per_token']:,} active per token "
                   f"(routers: {counts['routers']:,}).",
               f"Balance loss for router training: {cfg.balance_loss}, alpha {cfg.balance_alpha}."]

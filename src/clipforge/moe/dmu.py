@@ -26,11 +26,11 @@ from typing import Any, Callable
 
 from torch import nn
 
-from ..errors import ClipforgeError
-from ..files import write_json
-from ..eval.suite import SuiteConfig
-from ..models import io
 from .. import distributed as D
+from ..errors import ClipforgeError
+from ..eval.suite import SuiteConfig
+from ..files import write_json
+from ..models import io
 from ..run import Run, normalise
 from .mcl import MCLConfig, _identity, run_stages
 from .pack import pack

@@ -100,10 +100,17 @@ def embed_dataset(model: nn.Module, dataset: Any, batch_size: int = 256, device:
     and, above `spill_bytes` (default `SPILL_BYTES`, env CLIPFORGE_SPILL_BYTES), in a memory-mapped
     temporary file in `spill_dir`.
     """
-    from ..data.loader import worker_count
-    from ..eval.embed import autocast_for, eval_mode, image_batches, image_transform, model_device, shard_range
-    from ..models.encode import image_features, normalized
     from .. import distributed as D
+    from ..data.loader import worker_count
+    from ..eval.embed import (
+        autocast_for,
+        eval_mode,
+        image_batches,
+        image_transform,
+        model_device,
+        shard_range,
+    )
+    from ..models.encode import image_features, normalized
 
     if caption not in ("first", "mean"):
         raise ClipforgeError(f"caption must be 'first' or 'mean', got {caption!r}")

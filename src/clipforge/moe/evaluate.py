@@ -15,9 +15,10 @@ from typing import Any, Sequence
 from torch import nn
 
 from ..cost import model_costs
-from ..files import write_json, write_text
 from ..eval.suite import SuiteConfig, evaluate_builtin, headline
+from ..files import write_json, write_text
 from ..models import io
+
 
 def measure(model: nn.Module, suite: SuiteConfig) -> dict[str, Any]:
     """Suite metrics (full and flat) plus costs of one model."""
@@ -35,10 +36,10 @@ def _fmt(v: Any) -> str:
 
 def markdown_table(rows: dict[str, dict[str, Any]], columns: Sequence[str]) -> str:
     """A markdown table: one row per model, the given columns of its flat record."""
-    lines = ["| model | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
-    for name, rec in rows.items():
-        lines.append(f"| {name} | " + " | ".join(_fmt(rec.get(c, "")) for c in columns) + " |")
-    return "\n".join(lines)
+    from ..markdown import table
+
+    return "\n".join(table(["model", *columns], [[name, *(_fmt(rec.get(c, "")) for c in columns)]
+                                                 for name, rec in rows.items()]))
 
 
 def evaluate_moe_run(out: str | os.PathLike, base: nn.Module | str | os.PathLike, model: nn.Module,

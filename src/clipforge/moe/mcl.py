@@ -30,14 +30,14 @@ from typing import Any, Callable, Mapping
 import numpy as np
 from torch import nn
 
+from .. import distributed as D
 from ..errors import ClipforgeError
 from ..files import write_json
 from ..models import io
-from .. import distributed as D
-from ..train.checkpoint import CHECKPOINT_DIR, latest_checkpoint
-from ..schedule import Schedule, schedule
-from ..train.loop import train
 from ..run import Run, is_finished
+from ..schedule import Schedule, schedule
+from ..train.checkpoint import CHECKPOINT_DIR, latest_checkpoint
+from ..train.loop import train
 from .cluster_sampler import (
     POLICIES,
     cluster_sampler_factory,

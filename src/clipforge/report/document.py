@@ -22,6 +22,7 @@ from typing import Any
 
 from ..errors import ClipforgeError
 from ..files import copy_file, write_text
+from ..markdown import table
 
 _MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
          ".svg": "image/svg+xml", ".webp": "image/webp"}
@@ -142,9 +143,6 @@ def _md_text(text: str) -> str:
     parts = re.split(r"(`[^`\n]+`)", str(text))
     return "".join(p if len(p) > 1 and p.startswith("`") and p.endswith("`") else plain(p) for p in parts)
 
-
-def _md_cell(text: str) -> str:
-    return _md_text(text).replace("|", "\\|").replace("\n", " ")
 
 
 def _fence(text: str) -> str:
@@ -268,9 +266,8 @@ class Report:
             elif b.kind == "paragraph":
                 lines += [_md_text(d["text"]), ""]
             elif b.kind == "table":
-                lines.append("| " + " | ".join(_md_cell(c) for c in d["columns"]) + " |")
-                lines.append("|" + "|".join("---:" if n else "---" for n in d["numeric"]) + "|")
-                lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in d["cells"]]
+                lines += table([_md_text(c) for c in d["columns"]], [[_md_text(c) for c in row] for row in d["cells"]],
+                               d["numeric"])
                 lines += ["", f"*{_md_text(d['caption'])}*", ""] if d["caption"] else [""]
             elif b.kind == "image":
                 p = (image_paths or {}).get(i, d["path"].as_posix())

@@ -18,8 +18,6 @@ matplotlib.use("Agg")  # no display on servers and in CI
 import matplotlib.pyplot as plt
 
 
-
-
 def _save(fig, path: str | os.PathLike) -> Path:
     path = Path(path)
     try:

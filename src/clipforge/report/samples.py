@@ -22,8 +22,8 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch import nn  # noqa: E402
 
-from ..errors import ClipforgeError  # noqa: E402
 from ..data.base import as_image  # noqa: E402
+from ..errors import ClipforgeError  # noqa: E402
 from ..eval.embed import embed_images, embed_texts  # noqa: E402
 from .plots import _save  # noqa: E402
 

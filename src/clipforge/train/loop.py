@@ -28,18 +28,39 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..errors import ClipforgeError
 from .. import distributed as D
+from ..errors import ClipforgeError
 from ..schedule import TrainConfig
-from .fast import adamw_kwargs, attention_kernel, longest_sequence, resolve_amp, resolve_attention
-from .checkpoint import (CHECKPOINT_DIR, load_checkpoint, resolve_resume, rng_state, save_checkpoint,
-                         set_rng_state, step_files)
+from .checkpoint import (
+    CHECKPOINT_DIR,
+    load_checkpoint,
+    resolve_resume,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    step_files,
+)
+from .fast import (
+    adamw_kwargs,
+    attention_kernel,
+    longest_sequence,
+    resolve_amp,
+    resolve_attention,
+)
 from .finite import FiniteGuard
 from .loss import ClipLoss, ClipStep, clamp_logit_scale_, logit_scale_param
 from .optim import cosine_with_warmup, param_groups
 from .sampler import ResumableSampler, ResumeView, StatefulBatchSampler
-from .step import (EvalFn, StepFn, autocast, disable_grad_checkpointing, enable_grad_checkpointing, run_eval,
-                   to_device, wrap_step)
+from .step import (
+    EvalFn,
+    StepFn,
+    autocast,
+    disable_grad_checkpointing,
+    enable_grad_checkpointing,
+    run_eval,
+    to_device,
+    wrap_step,
+)
 
 log = logging.getLogger("clipforge.train")
 
@@ -207,7 +228,10 @@ class _Trainer:
         """The loader, the (DDP / compiled) step module, log.jsonl and the bar; then the restored RNG state."""
         cfg, info = self.cfg, self.info
         self.loader_gen = torch.Generator()
-        from ..data.loader import reporting, worker_count  # each pass ends with the datasets' skip reports
+        from ..data.loader import (  # each pass ends with the datasets' skip reports
+            reporting,
+            worker_count,
+        )
         self.loader = reporting(DataLoader(dataset, batch_sampler=self.sampler, collate_fn=collate_fn,
                                            num_workers=worker_count(cfg.num_workers),
                                            pin_memory=info.device.type == "cuda", generator=self.loader_gen), dataset)

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..models.encode import image_features, text_features
 from .. import distributed as D
+from ..models.encode import image_features, text_features
 
 # CLIP caps the learned temperature at 100 (exp(logit_scale) <= 100) and keeps it >= 1.
 LOGIT_SCALE_MIN = 0.0

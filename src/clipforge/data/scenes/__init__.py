@@ -7,8 +7,15 @@ held-out combinations), `render` (drawing), `text` (the default captions), `styl
 
 from __future__ import annotations
 
-from .dataset import (PAIR_TYPES, DiagnosticPair, ScenesDataset, count_captions, diagnostic_pairs, save_grid,
-                      save_pairs_grid)
+from .dataset import (
+                      PAIR_TYPES,
+                      DiagnosticPair,
+                      ScenesDataset,
+                      count_captions,
+                      diagnostic_pairs,
+                      save_grid,
+                      save_pairs_grid,
+)
 from .spec import HELD_OUT, SceneSpec
 from .styles import CAPTION_STYLES
 

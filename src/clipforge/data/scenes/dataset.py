@@ -45,9 +45,27 @@ from PIL import Image
 from ...errors import ClipforgeError
 from ..base import ImageTextDataset, Sample
 from .render import render
-from .spec import (COLOURS, FILLS, HELD_OUT, HOLDOUT_SEED, ORIENTED_SHAPES, POSITIONS, SHAPES,
-                          SPLIT_IDS, Draws, SceneObject, SceneSpec, packed_scene, pick_combos, place_pair,
-                          place_single, sample_relation, sample_scene, sample_single, with_object)
+from .spec import (
+    COLOURS,
+    FILLS,
+    HELD_OUT,
+    HOLDOUT_SEED,
+    ORIENTED_SHAPES,
+    POSITIONS,
+    SHAPES,
+    SPLIT_IDS,
+    Draws,
+    SceneObject,
+    SceneSpec,
+    packed_scene,
+    pick_combos,
+    place_pair,
+    place_single,
+    sample_relation,
+    sample_scene,
+    sample_single,
+    with_object,
+)
 from .styles import CAPTION_STYLES, caption_styled, check_style
 from .text import caption
 

@@ -22,8 +22,16 @@ import numpy as np
 
 from ...errors import ClipforgeError
 from .spec import INVERSE_RELATION, ORIENTED_SHAPES, Draws, SceneObject, SceneSpec
-from .text import (CROSS_ORIENT_WORDS, FILL_ADJ, FILL_POST, ORIENT_WORDS, POSITION_WORDS, RELATION_WORDS,
-                          SIZE_WORDS, caption)
+from .text import (
+    CROSS_ORIENT_WORDS,
+    FILL_ADJ,
+    FILL_POST,
+    ORIENT_WORDS,
+    POSITION_WORDS,
+    RELATION_WORDS,
+    SIZE_WORDS,
+    caption,
+)
 
 CAPTION_STYLES = ("full", "alt", "dense")
 COUNT_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight", 9: "nine"}
