@@ -365,3 +365,19 @@ def make_artefact(out: str | os.PathLike, kind: str, settings: dict[str, Any], w
         write(run.dir)
         run.finish()
     return True
+
+
+def cached_record(path: str | os.PathLike, key: dict[str, Any], make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """A result record kept in `path` for `key`: read back when it was made for the same key, else `make()`d,
+    stamped with the key and written atomically. The one settings-keyed cache (measurements, benchmark units)."""
+    path, key = Path(path), normalise(key)
+    if path.is_file():
+        try:
+            rec = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            rec = None  # a record cut short: made again
+        if isinstance(rec, dict) and rec.get("key") == key:
+            return rec
+    rec = {**make(), "key": key}
+    write_json(path, rec)
+    return rec

@@ -14,9 +14,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         description="Train (or reuse) the ancestry CLIP, grow a CLIP-MoE by DMU, extract an MM-LG learngene and "
                     "descend a family (CLIP at three depths, vision-only, text-only), train the baselines each "
                     "verdict needs (direct fine-tuning, Scratch at equal FLOPs), measure every model on the same tasks and write OUT/report.md and a "
-                    "self-contained OUT/report.html. Resumable: rerun to continue. Measured on 2 AMD EPYC cores: "
-                    "35-43 min the first time from a fresh clone (18-24 of them training the ancestry into the "
-                    "cache), 14-18 min after; the demo times this machine first and prints its own estimate.")
+                    "self-contained OUT/report.html. Resumable: rerun to continue. The first run also trains the "
+                    "ancestry into the cache; later runs reuse it. The demo times this machine first and prints "
+                    "its own estimate (measured wall times: docs/results.md).")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output directory (default runs/demo)")
     p.add_argument("--cache", type=Path, help="cache directory for the trained ancestry, reused across runs "
                                               "(default $CLIPFORGE_CACHE, else $XDG_CACHE_HOME/clipforge or "
@@ -24,10 +24,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ancestry", type=Path, help="ancestry run directory (default CACHE/ancestry, "
                                                  "CACHE/ancestry-quick with --quick)")
     p.add_argument("--quick", action="store_true",
-                   help="the same pipeline at toy budgets (28 s measured on 2 cores)")
+                   help="the same pipeline at toy budgets (well under a minute)")
     p.add_argument("--compose", action="store_true",
                    help="also grow a CLIP-MoE from the middle MM-LG descendant (the two methods composed; "
-                        "about 3 more minutes: 2.8 min measured)")
+                        "a few more minutes)")
     add_overwrite_flag(p)
     p.set_defaults(func=run)
 

@@ -33,10 +33,8 @@ class AncestryRecipe:
     arch: str = "ancestry"
     scenes: int = 60_000  # training scenes (procedural, seeded)
     fashion: bool = True  # mix in Fashion-MNIST train (60k real images, prompt captions)
-    # 800 steps, so that the from-nothing demo fits its 60 min with room on the slower machines of its kind:
-    # on 2 AMD EPYC cores (AVX2: fp32, eager attention) this ancestry took 18.4-23.9 min (1.4-1.8 s per step,
-    # data and curve evaluations included) and the whole demo 35-43 min from a fresh clone (2026-12-03). The 1,000
-    # steps before took 46 min alone on a slow day of 2 Xeon cores (bf16 with SDPA attention, since fixed).
+    # 800 steps: sized so that the from-nothing demo fits its time budget on 2 CPU cores (its measured wall
+    # times: docs/results.md, "The demo ancestry").
     schedule: Schedule = schedule(steps=800, batch_size=256, lr=1e-3, weight_decay=0.1, warmup=80)
     eval_every: int = 200
     # evaluation sizes

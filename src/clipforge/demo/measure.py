@@ -8,16 +8,15 @@ stored and active per token, analytic FLOPs per image / caption, measured forwar
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 from ..cost import model_costs
 from ..eval.suite import SuiteConfig, evaluate_builtin, headline
-from ..files import write_json
 from ..models import io
 from ..models.encode import model_kind
+from ..run import cached_record
 
 CAPTION_TOKENS = 16
 
@@ -27,14 +26,14 @@ def measure(name: str, model_dir: Path, suite: SuiteConfig, cache: Path, probe_t
     path = cache / f"{name.replace(' ', '_').replace('/', '_')}.json"
     key = {"model": str(Path(model_dir).resolve()), "suite": suite.to_dict(), "probe_train": probe_train,
            "mtime": (Path(model_dir) / io.WEIGHTS).stat().st_mtime_ns}
-    if path.is_file():
-        rec = json.loads(path.read_text())
-        if rec.get("key") == json.loads(json.dumps(key)):
-            return rec
+    return cached_record(path, key, lambda: _measure(name, model_dir, suite, probe_train))
+
+
+def _measure(name: str, model_dir: Path, suite: SuiteConfig, probe_train: int) -> dict[str, Any]:
     model = io.load(model_dir).eval()
     kind = model_kind(model)
     t = time.perf_counter()
-    rec: dict[str, Any] = {"name": name, "kind": kind, "model": str(model_dir), "key": key}
+    rec: dict[str, Any] = {"name": name, "kind": kind, "model": str(model_dir)}
     if kind == "clip":
         rec["metrics"] = evaluate_builtin(model, suite)
         rec["headline"] = headline(rec["metrics"])
@@ -55,5 +54,4 @@ def measure(name: str, model_dir: Path, suite: SuiteConfig, cache: Path, probe_t
         rec["headline"] = {"count_probe_acc1": r["acc1"]}
     rec["eval_s"] = round(time.perf_counter() - t, 1)
     rec["cost"] = model_costs(model, caption_tokens=CAPTION_TOKENS)
-    write_json(path, rec)
     return rec

@@ -1,13 +1,11 @@
 """This machine's pace against the one the demo's estimates were measured on.
 
-The phase estimates (`DemoConfig.estimates`) are wall times measured on one 2-core machine. Machines sold
-as the same kind are not the same speed: the ancestry's 1,000 steps took 31.7 min on 2 Xeon cores one day
-and 46 min on 2 Xeon cores two days later, and 2 AMD EPYC cores (AVX2, no native bf16) train in fp32 where
-Xeon cores with AMX train in bf16. So before it prints an estimate, the full demo times a few training steps
-of the ancestry architecture on a fixed batch of its training data and scales every estimate by the ratio to
-`REFERENCE_STEP_S`, the same measurement taken on the estimates' machine beside them. It takes the median of
-eight steps (12-15 s in all on 2 AMD EPYC cores): one 2-core machine's step time read 0.89 to 1.83 s within an
-hour, in bursts of seconds, and a median of three steps caught the bursts.
+The phase estimates (`DemoConfig.estimates`) are wall times measured on one reference machine, and machines
+sold as the same kind differ in speed (and in whether they train in bf16 or fp32). So before it prints an
+estimate, the full demo times a few training steps of the ancestry architecture on a fixed batch of its
+training data and scales every estimate by the ratio to `REFERENCE_STEP_S`, the same measurement taken on
+the reference machine beside the estimates. It takes the median of eight steps, since a shared machine's
+step time comes in bursts. The measurements behind the numbers: docs/results.md ("The demo").
 """
 
 from __future__ import annotations
@@ -17,10 +15,7 @@ import time
 import torch
 
 # The calibration's median step (ancestry architecture, 256 samples of its training data, amp and attention
-# "auto") on the machine and day the estimates were measured (2 AMD EPYC cores, 2026-12-03, right after the
-# from-nothing demo whose phases they are: `python -c "from clipforge.demo.pace import step_seconds;
-# print(step_seconds())"` twice, alone, gave 1.24 and 1.16 s; that demo's ancestry phase took 1.79 s per step,
-# its scene rendering and curve evaluations included).
+# "auto") on the reference machine, measured beside the estimates (docs/results.md, "The demo").
 REFERENCE_STEP_S = 1.20
 PACE_RANGE = (0.5, 3.0)
 
@@ -29,8 +24,7 @@ def step_seconds(arch: str = "ancestry", batch: int = 256, warmup: int = 1, step
     """Median wall time of one training step (forward, backward, AdamW) of a random `arch` CLIP on `batch`
     samples of the ancestry's own training data, with the amp and attention kernel that `train()`'s "auto"
     settings pick here. Real captions, not full-length random ids: the alt-text batches pad to far fewer than
-    the 32 positions, and how much that saves differs between kernels (synthetic full-length batches timed
-    2.16 s on 2 AMD EPYC cores where the ancestry trained at 1.6 s per step)."""
+    the 32 positions, and how much that saves differs between kernels."""
     from ..data.collate import Collator
     from ..models.preprocess import transform_for
     from ..models.registry import build

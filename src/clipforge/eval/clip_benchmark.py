@@ -1,6 +1,6 @@
 """CLIP_benchmark adapter: any clipforge model (dense, one tower, descendant, CLIP-MoE) as CLIP_benchmark wants it.
 
-CLIP_benchmark (github.com/LAION-AI/CLIP_benchmark, read at commit 48de38c) loads a model through a
+CLIP_benchmark (github.com/LAION-AI/CLIP_benchmark) loads a model through a
 function in `clip_benchmark.models.TYPE2FUNC` chosen by `--model_type`, called as
 `f(model_name=..., pretrained=..., cache_dir=..., device=...)` and returning `(model, transform,
 tokenizer)`: `model.encode_image(images)` and `model.encode_text(tokenizer(texts).to(device))`

@@ -9,12 +9,9 @@ Each switch has an "auto" that picks the fast path the machine supports, measure
   hundreds of times slower than fp32.
 * attention "auto": explicit softmax(QK^T)V ("eager") on a CPU when the step runs under bf16 autocast or
   when every sequence is short (at most SHORT_SEQUENCE tokens), torch's scaled_dot_product_attention
-  ("sdpa") elsewhere. Only roundoff differs. Measured with `demo.pace.step_seconds` (2 threads, fused AdamW):
-  on 2 Xeon cores with AMX, the SDPA flash kernel's bf16 backward took 61 % of an ancestry step (26 image
-  tokens, 32 text tokens): 2.63 s per step with it, 1.03 s eager (batch 256); at ViT-B/16 @ 8 the two are
-  level (3.59 vs 3.70 s). In fp32 on 2 AMD EPYC cores (AVX2): ancestry @ 256 eager 2.22 s vs sdpa 2.41 s,
-  ViT-B/32 @ 32 (50 / 77 tokens) 18.5 vs 19.0 s, ViT-B/16 @ 8 (197 / 77 tokens) 14.1 vs 11.9 s; on Xeon
-  the fp32 ancestry step took 1.65 s eager vs 1.77 s sdpa.
+  ("sdpa") elsewhere. Only roundoff differs. The rule follows the step times measured in
+  `benchmarks/perf/` (torch's bf16 SDPA backward on a CPU is slow; for short sequences eager wins in fp32
+  too, for long ones SDPA does).
 * optimizer "auto": the fused AdamW kernel where torch has one for every parameter's device and
   dtype (CPU and CUDA), else the multi-tensor ("foreach") one; "for-loop" is torch's CPU default.
 * compile: `torch.compile` of the step (model + loss); if the compiler is missing or fails on the
