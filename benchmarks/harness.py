@@ -14,7 +14,8 @@ records in `results/` into `results.md` (and plots), `README.md` says what is me
 * `Units`: one small JSON record per finished unit of work, reused by a rerun whose identity matches,
   so a rerun (on this machine or another) does only what is missing.
 * `machine` describes where the numbers were measured; what else ran there is the user's to say (`--note`).
-* `table` is the one Markdown table renderer; `write_results` writes results.json and results.md.
+* `table` is the one Markdown table renderer; `write_results` writes results.json and has the report render
+  results.md (and plots) from it, as `python -m benchmarks.<name>.report` does from a committed record.
 """
 
 from __future__ import annotations
@@ -53,8 +54,9 @@ def out_dir(args: argparse.Namespace, name: str) -> Path:
 
 
 def add_common(p: argparse.ArgumentParser, name: str, *, work: bool = True, ancestry: bool = True,
-               threads: str = "torch's") -> None:
-    """The flags every benchmark takes; `work` / `ancestry` False for one that has no such input."""
+               overwrite: bool | None = None, threads: str | None = "torch's") -> None:
+    """The flags every benchmark takes; `work` / `ancestry` / `overwrite` (default: `work`) False, `threads` None,
+    for one that has no such input (`threads` names the default thread count)."""
     p.add_argument("--quick", action="store_true", help="smoke test: toy sizes, seconds to minutes (the tests run it)")
     p.add_argument("--out", type=Path, help=f"results directory (default benchmarks/{name}/results; with --quick "
                                             f"runs/bench-{name}-quick/results)")
@@ -64,16 +66,17 @@ def add_common(p: argparse.ArgumentParser, name: str, *, work: bool = True, ance
         p.add_argument("--ancestry", type=Path, help="ancestry model or `clipforge ancestry` run directory (default: "
                                                      "the cached demo ancestry, its quick variant with --quick; "
                                                      "trained if missing)")
-    p.add_argument("--threads", type=int, help=f"torch CPU threads (default: {threads})")
-    if work:
+    if threads is not None:
+        p.add_argument("--threads", type=int, help=f"torch CPU threads (default: {threads})")
+    if work if overwrite is None else overwrite:
         p.add_argument("--overwrite", "--force", dest="overwrite", action="store_true",
                        help="discard a work directory made with other settings (alias --force)")
     p.add_argument("--note", help="what else ran on the machine meanwhile (recorded with the machine description)")
 
 
-def command(name: str, argv: Sequence[str]) -> str:
+def command(name: str, argv: Sequence[str], module: str = "run") -> str:
     """The command line that made a result, as results.md quotes it."""
-    return shlex.join(["python", "-m", f"benchmarks.{name}.run", *argv])
+    return shlex.join(["python", "-m", f"benchmarks.{name}.{module}", *argv])
 
 
 def all_cores() -> int:
@@ -231,9 +234,11 @@ class Progress:
 def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], numeric: Sequence[bool] | None = None) -> list[str]:
     """A Markdown table's lines; cells are given as text (each benchmark formats its numbers), `numeric`
     right-aligns those columns."""
+    def line(cells: Iterable[Any]) -> str:
+        return " ".join(["|"] + [f"{c} |" if str(c) else "|" for c in cells])  # an empty cell is "| |"
+
     align = ["---:" if n else "---" for n in (numeric or [False] * len(columns))]
-    return (["| " + " | ".join(columns) + " |", "|" + "|".join(align) + "|"]
-            + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+    return [line(columns), "|" + "|".join(align) + "|"] + [line(row) for row in rows]
 
 
 def machine_line(m: dict[str, Any]) -> str:
@@ -244,10 +249,18 @@ def machine_line(m: dict[str, Any]) -> str:
             f"{note if note else 'not recorded (pass --note)'}.")
 
 
-def write_results(out: Path, results: dict[str, Any], markdown: str) -> Path:
-    """results.json and results.md in `out`, each written atomically; the path of results.md."""
+Render = Callable[[dict[str, Any], Path], None]  # a report's render(results, out): results.md (and plots)
+
+
+def write_results(out: Path, results: dict[str, Any], render: Render) -> None:
+    """results.json in `out` (atomically), then what the report renders from it."""
     write_json(out / "results.json", results)
-    return write_text(out / "results.md", markdown)
+    render(results, out)
+
+
+def write_markdown(out: Path, text: str) -> Path:
+    """results.md in `out`, atomically."""
+    return write_text(out / "results.md", text)
 
 
 def read_results(out: Path) -> dict[str, Any]:
@@ -257,7 +270,7 @@ def read_results(out: Path) -> dict[str, Any]:
     return read_json_object(out / "results.json", "a benchmark's results")
 
 
-def report_main(name: str, render: Callable[[dict[str, Any], Path], None], argv: list[str] | None) -> int:
+def report_main(name: str, render: Render, argv: list[str] | None) -> int:
     """`python -m benchmarks.<name>.report [--out DIR]`: rebuild results.md (and plots) from DIR/results.json."""
     p = argparse.ArgumentParser(description=f"Rebuild benchmarks/{name}'s results.md (and plots) from results.json.")
     p.add_argument("--out", type=Path, default=results_dir(name), help=f"results directory (default "

@@ -1,20 +1,24 @@
-"""The CLIP-MoE benchmark's --quick mode end to end (a stand-in tiny ancestry), and its resumability."""
+"""`python -m benchmarks.clipmoe.run --quick` end to end (a stand-in tiny ancestry), its resumability, and
+its report rebuilt from the committed record."""
 
 from __future__ import annotations
 
+import importlib
 import json
+import shutil
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 from clipforge.models.io import save
 from clipforge.models.registry import build
 
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "clipmoe" / "results"
 
-def _bench():
-    from clipforge.cli._bench import load_benchmark
 
-    return load_benchmark(Path("benchmarks/clipmoe/run.py"), "clipforge_clipmoe_bench")
+def _bench() -> ModuleType:
+    return importlib.import_module("benchmarks.clipmoe.run")
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +30,7 @@ def quick_results(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_quick_benchmark_writes_every_table_and_plot(quick_results):
     out = quick_results / "out"
     res = json.loads((out / "results.json").read_text())
@@ -52,12 +57,15 @@ def test_quick_benchmark_writes_every_table_and_plot(quick_results):
     assert set(res["ablation"]) == {"k2 FFN", "k3 FFN+attn"}
     assert res["ablation"]["k3 FFN+attn"]["trains"] == "ffn+attention"
     md = (out / "results.md").read_text()
+    assert res["command"].startswith("python -m benchmarks.clipmoe.run --quick")
     assert res["command"] in md and "## Table 1" in md and "## Ablation" in md and "## What it shows" in md
-    assert (out / "units" / "seed0.json").is_file()
+    assert (out / "units" / "seed0.json").is_file() and res["seed_runs"]["0"]["command"] == res["command"]
+    assert res["machine"]["torch"] and "Machine: " in md
     for png in ("main.png", "table1_stages_mmvp.png", "ablation.png", "fig3_routing.png"):
         assert (out / "plots" / png).stat().st_size > 1000, png
 
 
+@pytest.mark.slow
 def test_rerun_reuses_every_unit(quick_results):
     before = json.loads((quick_results / "out" / "results.json").read_text())
     args = ["--quick", "--out", str(quick_results / "out2"), "--work", str(quick_results / "work"),
@@ -67,10 +75,9 @@ def test_rerun_reuses_every_unit(quick_results):
     assert after["main"] == before["main"] and after["ablation"] == before["ablation"]
 
 
+@pytest.mark.slow
 def test_committed_seed_records_are_reused_without_the_work_directory(quick_results, monkeypatch):
     """A later session on another machine (no runs/) redoes only the seeds whose record is missing."""
-    import shutil
-
     out = quick_results / "out3"
     shutil.copytree(quick_results / "out" / "units", out / "units")
     bench = _bench()
@@ -80,10 +87,9 @@ def test_committed_seed_records_are_reused_without_the_work_directory(quick_resu
     assert bench.main(args) == 0
 
 
+@pytest.mark.slow
 def test_seed_records_of_another_ancestry_with_the_same_recipe_are_not_reused(quick_results, monkeypatch):
     """The same recipe trains other weights where the kernels differ: the weights' digest is in the identity."""
-    import shutil
-
     other = quick_results / "ancestry-other-weights"
     save(build("tiny", seed=1), other, provenance={"source": "test stand-in ancestry"})
     out = quick_results / "out4"
@@ -104,10 +110,7 @@ def test_seed_records_of_another_ancestry_with_the_same_recipe_are_not_reused(qu
 
 
 def test_verdicts_follow_the_numbers():
-    import sys
-
-    sys.path.insert(0, "benchmarks/clipmoe")
-    import cmreport
+    from benchmarks.clipmoe import report as cmreport
 
     base = {"headline": {"dense_t2i_r1": 0.10, "fmnist_acc1": 0.80}}
 
@@ -129,10 +132,7 @@ def test_verdicts_follow_the_numbers():
 
 
 def test_claim_verdicts_choose_their_comparison_from_the_numbers():
-    import sys
-
-    sys.path.insert(0, "benchmarks/clipmoe")
-    import cmreport
+    from benchmarks.clipmoe import report as cmreport
 
     attrs = [a for a in cmreport.ATTRS if a != "mean"]
     base = {"headline": {"dense_t2i_r1": 0.10, **{f"mmvp_{a}": 0.5 for a in attrs}}}
@@ -158,3 +158,27 @@ def test_claim_verdicts_choose_their_comparison_from_the_numbers():
     assert rising == {"binding": True, "relation": True, "count": False}
     fig3 = got["Fig. 3: every expert takes at least 10 % of the top-k slots in some block"]
     assert not fig3["holds"] and "text 5.0 %" in fig3["line"]  # text expert 1 never above 5 %
+
+
+def test_seed_records_in_the_first_layout_are_read(tmp_path):
+    """Records written before `harness.Units` (the seed's fields at the top level) still count."""
+    from benchmarks.clipmoe.bench import Budget
+    from benchmarks.clipmoe.run import _seed_records
+
+    anc = tmp_path / "ancestry"
+    save(build("tiny", seed=0), anc, provenance={"source": "test stand-in ancestry"})
+    records = _seed_records(tmp_path / "out", Budget.quick(), anc)
+    (tmp_path / "out" / "units").mkdir(parents=True)
+    (tmp_path / "out" / "units" / "seed0.json").write_text(json.dumps(
+        {"identity": records.identity, "seed": 0, "units": {"CLIP-MoE": {"headline": {}}}}))
+    assert records.get("seed0") == {"seed": 0, "units": {"CLIP-MoE": {"headline": {}}}, "run": None}
+
+
+def test_report_rebuilds_the_committed_results_md(tmp_path):
+    """`python -m benchmarks.clipmoe.report` writes the committed results.md again from its results.json."""
+    from benchmarks.clipmoe import report
+
+    shutil.copy(RESULTS / "results.json", tmp_path / "results.json")
+    assert report.main(["--out", str(tmp_path)]) == 0
+    assert (tmp_path / "results.md").read_text() == (RESULTS / "results.md").read_text()
+    assert (tmp_path / "plots" / "fig3_routing.png").stat().st_size > 1000

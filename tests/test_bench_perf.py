@@ -1,33 +1,38 @@
-"""benchmarks/perf/run.py --quick: all three parts (train overhead, eval throughput, MoE layer) in one results file."""
+"""`python -m benchmarks.perf.run --quick`: every part (train overhead, eval throughput, MoE layer, speed
+options, step profile) in one results file."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
+import shutil
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
 
-from clipforge.cli._bench import load_benchmark
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "perf" / "results"
+
 
 def _bench() -> ModuleType:
-    return load_benchmark(Path("benchmarks/perf/run.py"), "clipforge_perf_bench")
+    return importlib.import_module("benchmarks.perf.run")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)  # about 10 s when the machine is free; the bound only catches a hang
 def test_quick_run_writes_every_part(tmp_path: Path) -> None:
     bench = _bench()
-    out = tmp_path / "r.json"
+    out = tmp_path / "out"
     threads = torch.get_num_threads()
     try:
         # One thread: the test suite shares the machine; the benchmark's default is all cores.
         assert bench.main(["--quick", "--out", str(out), "--threads", "1"]) == 0
     finally:
         torch.set_num_threads(threads)  # the benchmark sets it process-wide
-    r = json.loads(out.read_text())
-    assert r["command"].startswith("python benchmarks/perf/run.py --quick") and r["quick"] is True
+    r = json.loads((out / "results.json").read_text())
+    assert r["command"].startswith("python -m benchmarks.perf.run --quick") and r["quick"] is True
     assert r["machine"]["torch"] == torch.__version__ and r["machine"]["threads"] == 1
 
     train = r["train"]
@@ -69,11 +74,11 @@ def test_quick_run_writes_every_part(tmp_path: Path) -> None:
         assert 0 < o["token_embedding_rows_with_grad"] < o["token_embedding_rows"] == 49408
     assert all(v > 0 for v in prof["data_ms"].values())
 
-    md = out.with_suffix(".md").read_text()
-    assert md.startswith("`python benchmarks/perf/run.py --quick")
+    md = (out / "results.md").read_text()
+    assert md.startswith("`python -m benchmarks.perf.run --quick")
     assert all(h in md for h in ("## Training step", "## Evaluation", "## MoE", "## Training step under each",
                                  "## Where the tiny step's time goes")) and "tiny-text" in md
-    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temp files behind
+    assert not list(out.glob(".*"))  # atomic writes leave no temp files behind
 
 
 def test_step_times_skip_warmup() -> None:
@@ -81,3 +86,13 @@ def test_step_times_skip_warmup() -> None:
     bench = _bench()
     assert bench.step_ms([0.0, 1.0, 3.0, 6.0], warmup=1) == pytest.approx([2000.0, 3000.0])
     assert bench.step_ms([0.0, 1.0], warmup=1) == []
+
+
+def test_report_rebuilds_the_committed_results_md(tmp_path: Path) -> None:
+    """`python -m benchmarks.perf.report` writes the committed results.md again from its results.json (a record
+    from before the attention kernel was chosen per model included)."""
+    from benchmarks.perf import report
+
+    shutil.copy(RESULTS / "results.json", tmp_path / "results.json")
+    assert report.main(["--out", str(tmp_path)]) == 0
+    assert (tmp_path / "results.md").read_text() == (RESULTS / "results.md").read_text()

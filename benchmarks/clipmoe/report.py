@@ -280,8 +280,8 @@ def _ablation_tables(ablation: dict[str, Any], base: dict[str, Any]) -> list[str
 
 
 def render(results: dict[str, Any], out: Path) -> None:
-    """results.json, results.md and the plots in `out`, from the result record."""
-    harness.write_results(out, results, markdown(results))
+    """results.md and the plots in `out`, from the result record."""
+    harness.write_markdown(out, markdown(results))
     plots(results, out)
 
 

@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
                            routing=report.routing(budget, work, out))
     results["seed_runs"] = seed_runs
     results["machine"] = harness.machine(args.note)
-    report.render(results, out)
+    harness.write_results(out, results, report.render)
     print((out / "results.md").read_text())
     return 0
 

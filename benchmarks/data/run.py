@@ -1,12 +1,13 @@
 """Data at scale: a disk-backed CSV of JPEG scenes against the in-memory built-in path, at 10k and 100k pairs.
 
-    python benchmarks/data/run.py                      # generate (resumable) + measure; see README.md
-    python benchmarks/data/run.py --sizes 2000 20000 --steps 6 --out /tmp/r.json   # a smaller run
+    python -m benchmarks.data.run                      # generate (resumable) + measure; see README.md
+    python -m benchmarks.data.run --sizes 2000 20000 --steps 6 --out /tmp/r   # a smaller run
+    python -m benchmarks.data.run --quick              # smoke test (hundreds of pairs, one step), used by the tests
 
 Per (size, path) one fresh single-thread process measures: the time from opening the data to the end of
 the first training step, its peak RSS at that point, training throughput (samples/s of `train()`, steady
 windows) and embedding throughput (`embed_dataset`) with 0 and 2 DataLoader workers. Results go to
-`results.json` (every number, the machine, its load) and `results.md` (tables and verdicts).
+`results.json` (every number, the machine, its load) and `results.md` (tables and verdicts) in --out.
 """
 
 from __future__ import annotations
@@ -19,11 +20,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
+from .. import harness
+from .report import ARCH, IMAGE_SIZE, render, verdicts
+
+NAME = "data"
+ROOT = harness.BENCHMARKS.parent  # the children run `-m benchmarks.data.run` from here
 CHUNK = 1000
-ARCH, IMAGE_SIZE = "ancestry", 40  # the demo's CLIP, at its input size
 
 
 # ------------------------------------------------------------------------------------------- generation
@@ -55,7 +59,7 @@ def _write_chunk(job: tuple[str, int, int]) -> int:
     return b - a
 
 
-def generate(out: Path, n: int, sizes: list[int], procs: int) -> dict:
+def generate(out: Path, n: int, sizes: list[int], procs: int) -> dict[str, Any]:
     """Write `n` scenes (resumable by chunks of 1,000) and one CSV per size (its first `size` rows)."""
     from multiprocessing import Pool
 
@@ -94,17 +98,17 @@ def _rss_mb() -> float:
 class _Head:
     """The first `n` items of a dataset (its pass reports still reach the dataset)."""
 
-    def __init__(self, dataset, n: int) -> None:
+    def __init__(self, dataset: Any, n: int) -> None:
         self.dataset, self.n = dataset, min(n, len(dataset))
 
     def __len__(self) -> int:
         return self.n
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int) -> Any:
         return self.dataset[i]
 
 
-def child(args: argparse.Namespace) -> dict:
+def child(args: argparse.Namespace) -> dict[str, Any]:
     """One (path, size) unit in this fresh process."""
     t_import = time.perf_counter()
     import warnings
@@ -128,14 +132,14 @@ def child(args: argparse.Namespace) -> dict:
     if args.path == "disk":
         from clipforge.data.user import open_dataset
 
-        ds = open_dataset(Path(args.data_dir) / f"pairs-{args.size}.csv")
+        ds = open_dataset(Path(args.work) / f"pairs-{args.size}.csv")
     else:
         from clipforge.data.cached import Cached
         from clipforge.data.scenes import ScenesDataset
 
         ds = Cached(ScenesDataset(split="train", size=args.size, image_size=IMAGE_SIZE, seed=0))
     opened = time.perf_counter() - t0
-    run = Path(args.work) / f"{args.path}-{args.size}"
+    run = Path(args.work) / "work" / f"{args.path}-{args.size}"
     cfg = dict(batch_size=args.batch, warmup=0, log_every=0, save_every=0, seed=0)
     train(model, ds, TrainConfig(steps=1, num_workers=0, **cfg), run / "first", collate_fn=collate, progress=False)
     first_step = time.perf_counter() - t0
@@ -161,13 +165,13 @@ def child(args: argparse.Namespace) -> dict:
     return out
 
 
-def _measure(args: argparse.Namespace, path: str, size: int) -> dict:
-    cmd = [sys.executable, __file__, "--child", path, "--size", str(size), "--data-dir", str(args.data_dir),
-           "--work", str(args.work), "--batch", str(args.batch), "--steps", str(args.steps), "--embed", str(args.embed),
-           "--workers", *map(str, args.workers)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": str(ROOT / "src")}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+def _measure(args: argparse.Namespace, path: str, size: int) -> dict[str, Any]:
+    """One unit in a fresh single-thread process: its own imports, allocations and peak RSS."""
+    cmd = [sys.executable, "-m", "benchmarks.data.run", "--child", path, "--size", str(size),
+           "--work", str(Path(args.work).resolve()), "--batch", str(args.batch), "--steps", str(args.steps),
+           "--embed", str(args.embed), "--workers", *map(str, args.workers)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     if proc.returncode:
         raise SystemExit(f"{path} {size} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -177,118 +181,82 @@ def _load_avg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def _ratio(a: float, b: float) -> float:
-    return round(a / b, 3) if b else float("nan")
-
-
-def verdicts(units: dict[str, dict], small: int, large: int) -> tuple[list[str], dict]:
-    d_s, d_l = units[f"disk/{small}"], units[f"disk/{large}"]
-    t_ratio = _ratio(d_l["first_step_s"], d_s["first_step_s"])
-    r_ratio = _ratio(d_l["peak_rss_first_step_mb"], d_s["peak_rss_first_step_mb"])
-    lines = [
-        f"time to first step, disk {small:,} -> {large:,}: {d_s['first_step_s']:.2f} s -> {d_l['first_step_s']:.2f} s "
-        f"= {t_ratio:.2f}x (goal < 1.5x): {'holds' if t_ratio < 1.5 else 'does not hold'}",
-        f"peak RSS at first step, disk {small:,} -> {large:,}: {d_s['peak_rss_first_step_mb']:.0f} MB -> "
-        f"{d_l['peak_rss_first_step_mb']:.0f} MB = {r_ratio:.2f}x (goal < 1.5x): "
-        f"{'holds' if r_ratio < 1.5 else 'does not hold'}",
-    ]
-    ratios = {}
-    for size in (small, large):
-        d, m = units[f"disk/{size}"], units[f"memory/{size}"]
-        for w in d["train"]:
-            ratios[f"train/{size}/w{w}"] = _ratio(d["train"][w]["samples_per_s"], m["train"][w]["samples_per_s"])
-            ratios[f"embed/{size}/w{w}"] = _ratio(d["embed"][w]["samples_per_s"], m["embed"][w]["samples_per_s"])
-    shown = ", ".join(f"{k} {v:.2f}" for k, v in ratios.items())
-    lines.append(f"disk-backed / in-memory throughput (reported, no goal): {shown}")
-    return lines, {"first_step_ratio": t_ratio, "peak_rss_ratio": r_ratio, "throughput_ratio": ratios}
-
-
-def write_markdown(path: Path, res: dict) -> None:
-    rows = ["| path | pairs | open s | first step s | peak RSS at first step MB | train/s w0 | train/s w2 | "
-            "embed/s w0 | embed/s w2 |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for u in res["units"].values():
-        t, e = u["train"], u["embed"]
-        rows.append(f"| {u['path']} | {u['size']:,} | {u['open_s']:.2f} | {u['first_step_s']:.2f} | "
-                    f"{u['peak_rss_first_step_mb']:.0f} | " + " | ".join(
-                        f"{x.get(w, {}).get('samples_per_s', float('nan')):.1f}" for x in (t, e) for w in ("0", "2"))
-                    + " |")
-    gen = res.get("generation", {})
-    text = [
-        "# Data at scale: results", "",
-        f"Command: `{res['command']}`", "",
-        f"Machine: {res['machine']['cpus']} CPU cores, load average at start {res['machine']['load_start']} and end "
-        f"{res['machine']['load_end']}. **Shared machine, timings indicative**: other helper sessions (tests, "
-        "benchmarks) ran on the same two cores during this run. Every measuring process is single-thread "
-        "(torch, OMP, MKL = 1); the 2-worker runs add two worker processes.", "",
-        f"Data: {gen.get('images', '?'):,} scene JPEGs ({ARCH} input size {IMAGE_SIZE} px) generated in "
-        f"{gen.get('seconds', '?')} s by {gen.get('processes', '?')} single-thread processes (the invocation that "
-        "wrote them; later ones reuse the files)." if gen else "", "",
-        f"Model: random-init `{ARCH}`, global batch {res['settings']['batch']}; training throughput is the mean "
-        f"of windows 2-3 of {res['settings']['steps']} steps each (window 1 holds worker start-up); embedding: "
-        f"`embed_dataset` over the first {res['settings']['embed']:,} pairs. First step = open the data + one "
-        "`train()` step with 0 workers (the in-memory path renders and caches every scene first, as "
-        "`clipforge moe` does for `--data scenes`). The JPEGs sit in the page cache (warm reads).", "",
-        *rows, "", "## Verdicts", "", *[f"* {v}" for v in res["verdicts"]], "",
-        *(["## Notes", "", *[f"* {n}" for n in res.get("notes", [])], ""] if res.get("notes") else []),
-    ]
-    path.write_text("\n".join(text))
-
-
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", type=Path, default=ROOT / "runs" / "bench-data", help="where the JPEGs + CSVs go")
-    p.add_argument("--work", type=Path, default=None, help="training run folders (default DATA_DIR/work)")
-    p.add_argument("--sizes", type=int, nargs=2, default=[10_000, 100_000], metavar=("SMALL", "LARGE"))
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--steps", type=int, default=8, help="steps per throughput window (3 windows)")
-    p.add_argument("--embed", type=int, default=1024, help="pairs per embedding measurement")
-    p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
-    p.add_argument("--gen-procs", type=int, default=2)
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The benchmark's options: the common ones (no ancestry: a random-init model; no --threads: every measuring
+    process is single-thread) and its own. Quick defaults in brackets."""
+    harness.add_common(p, NAME, ancestry=False, overwrite=False, threads=None)
+    p.add_argument("--sizes", type=int, nargs=2, metavar=("SMALL", "LARGE"), help="pairs (10000 100000) [100 200]")
+    p.add_argument("--batch", type=int, help="global batch (64) [8]")
+    p.add_argument("--steps", type=int, help="steps per throughput window, 3 windows (8) [1]")
+    p.add_argument("--embed", type=int, help="pairs per embedding measurement (1024) [16]")
+    p.add_argument("--workers", type=int, nargs="+", help="DataLoader workers measured (0 2) [0]")
+    p.add_argument("--gen-procs", type=int, help="processes writing the JPEGs (2) [1]")
     p.add_argument("--redo", nargs="*", choices=["disk", "memory"], default=None,
                    help="resume: reuse the units of an existing --out with the same settings except these paths")
-    p.add_argument("--out", type=Path, default=HERE / "results.json")
-    p.add_argument("--note", action="append", help="a line for results.md (e.g. what else ran on the machine)")
     p.add_argument("--child", choices=["disk", "memory"], help=argparse.SUPPRESS)
     p.add_argument("--size", type=int, help=argparse.SUPPRESS)
-    args = p.parse_args()
-    args.work = args.work or args.data_dir / "work"
-    if args.child:
-        print(json.dumps(child(argparse.Namespace(**{**vars(args), "path": args.child}))))
-        return
-    small, large = args.sizes
-    res = {"command": "python " + " ".join([os.path.relpath(__file__, ROOT), *sys.argv[1:]]),
-           "machine": {"cpus": os.cpu_count(), "load_start": _load_avg()},
-           "settings": {k: getattr(args, k) for k in ("sizes", "batch", "steps", "embed", "workers")}, "units": {}}
-    print(f"[data bench] generating {large:,} scenes in {args.data_dir} (resumable)", flush=True)
-    res["generation"] = generate(args.data_dir, large, [small, large], args.gen_procs)
-    print(f"[data bench] generation: {res['generation']}", flush=True)
-    old = json.loads(args.out.read_text()) if args.redo is not None and args.out.is_file() else {}
-    reuse = old.get("units", {}) if old.get("settings") == res["settings"] else {}
-    if not res["generation"]["written_now"] and old.get("generation", {}).get("written_now"):
-        res["generation"] = old["generation"]  # the run that wrote the images says how long it took
-    if old.get("notes"):
-        res["notes"] = old["notes"]
-    res["notes"] = res.get("notes", []) + list(args.note or [])
-    for size in (small, large):
+
+
+def _defaults(args: argparse.Namespace) -> None:
+    """Fill the sizes the user left out: the full run's, or the smoke test's with --quick."""
+    full = {"sizes": [10_000, 100_000], "batch": 64, "steps": 8, "embed": 1024, "workers": [0, 2], "gen_procs": 2}
+    quick = {"sizes": [100, 200], "batch": 8, "steps": 1, "embed": 16, "workers": [0], "gen_procs": 1}
+    for k, v in (quick if args.quick else full).items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+
+
+def measure_all(args: argparse.Namespace, res: dict[str, Any], reuse: dict[str, Any], out: Path) -> None:
+    """Every (size, path) unit into `res["units"]`, reusing `reuse`'s unless --redo names the path."""
+    for size in args.sizes:
         for path in ("disk", "memory"):
             if path not in (args.redo or []) and f"{path}/{size}" in reuse:
                 res["units"][f"{path}/{size}"] = {**reuse[f"{path}/{size}"], "reused": True}
-                print(f"[data bench] {path} {size:,}: reused from {args.out}", flush=True)
+                print(f"[data bench] {path} {size:,}: reused from {out / 'results.json'}", flush=True)
                 continue
             t = time.perf_counter()
             res["units"][f"{path}/{size}"] = u = _measure(args, path, size)
             print(f"[data bench] {path} {size:,}: first step {u['first_step_s']:.2f} s, peak RSS "
                   f"{u['peak_rss_first_step_mb']:.0f} MB, train/s {u['train']}, embed/s {u['embed']} "
                   f"({time.perf_counter() - t:.0f} s)", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m benchmarks.data.run [flags]`; 0 on success."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    args = p.parse_args(argv)
+    _defaults(args)
+    args.work = harness.work_dir(args, NAME)
+    if args.child:
+        print(json.dumps(child(argparse.Namespace(**{**vars(args), "path": args.child}))))
+        return 0
+    small, large = args.sizes
+    out, load_start = harness.out_dir(args, NAME), _load_avg()
+    print(f"[data bench] generating {large:,} scenes in {args.work} (resumable)", flush=True)
+    # before torch is set up in this process: the generating processes are forked from it
+    generation = generate(args.work, large, [small, large], args.gen_procs)
+    machine = {**harness.machine(args.note), "load_average": load_start, "cpus": os.cpu_count(),
+               "load_start": load_start}
+    res: dict[str, Any] = {"command": harness.command(NAME, argv), "machine": machine,
+                           "settings": {k: getattr(args, k) for k in ("sizes", "batch", "steps", "embed", "workers")},
+                           "units": {}, "generation": generation}
+    print(f"[data bench] generation: {res['generation']}", flush=True)
+    old = harness.read_results(out) if args.redo is not None and (out / "results.json").is_file() else {}
+    reuse = old.get("units", {}) if old.get("settings") == res["settings"] else {}
+    if not res["generation"]["written_now"] and old.get("generation", {}).get("written_now"):
+        res["generation"] = old["generation"]  # the run that wrote the images says how long it took
+    # the notes of the run whose units are reused, and this one's (once: a rerun may repeat its --note)
+    res["notes"] = list(dict.fromkeys(old.get("notes", []) + ([args.note] if args.note else [])))
+    measure_all(args, res, reuse, out)
     res["machine"]["load_end"] = _load_avg()
     res["verdicts"], res["summary"] = verdicts(res["units"], small, large)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(res, indent=2))
-    os.replace(tmp, args.out)
-    write_markdown(args.out.with_suffix(".md"), res)
+    harness.write_results(out, res, render)
     for line in res["verdicts"]:
         print(line)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

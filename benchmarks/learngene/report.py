@@ -3,17 +3,20 @@
 Verdicts use paired differences over (depth, seed): the same depth and fine-tuning seed for both
 methods. "beats" holds when mean − 2·SE > 0; "matches or beats" when mean + 2·SE ≥ 0 (not significantly
 below). Differences are in points of %.
+
+    python -m benchmarks.learngene.report [--out DIR]   # results.md and PNGs again from DIR/results.json
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
-from clipforge.files import write_json, write_text
 from clipforge.report.plots import grouped_bars
 
+from .. import harness
 from .methods import DESCRIPTIONS, LABELS
 from .tasks import SCORE
 
@@ -121,13 +124,9 @@ def _cell(ms: dict[str, float]) -> str:
 
 
 def _task_table(summary: dict, task: str, depths: list[int]) -> list[str]:
-    lines = ["| method | compute | " + " | ".join(f"depth {d}" for d in depths) + " | mean |",
-             "|---|---|" + "---|" * (len(depths) + 1)]
-    for p in ("C/ratio", "C"):
-        for m, cells in summary.get(p, {}).items():
-            lines.append(f"| {LABELS[m]} | {POINTS[p]} | " + " | ".join(_cell(cells[task][str(d)]) for d in depths)
-                         + f" | {_cell(cells[task]['mean'])} |")
-    return lines
+    rows = [[LABELS[m], POINTS[p]] + [_cell(cells[task][str(d)]) for d in depths] + [_cell(cells[task]["mean"])]
+            for p in ("C/ratio", "C") for m, cells in summary.get(p, {}).items()]
+    return harness.table(["method", "compute"] + [f"depth {d}" for d in depths] + ["mean"], rows)
 
 
 def _tflops(x: float) -> str:
@@ -136,19 +135,17 @@ def _tflops(x: float) -> str:
 
 def _cost_table(results: dict) -> list[str]:
     depths = results["budget"]["depths"]
-    lines = ["| method | compute | family TFLOP | extraction TFLOP | steps per depth | train wall s | storage "
-             "(params) | storage / PT-FT | blocks / PT-FT |", "|---|---|---|---|---|---|---|---|---|"]
     st = results["storage"]
-    rows = _rows(results)
-    for p in ("C/ratio", "C"):
-        for m, per_depth in rows.get(p, {}).items():
+    rows = []
+    for p, per_method in ((p, _rows(results).get(p, {})) for p in ("C/ratio", "C")):
+        for m, per_depth in per_method.items():
             c = results["costs"]["PT-FT" if m == "ptft" else p][m]
-            steps = " / ".join(str(per_depth[str(d)]["steps"]) for d in depths)
-            lines.append(f"| {LABELS[m]} | {POINTS[p]} | {_tflops(c['family_flops'])} | "
-                         f"{_tflops(c.get('extraction_flops', 0))} | {steps} | {c['family_wall_time_s']:.0f} | "
-                         f"{st[m]['total']:,} | {st[m]['total'] / st['ptft']['total']:.1%} | "
-                         f"{st[m]['blocks'] / st['ptft']['blocks']:.1%} |")
-    return lines
+            rows.append([LABELS[m], POINTS[p], _tflops(c["family_flops"]), _tflops(c.get("extraction_flops", 0)),
+                         " / ".join(str(per_depth[str(d)]["steps"]) for d in depths), f"{c['family_wall_time_s']:.0f}",
+                         f"{st[m]['total']:,}", f"{st[m]['total'] / st['ptft']['total']:.1%}",
+                         f"{st[m]['blocks'] / st['ptft']['blocks']:.1%}"])
+    return harness.table(["method", "compute", "family TFLOP", "extraction TFLOP", "steps per depth", "train wall s",
+                          "storage (params)", "storage / PT-FT", "blocks / PT-FT"], rows)
 
 
 def _quality(q: dict) -> str:
@@ -159,27 +156,24 @@ def _extraction_table(results: dict) -> list[str]:
     depths = results["budget"]["depths"]
     anc = results["ancestry"]["quality"]
     lines = ["Cells: held-out mean retrieval R@1 / Fashion-MNIST zero-shot top-1, in %. Ancestry on the same data: "
-             f"{_quality(anc)}.", "",
-             "| learngene | recipe | steps (budget) | Aux-Net step 0 | Aux-Net final | " +
-             " | ".join(f"descendant d{d} at step 0" for d in depths) + " | selection score |",
-             "|---|---|---|---|---|" + "---|" * (len(depths) + 1)]
-    for key, e in results["extractions"].items():
-        q = e["auxnet_quality"]
-        lines.append(f"| {LABELS[e['mode']]} | {e['recipe']}{' (chosen)' if e['recipe'] == results['recipe'] else ''} | "
-                     f"{e['steps']} ({e['step_budget']}) | {_quality(q['step0'])} | {_quality(q['final'])} | " +
-                     " | ".join(_quality(e["descendants_step0"][str(d)]) for d in depths) +
-                     f" | {100 * e['selection_score']:.1f} |")
-    return lines
+             f"{_quality(anc)}.", ""]
+    rows = [[LABELS[e["mode"]], f"{e['recipe']}{' (chosen)' if e['recipe'] == results['recipe'] else ''}",
+             f"{e['steps']} ({e['step_budget']})", _quality(e["auxnet_quality"]["step0"]),
+             _quality(e["auxnet_quality"]["final"])] + [_quality(e["descendants_step0"][str(d)]) for d in depths]
+            + [f"{100 * e['selection_score']:.1f}"] for e in results["extractions"].values()]
+    return lines + harness.table(["learngene", "recipe", "steps (budget)", "Aux-Net step 0", "Aux-Net final"]
+                                 + [f"descendant d{d} at step 0" for d in depths] + ["selection score"], rows)
 
 
 def markdown(results: dict) -> str:
+    """results.md: the verdicts first, then the protocol, the tables and the plots."""
     b, depths = results["budget"], results["budget"]["depths"]
     lines = [f"# MM-LG benchmark, cost-matched ({'quick' if results['quick'] else 'full'})", "",
              f"Made by `{results['command']}` on {results['date']} ({results['device']}); wall time of this "
              f"invocation {results['wall_time_s'] / 60:.1f} min ({len(results['units_reused'])} units reused from "
-             "their records).", "",
-             "clipforge's MM-LG is a reconstruction from the paper's abstract (arXiv 2506.16673) and the TLEG/SWS "
-             "lineage, not the authors' code.", "", "## Verdicts", ""]
+             "their records).", ""] + ([harness.machine_line(results["machine"]), ""] if results.get("machine") else [])
+    lines += ["clipforge's MM-LG is a reconstruction from the paper's abstract (arXiv 2506.16673) and the TLEG/SWS "
+              "lineage, not the authors' code.", "", "## Verdicts", ""]
     lines += [f"- {v['line']}" for v in results["verdicts"]]
     lines += ["", "## Protocol", "",
               f"- C = {_tflops(results['C_flops'])} TFLOP: PT-FT pre-trains each depth from random init until its "
@@ -211,8 +205,8 @@ def markdown(results: dict) -> str:
     lines += ["", "## Compute and storage of the whole family", ""] + _cost_table(results)
     lines += ["", "## Quality against family compute", "", "![curves](curves.png)", "",
               "Curve score of each depth's CLIP before fine-tuning, against the FLOPs spent on that depth (a learngene "
-              "method's extraction shared equally by the depths).", "", "## Phase wall times (s)", "",
-              "| phase | seconds |", "|---|---|"] + [f"| {k} | {v:.0f} |" for k, v in results["phase_wall_time_s"].items()]
+              "method's extraction shared equally by the depths).", "", "## Phase wall times (s)", ""]
+    lines += harness.table(["phase", "seconds"], [[k, f"{v:.0f}"] for k, v in results["phase_wall_time_s"].items()])
     return "\n".join(lines) + "\n"
 
 
@@ -254,7 +248,8 @@ def curve_plot(results: dict, path: Path) -> Path:
     return path
 
 
-def write_all(results: dict, out: Path) -> None:
+def render(results: dict, out: Path) -> None:
+    """results.md, retrieval.png and curves.png in `out`, from the result record."""
     depths = results["budget"]["depths"]
     s = results["summary"]
     series = {f"{LABELS[m]} ({POINTS[p]})": [s[p][m]["clip"][str(d)]["mean"] for d in depths]
@@ -265,5 +260,13 @@ def write_all(results: dict, out: Path) -> None:
                  title="(a) held-out retrieval, mean R@1 after fine-tuning", ylabel="R@1 (%)", errors=errors,
                  percent=True)
     curve_plot(results, out / "curves.png")
-    write_json(out / "results.json", results)
-    write_text(out / "results.md", markdown(results))
+    harness.write_markdown(out, markdown(results))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Rebuild results.md and the PNGs from a results directory's results.json."""
+    return harness.report_main("learngene", render, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,29 +1,24 @@
 """Speed of clipforge's MoE FFN layer (forward + backward) against its floor and the released loop.
 
-    python benchmarks/moe_layer/run.py [--quick] [--out benchmarks/moe_layer/results.json] [--threads N] [--repeats N]
+    python -m benchmarks.moe_layer.run [--quick] [--out benchmarks/moe_layer/results] [--threads N] [--repeats N]
 
 Three layers on the same tokens, E=4 experts, top-2:
   * moe            `clipforge.moe.layer.MoEFFN` (tokens sorted by expert once, one contiguous slice per expert);
   * two_dense      two CLIP FFNs (`CLIPMLP`) on every token: the compute floor of top-2 routing;
   * released_loop  the Mixtral-style loop the released CLIP-MoE code uses (one-hot mask, `torch.where`
                    and a gather per expert), re-implemented below and loaded with the moe layer's weights.
-Writes results.json (atomically) and results.md beside it, and prints the table. fp32 on CPU; on CUDA
+Writes results.json and results.md (atomically) into --out, and prints the table. fp32 on CPU; on CUDA
 the layers run under bf16 autocast (the equivalence check stays fp32).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import shlex
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -33,13 +28,15 @@ from transformers.models.clip.modeling_clip import CLIPMLP
 
 from clipforge.moe.layer import MoEFFN
 
-HERE = Path(__file__).resolve().parent
+from .. import harness
+from .report import render
+
+NAME = "moe_layer"
 EXPERTS, TOP_K, TOLERANCE = 4, 2, 1e-5
 
 
 class Shape(NamedTuple):
-    """One benchmarked input: FFN width, activation and tokens (a NamedTuple, not a dataclass, so the file
-    loads through `spec_from_file_location` without being registered in `sys.modules`)."""
+    """One benchmarked input: FFN width, activation and tokens (`_asdict()` is its row in the results)."""
 
     name: str
     hidden: int
@@ -139,88 +136,43 @@ def time_layers(layers: dict[str, nn.Module], x: Tensor, warmup: int, repeats: i
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def all_cores() -> int:
-    """The cores this process may run on (its affinity mask where the OS has one)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+def describe_device(device: torch.device, note: str | None = None) -> dict[str, Any]:
+    """The machine (benchmarks.harness.machine), the device and the dtype the layers run in, for results.json."""
+    return {**harness.machine(note), "device": device.type, "dtype": "bf16 autocast" if device.type == "cuda" else "fp32"}
 
 
-def describe_device(device: torch.device) -> dict[str, object]:
-    """torch version, the processor's name and the thread count, for results.json."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"torch": torch.__version__, "device": device.type, "cpu": cpu, "threads": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-            "dtype": "bf16 autocast" if device.type == "cuda" else "fp32"}
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temp file in the same directory and `os.replace`, so no reader sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def markdown(results: dict) -> str:
-    """results.md: the command, the device and one table row per shape."""
-    d = results["device"]
-    where = f"{d['gpu']} (bf16 autocast)" if d["gpu"] else f"{d['cpu']}, {d['threads']} threads, fp32"
-    lines = [f"`{results['command']}`", "",
-             f"MoE FFN layer, E={EXPERTS}, top-{TOP_K}, forward + backward, median of {results['repeats']} "
-             f"(after {results['warmup']} warm-up); {where}; torch {d['torch']}.", "",
-             "| shape | tokens (batch × seq) | d / d_ff | moe ms | two dense ms | released loop ms "
-             "| moe / two dense | moe / released loop | max abs diff |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in results["shapes"]:
-        lines.append(f"| {r['name']} | {r['batch'] * r['seq']} ({r['batch']} × {r['seq']}) | {r['hidden']} / "
-                     f"{r['intermediate']} | {r['ms']['moe']:.2f} | {r['ms']['two_dense']:.2f} | "
-                     f"{r['ms']['released_loop']:.2f} | {r['ratio_vs_two_dense']:.2f} | "
-                     f"{r['ratio_vs_released_loop']:.2f} | {r['max_abs_diff']:.1e} |")
-    if any(r["name"] == "vit-b16" for r in results["shapes"]) and not d["gpu"]:
-        lines += ["", "ViT-B/16 runs at batch 8 on CPU (64 on CUDA) to keep a CPU run short."]
-    return "\n".join(lines) + "\n"
+def measure(shape: Shape, device: torch.device, warmup: int, repeats: int) -> dict[str, Any]:
+    """One shape's row: ms per layer, their ratios, the equivalence check's max |Δ| and tokens per expert."""
+    layers, diff, load = build(shape, device)
+    x = torch.randn(shape.batch, shape.seq, shape.hidden, device=device)
+    ms = time_layers(layers, x, warmup, repeats)
+    return {**shape._asdict(), "ms": ms, "max_abs_diff": diff, "expert_load": load,
+            "ratio_vs_two_dense": ms["moe"] / ms["two_dense"], "ratio_vs_released_loop": ms["moe"] / ms["released_loop"]}
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m benchmarks.moe_layer.run [flags]`; 0 on success."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="tiny shapes, few repeats (smoke test, a few seconds)")
-    p.add_argument("--out", type=Path, default=HERE / "results.json", help="results.json path (results.md beside it)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
+    harness.add_common(p, NAME, work=False, ancestry=False, threads="all cores")
     p.add_argument("--repeats", type=int, help="timed repetitions per layer (default 20, quick 3)")
     p.add_argument("--warmup", type=int, help="untimed repetitions first (default 3, quick 1)")
-    args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    command = shlex.join(["python", "benchmarks/moe_layer/run.py", *(sys.argv[1:] if argv is None else argv)])
+    args = p.parse_args(argv)
 
-    torch.set_num_threads(args.threads or all_cores())
+    harness.set_threads(args.threads, default_all=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     repeats = args.repeats or (3 if args.quick else 20)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
-    results: dict = {"command": command, "device": describe_device(device), "experts": EXPERTS, "top_k": TOP_K,
-                     "warmup": warmup, "repeats": repeats, "shapes": []}
+    results: dict[str, Any] = {"command": harness.command(NAME, argv), "device": describe_device(device, args.note),
+                               "experts": EXPERTS, "top_k": TOP_K, "warmup": warmup, "repeats": repeats, "shapes": []}
     for shape in shapes(args.quick, device.type == "cuda"):
         print(f"[moe_layer] {shape.name}: {shape.batch} × {shape.seq} tokens, d={shape.hidden}, "
               f"d_ff={shape.intermediate}", flush=True)
-        layers, diff, load = build(shape, device)
-        x = torch.randn(shape.batch, shape.seq, shape.hidden, device=device)
-        ms = time_layers(layers, x, warmup, repeats)
-        results["shapes"].append({**shape._asdict(), "ms": ms, "max_abs_diff": diff, "expert_load": load,
-                                  "ratio_vs_two_dense": ms["moe"] / ms["two_dense"],
-                                  "ratio_vs_released_loop": ms["moe"] / ms["released_loop"]})
-    write_atomic(args.out, json.dumps(results, indent=2) + "\n")
-    table = markdown(results)
-    write_atomic(args.out.with_suffix(".md"), table)
-    print(table, end="")
-    print(f"[moe_layer] wrote {args.out} and {args.out.with_suffix('.md')}")
+        results["shapes"].append(measure(shape, device, warmup, repeats))
+    out = harness.out_dir(args, NAME)
+    harness.write_results(out, results, render)
+    print((out / "results.md").read_text(), end="")
+    print(f"[moe_layer] wrote {out / 'results.json'} and {out / 'results.md'}")
     return 0
 
 

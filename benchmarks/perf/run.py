@@ -1,35 +1,29 @@
 """clipforge's speed in one run: training-loop overhead, evaluation throughput and the MoE layer.
 
-    python benchmarks/perf/run.py [--quick] [--out benchmarks/perf/results.json] [--threads N]
+    python -m benchmarks.perf.run [--quick] [--out benchmarks/perf/results] [--threads N]
 
 Five parts, one results file:
   * train  `clipforge.train.loop.train` against a bare transformers loop (`CLIPModel(..., return_loss=True)`,
            AdamW, grad clip, step) on the same architecture and the same pre-collated batch; ms/step of each
            and the overhead clipforge / bare - 1 (goal: at most 5 %);
   * eval   images/s and captions/s of `clipforge.eval.embed.embed_images` / `embed_texts` (demo ancestry);
-  * moe    the per-shape ratios of `benchmarks/moe_layer/run.py` (its functions, run here);
+  * moe    the per-shape ratios of `benchmarks.moe_layer` (its functions, run here);
   * options  the step under each speed option (AdamW kernels, attention, bf16, torch.compile, the new default) on
            the ancestry @ 256 and ViT-B/16 @ 8: ms/step, GFLOP/s, share of the fp32 / bf16 matmul peaks measured here;
   * profile  where one ancestry step's time goes (torch.profiler, by kind), and the data path (step_options.py).
-Writes results.json (atomically) and results.md beside it, and prints the tables. See README.md for the method.
+Writes results.json and results.md (atomically) into --out, and prints the tables. See README.md for the method.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import inspect
-import json
-import os
-import platform
-import shlex
 import statistics
 import sys
 import tempfile
 import time
-from pathlib import Path
-from types import ModuleType
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 import transformers
@@ -44,16 +38,19 @@ from clipforge.models.registry import build
 from clipforge.train.fast import adamw_kwargs
 from clipforge.train.loop import TrainConfig, train
 
-HERE = Path(__file__).resolve().parent
-MOE_BENCH = HERE.parent / "moe_layer" / "run.py"
-OPTIONS_BENCH = HERE / "step_options.py"
+from .. import harness
+from ..moe_layer import run as moe_layer
+from . import step_options
+from .report import render
+
+NAME = "perf"
 PARTS = ("train", "eval", "moe", "options", "profile")
 OVERHEAD_GOAL = 0.05
 EVAL_ARCH = "ancestry"
 
 
 class TrainCase(NamedTuple):
-    """One training comparison (a NamedTuple: the file loads via `spec_from_file_location` unregistered)."""
+    """One training comparison."""
 
     arch: str
     batch: int
@@ -71,9 +68,9 @@ def option_cases(quick: bool, cuda: bool) -> list[tuple[str, int]]:
     return [("tiny", 16)] if quick else [("ancestry", 256), ("ViT-B-16", 64 if cuda else 8)]
 
 
-def options_part(bench: ModuleType, quick: bool, steps: int, rounds: int, threads: int, device: torch.device) -> dict:
+def options_part(quick: bool, steps: int, rounds: int, threads: int, device: torch.device) -> dict:
     """step_options.py's table: every option on each case (ViT-B/16: one round, fewer steps; a CPU step takes seconds)."""
-    peak = bench.peaks(threads, device, quick)
+    peak = step_options.peaks(threads, device, quick)
     print(f"[perf] matmul peaks: fp32 {peak['float32']['gflops']:.0f}, bf16 {peak['bfloat16']['gflops']:.1f} GFLOP/s",
           flush=True)
     items = lambda batch, n: PrebuiltItems(list(batch["pixel_values"].unbind(0)), n)  # noqa: E731
@@ -81,19 +78,12 @@ def options_part(bench: ModuleType, quick: bool, steps: int, rounds: int, thread
     parts = []
     for i, case in enumerate(option_cases(quick, device.type == "cuda")):
         big = i > 0 and device.type == "cpu"
-        parts.append(bench.options_part([case], 1 if big else 2, max(2, steps // 2) if big else steps,
-                                        1 if big else rounds, device, quick, peak, fixed_batch, stamper, items))
+        parts.append(step_options.options_part([case], 1 if big else 2, max(2, steps // 2) if big else steps,
+                                               1 if big else rounds, device, quick, peak, fixed_batch, stamper,
+                                               items))
     attn = {arch: kernel for part in parts for arch, kernel in part["new_default"]["attn"].items()}
     return {"peaks": peak, "new_default": {**parts[0]["new_default"], "attn": attn},
             "cases": [{k: v for k, v in p.items() if k not in ("peaks", "new_default")} for p in parts]}
-
-
-def load_moe_bench(path: Path = MOE_BENCH, name: str = "clipforge_moe_layer_bench_for_perf") -> ModuleType:
-    """benchmarks/moe_layer/run.py (or another benchmark script) as a module (scripts, not part of the package)."""
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def syncer(device: torch.device) -> Callable[[], None]:
@@ -263,79 +253,23 @@ def eval_part(n: int, repeats: int, device: torch.device) -> dict:
 # ------------------------------------------------------------------------------------------------ moe
 
 
-def moe_part(moe: ModuleType, quick: bool, device: torch.device) -> dict:
-    """benchmarks/moe_layer's measurement with its own shapes and defaults (quick: its --quick)."""
+def moe_part(quick: bool, device: torch.device) -> dict:
+    """benchmarks.moe_layer's measurement with its own shapes and defaults (quick: its --quick)."""
     repeats, warmup = (3, 1) if quick else (20, 3)
     rows = []
-    for shape in moe.shapes(quick, device.type == "cuda"):
+    for shape in moe_layer.shapes(quick, device.type == "cuda"):
         print(f"[perf] moe {shape.name}: {shape.batch} × {shape.seq} tokens, d={shape.hidden}", flush=True)
-        layers, diff, load = moe.build(shape, device)
-        x = torch.randn(shape.batch, shape.seq, shape.hidden, device=device)
-        ms = moe.time_layers(layers, x, warmup, repeats)
-        rows.append({**shape._asdict(), "ms": ms, "max_abs_diff": diff, "expert_load": load,
-                     "ratio_vs_two_dense": ms["moe"] / ms["two_dense"],
-                     "ratio_vs_released_loop": ms["moe"] / ms["released_loop"]})
-    return {"experts": moe.EXPERTS, "top_k": moe.TOP_K, "warmup": warmup, "repeats": repeats, "shapes": rows}
+        rows.append(moe_layer.measure(shape, device, warmup, repeats))
+    return {"experts": moe_layer.EXPERTS, "top_k": moe_layer.TOP_K, "warmup": warmup, "repeats": repeats,
+            "shapes": rows}
 
 
-# --------------------------------------------------------------------------------------------- report
+# ----------------------------------------------------------------------------------------------- main
 
 
-def markdown(results: dict) -> str:
-    """results.md: the command, the machine, then one table per part."""
-    m = results["machine"]
-    where = m["gpu"] or f"{m['cpu']}, {m['threads']} threads"
-    tr, ev, mo = results["train"], results["eval"], results["moe"]
-    lines = [f"`{results['command']}`", "",
-             f"{where}; torch {m['torch']}, transformers {m['transformers']}; load average at start "
-             f"{m['load_average']}.", "",
-             "## Training step: clipforge `train()` vs a bare transformers loop", "",
-             f"Same model, same pre-collated batch, amp {tr['amp']}; median ms/step over {tr['rounds']} round(s) "
-             f"× {tr['steps']} steps, after {tr['warmup']} warm-up step(s) per run. Goal: overhead ≤ "
-             f"{tr['goal']:.0%}.", "",
-             "| arch | batch | clipforge ms/step | bare ms/step | overhead | within goal |",
-             "|---|---|---|---|---|---|"]
-    for r in tr["cases"]:
-        lines.append(f"| {r['arch']} | {r['batch']} | {r['ms_per_step']['clipforge']:.2f} | "
-                     f"{r['ms_per_step']['bare']:.2f} | {r['overhead']:+.1%} | {'yes' if r['within_goal'] else 'no'} |")
-    lines += ["", "## Evaluation embedding throughput", "",
-              f"`embed_images` / `embed_texts` on {ev['arch']} (fresh weights), {ev['n']} scenes test images and "
-              f"their first captions, median of {ev['repeats']} pass(es); batch sizes {ev['image_batch_size']} / "
-              f"{ev['text_batch_size']} (the defaults).", "",
-              "| arch | n | images/s | captions/s |", "|---|---|---|---|",
-              f"| {ev['arch']} | {ev['n']} | {ev['images_per_s']:.0f} | {ev['captions_per_s']:.0f} |",
-              "", "## MoE FFN layer (benchmarks/moe_layer)", "",
-              f"E={mo['experts']}, top-{mo['top_k']}, forward + backward, median of {mo['repeats']} "
-              f"(after {mo['warmup']} warm-up).", "",
-              "| shape | tokens | d / d_ff | moe ms | two dense ms | released loop ms | moe / two dense "
-              "| moe / released loop |", "|---|---|---|---|---|---|---|---|"]
-    for r in mo["shapes"]:
-        lines.append(f"| {r['name']} | {r['batch'] * r['seq']} | {r['hidden']} / {r['intermediate']} | "
-                     f"{r['ms']['moe']:.2f} | {r['ms']['two_dense']:.2f} | {r['ms']['released_loop']:.2f} | "
-                     f"{r['ratio_vs_two_dense']:.2f} | {r['ratio_vs_released_loop']:.2f} |")
-    if "options" in results:
-        bench = load_moe_bench(OPTIONS_BENCH, "clipforge_perf_step_options")
-        lines += bench.markdown(results["options"], results["profile"])
-    for r in results.get("reruns", []):
-        mr = r["machine"]
-        lines += ["", f"Parts {', '.join(r['parts'])} rerun by `{r['command']}` ({mr['threads']} thread(s); load "
-                      f"average at start {mr['load_average']}); they replace that run's numbers above."]
-    return "\n".join(lines) + "\n"
-
-
-def describe_machine(moe: ModuleType, device: torch.device) -> dict[str, Any]:
-    """moe_layer's device description plus versions and the load when the run started (the machine is shared)."""
-    d = moe.describe_device(device)
-    d.pop("dtype", None)  # per part here: see train.amp
-    return {**d, "transformers": transformers.__version__, "python": platform.python_version(),
-            "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None}
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="tiny shapes, few steps (smoke test, seconds)")
-    p.add_argument("--out", type=Path, default=HERE / "results.json", help="results.json path (results.md beside it)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The benchmark's options: the common ones and its own."""
+    harness.add_common(p, NAME, work=False, ancestry=False, threads="all cores")
     p.add_argument("--steps", type=int, help="timed training steps per run (default 10, quick 3)")
     p.add_argument("--warmup", type=int, help="untimed training steps first (default 2, quick 1)")
     p.add_argument("--rounds", type=int, help="runs of each training loop, alternating (default 2, quick 1)")
@@ -344,45 +278,51 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parts", default=",".join(PARTS),
                    help=f"comma-separated parts to run (default all: {','.join(PARTS)}); a subset replaces those "
                         "parts in an existing --out and records the command that measured them")
-    args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    command = shlex.join(["python", "benchmarks/perf/run.py", *(sys.argv[1:] if argv is None else argv)])
 
-    moe = load_moe_bench()
-    torch.set_num_threads(args.threads or moe.all_cores())
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+def measure(args: argparse.Namespace, parts: list[str], results: dict[str, Any], device: torch.device) -> None:
+    """Run the chosen parts into `results`."""
     q = args.quick
-    steps = args.steps or (3 if q else 10)
-    warmup = args.warmup if args.warmup is not None else (1 if q else 2)
     rounds = args.rounds or (1 if q else 2)
-    eval_n = args.eval_n or (64 if q else 2000)
+    if "train" in parts:
+        results["train"] = train_part(train_cases(q, device.type == "cuda"), args.warmup if args.warmup is not None
+                                      else (1 if q else 2), args.steps or (3 if q else 10), rounds, device)
+    if "eval" in parts:
+        results["eval"] = eval_part(args.eval_n or (64 if q else 2000), 1 if q else 3, device)
+    if "moe" in parts:
+        results["moe"] = moe_part(q, device)
+    if "options" in parts:
+        results["options"] = options_part(q, args.option_steps or (2 if q else 5), rounds, torch.get_num_threads(),
+                                          device)
+    if "profile" in parts:
+        results["profile"] = step_options.profile_part(*(("tiny", 16) if q else ("ancestry", 256)), q)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m benchmarks.perf.run [flags]`; 0 on success."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_arguments(p)
+    args = p.parse_args(argv)
+    command = harness.command(NAME, argv)
     parts = [x for x in args.parts.split(",") if x]
     if not parts or set(parts) - set(PARTS):
         raise SystemExit(f"--parts: choose among {','.join(PARTS)}, got {args.parts!r}")
-    machine = describe_machine(moe, device)
-    results: dict[str, Any] = {"command": command, "quick": q, "machine": machine}
+    harness.set_threads(args.threads, default_all=True)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    out = harness.out_dir(args, NAME)
+    # the train part's amp says the dtype; the device and transformers' version matter beside torch's
+    machine = {**harness.machine(args.note), "device": device.type, "transformers": transformers.__version__}
+    results: dict[str, Any] = {"command": command, "quick": args.quick, "machine": machine}
     if set(parts) != set(PARTS):  # a partial rerun: keep the other parts, say which run measured what
-        if not args.out.is_file():
-            raise SystemExit(f"--parts {args.parts}: {args.out} holds no earlier run to complete")
-        results = json.loads(args.out.read_text())
+        if not (out / "results.json").is_file():
+            raise SystemExit(f"--parts {args.parts}: {out} holds no earlier run to complete")
+        results = harness.read_results(out)
         results.setdefault("reruns", []).append({"command": command, "parts": parts, "machine": machine})
-    if "train" in parts:
-        results["train"] = train_part(train_cases(q, device.type == "cuda"), warmup, steps, rounds, device)
-    if "eval" in parts:
-        results["eval"] = eval_part(eval_n, 1 if q else 3, device)
-    if "moe" in parts:
-        results["moe"] = moe_part(moe, q, device)
-    opts = load_moe_bench(OPTIONS_BENCH, "clipforge_perf_step_options")
-    if "options" in parts:
-        results["options"] = options_part(opts, q, args.option_steps or (2 if q else 5), rounds,
-                                          torch.get_num_threads(), device)
-    if "profile" in parts:
-        results["profile"] = opts.profile_part(*(("tiny", 16) if q else ("ancestry", 256)), q)
-
-    moe.write_atomic(args.out, json.dumps(results, indent=2) + "\n")
-    table = markdown(results)
-    moe.write_atomic(args.out.with_suffix(".md"), table)
-    print(table, end="")
-    print(f"[perf] wrote {args.out} and {args.out.with_suffix('.md')}")
+    measure(args, parts, results, device)
+    harness.write_results(out, results, render)
+    print((out / "results.md").read_text(), end="")
+    print(f"[perf] wrote {out / 'results.json'} and {out / 'results.md'}")
     return 0
 
 

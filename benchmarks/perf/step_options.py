@@ -1,4 +1,4 @@
-"""The training step under each speed option, and where its time goes; a part of benchmarks/perf/run.py.
+"""The training step under each speed option, and where its time goes; a part of benchmarks.perf.run.
 
 * `peaks`: fp32 and bf16 matmul GFLOP/s of this machine (square matmuls), measured in the same run;
 * `options_part`: `train()` ms/step of each option (today's default, foreach / fused AdamW, eager
@@ -8,6 +8,8 @@
 * `profile_part`: torch.profiler's self time of one ancestry step grouped by kind (matmuls,
   attention, layer norms, GELU, embedding, loss, optimizer, ...), plus the data path (scene
   rendering and collation of a real 256-sample batch) and the embedding's share of AdamW and clipping.
+
+Their results.md sections are `benchmarks.perf.report.options_markdown` and `profile_markdown`.
 """
 
 from __future__ import annotations
@@ -265,55 +267,3 @@ def profile_part(arch: str, batch_size: int, quick: bool) -> dict[str, Any]:
             "clip_token_embedding_ms": emb_clip_ms, "token_embedding_rows_with_grad": rows_used,
             "token_embedding_rows": int(emb.shape[0])}
     return result
-
-
-# -------------------------------------------------------------------------------------------- markdown
-
-
-def markdown(options: dict[str, Any], prof: dict[str, Any]) -> list[str]:
-    """results.md's sections for the options and the profile."""
-    pk = options["peaks"]
-    nd = options["new_default"]
-    lines = ["", "## Training step under each speed option", "",
-             f"`train()` on a fixed pre-collated batch, median ms/step; FLOPs of one forward + backward (torch "
-             f"FlopCounterMode) ÷ that time. Matmul peaks measured in this run, {pk['threads']} thread(s): fp32 "
-             f"{pk['float32']['gflops']:.0f} GFLOP/s (n={pk['float32']['n']}), bf16 {pk['bfloat16']['gflops']:.1f} "
-             f"GFLOP/s (n={pk['bfloat16']['n']}; native bf16: {'yes' if pk['native_bf16'] else 'no, emulated'}). "
-             f"New default here: amp {nd['amp']}, AdamW {nd['optimizer']}, compile {nd['compile']}, attention "
-             f"{', '.join(f'{a} {k}' for a, k in nd['attn'].items())}. 'first step' includes compiling where compile "
-             f"is on.", "",
-             "| arch | batch | option | ms/step | × vs today | GFLOP/s | % fp32 peak | % bf16 peak | first step s |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for case in options["cases"]:
-        for r in case["rows"]:
-            lines.append(f"| {r['arch']} | {r['batch']} | {r['option']} | {r['ms_per_step']:.1f} | "
-                         f"{r['speedup_vs_today']:.2f} | {r['gflops']:.1f} | {r['share_fp32_peak']:.0%} | "
-                         f"{r['share_bf16_peak']:.0%} | {r['first_step_s']:.1f} |")
-    lines += ["", f"## Where the {prof['arch']} step's time goes (torch.profiler, batch {prof['batch']})", "",
-              f"Self CPU time per step by kind, mean of {prof['profiled_steps']} profiled step(s) (the profiler "
-              f"adds overhead to small ops; 'unprofiled' is the same step timed without it). Text trimmed to "
-              f"{prof['text_tokens']} tokens.", ""]
-    names = list(prof["optimizers"])
-    lines += ["| kind | " + " | ".join(f"{n} AdamW ms" for n in names) + " | share (" + names[-1] + ") |",
-              "|---|" + "---|" * (len(names) + 1)]
-    last = prof["optimizers"][names[-1]]
-    kinds = list(dict.fromkeys(k for n in names for k in prof["optimizers"][n]["categories_ms"]))
-    for k in kinds:
-        vals = [prof["optimizers"][n]["categories_ms"].get(k, 0.0) for n in names]
-        share = last["categories_ms"].get(k, 0.0) / last["profiled_self_ms"]
-        lines.append(f"| {k} | " + " | ".join(f"{v:.1f}" for v in vals) + f" | {share:.1%} |")
-    lines.append("| **total (profiled)** | " + " | ".join(
-        f"{prof['optimizers'][n]['profiled_self_ms']:.1f}" for n in names) + " | |")
-    lines.append("| step, unprofiled | " + " | ".join(
-        f"{prof['optimizers'][n]['step_ms_unprofiled']:.1f}" for n in names) + " | |")
-    lines += ["", "| token embedding (49,408 × width) | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    for key, label in (("adamw_all_params_ms", "AdamW step, all parameters (ms)"),
-                       ("adamw_token_embedding_ms", "AdamW step, token embedding alone (ms)"),
-                       ("clip_token_embedding_ms", "gradient-norm of the token embedding alone (ms)"),
-                       ("token_embedding_rows_with_grad", "rows with a gradient in this batch")):
-        lines.append(f"| {label} | " + " | ".join(
-            f"{prof['optimizers'][n][key]:.1f}" if isinstance(prof['optimizers'][n][key], float)
-            else str(prof['optimizers'][n][key]) for n in names) + " |")
-    lines += ["", "| data path, one batch (main process, `num_workers=0`) | ms |", "|---|---|"]
-    lines += [f"| {k} | {v:.0f} |" for k, v in prof["data_ms"].items()]
-    return lines

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import ClipforgeError
+from .errors import ClipforgeError, first_line
 
 # A full disk (or quota) gets one line naming the destination (errors.py: the project's error rule).
 _NO_SPACE = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
@@ -100,7 +100,7 @@ def read_json_object(path: str | os.PathLike, what: str = "a JSON object") -> di
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ClipforgeError(f"{path}: not valid JSON ({str(e).splitlines()[0]})") from None
+        raise ClipforgeError(f"{path}: not valid JSON ({first_line(e)})") from None
     if not isinstance(data, dict):
         raise ClipforgeError(f"{path}: not {what} (a JSON object is expected)")
     return data

@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from ..errors import ClipforgeError
+from ..errors import ClipforgeError, first_line
 from ..markdown import table
 from .blocks import BLOCK_PARTS, block_param_name  # noqa: F401  (part of the learngene's API)
 from .config import TOWERS, LearngeneConfig
@@ -302,9 +302,6 @@ class Learngene(nn.Module):
         from ..files import read_json_object
         from ..models.io import nonfinite_tensor
 
-        def line(e: BaseException) -> str:
-            return (str(e).strip().splitlines() or [type(e).__name__])[0]
-
         model_dir = Path(model_dir)
         meta_path, weights = model_dir / CONFIG, model_dir / WEIGHTS
         if not meta_path.is_file() or not weights.is_file():
@@ -321,15 +318,15 @@ class Learngene(nn.Module):
             raise ClipforgeError(f"{meta_path}: {e}") from None
         except (RuntimeError, ValueError, TypeError, OverflowError, MemoryError) as e:  # absurd sizes
             raise ClipforgeError(f"{meta_path}: its config describes no buildable learngene "
-                                 f"({type(e).__name__}: {line(e)})") from None
+                                 f"({type(e).__name__}: {first_line(e)})") from None
         try:
             state = load_file(str(weights))
         except Exception as e:  # safetensors raises its own types for a truncated file or a corrupt header
-            raise ClipforgeError(f"{weights}: not a readable safetensors file ({line(e)})") from None
+            raise ClipforgeError(f"{weights}: not a readable safetensors file ({first_line(e)})") from None
         try:
             lg.load_state_dict(state, strict=True)
         except RuntimeError as e:
-            raise ClipforgeError(f"{weights}: does not match {meta_path} ({line(e)})") from None
+            raise ClipforgeError(f"{weights}: does not match {meta_path} ({first_line(e)})") from None
         bad = nonfinite_tensor(lg.state_dict().items())
         if bad is not None:
             raise ClipforgeError(f"{weights}: tensor {bad!r} holds NaN or inf values; the learngene is refused "

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..errors import ClipforgeError
+from ..errors import ClipforgeError, first_line
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
@@ -53,7 +53,7 @@ def _read_safetensors(path: Path) -> dict[str, Tensor]:
     try:
         return load_file(str(path), device="cpu")
     except Exception as e:  # safetensors raises its own error types for corrupt headers
-        raise ClipforgeError(f"{path}: not a readable safetensors file ({_first_line(e)})") from None
+        raise ClipforgeError(f"{path}: not a readable safetensors file ({first_line(e)})") from None
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -250,7 +250,7 @@ def _read_jit(path: Path) -> dict[str, Tensor]:
     except _Refused as e:
         raise ClipforgeError(f"{path}: TorchScript archive refused: {e}; {_JIT_HINT}") from None
     except Exception as e:  # a truncated zip, a missing record, a malformed pickle: each has its own type
-        raise ClipforgeError(f"{path}: not a readable TorchScript archive ({_first_line(e)}); {_JIT_HINT}") from None
+        raise ClipforgeError(f"{path}: not a readable TorchScript archive ({first_line(e)}); {_JIT_HINT}") from None
 
 
 def _read_pickle(path: Path) -> Any:
@@ -260,14 +260,9 @@ def _read_pickle(path: Path) -> Any:
         if "weights only" in str(e).lower():
             raise ClipforgeError(f"{path}: holds pickled code or objects, not just tensors; "
                                  "it will not be unpickled (re-save it as plain tensors or .safetensors)") from None
-        raise ClipforgeError(f"{path}: not a readable PyTorch checkpoint ({_first_line(e)})") from None
+        raise ClipforgeError(f"{path}: not a readable PyTorch checkpoint ({first_line(e)})") from None
     except Exception as e:  # truncated zips, garbage bytes: torch raises a zoo of types
-        raise ClipforgeError(f"{path}: not a readable PyTorch checkpoint ({_first_line(e)})") from None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+        raise ClipforgeError(f"{path}: not a readable PyTorch checkpoint ({first_line(e)})") from None
 
 
 def _unwrap(obj: Any, path: Path) -> dict[str, Tensor]:

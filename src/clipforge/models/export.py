@@ -30,7 +30,7 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor, nn
 
-from ..errors import ClipforgeError
+from ..errors import ClipforgeError, first_line
 from .encode import has_text, has_vision, image_features, text_features
 
 FORMATS = ("onnx", "torch-export")
@@ -133,7 +133,7 @@ def export_program(model: nn.Module, tower: str) -> torch.export.ExportedProgram
             return torch.export.export(module, (), kwargs=inputs, dynamic_shapes=dynamic, strict=False)
         except Exception as e:  # torch raises many types; the first line names the op
             raise ClipforgeError(f"torch.export failed on the {tower} tower of {type(model).__name__}: "
-                                 f"{str(e).strip().splitlines()[0][:300]}") from None
+                                 f"{first_line(e)}") from None
 
 
 @contextmanager
@@ -175,7 +175,7 @@ def _write_onnx(program: torch.export.ExportedProgram, path: Path, inputs: list[
             torch.onnx.export(program, f=str(path), input_names=inputs, output_names=[output],
                               opset_version=ONNX_OPSET, dynamo=True, external_data=True, verbose=False)
         except Exception as e:
-            raise ClipforgeError(f"ONNX export failed: {str(e).strip().splitlines()[0][:300]}") from None
+            raise ClipforgeError(f"ONNX export failed: {first_line(e)}") from None
 
 
 def run_artefact(path: str | os.PathLike, inputs: dict[str, Tensor]) -> Tensor | None:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from ..errors import ClipforgeError
+from ..errors import ClipforgeError, first_line
 from ..files import atomic_dir, read_json_object
 from ..markdown import table
 from .registry import MODEL_CLASSES
@@ -151,13 +151,8 @@ def _load_config(model_dir: Path):
         # The class's own config type, so legacy fields (`text_config_dict`, ...) are read as transformers does.
         config = cls.config_class.from_pretrained(model_dir, local_files_only=True)
     except Exception as e:  # transformers raises many types for a malformed config
-        raise ClipforgeError(f"{cfg_path}: cannot be read as a model config ({_first_line(e)})") from None
+        raise ClipforgeError(f"{cfg_path}: cannot be read as a model config ({first_line(e)})") from None
     return cls, config
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def load(model_dir: str | os.PathLike, *, device: str | torch.device = "cpu",
@@ -184,7 +179,7 @@ def load(model_dir: str | os.PathLike, *, device: str | torch.device = "cpu",
                                               weights_only=True, ignore_mismatched_sizes=True,
                                               output_loading_info=True)
     except Exception as e:  # unreadable file, bad shard index, pickled code, ...
-        raise ClipforgeError(f"{model_dir}: cannot read the weights ({_first_line(e)})") from None
+        raise ClipforgeError(f"{model_dir}: cannot read the weights ({first_line(e)})") from None
     problems = []
     order = {k: i for i, k in enumerate(model.state_dict())}  # report in the model's own order
     mismatched = sorted(info.get("mismatched_keys") or (), key=lambda m: order.get(m[0], len(order)))
@@ -196,7 +191,7 @@ def load(model_dir: str | os.PathLike, *, device: str | torch.device = "cpu",
     if info.get("unexpected_keys"):
         problems.append(f"unexpected {sorted(info['unexpected_keys'])[:3]}")
     if info.get("error_msgs"):
-        problems.append(_first_line(RuntimeError(info["error_msgs"][0])))
+        problems.append(first_line(RuntimeError(info["error_msgs"][0])))
     if problems:
         raise ClipforgeError(f"{model_dir}: weights do not match config.json: {'; '.join(problems)}")
     bad = nonfinite_tensor(model.state_dict().items())

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from transformers import CLIPTokenizer, PreTrainedTokenizerBase
 
-from ..errors import ClipforgeError
+from ..errors import ClipforgeError, first_line
 from .registry import PAD_TOKEN_ID
 
 FILES_DIR = Path(__file__).resolve().parent / "tokenizer_files"
@@ -94,7 +94,7 @@ def load_tokenizer(model_dir: str | Path) -> PreTrainedTokenizerBase | None:
     try:
         return AutoTokenizer.from_pretrained(str(d), local_files_only=True)
     except Exception as e:
-        raise ClipforgeError(f"{d}: cannot load its tokenizer ({str(e).strip().splitlines()[0]})") from None
+        raise ClipforgeError(f"{d}: cannot load its tokenizer ({first_line(e)})") from None
 
 
 def save_tokenizer(out_dir: str | Path, context_length: int = 77, *, processor: bool = False,

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ClipforgeError
+from ..errors import ClipforgeError, first_line
 from ..files import atomic_path, write_text
 
 CHECKPOINT_DIR = "checkpoints"
@@ -158,5 +158,5 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unreadable, truncated, or pickled code the safe unpickler refuses
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = first_line(e)
         raise ClipforgeError(f"cannot read checkpoint {path}: {reason[:200]}") from None

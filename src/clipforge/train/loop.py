@@ -12,7 +12,6 @@ its own generator, and evaluation runs inside a forked RNG.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -21,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,6 +49,7 @@ from .fast import (
 from .finite import FiniteGuard
 from .loss import ClipLoss, ClipStep, clamp_logit_scale_, logit_scale_param
 from .optim import cosine_with_warmup, param_groups
+from .runlog import RunLog, scalar
 from .sampler import ResumableSampler, ResumeView, StatefulBatchSampler
 from .step import (
     EvalFn,
@@ -73,12 +73,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def _scalar(v: Any) -> Any:
-    if isinstance(v, Tensor):
-        return v.detach().float().item() if v.numel() == 1 else v.detach().float().tolist()
-    return v
 
 
 def validate_config(cfg: TrainConfig, info: D.DistInfo) -> None:
@@ -109,20 +103,6 @@ def _fix_logit_scale(model: nn.Module, value: float) -> str:
                 p.fill_(math.log(value))
             return name
     raise ClipforgeError("fixed_logit_scale is set but the model has no logit_scale parameter")
-
-
-def _trim_log(path: Path, last_step: int) -> None:
-    """Drop log lines past `last_step` (written by a run that died before its next checkpoint)."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= last_step:
-                kept.append(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by the crash
-    path.write_text("".join(k + "\n" for k in kept))
 
 
 @dataclass(frozen=True)
@@ -191,7 +171,7 @@ class _Trainer:
         self.history: list[tuple[int, dict[str, Any]]] = []
         self.resumed_from: Path | None = None
         self.data_iter: Iterator[Any] | None = None
-        self.log_file: TextIO | None = None  # rank 0 only
+        self.run_log = RunLog()  # log.jsonl: opened by `start` on rank 0
         self.bar: Any = None  # a tqdm bar, rank 0 with `progress` only
 
     def restore(self, resume: str | os.PathLike | None) -> Any:
@@ -237,13 +217,7 @@ class _Trainer:
                                            pin_memory=info.device.type == "cuda", generator=self.loader_gen), dataset)
         self.runner = wrap_step(self.model, self.step_fn, cfg, info)
         if info.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            log_path = self.out_dir / "log.jsonl"
-            if self.resumed_from is None:
-                log_path.write_text("")
-            else:
-                _trim_log(log_path, self.step)
-            self.log_file = open(log_path, "a")
+            self.run_log = RunLog(self.out_dir / "log.jsonl", None if self.resumed_from is None else self.step)
         if progress and info.is_main:
             from tqdm.auto import tqdm
             self.bar = tqdm(total=cfg.steps, initial=self.step, desc="train", dynamic_ncols=True)
@@ -276,8 +250,7 @@ class _Trainer:
         """Close the bar and log.jsonl (on every exit, errors included)."""
         if self.bar is not None:
             self.bar.close()
-        if self.log_file is not None:
-            self.log_file.close()
+        self.run_log.close()
 
     def _next_batch(self) -> Any:
         """The next batch, on the device; a new pass (its own worker seeds) when the last one ended."""
@@ -326,8 +299,8 @@ class _Trainer:
                   "elapsed_s": round(time.perf_counter() - self.run_t0, 3)}
         if grad_norm is not None:
             record["grad_norm"] = float(grad_norm)
-        record.update({k: _scalar(v) for k, v in logs.items()})
-        self._write(record)
+        record.update({k: scalar(v) for k, v in logs.items()})
+        self.run_log.write(record)
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
         self.guard.check_logged(record["loss"], self.step, record["lr"])  # after the line: log.jsonl shows it
@@ -338,11 +311,11 @@ class _Trainer:
         """Run `eval_fn`, log and record its metrics, and ask `until` whether to stop."""
         metrics = run_eval(eval_fn, self.model, self.step, self.info)
         if metrics:
-            self._write({"step": self.step, **{f"eval/{k}": _scalar(v) for k, v in metrics.items()}})
-        self.history.append((self.step, {k: _scalar(v) for k, v in (metrics or {}).items()}))
+            self.run_log.write({"step": self.step, **{f"eval/{k}": scalar(v) for k, v in metrics.items()}})
+        self.history.append((self.step, {k: scalar(v) for k, v in (metrics or {}).items()}))
         if until is not None and until(self.history):
             self.stopped = True
-            self._write({"step": self.step, "stopped": True})
+            self.run_log.write({"step": self.step, "stopped": True})
 
     def _checkpoint(self) -> None:
         """Check the state is finite, then rank 0 writes it; every rank waits for the write."""
@@ -377,11 +350,6 @@ class _Trainer:
             "config": asdict(self.cfg),
         }
 
-    def _write(self, record: dict[str, Any]) -> None:
-        """One line of log.jsonl (rank 0 only), flushed so a crash loses none of it."""
-        if self.log_file is not None:
-            self.log_file.write(json.dumps(record) + "\n")
-            self.log_file.flush()
 
 
 def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, out_dir: str | os.PathLike, *,

@@ -1,0 +1,1 @@
+"""Speed of clipforge's MoE FFN layer against two dense FFNs and the released loop: `python -m benchmarks.moe_layer.run`."""
