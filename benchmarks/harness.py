@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shlex
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from clipforge.files import write_json, write_text
+from clipforge.markdown import table as markdown_table
 from clipforge.run import Run, normalise
 
 BENCHMARKS = Path(__file__).resolve().parent
@@ -57,7 +59,7 @@ def add_common(p: argparse.ArgumentParser, name: str, *, work: bool = True, ance
                overwrite: bool | None = None, threads: str | None = "torch's") -> None:
     """The flags every benchmark takes; `work` / `ancestry` / `overwrite` (default: `work`) False, `threads` None,
     for one that has no such input (`threads` names the default thread count)."""
-    p.add_argument("--quick", action="store_true", help="smoke test: toy sizes, seconds to minutes (the tests run it)")
+    p.add_argument("--quick", action="store_true", help="smoke test: toy sizes (the tests run it)")
     p.add_argument("--out", type=Path, help=f"results directory (default benchmarks/{name}/results; with --quick "
                                             f"runs/bench-{name}-quick/results)")
     if work:
@@ -72,6 +74,13 @@ def add_common(p: argparse.ArgumentParser, name: str, *, work: bool = True, ance
         p.add_argument("--overwrite", "--force", dest="overwrite", action="store_true",
                        help="discard a work directory made with other settings (alias --force)")
     p.add_argument("--note", help="what else ran on the machine meanwhile (recorded with the machine description)")
+
+
+def parser(name: str, doc: str, module: str = "run") -> argparse.ArgumentParser:
+    """An argument parser whose usage line names the command as it is run (`python -m benchmarks.<name>.run`);
+    its description is the module docstring's first paragraph."""
+    return argparse.ArgumentParser(prog=f"python -m benchmarks.{name}.{module}", description=doc.split("\n\n")[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def command(name: str, argv: Sequence[str], module: str = "run") -> str:
@@ -232,13 +241,10 @@ class Progress:
 
 
 def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], numeric: Sequence[bool] | None = None) -> list[str]:
-    """A Markdown table's lines; cells are given as text (each benchmark formats its numbers), `numeric`
-    right-aligns those columns."""
-    def line(cells: Iterable[Any]) -> str:
-        return " ".join(["|"] + [f"{c} |" if str(c) else "|" for c in cells])  # an empty cell is "| |"
-
-    align = ["---:" if n else "---" for n in (numeric or [False] * len(columns))]
-    return [line(columns), "|" + "|".join(align) + "|"] + [line(row) for row in rows]
+    """A Markdown table's lines by clipforge's one renderer (`clipforge.markdown.table`); cells are given as text
+    (each benchmark formats its numbers), `numeric` right-aligns those columns."""
+    # An empty cell is written "| |", as the committed results.md files have it (the renderer writes "|  |").
+    return [re.sub(r"\|  (?=\|)", "| ", line) for line in markdown_table(columns, list(rows), numeric)]
 
 
 def machine_line(m: dict[str, Any]) -> str:
@@ -272,7 +278,7 @@ def read_results(out: Path) -> dict[str, Any]:
 
 def report_main(name: str, render: Render, argv: list[str] | None) -> int:
     """`python -m benchmarks.<name>.report [--out DIR]`: rebuild results.md (and plots) from DIR/results.json."""
-    p = argparse.ArgumentParser(description=f"Rebuild benchmarks/{name}'s results.md (and plots) from results.json.")
+    p = parser(name, f"Rebuild benchmarks/{name}'s results.md (and plots) from results.json.", "report")
     p.add_argument("--out", type=Path, default=results_dir(name), help=f"results directory (default "
                                                                        f"benchmarks/{name}/results)")
     args = p.parse_args(argv)

@@ -110,31 +110,32 @@ def test_seed_records_of_another_ancestry_with_the_same_recipe_are_not_reused(qu
 
 
 def test_verdicts_follow_the_numbers():
-    from benchmarks.clipmoe import report as cmreport
+    from benchmarks.clipmoe import report
 
     base = {"headline": {"dense_t2i_r1": 0.10, "fmnist_acc1": 0.80}}
 
     def unit(dense, fmnist):
-        return {s: {"headline": {"dense_t2i_r1": d, "fmnist_acc1": f}} for s, (d, f) in enumerate(zip(dense, fmnist))}
+        return {s: {"headline": {"dense_t2i_r1": d, "fmnist_acc1": f}}
+                for s, (d, f) in enumerate(zip(dense, fmnist, strict=True))}
 
     units = {"direct FT (full)": unit([0.20, 0.21, 0.19], [0.60, 0.62, 0.61]),   # gains retrieval, forgets
              "CLIP-MoE": unit([0.22, 0.23, 0.21], [0.800, 0.795, 0.805]),       # gains, keeps zero-shot
              "direct FT (FFN)": unit([0.25, 0.26, 0.24], [0.8, 0.8, 0.8])}       # better on retrieval than MoE
-    got = {v["claim"].split(" (paper")[0]: v["holds"] for v in cmreport.verdicts(units, base)}
+    got = {v["claim"].split(" (paper")[0]: v["holds"] for v in report.verdicts(units, base)}
     assert got == {"direct FT (full) raises dense-caption T→I R@1 over the base": True,
                    "direct FT (full) loses Fashion-MNIST zero-shot, more than 1 point": True,
                    "CLIP-MoE raises dense-caption T→I R@1 over the base": True,
                    "CLIP-MoE keeps Fashion-MNIST zero-shot within 1 point of the base": True,
                    "CLIP-MoE beats direct FT (full) on Fashion-MNIST zero-shot": True,
                    "CLIP-MoE beats direct FT (FFN) on dense T→I R@1": False}
-    v = cmreport.verdicts(units, base)[0]
+    v = report.verdicts(units, base)[0]
     assert "+10.0 ± 0.6 points" in v["line"] and "[0, 1, 2]" in v["line"]
 
 
 def test_claim_verdicts_choose_their_comparison_from_the_numbers():
-    from benchmarks.clipmoe import report as cmreport
+    from benchmarks.clipmoe import report
 
-    attrs = [a for a in cmreport.ATTRS if a != "mean"]
+    attrs = [a for a in report.ATTRS if a != "mean"]
     base = {"headline": {"dense_t2i_r1": 0.10, **{f"mmvp_{a}": 0.5 for a in attrs}}}
 
     def unit(dense, **mmvp):
@@ -148,11 +149,11 @@ def test_claim_verdicts_choose_their_comparison_from_the_numbers():
     routing = {"num_experts": 2, "samples": 10,
                "vision": {"share": [[[0.95, 0.05], [0.8, 0.2]], [[0.95, 0.05], [0.9, 0.1]]]},
                "text": {"share": [[[0.95, 0.05], [0.97, 0.03]], [[0.95, 0.05], [0.97, 0.03]]]}}
-    got = {v["claim"]: v for v in cmreport.claim_verdicts(units, base, routing)}
+    got = {v["claim"]: v for v in report.claim_verdicts(units, base, routing)}
     t2 = next(v for k, v in got.items() if k.startswith("Table 2"))
     assert "direct FT (full)" in t2["claim"] and not t2["holds"]  # 0.01 below at every seed: significantly below
     units["CLIP-MoE"] = unit(0.30, binding=0.6, relation=0.7, count=0.45)
-    assert next(v for v in cmreport.claim_verdicts(units, base, routing) if v["claim"].startswith("Table 2"))["holds"]
+    assert next(v for v in report.claim_verdicts(units, base, routing) if v["claim"].startswith("Table 2"))["holds"]
     assert got["Table 1: the stage models are best on different attributes"]["holds"]
     rising = {k.split("MMVP ")[1].split(" ")[0]: v["holds"] for k, v in got.items() if "raises MMVP" in k}
     assert rising == {"binding": True, "relation": True, "count": False}

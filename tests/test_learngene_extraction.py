@@ -198,7 +198,7 @@ def test_train_until_stops_at_the_plateau_and_a_rerun_trains_no_further(tmp_path
 
 def test_extraction_reports_auxnet_quality_that_an_independent_evaluation_reproduces(tmp_path):
     from clipforge.data.scenes import ScenesDataset
-    from clipforge.learngene.pipeline import extract
+    from clipforge.learngene.extract import ExtractConfig, extract
 
     anc_dir = tmp_path / "anc"
     ancestry = ancestry_of(2, seed=0)
@@ -207,8 +207,8 @@ def test_extraction_reports_auxnet_quality_that_an_independent_evaluation_reprod
     data = ScenesDataset(split="train", size=32, seed=0, image_size=32)
     from clipforge.schedule import Schedule
 
-    lg_dir = extract(anc_dir, data, tmp_path / "out", training=Schedule(steps=4, batch_size=8, lr=1e-3, warmup=1),
-                     quality=quality, eval_every=2, progress=False)
+    cfg = ExtractConfig(schedule=Schedule(steps=4, batch_size=8, lr=1e-3, warmup=1))
+    lg_dir = extract(anc_dir, data, tmp_path / "out", cfg, quality=quality, eval_every=2, progress=False)
     prov = json.loads((lg_dir / "learngene.json").read_text())["provenance"]
     q = prov["auxnet_quality"]
     assert prov["init"] == "lstsq" and [s for s, _ in q["curve"]] == [0, 2, 4]
@@ -225,7 +225,7 @@ def test_extraction_reports_auxnet_quality_that_an_independent_evaluation_reprod
 
 
 def test_plateau_needs_a_measurement(tmp_path):
-    from clipforge.learngene.pipeline import extract
+    from clipforge.learngene.extract import extract
 
     io.save(ancestry_of(2), tmp_path / "anc", provenance={"source": "test"})
     with pytest.raises(ClipforgeError, match="plateau"):

@@ -43,7 +43,7 @@ class Budget:
         return (self.experts - 1) * self.stage_steps + self.router_steps
 
     @classmethod
-    def quick(cls) -> "Budget":
+    def quick(cls) -> Budget:
         return cls(train_scenes=256, batch=32, experts=3, stage_steps=3, router_steps=2, stage_lr=1e-3,
                    ft_lr=1e-3, router_lr=1e-2, k=2, k_small=1, seeds=(0,), eval_scenes=64, eval_pairs=20,
                    eval_fashion=200,
@@ -77,6 +77,7 @@ class Bench:
     # --- evaluation, cached per model directory -----------------------------------------------------
 
     def evaluate(self, model_dir: Path, mmvp_only: bool = False) -> dict[str, Any]:
+        """The built-in suite's headline (and the model's costs) for `model_dir`, cached beside its run."""
         from clipforge.cost import model_costs
         from clipforge.eval.suite import evaluate_builtin, headline
         from clipforge.models import io
@@ -121,6 +122,7 @@ class Bench:
     # --- methods ------------------------------------------------------------------------------------
 
     def direct_ft(self, name: str, seed: int, steps: int, params: str) -> Path:
+        """Direct fine-tuning of the ancestry (`params`: "ffn", "full", "ffn+attention") for `steps` steps."""
         from clipforge.moe.baselines import FinetuneConfig, direct_ft
 
         run = self.work / name / f"seed{seed}"
@@ -141,6 +143,7 @@ class Bench:
                               log_every=5, **changes)
 
     def clip_moe(self, seed: int, k: int | None = None) -> Path:
+        """CLIP-MoE by DMU: E - 1 MCL stages of S steps with k x k clusters, then R router steps."""
         from clipforge.moe.dmu import DMUConfig, dmu
         from clipforge.moe.mcl import MCLConfig
 
@@ -154,6 +157,7 @@ class Bench:
         return run / "model"
 
     def sparse_upcycling(self, seed: int) -> Path:
+        """E copies of the base FFN as experts, experts and routers trained for T steps."""
         from clipforge.moe.baselines import sparse_upcycling
 
         b = self.b
@@ -164,6 +168,7 @@ class Bench:
         return run / "model"
 
     def without_mcl(self, seed: int, ft_dir: Path) -> Path:
+        """The base and the direct-FT (FFN) model of `ft_dir` as two experts, routers trained R steps."""
         from clipforge.moe.baselines import without_mcl
 
         b = self.b

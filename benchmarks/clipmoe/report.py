@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import harness
+from .bench import Budget
 
 MAIN_METRICS = ["fmnist_acc1", "dense_t2i_r1", "dense_t2i_r5", "dense_i2t_r1", "dense_i2t_r5", "alt_t2i_r1",
                 "alt_i2t_r1", "t2i_r1", "i2t_r1", "mmvp_mean"]
@@ -45,15 +46,16 @@ DEFINITIONS = {
     "fmnist_acc1": "Fashion-MNIST zero-shot top-1 (prompt ensemble, CLIP_benchmark protocol), test images as budgeted: "
                    "what the ancestry knew and fine-tuning on scenes may forget (the paper's ImageNet column)",
     "dense_/alt_/full t2i_r@k, i2t_r@k": "held-out scenes (test split, seed 1, unseen shape-colour combinations) "
-                                          "captioned in the dense style (what the pool teaches), the alt style (what the "
-                                          "ancestry learned) and the full style; text->image and image->text recall@k "
-                                          "(the paper's Flickr30k/COCO columns)",
+                                          "captioned in the dense style (what the pool teaches), the alt style (what "
+                                          "the ancestry learned) and the full style; text->image and image->text "
+                                          "recall@k (the paper's Flickr30k/COCO columns)",
     "mmvp_<attr>": "MMVP-style pair accuracy: two images differing in one attribute, both must pick their own "
                    "caption (chance 0.25)",
     "same steps": "every method gets T = (E-1)*S + R optimizer steps of the same global batch on the same data; "
                   "w/o MCL reuses the direct-FT (FFN) model of the same seed and trains its routers R steps",
     "mean ± std": "over seeds (sample std, ddof 1); the base has no seed",
-    "params_active_per_token": "parameters a token passes through: stored minus the (E - k) unused experts per MoE block",
+    "params_active_per_token": "parameters a token passes through: stored minus the (E - k) unused experts per MoE "
+                               "block",
     "diff ± se": "ablation: stage model minus direct FT with the same steps and trainable parameters, paired by "
                  "seed; se = std of the paired differences / sqrt(seeds); 'significant' when |diff| > 2 se",
 }
@@ -117,8 +119,10 @@ def claim_verdicts(units: dict, base: dict, routing: dict | None) -> list[dict[s
     stages = sorted(k for k in units if k.startswith("stage"))
     attrs = [a for a in ATTRS if a not in ("colour", "mean")]  # colour sits at the ceiling for every model
     if stages:
-        best = {a: max(stages, key=lambda st: mean_std([u["headline"][f"mmvp_{a}"] for u in units[st].values()])["mean"])
-                for a in attrs}
+        def stage_mean(st: str, a: str) -> float:
+            return mean_std([u["headline"][f"mmvp_{a}"] for u in units[st].values()])["mean"]
+
+        best = {a: max(stages, key=lambda st: stage_mean(st, a)) for a in attrs}
         distinct = sorted(set(best.values()))
         holds = len(distinct) >= 2
         out.append({"claim": "Table 1: the stage models are best on different attributes", "holds": holds,
@@ -134,7 +138,8 @@ def claim_verdicts(units: dict, base: dict, routing: dict | None) -> list[dict[s
             slots = routing[tower]["share"]  # [slot][block][expert]; each row sums to 1
             blocks = range(len(slots[0]))
             # share of all top-k slots of block b taken by expert e: the mean over the slots
-            share = [[sum(sl[b][e] for sl in slots) / len(slots) for e in range(routing["num_experts"])] for b in blocks]
+            share = [[sum(sl[b][e] for sl in slots) / len(slots) for e in range(routing["num_experts"])]
+                     for b in blocks]
             lows[tower] = min(max(row[e] for row in share) for e in range(routing["num_experts"]))
         holds = min(lows.values()) >= 0.10
         out.append({"claim": "Fig. 3: every expert takes at least 10 % of the top-k slots in some block",
@@ -146,10 +151,11 @@ def claim_verdicts(units: dict, base: dict, routing: dict | None) -> list[dict[s
     return out
 
 
-def build(budget, units: dict, base: dict, ablation: dict, work: Path, command: str, wall: float,
+def build(budget: Budget, units: dict, base: dict, ablation: dict, work: Path, command: str, wall: float,
           ancestry: str, routing: dict | None = None) -> dict[str, Any]:
-    main: dict[str, Any] = {"base": {"metrics": {k: {"mean": v, "std": 0.0, "n": 1} for k, v in base["headline"].items()},
-                                     "cost": base["cost"]}}
+    """results.json's record: every table aggregated over seeds, the ablation's paired differences, the verdicts."""
+    base_metrics = {k: {"mean": v, "std": 0.0, "n": 1} for k, v in base["headline"].items()}
+    main: dict[str, Any] = {"base": {"metrics": base_metrics, "cost": base["cost"]}}
     for method, per_seed in units.items():
         if method.startswith("stage"):
             continue
@@ -313,7 +319,7 @@ def plots(results: dict[str, Any], out: Path) -> None:
                      title="CLIP-MoE routing on held-out scenes (seed 0; paper Fig. 3)")
 
 
-def routing(budget, work: Path, out: Path) -> dict[str, Any] | None:
+def routing(budget: Budget, work: Path, out: Path) -> dict[str, Any] | None:
     """Fig. 3's routing shares of the first seed's CLIP-MoE: measured if its model is here, else the committed file."""
     import json
 

@@ -6,7 +6,7 @@ demo ancestry trained on `alt` captions is fine-tuned on new scenes with `dense`
 A.7); the same-distribution protocol of the first wave is kept as a control in results/same_distribution/.
 
     python -m benchmarks.clipmoe.run            # full (budgets in bench.py)
-    python -m benchmarks.clipmoe.run --quick    # smoke test (tiny ancestry, one seed, minutes), used by the tests
+    python -m benchmarks.clipmoe.run --quick    # smoke test (tiny ancestry, one seed), used by the tests
 
 Main table (paper Tables 2, 4, 5), every method fine-tuned on the same held-out-seed scenes with the
 same number of optimizer steps T = (E-1)·S + R and the same global batch:
@@ -117,8 +117,8 @@ def ablation(bench: Bench) -> dict[str, Any]:
             else:
                 sdir = bench.stage(name, seed, k, steps, attn)
             rdir = bench.direct_ft(f"ablation_ref/{params}_{steps}", seed, steps, params)
-            a = out.setdefault(name, {"k": k, "steps": steps, "trains": params,
-                                      "reference": f"direct FT ({params}, {steps} steps)", "stage": {}, "direct_ft": {}})
+            a = out.setdefault(name, {"k": k, "steps": steps, "trains": params, "stage": {}, "direct_ft": {},
+                                      "reference": f"direct FT ({params}, {steps} steps)"})
             a["stage"][seed] = bench.evaluate(sdir)["headline"]
             a["direct_ft"][seed] = bench.evaluate(rdir)["headline"]
     return out
@@ -141,8 +141,8 @@ def run(args: argparse.Namespace) -> int:
         budget = replace(budget, seeds=tuple(range(args.seeds)))
     only = args.only_seed
     if only is not None and only not in budget.seeds:
-        print(f"run.py: error: --seed {only} is not one of the budget's seeds {list(budget.seeds)} (see --seeds)",
-              file=sys.stderr)
+        print(f"python -m benchmarks.clipmoe.run: error: --seed {only} is not one of the budget's seeds "
+              f"{list(budget.seeds)} (see --seeds)", file=sys.stderr)
         return 2
     out, work = harness.out_dir(args, NAME), harness.work_dir(args, NAME)
     ancestry = harness.resolve_ancestry(args.ancestry, args.quick)
@@ -171,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """`python -m benchmarks.clipmoe.run [flags]`; 0 on success."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = harness.parser(NAME, __doc__)
     add_arguments(p)
     args = p.parse_args(argv)
     args.command = harness.command(NAME, argv)

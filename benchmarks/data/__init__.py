@@ -1,1 +1,4 @@
-"""Data at scale: a disk-backed CSV of JPEG scenes against the in-memory built-in path: `python -m benchmarks.data.run`."""
+"""Data at scale: a disk-backed CSV of JPEG scenes against the in-memory built-in path.
+
+Run from the repository root: `python -m benchmarks.data.run`.
+"""

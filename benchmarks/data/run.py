@@ -224,7 +224,7 @@ def measure_all(args: argparse.Namespace, res: dict[str, Any], reuse: dict[str, 
 def main(argv: list[str] | None = None) -> int:
     """`python -m benchmarks.data.run [flags]`; 0 on success."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = harness.parser(NAME, __doc__)
     add_arguments(p)
     args = p.parse_args(argv)
     _defaults(args)

@@ -19,7 +19,8 @@ from clipforge.cost import Timer, caption_tokens
 from clipforge.data.classification import FashionMNIST
 from clipforge.data.collate import Collator
 from clipforge.learngene import Distill, Learngene, LearngeneConfig, descend
-from clipforge.learngene.pipeline import extract, load_ancestry, pretrain
+from clipforge.learngene.extract import ExtractConfig, extract
+from clipforge.learngene.pipeline import load_ancestry, pretrain
 from clipforge.models.io import load, read_provenance, save
 from clipforge.models.params import count_params
 from clipforge.models.preprocess import transform_for
@@ -53,7 +54,8 @@ class Bench:
         self.units = harness.Units(
             harness.out_dir(args, NAME) / "units",
             {"budget": fixed, "ancestry_recipe": self.recipe, "ancestry_weights": self.weights},
-            canonical=lambda ident: {**ident, "ancestry_recipe": harness.canonical_recipe(ident.get("ancestry_recipe"))})
+            canonical=lambda ident: {**ident,
+                                     "ancestry_recipe": harness.canonical_recipe(ident.get("ancestry_recipe"))})
         self.lg_shape = LearngeneConfig.from_ancestry(self.ancestry.config, aux_depth_vision=budget.aux_depth,
                                                       aux_depth_text=budget.aux_depth)
         self.data_seconds = self._pools()
@@ -154,15 +156,12 @@ class Bench:
         dist, sampled = r["distill"], self.depths if r.get("sample_depths") else None
         per = sum(self.flops_per_step(dd, True) for dd in (sampled or [b.aux_depth])) / len(sampled or [b.aux_depth])
         steps = steps_for(budget_flops, per)
-        lg_path = extract(self.anc_path, self.pt, lg_dir.parent, mode=mode, num_stages=r.get("stages", 1),
-                          aux_depth_vision=b.aux_depth,
-                          aux_depth_text=b.aux_depth, alpha=dist.alpha, beta=dist.beta, tau=dist.tau,
-                          feature=dist.feature, tie_temperature=dist.tie_temperature, sample_depths=sampled,
-                          quality=self.curve, eval_every=b.eval_every,
-                          plateau=Plateau(SCORE, b.plateau_patience, b.plateau_delta),
-                          training=Schedule(steps=steps, batch_size=b.batch_size, lr=b.lr, weight_decay=0.05,
-                                            warmup=max(1, steps // 10), seed=0),
-                          progress=False)
+        cfg = ExtractConfig(mode=mode, stages=r.get("stages", 1), aux_depth_vision=b.aux_depth,
+                            aux_depth_text=b.aux_depth, distill=dist, sample_depths=sampled,
+                            schedule=Schedule(steps=steps, batch_size=b.batch_size, lr=b.lr, weight_decay=0.05,
+                                              warmup=max(1, steps // 10), seed=0))
+        lg_path = extract(self.anc_path, self.pt, lg_dir.parent, cfg, quality=self.curve, eval_every=b.eval_every,
+                          plateau=Plateau(SCORE, b.plateau_patience, b.plateau_delta), progress=False)
         prov = json.loads((lg_path / "learngene.json").read_text())["provenance"]
         lg = Learngene.load(lg_path)
         step0 = {str(d): self.curve(descend(lg, d, d)) for d in self.depths}

@@ -57,7 +57,7 @@ class Budget:
     fd_beta: float = 1.0  # feature distillation (CLIP-KD's FD): InfoNCE + beta * MSE of the embeddings
 
     @classmethod
-    def quick(cls) -> "Budget":
+    def quick(cls) -> Budget:
         """A smoke test: the tiny 2-layer ancestry, depths 1 and 2, one seed, a handful of steps."""
         return cls(depths=(1, 2), seeds=(0,), batch_size=16, ptft_max_steps=8, eval_every=4, aux_depth=2,
                    recipes=("kd+feature+depths", "kd+stages4"), curve_points=2, pt_scenes=128, pt_fashion=128,

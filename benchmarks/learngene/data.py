@@ -7,7 +7,6 @@ is a deterministic function of (split, seed, size), so a resumed benchmark sees 
 
 from __future__ import annotations
 
-
 from torch.utils.data import Dataset
 
 from clipforge.data import ConcatImageText

@@ -16,7 +16,17 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from clipforge.learngene import Distill, Learngene, Shape, auto_lg, descend, heur_lg, scratch, tinyclip, weight_selection
+from clipforge.learngene import (
+    Distill,
+    Learngene,
+    Shape,
+    auto_lg,
+    descend,
+    heur_lg,
+    scratch,
+    tinyclip,
+    weight_selection,
+)
 from clipforge.models.registry import MODEL_CLASSES, tower_config
 
 LEARNGENE_METHODS = ("mmlg", "tleg_per_tower", "shared_only")

@@ -94,7 +94,8 @@ def verdicts(results: dict) -> list[dict[str, Any]]:
             out.append(_verdict(f"{claim} [{tname}]", d, kind, what))
 
     for task, metric, tname in tasks:
-        add("MM-LG beats Scratch at equal compute", ("mmlg", "C/ratio"), ("scratch", "C/ratio"), "beats", task, metric, tname)
+        add("MM-LG beats Scratch at equal compute", ("mmlg", "C/ratio"), ("scratch", "C/ratio"), "beats", task, metric,
+            tname)
     for task, metric, tname in tasks:  # paper: +3.65 Flickr30k R@1, +1.9 Pet top-1
         add("MM-LG at C/ratio matches or beats PT-FT at C", ("mmlg", "C/ratio"), ("ptft", "C"), "matches", task,
             metric, tname)

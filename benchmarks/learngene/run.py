@@ -2,7 +2,7 @@
 same family FLOPs, against PT-FT pre-trained to a plateau.
 
     python -m benchmarks.learngene.run            # full (budgets in budget.py); resumable units
-    python -m benchmarks.learngene.run --quick    # smoke test (tiny ancestry, minutes), used by the tests
+    python -m benchmarks.learngene.run --quick    # smoke test (tiny ancestry), used by the tests
 
 Phases: (1) PT-FT per depth to its plateau, whose FLOPs sum to C; (2) MM-LG extractions with each
 recipe, the best (by its descendants' quality at step 0) also for TLEG-per-tower and Shared-only;
@@ -19,13 +19,26 @@ import time
 from dataclasses import replace
 from typing import Any
 
+from clipforge.cost import Timer
+from clipforge.errors import ClipforgeError
+from clipforge.models.params import count_params
+from clipforge.train.plateau import Plateau
+
 from .. import harness
 from . import report
 from .bench import NAME, Bench, Learngenes
 from .budget import Budget
 from .costs import depth_shares, family_cost, steps_for, storage
-from .methods import (ALL, INHERIT_METHODS, LEARNGENE_METHODS, METHODS, block_parameters, initialise,
-                      pretrain_objective, uses_sws_schedule)
+from .methods import (
+    ALL,
+    INHERIT_METHODS,
+    LEARNGENE_METHODS,
+    METHODS,
+    block_parameters,
+    initialise,
+    pretrain_objective,
+    uses_sws_schedule,
+)
 from .tasks import SCORE
 
 
@@ -37,15 +50,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def ptft_phase(bench: Bench) -> dict[int, dict]:
     """PT-FT: every depth from random init to its plateau; their FLOPs sum to C."""
-    from clipforge.train.plateau import Plateau
-
     b, ptft = bench.b, {}
     prog = harness.Progress("PT-FT", len(bench.depths))
     rule = Plateau(SCORE, b.plateau_patience, b.plateau_delta)
     for d in bench.depths:
         name = f"ptft-d{d}"
         cached = bench.units.has(name)
-        ptft[d] = bench.run_unit(name, lambda: initialise("ptft", d, learngenes={}, ancestry=bench.ancestry,
+        ptft[d] = bench.run_unit(name, lambda d=d: initialise("ptft", d, learngenes={}, ancestry=bench.ancestry,
                                                           shape_of=bench.shape_of, k=b.heur_k,
                                                           probe_batch=bench.probe),
                                  b.ptft_max_steps, None, False, until=rule)
@@ -96,8 +107,6 @@ def runs_phase(bench: Bench, points: dict[str, float], shares: dict[int, float],
 def assemble(bench: Bench, args: argparse.Namespace, ptft: dict[int, dict], runs: dict, points: dict[str, float],
              shares: dict[int, float], extractions: dict[str, dict], best: str) -> dict[str, Any]:
     """results.json's record from the units: costs, storage, the machine and what made it."""
-    from clipforge.models.params import count_params
-
     ancestry, b = bench.ancestry, bench.b
     chosen = {m: extractions[f"{m}/{best}"] for m in LEARNGENE_METHODS}
     anc_counts = count_params(ancestry)
@@ -128,8 +137,6 @@ def assemble(bench: Bench, args: argparse.Namespace, ptft: dict[int, dict], runs
 
 def run(args: argparse.Namespace) -> int:
     """Run (or continue) the benchmark and write results.json, results.md and the PNGs."""
-    from clipforge.cost import Timer
-
     harness.set_threads(args.threads)
     t_start = time.perf_counter()
     budget = Budget.quick() if args.quick else Budget()
@@ -169,17 +176,15 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m benchmarks.learngene.run [flags]`; 0 on success, 2 on a clipforge error."""
-    from clipforge.errors import ClipforgeError
-
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(NAME, __doc__)
     add_arguments(parser)
     args = parser.parse_args(argv)
     args.command = harness.command(NAME, argv)
     try:
         return run(args)
     except ClipforgeError as e:
-        print(f"run.py: error: {e}", file=sys.stderr)
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
 
 

@@ -11,7 +11,6 @@ test scenes retrieval R@1 both ways, Fashion-MNIST zero-shot). Writes step0.json
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,8 @@ from .. import harness
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """`python -m benchmarks.learngene.step0 [flags]`: writes step0.json and step0.md; 0 on success."""
+    p = harness.parser("learngene", __doc__, "step0")
     p.add_argument("--ancestry", type=Path, help="ancestry model or run directory (default: the cached demo ancestry)")
     p.add_argument("--out", type=Path, default=harness.results_dir("learngene") / "step0")
     p.add_argument("--scenes", type=int, default=300, help="held-out test scenes (default 300)")
@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
             res = {str(d): quality(descend(lg, d, d)) for d in depths}
             rows.append({"mode": mode, "init": init, "fit": lg.fit_record, "descendants": res})
             print(f"[step0] {mode} {init}: " + ", ".join(
-                f"d{d} {100 * r['mean_retrieval_recall@1']:.1f}/{100 * r['zeroshot_acc1']:.1f}" for d, r in res.items()),
-                flush=True)
+                f"d{d} {100 * r['mean_retrieval_recall@1']:.1f}/{100 * r['zeroshot_acc1']:.1f}"
+                for d, r in res.items()), flush=True)
     command = "python -m benchmarks.learngene.step0" + "".join(
         f" --{k} {v}" for k, v in (("ancestry", args.ancestry), ("stages", args.stages if args.stages != 1 else None))
         if v is not None)
@@ -74,8 +74,8 @@ def markdown(result: dict[str, Any], data: dict[str, Any]) -> str:
                     + [f"{100 * q['mean_retrieval_recall@1']:.1f} / {100 * q['zeroshot_acc1']:.1f}"
                        for q in r["descendants"].values()])
     lines = ["# Descendants of a fresh learngene (no training)", "",
-             f"Made by `{result['command']}` on {result['date']} in {result['wall_time_s']:.0f} s. Cells: held-out mean "
-             f"retrieval R@1 / Fashion-MNIST zero-shot top-1, in % ({data['retrieval_size']} scenes, "
+             f"Made by `{result['command']}` on {result['date']} in {result['wall_time_s']:.0f} s. Cells: held-out "
+             f"mean retrieval R@1 / Fashion-MNIST zero-shot top-1, in % ({data['retrieval_size']} scenes, "
              f"{data['zeroshot_size']} images). Ancestry on the same data: "
              f"{100 * anc_q['mean_retrieval_recall@1']:.1f} / {100 * anc_q['zeroshot_acc1']:.1f}.", ""]
     lines += harness.table(["mode", "init", "fit residual (vision / text)"] + [f"depth {d}" for d in depths], rows)

@@ -13,7 +13,6 @@ the layers run under bf16 autocast (the equivalence check stays fp32).
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -104,7 +103,7 @@ def build(shape: Shape, device: torch.device) -> tuple[dict[str, nn.Module], flo
     loop = ReleasedLoopMoE(config, EXPERTS, TOP_K).to(device)
     with torch.no_grad():
         loop.gate.weight.copy_(moe.router.weight)
-        for mine, theirs in zip(moe.experts, loop.experts):
+        for mine, theirs in zip(moe.experts, loop.experts, strict=True):
             theirs.load_state_dict(mine.state_dict())
         x = torch.randn(shape.batch, shape.seq, shape.hidden, device=device)
         diff = (moe(x)[0] - loop(x)[0]).abs().max().item()
@@ -138,7 +137,8 @@ def time_layers(layers: dict[str, nn.Module], x: Tensor, warmup: int, repeats: i
 
 def describe_device(device: torch.device, note: str | None = None) -> dict[str, Any]:
     """The machine (benchmarks.harness.machine), the device and the dtype the layers run in, for results.json."""
-    return {**harness.machine(note), "device": device.type, "dtype": "bf16 autocast" if device.type == "cuda" else "fp32"}
+    return {**harness.machine(note), "device": device.type,
+            "dtype": "bf16 autocast" if device.type == "cuda" else "fp32"}
 
 
 def measure(shape: Shape, device: torch.device, warmup: int, repeats: int) -> dict[str, Any]:
@@ -147,13 +147,14 @@ def measure(shape: Shape, device: torch.device, warmup: int, repeats: int) -> di
     x = torch.randn(shape.batch, shape.seq, shape.hidden, device=device)
     ms = time_layers(layers, x, warmup, repeats)
     return {**shape._asdict(), "ms": ms, "max_abs_diff": diff, "expert_load": load,
-            "ratio_vs_two_dense": ms["moe"] / ms["two_dense"], "ratio_vs_released_loop": ms["moe"] / ms["released_loop"]}
+            "ratio_vs_two_dense": ms["moe"] / ms["two_dense"],
+            "ratio_vs_released_loop": ms["moe"] / ms["released_loop"]}
 
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m benchmarks.moe_layer.run [flags]`; 0 on success."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = harness.parser(NAME, __doc__)
     harness.add_common(p, NAME, work=False, ancestry=False, threads="all cores")
     p.add_argument("--repeats", type=int, help="timed repetitions per layer (default 20, quick 3)")
     p.add_argument("--warmup", type=int, help="untimed repetitions first (default 3, quick 1)")

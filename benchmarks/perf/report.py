@@ -68,7 +68,8 @@ def options_markdown(options: dict[str, Any]) -> list[str]:
     return lines + harness.table(
         ["arch", "batch", "option", "ms/step", "× vs today", "GFLOP/s", "% fp32 peak", "% bf16 peak", "first step s"],
         [[r["arch"], r["batch"], r["option"], f"{r['ms_per_step']:.1f}", f"{r['speedup_vs_today']:.2f}",
-          f"{r['gflops']:.1f}", f"{r['share_fp32_peak']:.0%}", f"{r['share_bf16_peak']:.0%}", f"{r['first_step_s']:.1f}"]
+          f"{r['gflops']:.1f}", f"{r['share_fp32_peak']:.0%}", f"{r['share_bf16_peak']:.0%}",
+          f"{r['first_step_s']:.1f}"]
          for case in options["cases"] for r in case["rows"]])
 
 

@@ -69,7 +69,8 @@ def option_cases(quick: bool, cuda: bool) -> list[tuple[str, int]]:
 
 
 def options_part(quick: bool, steps: int, rounds: int, threads: int, device: torch.device) -> dict:
-    """step_options.py's table: every option on each case (ViT-B/16: one round, fewer steps; a CPU step takes seconds)."""
+    """step_options.py's table: every option on each case (ViT-B/16: one round, fewer steps; a CPU step takes
+    seconds)."""
     peak = step_options.peaks(threads, device, quick)
     print(f"[perf] matmul peaks: fp32 {peak['float32']['gflops']:.0f}, bf16 {peak['bfloat16']['gflops']:.1f} GFLOP/s",
           flush=True)
@@ -137,7 +138,7 @@ class StampingCollate:
 def step_ms(stamps: list[float], warmup: int) -> list[float]:
     """ms of each step after the warm-up, from the stamps taken at the start of every step."""
     kept = stamps[warmup:]
-    return [(b - a) * 1e3 for a, b in zip(kept, kept[1:])]
+    return [(b - a) * 1e3 for a, b in zip(kept, kept[1:], strict=False)]
 
 
 def train_config(case: TrainCase, total: int, device: torch.device) -> TrainConfig:
@@ -301,7 +302,7 @@ def measure(args: argparse.Namespace, parts: list[str], results: dict[str, Any],
 def main(argv: list[str] | None = None) -> int:
     """`python -m benchmarks.perf.run [flags]`; 0 on success."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = harness.parser(NAME, __doc__)
     add_arguments(p)
     args = p.parse_args(argv)
     command = harness.command(NAME, argv)

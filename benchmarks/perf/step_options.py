@@ -2,7 +2,8 @@
 
 * `peaks`: fp32 and bf16 matmul GFLOP/s of this machine (square matmuls), measured in the same run;
 * `options_part`: `train()` ms/step of each option (today's default, foreach / fused AdamW, eager
-  attention, bf16 autocast with SDPA and with eager attention, torch.compile, the new default) on the ancestry @ 256 and ViT-B/16 @ 8,
+  attention, bf16 autocast with SDPA and with eager attention, torch.compile, the new default) on the ancestry
+  @ 256 and ViT-B/16 @ 8,
   with achieved GFLOP/s (FLOPs of one forward + backward, counted by torch's FlopCounterMode) and
   its share of both peaks;
 * `profile_part`: torch.profiler's self time of one ancestry step grouped by kind (matmuls,
@@ -17,7 +18,8 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -99,7 +101,7 @@ def time_option(arch: str, batch_size: int, option: Option, warmup: int, steps: 
         train(model, items(batch, batch_size * total), cfg, out_dir, collate_fn=collate, progress=False)
     stamps = collate.stamps
     kept = stamps[warmup:]
-    return [(b - a) * 1e3 for a, b in zip(kept, kept[1:])], stamps[1] - stamps[0]
+    return [(b - a) * 1e3 for a, b in zip(kept, kept[1:], strict=False)], stamps[1] - stamps[0]
 
 
 def options_part(cases: list[tuple[str, int]], warmup: int, steps: int, rounds: int, device: torch.device,
@@ -216,8 +218,8 @@ def profile_part(arch: str, batch_size: int, quick: bool) -> dict[str, Any]:
     """Where one step's time goes, for today's optimizer and the new default's; plus the data path."""
     from torch.profiler import ProfilerActivity, profile
 
-    from clipforge.demo.ancestry import AncestryRecipe, training_data
     from clipforge.data.collate import Collator
+    from clipforge.demo.ancestry import AncestryRecipe, training_data
     from clipforge.models.preprocess import transform_for
 
     print(f"[perf] profile {arch} @ {batch_size}", flush=True)
@@ -258,7 +260,7 @@ def profile_part(arch: str, batch_size: int, quick: bool) -> dict[str, Any]:
         emb_opt = torch.optim.AdamW([emb], lr=1e-3, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.0, **kw)
         reps = 1 if quick else 5
         emb_ms = _ms(emb_opt.step, reps)
-        emb_clip_ms = _ms(lambda: torch.nn.utils.clip_grad_norm_([emb], 1.0), reps)
+        emb_clip_ms = _ms(lambda emb=emb: torch.nn.utils.clip_grad_norm_([emb], 1.0), reps)
         all_opt_ms = _ms(opt.step, reps)
         rows_used = int(emb.grad.ne(0).any(1).sum())
         result["optimizers"][opt_name] = {

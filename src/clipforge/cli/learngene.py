@@ -1,4 +1,4 @@
-"""`clipforge learngene extract|descend|bench`: MM-LG learngenes from the command line.
+"""`clipforge learngene extract|descend`: MM-LG learngenes from the command line.
 
 Every subcommand is resumable: rerunning the same command skips finished work and continues an
 interrupted training run from its last checkpoint.
@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from types import ModuleType
 
 from ..errors import ClipforgeError
 from ..schedule import (
@@ -20,22 +19,21 @@ from ..schedule import (
 )
 from ._workers import add_overwrite_flag, add_workers_flag, with_workers
 
-BENCH = Path("benchmarks") / "learngene" / "run.py"
 # Schedule fields exposed as flags (generated: clipforge.schedule); descend has --pretrain-steps instead.
 LG_FLAGS = ("steps", "batch_size", "lr", "weight_decay", "warmup")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     top = sub.add_parser(
-        "learngene", help="MM-LG: extract a learngene from an ancestry CLIP, descend models, benchmark",
+        "learngene", help="MM-LG: extract a learngene from an ancestry CLIP, descend models",
         description="MM-LG (clipforge's reconstruction of the Multimodal Learngene, arXiv 2506.16673, from its "
                     "abstract and the TLEG/SWS lineage): extract a learngene from a trained ancestry CLIP, "
-                    "descend CLIP, vision-only and text-only models of any depth from it, and run the benchmark.")
+                    "descend CLIP, vision-only and text-only models of any depth from it (the benchmark: "
+                    "`python -m benchmarks.learngene.run` in a source checkout).")
     lsub = top.add_subparsers(dest="learngene_command", metavar="SUBCOMMAND")
     lsub.required = True
     _add_extract(lsub)
     _add_descend(lsub)
-    _add_bench(lsub)
 
 
 def _add_extract(lsub: argparse._SubParsersAction) -> None:
@@ -123,25 +121,11 @@ def _add_descend(lsub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_descend)
 
 
-def _add_bench(lsub: argparse._SubParsersAction) -> None:
-    p = lsub.add_parser(
-        "bench", help="run the MM-LG benchmark (benchmarks/learngene/run.py)", add_help=False,
-        description="MM-LG vs scratch, PT-FT, Heur-LG, Auto-LG, TLEG-per-tower and shared-only on descendants "
-                    "of three depths; writes results.json, results.md and plots. Resumable.")
-    # Everything after `bench` goes to the benchmark's own parser (`--help` included): building this
-    # parser must not execute the benchmark script.
-    p.set_defaults(func=run_bench, bench_args=[])
-
-
-def _bench_module(required: bool = True) -> ModuleType | None:
-    from ._bench import load_benchmark
-
-    return load_benchmark(BENCH, "clipforge_learngene_bench", required)
-
-
 @with_workers
 def run_extract(args: argparse.Namespace) -> int:
-    from ..learngene.pipeline import extract, load_ancestry
+    from ..learngene.distill import Distill
+    from ..learngene.extract import ExtractConfig, extract
+    from ..learngene.inputs import load_ancestry
     from ..learngene.quality import MEAN_R1, Quality
     from ..run import check_out
     from ..train.plateau import Plateau
@@ -161,12 +145,12 @@ def run_extract(args: argparse.Namespace) -> int:
     if args.plateau and quality is None:
         raise ClipforgeError("--plateau needs the Aux-Net measured: --eval-scenes must be > 0")
     plateau = Plateau(MEAN_R1, args.plateau_patience, args.plateau_delta) if args.plateau else None
-    lg_dir = extract(args.ancestry, args.data or ["scenes", "fashion-mnist"], args.out, mode=args.mode,
-                     schedule=args.schedule, num_stages=args.stages, aux_depth_vision=args.aux_depth_vision,
-                     aux_depth_text=args.aux_depth_text, init=args.init, alpha=args.alpha, beta=args.beta,
-                     tau=args.tau, feature=args.feature, tie_temperature=args.tie_temperature,
-                     sample_depths=args.sample_depths, quality=quality, eval_every=every if quality else 0,
-                     plateau=plateau, training=training, force=args.overwrite)
+    cfg = ExtractConfig(mode=args.mode, coefficients=args.schedule, stages=args.stages,
+                        aux_depth_vision=args.aux_depth_vision, aux_depth_text=args.aux_depth_text, init=args.init,
+                        distill=Distill(args.alpha, args.beta, args.tau, args.feature, args.tie_temperature),
+                        sample_depths=args.sample_depths, schedule=training)
+    lg_dir = extract(args.ancestry, args.data or ["scenes", "fashion-mnist"], args.out, cfg, quality=quality,
+                     eval_every=every if quality else 0, plateau=plateau, force=args.overwrite)
     meta = json.loads((lg_dir / "learngene.json").read_text())
     print(f"learngene: {lg_dir} ({meta['num_parameters']:,} parameters)")
     q = meta.get("provenance", {}).get("auxnet_quality")
@@ -194,7 +178,3 @@ def run_descend(args: argparse.Namespace) -> int:
     for name, path in made.items():
         print(f"{name}: {path}")
     return 0
-
-
-def run_bench(args: argparse.Namespace) -> int:
-    return int(_bench_module().main(list(args.bench_args)) or 0)

@@ -1,4 +1,4 @@
-"""`clipforge moe dmu|stage|pack|route|baseline|stats|bench`: CLIP-MoE from the command line.
+"""`clipforge moe dmu|stage|pack|route|baseline|stats`: CLIP-MoE from the command line.
 
 `dmu` runs the whole Diversified Multiplet Upcycling pipeline; each phase is also its own command.
 Every command is resumable (rerun it) and every output directory records its provenance.
@@ -10,13 +10,10 @@ import argparse
 import json
 from dataclasses import replace
 from pathlib import Path
-from types import ModuleType
 
 from ..errors import ClipforgeError
 from ..schedule import Schedule, add_schedule_flags, finite_float
 from ._workers import add_overwrite_flag, add_workers_flag, with_workers
-
-BENCH = Path("benchmarks") / "clipmoe" / "run.py"
 
 # MCL / router settings beyond the schedule: flag → (field, type, help). Unset flags keep the preset's value.
 MCL_FLAGS: list[tuple[str, str, type, str]] = [
@@ -175,19 +172,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     _add_route(msub)
     _add_baseline(msub)
     _add_stats(msub)
-
-    p = msub.add_parser("bench", help="run the CLIP-MoE benchmark (benchmarks/clipmoe/run.py)", add_help=False,
-                        description="Base, direct FT, sparse upcycling, w/o MCL and CLIP-MoE from the trained "
-                                    "ancestry, 3 seeds, plus the MCL ablation. Resumable.")
-    # Everything after `bench` goes to the benchmark's own parser (`--help` included): building this
-    # parser must not execute the benchmark script.
-    p.set_defaults(func=run_bench, bench_args=[])
-
-
-def _bench_module(required: bool = True) -> ModuleType | None:
-    from ._bench import load_benchmark
-
-    return load_benchmark(BENCH, "clipforge_clipmoe_bench", required)
 
 
 def _model_dir(path: Path) -> Path:
@@ -372,7 +356,3 @@ def run_stats(args: argparse.Namespace) -> int:
     make_artefact(args.out, "moe stats", settings, write, overwrite=args.overwrite)
     print(json.dumps({"routing": load_shares(stats), "heat_map": str(args.out / "routing.png")}, indent=2))
     return 0
-
-
-def run_bench(args: argparse.Namespace) -> int:
-    return int(_bench_module().main(list(args.bench_args)) or 0)

@@ -11,16 +11,20 @@ sample goes to exactly one (rank, DataLoader worker) "slot":
 
 Within a slot, samples pass through a shuffle buffer (`shuffle_buffer` samples of raw bytes;
 images are decoded when they leave it). Bad samples follow `on_error` as in `open_dataset`; the
-skipped ones are reported by `end_pass()` (a `reporting` loader calls it).
+skipped ones are reported by `end_pass()` (a `reporting` loader calls it). So does a shard that stops
+before its tar end-of-archive marker (cut mid-file): "raise" stops with one line naming it, "skip"
+counts the sample it ends in (the rest of the shard is lost) and reads on.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
@@ -28,9 +32,9 @@ from torch.utils.data import IterableDataset, get_worker_info
 from ..errors import ClipforgeError
 from .base import Sample
 from .loader import SkipLog
+from .user_formats import _WDS_KEY, IMAGE_EXTS, Bad, caption_of, decode
 
 log = logging.getLogger("clipforge.data")
-from .user_formats import _WDS_KEY, IMAGE_EXTS, Bad, caption_of, decode
 
 SPLITS = ("auto", "shard", "sample")
 
@@ -67,27 +71,116 @@ def _rank_world(recorded: tuple[int, int] | None) -> tuple[int, int]:
     return info.rank, info.world_size
 
 
-def _groups(shard: str) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {ext: bytes}) of one shard's samples, in file order, reading it as a stream."""
-    key, members = None, {}
+class Truncated(Exception):
+    """`_groups` reached the end of a shard that stops early (cut mid-file). `key` is the sample being
+    read when the data ended (None: none was), `complete` how many whole samples came before it."""
+
+    def __init__(self, shard: str, key: str | None, complete: int, corrupt: bool = False) -> None:
+        self.shard, self.key, self.complete, self.corrupt = shard, key, complete, corrupt
+        super().__init__(self.message())
+
+    @property
+    def ident(self) -> str:
+        name = Path(self.shard).name
+        return name if self.key is None else f"{name}:{self.key}"
+
+    @property
+    def reason(self) -> str:
+        what = "corrupt shard (an unreadable tar header)" if self.corrupt else "truncated shard"
+        where = "before its first sample" if self.key is None and not self.complete else (
+            f"after {self.complete:,} samples" if self.key is None else "inside this sample")
+        return f"{what}: it ends {where}; the rest of the shard is lost"
+
+    def message(self) -> str:
+        if self.corrupt:
+            what = "is corrupt (an unreadable tar header where the next member should start)"
+        elif self.key is None and not self.complete:
+            what = "is truncated or not a tar file (it stops inside its first tar header)"
+        else:
+            what = "is truncated (the file stops mid-archive, without the tar end-of-archive marker)"
+        where = "before its first sample" if self.key is None and not self.complete else (
+            f"after {self.complete:,} complete samples" + ("" if self.key is None else f", inside sample {self.key}"))
+        return f"shard {self.shard} {what}: it ends {where}; copy it again, or pass on_error='skip' (--on-error skip)"
+
+
+# tarfile's words for data that stops early ("unexpected end of data", "truncated header").
+_CUT = re.compile(r"end of data|truncated", re.IGNORECASE)
+
+
+def _watched_headers() -> tuple[type[tarfile.TarInfo], dict[str, str]]:
+    """A TarInfo class that notes what each header block it parses was, and the note it writes to.
+
+    tarfile ends iteration quietly at a missing or unreadable header, as at the end-of-archive marker (a
+    zero block): the note tells them apart. "end": a zero block; "short": the file ended within the
+    block (or before it); "header": a member's header; "invalid": 512 bytes that are not a header.
+    """
+    seen = {"last": "short"}
+
+    class WatchedInfo(tarfile.TarInfo):
+        @classmethod
+        def frombuf(cls, buf, encoding, errors):  # type: ignore[override]
+            if len(buf) != tarfile.BLOCKSIZE:
+                seen["last"] = "short"
+            elif buf.count(tarfile.NUL) == tarfile.BLOCKSIZE:
+                seen["last"] = "end"
+            else:
+                seen["last"] = "invalid"
+                info = super().frombuf(buf, encoding, errors)
+                seen["last"] = "header"
+                return info
+            return super().frombuf(buf, encoding, errors)
+
+    return WatchedInfo, seen
+
+
+def _open_stream(raw: Any, shard: str, info_class: type[tarfile.TarInfo], seen: dict[str, str]) -> tarfile.TarFile:
+    """`raw` opened as a tar stream (any compression); a file that ends inside its first header is `Truncated`."""
     try:
-        with open(shard, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*") as tf:
-            for m in tf:
-                match = _WDS_KEY.match(m.name) if m.isfile() else None
-                if not match:
-                    continue
-                stem, ext = match.group(1), match.group(2)
-                f = tf.extractfile(m)
-                data = f.read() if f is not None else b""
-                if stem != key and key is not None:
-                    yield key, members
-                    members = {}
-                key = stem
-                members[ext.lower()] = data
+        return tarfile.open(fileobj=raw, mode="r|*", tarinfo=info_class)
+    except (tarfile.ReadError, EOFError, TypeError) as e:  # TypeError: tarfile on a gzip header cut short
+        if seen["last"] == "short" or isinstance(e, (EOFError, TypeError)):
+            raise Truncated(shard, None, 0) from None
+        raise
+
+
+def _groups(shard: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {ext: bytes}) of one shard's samples, in file order, reading it as a stream.
+
+    A shard that stops before its end-of-archive marker (a truncated copy or download, a writer killed
+    mid-shard) raises `Truncated` after its whole samples: the sample it ends in is never yielded, as
+    the members it lost cannot be known.
+    """
+    info_class, seen = _watched_headers()
+    key, members, complete = None, {}, 0
+    try:
+        with open(shard, "rb") as raw, _open_stream(raw, shard, info_class, seen) as tf:
+            members_iter = iter(tf)
+            while True:
+                try:
+                    m = next(members_iter, None)
+                    if m is None:
+                        break
+                    match = _WDS_KEY.match(m.name) if m.isfile() else None
+                    if not match:
+                        continue
+                    stem, ext = match.group(1), match.group(2)
+                    if stem != key and key is not None:
+                        yield key, members
+                        complete += 1
+                        members = {}
+                    key = stem
+                    f = tf.extractfile(m)
+                    members[ext.lower()] = f.read() if f is not None else b""
+                except (tarfile.ReadError, EOFError) as e:
+                    if isinstance(e, tarfile.ReadError) and not _CUT.search(str(e)):
+                        raise  # not a cut: e.g. invalid compressed data
+                    raise Truncated(shard, key, complete) from None  # a member (or its header) cut short
     except FileNotFoundError:
         raise ClipforgeError(f"shard not found: {shard}") from None
     except tarfile.TarError as e:
         raise ClipforgeError(f"{shard}: not a tar shard ({e})") from None
+    if seen["last"] != "end":  # tarfile stopped at a cut or unreadable header, not at the end marker
+        raise Truncated(shard, key, complete, corrupt=seen["last"] == "invalid")
     if key is not None:
         yield key, members
 
@@ -150,19 +243,24 @@ class WebDatasetStream(IterableDataset):
         j = 0
         for shard in shards:
             name = Path(shard).name
-            for key, members in _groups(shard):
-                j += 1
-                if residue is not None and (j - 1) % slots != residue:
-                    continue
-                item = (f"{name}:{key}", members)
-                if len(buffer) < self.shuffle_buffer:
-                    buffer.append(item)
-                    continue
-                k = int(rng.integers(len(buffer)))
-                buffer[k], item = item, buffer[k]
-                sample = self._sample(*item)
-                if sample is not None:
-                    yield sample
+            try:
+                for key, members in _groups(shard):
+                    j += 1
+                    if residue is not None and (j - 1) % slots != residue:
+                        continue
+                    item = (f"{name}:{key}", members)
+                    if len(buffer) < self.shuffle_buffer:
+                        buffer.append(item)
+                        continue
+                    if buffer:  # shuffle_buffer 0: file order
+                        k = int(rng.integers(len(buffer)))
+                        buffer[k], item = item, buffer[k]
+                    sample = self._sample(*item)
+                    if sample is not None:
+                        yield sample
+            except Truncated as cut:
+                if residue is None or j % slots == residue:  # one slot reports it (the cut one would be next)
+                    self._truncated(cut)
         rng.shuffle(buffer)  # type: ignore[arg-type]
         for item in buffer:
             sample = self._sample(*item)
@@ -186,6 +284,12 @@ class WebDatasetStream(IterableDataset):
         except Bad as e:
             return self._bad(f"{ident}.{ext}", e.reason)
         return Sample(image=image, captions=caps, label=None, meta={"id": f"{ident}.{ext}", "source": self.source})
+
+    def _truncated(self, cut: Truncated) -> None:
+        """A shard that ends early: stop (one line naming it), or skip what it lost and count it."""
+        if self.on_error == "raise":
+            raise ClipforgeError(cut.message())
+        self._log.add(cut.ident, cut.reason)
 
     def _bad(self, ident: str, reason: str) -> None:
         if self.on_error == "raise":

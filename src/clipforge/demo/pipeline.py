@@ -48,9 +48,8 @@ class DemoConfig:
     suite: SuiteConfig = field(default_factory=SuiteConfig)
     probe_train: int = 5000
     calibrate: bool = True  # time a few ancestry steps first and scale the estimates (demo.pace)
-    # Measured: the from-nothing demo of 2026-12-03, 15:56 UTC, on 2 AMD EPYC cores (commit 2fa4f18,
-    # demo.json -> phases_s), the machine of demo.pace.REFERENCE_STEP_S; "composed" (only with --compose:
-    # 30 s quick, 170 s full, set below) from an earlier cached run on 2 Xeon cores, not re-measured here.
+    # Seconds per phase of the reference from-nothing run (its demo.json `phases_s`, on the machine of
+    # demo.pace.REFERENCE_STEP_S; docs/results.md, "The demo"); "composed" is set by `_composed`.
     estimates: dict[str, float] = field(default_factory=lambda: {
         "ancestry": 1436, "clip_moe": 210, "direct_ft": 201, "learngene": 88, "descendants": 98,
         "scratch": 37, "composed": 0, "evaluate": 295, "report": 63})
@@ -66,7 +65,7 @@ class DemoConfig:
                    auxnet_eval_scenes=32, auxnet_eval_fashion=32,
                    pretrain_steps=2, depth_fractions=(0.5, 1.0), suite=SuiteConfig.quick(), probe_train=200,
                    calibrate=False,
-                   # measured: `clipforge demo --quick` on 2 Xeon cores, 2026-12-03 (28 s in all, 10 s of imports)
+                   # the reference machine's `clipforge demo --quick` phases
                    estimates={"ancestry": 4, "clip_moe": 2, "direct_ft": 1, "learngene": 1, "descendants": 1.5,
                               "scratch": 0.5, "composed": 0, "evaluate": 7, "report": 5})
 
@@ -240,18 +239,20 @@ def _grow(progress: Progress, out: Path, anc_dir: Path, data: Any, preset: Any) 
 def _shrink(progress: Progress, cfg: DemoConfig, out: Path, anc_dir: Path, size: int, depths: list[int],
             mid: int) -> tuple[Path, dict[str, Path], list[str], Any]:
     """Shrink / reshape: the MM-LG learngene, then its family; (learngene, family, shapes, schedule)."""
-    from ..learngene.pipeline import descend_family, extract
+    from ..learngene.distill import Distill
+    from ..learngene.extract import ExtractConfig, extract
+    from ..learngene.pipeline import descend_family
     from ..learngene.quality import Quality
     from ..schedule import LEARNGENE_SCHEDULE
 
     lg_sched = replace(LEARNGENE_SCHEDULE, batch_size=cfg.extract_batch)
     quality = Quality.builtin(size, scenes=cfg.auxnet_eval_scenes, fashion=cfg.auxnet_eval_fashion)
     lg_dir = progress.run("learngene", "MM-LG learngene extraction (least-squares init, KD + feature term)",
-                          lambda: extract(anc_dir, ["scenes", "fashion-mnist"], out / "learngene",
-                                          aux_depth_vision=mid, aux_depth_text=mid, alpha=1.0, beta=cfg.extract_beta,
-                                          sample_depths=depths if cfg.sample_depths else None, quality=quality,
-                                          eval_every=max(1, cfg.extract_steps // 2),
-                                          training=replace(lg_sched, steps=cfg.extract_steps)))
+                          lambda: extract(anc_dir, ["scenes", "fashion-mnist"], out / "learngene", ExtractConfig(
+                              aux_depth_vision=mid, aux_depth_text=mid, distill=Distill(alpha=1.0, beta=cfg.extract_beta),
+                              sample_depths=depths if cfg.sample_depths else None,
+                              schedule=replace(lg_sched, steps=cfg.extract_steps)),
+                              quality=quality, eval_every=max(1, cfg.extract_steps // 2)))
     shapes = [f"clip:{d}:{d}" for d in depths] + [f"vision:{mid}", f"text:{mid}"]
     sws = replace(lg_sched, steps=cfg.pretrain_steps, lr=cfg.pretrain_lr, warmup=0)  # SWS: lower lr, no warm-up
     family = progress.run("descendants", f"descendants {', '.join(shapes)}", lambda: descend_family(

@@ -22,11 +22,12 @@ from .baselines import (
 from .config import LearngeneConfig
 from .descend import KEY_RULES, descend, provenance
 from .distill import DepthSampledStep, Distill, KDStep, kd_loss
+from .extract import ExtractConfig, extract
 from .fit import fit_to_ancestry
 from .learngene import BLOCK_PARTS, NON_BLOCK, Learngene
 from .quality import Quality
 
-__all__ = ["BLOCK_PARTS", "DepthSampledStep", "Distill", "KEY_RULES", "KDStep", "Quality", "fit_to_ancestry",
+__all__ = ["BLOCK_PARTS", "DepthSampledStep", "Distill", "ExtractConfig", "extract", "KEY_RULES", "KDStep", "Quality", "fit_to_ancestry",
            "select_elements", "tinyclip", "weight_selection", "Learngene", "LearngeneConfig", "LearngeneWeight", "NON_BLOCK",
            "Shape", "auto_lg", "block_scores", "build_auxnet", "descend", "heur_lg", "kd_loss", "provenance",
            "scratch", "weight_sources"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from ..schedule import LEARNGENE_SCHEDULE, Schedule
 from ..train.plateau import Plateau
 from ..train.runs import had_checkpoint, read_log
 from .config import LearngeneConfig
+from .distill import Distill
 from .learngene import Learngene
 from .quality import MEAN_R1, Quality
 
@@ -41,46 +42,61 @@ def _default_init(cfg: LearngeneConfig, ancestry: nn.Module) -> str:
     return "lstsq" if same else "random"
 
 
-def extract(ancestry_dir: str | os.PathLike, data: Sequence[str] | Dataset, out_dir: str | os.PathLike, *,
-            mode: str = "mmlg", schedule: str = "linear", num_stages: int = 1,
-            aux_depth_vision: int | None = None, aux_depth_text: int | None = None, init: str | None = None,
-            alpha: float = 1.0, beta: float = 0.0, tau: float = 1.0, feature: str = "cosine",
-            tie_temperature: bool = False, sample_depths: Sequence[int] | None = None,
-            quality: Quality | None = None, eval_every: int = 0, plateau: Plateau | None = None,
-            training: Schedule | None = None, resume: bool = True, force: bool = False,
-            progress: bool = True) -> Path:
-    """Extract a learngene by distillation from the ancestry; returns `out_dir/learngene` (skipped if done).
+@dataclass
+class ExtractConfig:
+    """Everything an MM-LG extraction does (the counterpart of CLIP-MoE's `DMUConfig`; docs/methods.md B.3).
 
-    Aux depths default to the ancestry's; `init` to "lstsq" when the shapes allow (else "random");
-    `training` to `LEARNGENE_SCHEDULE`. The objective is `Distill(alpha, beta, tau, feature,
-    tie_temperature)`; `sample_depths` trains the Aux-Net at a depth drawn per step from that list
-    (`DepthSampledStep`). `quality` measures the Aux-Net at step 0, every `eval_every` steps and at the
-    end, and the ancestry once on the same data; `plateau` (needs `quality` and `eval_every`) ends the
-    extraction early by its rule. The training run lives in `out_dir/extract` (checkpoints, `log.jsonl`);
-    `resume=False` or `force` starts it over.
+    `mode`, `coefficients` (the weighted-sum schedule over depth), `stages` and the Aux-Net depths shape the
+    learngene (`LearngeneConfig`; depths default to the ancestry's); `init` its start ("lstsq" when the block
+    shapes allow, else "random"); `distill` the objective; `sample_depths` trains the Aux-Net at a depth drawn
+    per step from that list (`DepthSampledStep`); `schedule` the optimisation (`LEARNGENE_SCHEDULE`).
     """
-    from .distill import Distill
+
+    mode: str = "mmlg"
+    coefficients: str = "linear"
+    stages: int = 1
+    aux_depth_vision: int | None = None
+    aux_depth_text: int | None = None
+    init: str | None = None
+    distill: Distill = field(default_factory=Distill)
+    sample_depths: list[int] | None = None
+    schedule: Schedule = field(default_factory=lambda: LEARNGENE_SCHEDULE)
+
+    def learngene_config(self, ancestry: nn.Module) -> LearngeneConfig:
+        """The learngene's shape and choices for `ancestry`."""
+        choices: dict[str, Any] = dict(mode=self.mode, schedule=self.coefficients, num_stages=self.stages)
+        for name in ("aux_depth_vision", "aux_depth_text"):
+            if getattr(self, name) is not None:
+                choices[name] = getattr(self, name)
+        cfg = LearngeneConfig.from_ancestry(ancestry.config, **choices)
+        return replace(cfg, init=self.init or _default_init(cfg, ancestry))
+
+
+def extract(ancestry_dir: str | os.PathLike, data: Sequence[str] | Dataset, out_dir: str | os.PathLike,
+            cfg: ExtractConfig | None = None, *, quality: Quality | None = None, eval_every: int = 0,
+            plateau: Plateau | None = None, resume: bool = True, force: bool = False, progress: bool = True) -> Path:
+    """Extract a learngene by distillation from the ancestry as `cfg` says; returns `out_dir/learngene`.
+
+    `quality` measures the Aux-Net at step 0, every `eval_every` steps and at the end, and the ancestry
+    once on the same data; `plateau` (needs `quality` and `eval_every`) ends the extraction early by its
+    rule. The run is a `clipforge.run.Run` on `out_dir` (skipped when finished with the same settings);
+    its training lives in `out_dir/extract` (checkpoints, `log.jsonl`); `resume=False` or `force` starts over.
+    """
     from .inputs import brief, load_ancestry, open_data
 
+    cfg = cfg or ExtractConfig()
     out_dir = Path(out_dir)
     lg_dir, run_dir = out_dir / "learngene", out_dir / "extract"
     ancestry, anc_path = load_ancestry(ancestry_dir)
-    choices: dict[str, Any] = dict(mode=mode, schedule=schedule, num_stages=num_stages)
-    if aux_depth_vision is not None:
-        choices["aux_depth_vision"] = aux_depth_vision
-    if aux_depth_text is not None:
-        choices["aux_depth_text"] = aux_depth_text
-    cfg = LearngeneConfig.from_ancestry(ancestry.config, **choices)
-    cfg = replace(cfg, init=init or _default_init(cfg, ancestry))
-    distill = Distill(alpha, beta, tau, feature, tie_temperature)
+    lg_cfg = cfg.learngene_config(ancestry)
     if plateau is not None and (quality is None or eval_every <= 0):
         raise ClipforgeError("a plateau rule needs the Aux-Net measured: give quality data and eval_every > 0")
-    dataset, data_desc = open_data(data, cfg.image_size)
-    sched = (training or LEARNGENE_SCHEDULE).resolved(len(dataset))
-    depths = sorted({int(d) for d in sample_depths}) if sample_depths else None
+    dataset, data_desc = open_data(data, lg_cfg.image_size)
+    sched = cfg.schedule.resolved(len(dataset))
+    depths = sorted({int(d) for d in cfg.sample_depths}) if cfg.sample_depths else None
     settings = normalise({
-        "ancestry": str(anc_path), "data": data_desc, "learngene_config": cfg.to_dict(),
-        "kd": distill.to_dict(), "sample_depths": depths, "train": brief(sched),
+        "ancestry": str(anc_path), "data": data_desc, "learngene_config": lg_cfg.to_dict(),
+        "kd": cfg.distill.to_dict(), "sample_depths": depths, "train": brief(sched),
         "eval": {"every": eval_every, **quality.describe()} if quality is not None and eval_every > 0 else None,
         "plateau": plateau.to_dict() if plateau is not None else None})
     data_paths = list(data) if isinstance(data, (list, tuple)) else []
@@ -89,8 +105,8 @@ def extract(ancestry_dir: str | os.PathLike, data: Sequence[str] | Dataset, out_
         if run.done:
             print(f"[extract] {run.skip_message()}")
             return lg_dir
-        _extract(run, cfg, ancestry, anc_path, dataset, data_desc, sched, settings, distill, depths, quality,
-                 eval_every, plateau, mode, progress)
+        _extract(run, lg_cfg, ancestry, anc_path, dataset, data_desc, sched, settings, cfg.distill, depths,
+                 quality, eval_every, plateau, cfg.mode, progress)
         run.finish(cleanup=[run_dir / "checkpoints"])  # the learngene is saved: free the disk
     return lg_dir
 

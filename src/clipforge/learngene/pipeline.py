@@ -35,7 +35,6 @@ from ..run import Run, make_artefact, normalise
 from ..schedule import Schedule
 from ..train.runs import had_checkpoint, read_log
 from .distill import Distill, TowerStep
-from .extract import extract  # noqa: F401  (re-exported: `pipeline.extract` is the public path)
 from .inputs import brief, load_ancestry, open_data
 from .learngene import Learngene
 

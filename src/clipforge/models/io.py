@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from transformers import PreTrainedModel
 
 from ..errors import ClipforgeError, first_line
@@ -155,6 +156,23 @@ def _load_config(model_dir: Path):
     return cls, config
 
 
+def own_memory(model: nn.Module) -> None:
+    """Copy every parameter and buffer of `model` into memory of its own, allocated as a freshly built
+    model's is (PyTorch's allocator: 64-byte aligned), in place (tied weights stay tied).
+
+    transformers leaves loaded weights as views into the memory-mapped safetensors file, at the file's
+    byte offsets (not 64-byte aligned), and some CPU kernels round differently at another alignment: a
+    matrix-vector product (an MoE expert that got exactly one token, a last batch of one, in fp32) differs
+    in the last bits. So a model loaded from disk trained to other bits than the same model built in
+    memory, and DMU interrupted after packing did not resume bit-exact. With its own memory, a loaded
+    model computes exactly as the in-memory one.
+    """
+    with torch.no_grad():
+        for t in (*model.parameters(), *model.buffers()):
+            t.data = t.data.clone(memory_format=torch.contiguous_format)
+
+
+
 def load(model_dir: str | os.PathLike, *, device: str | torch.device = "cpu",
          dtype: torch.dtype | None = torch.float32) -> PreTrainedModel:
     """Rebuild a saved model from its directory alone (config next to weights), in eval mode.
@@ -180,6 +198,7 @@ def load(model_dir: str | os.PathLike, *, device: str | torch.device = "cpu",
                                               output_loading_info=True)
     except Exception as e:  # unreadable file, bad shard index, pickled code, ...
         raise ClipforgeError(f"{model_dir}: cannot read the weights ({first_line(e)})") from None
+    own_memory(model)
     problems = []
     order = {k: i for i, k in enumerate(model.state_dict())}  # report in the model's own order
     mismatched = sorted(info.get("mismatched_keys") or (), key=lambda m: order.get(m[0], len(order)))

@@ -216,21 +216,6 @@ class MoECLIPVisionModel(CLIPVisionModel):
                               router_logits=enc.router_logits if output_router_logits else None)
 
 
-def own_memory(model: nn.Module) -> None:
-    """Copy every parameter and buffer of `model` into memory of its own, allocated as a freshly built
-    model's is (PyTorch's allocator: 64-byte aligned), in place (tied weights stay tied).
-
-    transformers leaves loaded weights as views into the memory-mapped safetensors file, at the file's
-    offsets (4-byte aligned), and some CPU kernels round differently at another alignment: a matrix-vector
-    product (an expert that got one token) differs in the last bits. So a CLIP-MoE loaded from disk trained
-    to other bits than the same model packed in memory, and DMU interrupted after packing did not resume
-    bit-exact. With its own memory, a loaded model computes exactly as the in-memory one.
-    """
-    with torch.no_grad():
-        for t in (*model.parameters(), *model.buffers()):
-            t.data = t.data.clone(memory_format=torch.contiguous_format)
-
-
 class CLIPMoEModel(CLIPModel):
     """A CLIP whose chosen blocks (both towers) are top-k mixtures of FFN experts.
 
@@ -256,13 +241,6 @@ class CLIPMoEModel(CLIPModel):
         self.text_projection = nn.Linear(self.text_embed_dim, self.projection_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
         self.post_init()
-
-    @classmethod
-    def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
-        """transformers' loader, then every weight in memory of its own (see `own_memory`)."""
-        loaded = super().from_pretrained(*args, **kwargs)
-        own_memory(loaded[0] if isinstance(loaded, tuple) else loaded)  # (model, info) with output_loading_info
-        return loaded
 
     def get_text_features(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                           position_ids: Tensor | None = None, output_router_logits: bool = False,
