@@ -14,11 +14,11 @@ from clipforge.data.base import Sample
 from clipforge.eval.clip_benchmark import MODEL_TYPE, load_clip_benchmark, main, register
 from clipforge.eval.tasks import retrieval, zeroshot_classification
 from clipforge.models import io
+from clipforge.models.clip_moe.configuration_clip_moe import CLIPMoEConfig
+from clipforge.models.clip_moe.modeling_clip_moe import CLIPMoEModel
+from clipforge.models.clip_moe.moe_layer import MoEFFN
 from clipforge.models.registry import build, make_config
 from clipforge.models.tokenizer import tokenize
-from clipforge.moe.config import CLIPMoEConfig
-from clipforge.moe.layer import MoEFFN
-from clipforge.moe.model import CLIPMoEModel
 
 KS = [1, 3, 5]
 WORDS = ["red", "green", "blue", "square", "circle", "small", "large", "striped", "dotted", "bright"]

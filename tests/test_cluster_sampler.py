@@ -7,10 +7,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from clipforge.errors import ClipforgeError
-from clipforge.moe.cluster_sampler import (ClusterBatchSampler, cluster_sampler_factory, plan_batches,
-                                           policy_report)
 from clipforge.distributed import DistInfo
+from clipforge.errors import ClipforgeError
+from clipforge.moe.cluster_sampler import ClusterBatchSampler, cluster_sampler_factory, plan_batches, policy_report
 from clipforge.train.sampler import ResumeView
 
 G = 8

@@ -15,13 +15,12 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from helpers import logs_warning
 from PIL import Image
 
 from clipforge.data import get_dataset
 from clipforge.data.user import UserDataset, _expand_braces, open_dataset
 from clipforge.errors import ClipforgeError
-
-from helpers import logs_warning
 
 # Row order: the missing file comes first, so it is the first error in "raise" mode.
 ROWS = ["g0", "g1", "gone", "g2", "bad", "g3", "g4", "g5"]

@@ -6,6 +6,7 @@ import io
 from pathlib import Path
 
 import pytest
+from helpers import logs_warning
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -13,8 +14,6 @@ from clipforge.data import loader as L
 from clipforge.data import user_formats
 from clipforge.data.user import open_dataset
 from clipforge.errors import ClipforgeError
-
-from helpers import logs_warning
 
 N = 2000
 MISSING, CORRUPT, NOT_UTF8 = 17, 1234, 1500  # row indices (0-based, after the header)

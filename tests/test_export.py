@@ -12,12 +12,12 @@ import torch
 from clipforge.cli import main
 from clipforge.learngene import Learngene, LearngeneConfig, descend
 from clipforge.models import io
+from clipforge.models.clip_moe.configuration_clip_moe import CLIPMoEConfig
+from clipforge.models.clip_moe.modeling_clip_moe import CLIPMoEModel
+from clipforge.models.clip_moe.moe_layer import MoEFFN, dense_dispatch
 from clipforge.models.encode import image_features, text_features
 from clipforge.models.export import example_inputs, run_artefact
 from clipforge.models.registry import build, make_config
-from clipforge.moe.config import CLIPMoEConfig
-from clipforge.moe.layer import MoEFFN, dense_dispatch
-from clipforge.moe.model import CLIPMoEModel
 
 TOL = 1e-5
 HAS_ORT = importlib.util.find_spec("onnxruntime") is not None

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import fake_batch
 from safetensors.torch import save_file
 from transformers import CLIPModel
 
@@ -22,8 +23,6 @@ from clipforge.models.encode import image_features, text_features
 from clipforge.models.io import load
 from clipforge.models.registry import build
 from clipforge.models.tokenizer import save_tokenizer, tokenize
-
-from helpers import fake_batch
 
 LAYOUTS = ("legacy", "bin", "sharded", "fp16")
 
@@ -153,10 +152,10 @@ def test_legacy_eos_masks_count_only_caption_tokens():
 
 
 def test_legacy_eos_balance_loss_and_routing_statistics(hub_dirs):
+    from clipforge.data.scenes import ScenesDataset
     from clipforge.moe.balance import switch_balance_loss, text_token_mask
     from clipforge.moe.pack import upcycle
     from clipforge.moe.routing import routing_stats
-    from clipforge.data.scenes import ScenesDataset
 
     base = load(hub_dirs["legacy"])
     moe = upcycle(base, num_experts=2, top_k=1)

@@ -9,17 +9,28 @@ import sys
 
 import pytest
 import torch
+from _train_worker import SyntheticPairs
+from helpers import fake_batch
 from safetensors.torch import load_file, save_file
 from torch.nn.utils import parametrize
 
-from _train_worker import SyntheticPairs
-from helpers import fake_batch
-from clipforge.models.params import count_params
 from clipforge.errors import ClipforgeError
-from clipforge.learngene import (BLOCK_PARTS, KDStep, Learngene, LearngeneConfig, Shape, auto_lg, build_auxnet,
-                                 descend, heur_lg, scratch, weight_sources)
+from clipforge.learngene import (
+    BLOCK_PARTS,
+    KDStep,
+    Learngene,
+    LearngeneConfig,
+    Shape,
+    auto_lg,
+    build_auxnet,
+    descend,
+    heur_lg,
+    scratch,
+    weight_sources,
+)
 from clipforge.models import io
 from clipforge.models.encode import image_features, text_features
+from clipforge.models.params import count_params
 from clipforge.models.registry import build, get_config_dict
 from clipforge.train import TrainConfig, train
 

@@ -8,12 +8,25 @@ import random
 
 import pytest
 import torch
-
 from _train_worker import SyntheticPairs
 from helpers import fake_batch
+
 from clipforge.errors import ClipforgeError
-from clipforge.learngene import (BLOCK_PARTS, DepthSampledStep, Distill, KDStep, Learngene, LearngeneConfig, Quality,
-                                 Shape, build_auxnet, descend, select_elements, tinyclip, weight_selection)
+from clipforge.learngene import (
+    BLOCK_PARTS,
+    DepthSampledStep,
+    Distill,
+    KDStep,
+    Learngene,
+    LearngeneConfig,
+    Quality,
+    Shape,
+    build_auxnet,
+    descend,
+    select_elements,
+    tinyclip,
+    weight_selection,
+)
 from clipforge.learngene.learngene import NON_BLOCK, block_param_name
 from clipforge.models import io
 from clipforge.models.registry import build, get_config_dict

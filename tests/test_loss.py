@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from _train_worker import SyntheticPairs, tiny_model
 from torch import nn
 
-from _train_worker import SyntheticPairs, tiny_model
 from clipforge.train import ClipLoss, ClipStep, clamp_logit_scale_, contrastive_logits
 
 

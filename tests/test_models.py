@@ -9,6 +9,7 @@ import textwrap
 
 import pytest
 import torch
+from helpers import fake_batch
 from safetensors.torch import load_file, save_file
 
 from clipforge.cli import main
@@ -16,8 +17,6 @@ from clipforge.errors import ClipforgeError
 from clipforge.models.encode import image_features, text_features
 from clipforge.models.io import load, save
 from clipforge.models.registry import build, list_models, make_config
-
-from helpers import fake_batch
 
 
 def _embed(model, pixels, ids):

@@ -7,14 +7,14 @@ import socket
 
 import torch
 import torch.multiprocessing as mp
+from helpers import fake_batch
 from torch import nn
 
+from clipforge.models.clip_moe.configuration_clip_moe import CLIPMoEConfig
+from clipforge.models.clip_moe.modeling_clip_moe import CLIPMoEModel
 from clipforge.models.registry import make_config
 from clipforge.moe.balance import RouterStep
-from clipforge.moe.config import CLIPMoEConfig
-from clipforge.moe.model import CLIPMoEModel
 from clipforge.train import ClipLoss
-from helpers import fake_batch
 
 WORLD = 2
 BATCH = 4  # 2 per rank

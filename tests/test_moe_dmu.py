@@ -16,9 +16,9 @@ import torch
 from clipforge.cli import main
 from clipforge.cost import flops_per_sample
 from clipforge.data.scenes import ScenesDataset
+from clipforge.models.clip_moe.modeling_clip_moe import CLIPMoEModel
 from clipforge.models.io import load, save
 from clipforge.models.registry import build
-from clipforge.moe.model import CLIPMoEModel
 from clipforge.moe.pack import pack, upcycle
 from clipforge.moe.routing import routing_stats
 
@@ -180,7 +180,7 @@ def test_moe_flops_add_the_extra_experts_and_the_router(base):
     assert flops_per_sample(moe, "image") - flops_per_sample(dense, "image") == extra
     # parameters a token passes through: the generic count agrees with the MoE model's own
     from clipforge.cost import active_params
-    from clipforge.moe.model import moe_param_counts
+    from clipforge.models.clip_moe.modeling_clip_moe import moe_param_counts
 
     assert active_params(moe) == moe_param_counts(moe)["active_per_token"] < sum(p.numel() for p in moe.parameters())
     assert active_params(dense) == sum(p.numel() for p in dense.parameters())

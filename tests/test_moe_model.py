@@ -12,19 +12,25 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from _train_worker import SyntheticPairs, tiny_model
+from helpers import fake_batch
+
 from clipforge.models import io
+from clipforge.models.clip_moe.configuration_clip_moe import CLIPMoEConfig
+from clipforge.models.clip_moe.modeling_clip_moe import CLIPMoEModel, MoEEncoderLayer
+from clipforge.models.clip_moe.moe_layer import MoEFFN
 from clipforge.models.encode import image_features, text_features
 from clipforge.models.registry import BOS_TOKEN_ID, EOS_TOKEN_ID, make_config
-from clipforge.moe.balance import (RouterStep, balance_loss, expert_load, mixtral_balance_loss,
-                                   switch_balance_loss, text_token_mask)
-from clipforge.moe.config import CLIPMoEConfig
-from clipforge.moe.layer import MoEFFN
-from clipforge.moe.model import CLIPMoEModel, MoEEncoderLayer
+from clipforge.moe.balance import (
+    RouterStep,
+    balance_loss,
+    expert_load,
+    mixtral_balance_loss,
+    switch_balance_loss,
+    text_token_mask,
+)
 from clipforge.moe.pack import pack, upcycle
 from clipforge.train import ClipLoss, TrainConfig, enable_grad_checkpointing, train
-from helpers import fake_batch
 
 ATOL = 1e-6
 

@@ -11,8 +11,8 @@ from torch import Tensor
 
 from clipforge.errors import ClipforgeError
 from clipforge.models import io
+from clipforge.models.clip_moe.convert_released import export_released, is_released_layout, load_released
 from clipforge.models.registry import BOS_TOKEN_ID, EOS_TOKEN_ID, VOCAB_SIZE
-from clipforge.moe.convert_released import export_released, is_released_layout, load_released
 
 WIDTH, HEADS, LAYERS, PATCH, IMAGE, PROJ, CONTEXT, EXPERTS = 32, 2, 2, 8, 32, 24, 248, 4
 SPLIT = 20  # Long-CLIP: positions < 20 from `positional_embedding`, the rest from `positional_embedding_res`

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-
 from _train_worker import SyntheticPairs, tiny_model
+
 from clipforge.cli import main
 from clipforge.errors import ClipforgeError
 from clipforge.files import atomic_path

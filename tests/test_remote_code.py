@@ -10,15 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import fake_batch
 from transformers import AutoProcessor, CLIPProcessor, CLIPTokenizer
 
+from clipforge.models.clip_moe.remote import SHIPPED, shipped_source
 from clipforge.models.encode import image_features, text_features
 from clipforge.models.io import save
 from clipforge.models.registry import build
 from clipforge.moe.pack import upcycle
-from clipforge.moe.remote import SHIPPED, shipped_source
-
-from helpers import fake_batch
 
 # Runs in a fresh interpreter where importing clipforge is impossible.
 _NO_CLIPFORGE = """

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from clipforge.data.base import Sample
-from clipforge.data.scenes import HELD_OUT, PAIR_TYPES, SceneSpec, ScenesDataset, diagnostic_pairs
+from clipforge.data.scenes import HELD_OUT, PAIR_TYPES, ScenesDataset, SceneSpec, diagnostic_pairs
 from clipforge.errors import ClipforgeError
 
 N_PAIRS = 100

@@ -10,11 +10,18 @@ from pathlib import Path
 import pytest
 
 from clipforge.data import open_mixture
-from clipforge.data.scenes import PAIR_TYPES, SceneSpec, ScenesDataset, diagnostic_pairs
+from clipforge.data.scenes import PAIR_TYPES, ScenesDataset, SceneSpec, diagnostic_pairs
 from clipforge.data.scenes.spec import COLOURS, ORIENTED_SHAPES, SHAPES
 from clipforge.data.scenes.styles import CAPTION_STYLES, COUNT_WORDS, clear_relation, dense_relations
-from clipforge.data.scenes.text import (CROSS_ORIENT_WORDS, FILL_ADJ, FILL_POST, ORIENT_WORDS, POSITION_WORDS,
-                                        RELATION_WORDS, SIZE_WORDS)
+from clipforge.data.scenes.text import (
+    CROSS_ORIENT_WORDS,
+    FILL_ADJ,
+    FILL_POST,
+    ORIENT_WORDS,
+    POSITION_WORDS,
+    RELATION_WORDS,
+    SIZE_WORDS,
+)
 from clipforge.errors import ClipforgeError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -205,8 +212,9 @@ def test_cli_flag(tmp_path, capsys) -> None:
 
 
 def test_ancestry_recipe_field() -> None:
-    from clipforge.demo.ancestry import AncestryRecipe, _same_recipe, training_data
     from dataclasses import asdict
+
+    from clipforge.demo.ancestry import AncestryRecipe, _same_recipe, training_data
 
     r = AncestryRecipe.quick()
     assert AncestryRecipe().caption_style == "alt" and r.caption_style == "alt"

@@ -6,15 +6,21 @@ import logging
 
 import pytest
 import torch
+from _train_worker import SyntheticPairs, resume_config, tiny_model
 from torch import nn
 
-from _train_worker import SyntheticPairs, resume_config, tiny_model
 from clipforge.errors import ClipforgeError
 from clipforge.models.registry import build
-from clipforge.train import ClipLoss, ClipStep, TrainConfig, train
-from clipforge.train import fast
-from clipforge.train.fast import (SHORT_SEQUENCE, CompiledStep, adamw_kwargs, attention_kernel, longest_sequence,
-                                  resolve_amp, resolve_attention)
+from clipforge.train import ClipLoss, ClipStep, TrainConfig, fast, train
+from clipforge.train.fast import (
+    SHORT_SEQUENCE,
+    CompiledStep,
+    adamw_kwargs,
+    attention_kernel,
+    longest_sequence,
+    resolve_amp,
+    resolve_attention,
+)
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 

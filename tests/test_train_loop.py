@@ -14,11 +14,18 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from _train_worker import SyntheticPairs, resume_config, tiny_model
+
 from clipforge.errors import ClipforgeError
-from clipforge.train import (ClipLoss, ClipStep, ResumableSampler, TrainConfig, enable_grad_checkpointing,
-                             param_groups, train)
+from clipforge.train import (
+    ClipLoss,
+    ClipStep,
+    ResumableSampler,
+    TrainConfig,
+    enable_grad_checkpointing,
+    param_groups,
+    train,
+)
 
 TESTS_DIR = Path(__file__).parent
 

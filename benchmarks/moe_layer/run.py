@@ -3,7 +3,7 @@
     python -m benchmarks.moe_layer.run [--quick] [--out benchmarks/moe_layer/results] [--threads N] [--repeats N]
 
 Three layers on the same tokens, E=4 experts, top-2:
-  * moe            `clipforge.moe.layer.MoEFFN` (tokens sorted by expert once, one contiguous slice per expert);
+  * moe            `clipforge.models.clip_moe.moe_layer.MoEFFN` (tokens sorted by expert once, one contiguous slice per expert);
   * two_dense      two CLIP FFNs (`CLIPMLP`) on every token: the compute floor of top-2 routing;
   * released_loop  the Mixtral-style loop the released CLIP-MoE code uses (one-hot mask, `torch.where`
                    and a gather per expert), re-implemented below and loaded with the moe layer's weights.
@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from transformers import CLIPVisionConfig
 from transformers.models.clip.modeling_clip import CLIPMLP
 
-from clipforge.moe.layer import MoEFFN
+from clipforge.models.clip_moe.moe_layer import MoEFFN
 
 from .. import harness
 from .report import render

@@ -97,7 +97,7 @@ def run_import(args: argparse.Namespace) -> int:
     heads = dict(vision_heads=args.vision_heads, text_heads=args.text_heads, quick_gelu=args.act == "quick_gelu")
     # The layout is detected from the key names; each importer then reads the file itself (a second read,
     # small next to building the model), so both stay usable on their own.
-    from ..moe.convert_released import (
+    from ..models.clip_moe.convert_released import (
         is_released_dense_layout,
         is_released_layout,
         load_released,

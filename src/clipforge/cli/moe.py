@@ -263,7 +263,7 @@ def run_stage(args: argparse.Namespace) -> int:
 def run_pack(args: argparse.Namespace) -> int:
     from ..files import file_digest
     from ..models import io
-    from ..moe.model import moe_param_counts
+    from ..models.clip_moe.modeling_clip_moe import moe_param_counts
     from ..moe.pack import pack
     from ..run import make_artefact
 

@@ -7,7 +7,7 @@ Each artefact is one tower's embedding function, the projected *unnormalised* em
 * text: `input_ids` int64 [B, T] and `attention_mask` int64 [B, T] → `text_embeds` float32 [B, D]
 
 The batch size B is dynamic; T is fixed at the model's text context (pad to it, as the tokenizer
-saved with the model does). A CLIP-MoE is traced with its dense expert dispatch (`moe.layer`): the
+saved with the model does). A CLIP-MoE is traced with its dense expert dispatch (`clip_moe.moe_layer`): the
 sparse dispatch sizes its work from the routing, which no static graph can hold; the dense one gives
 the same output. Every artefact is checked against the model's ordinary (sparse) forward on a fresh
 batch before it is kept, and the difference is recorded in `export.json`.
@@ -111,7 +111,7 @@ def embedder(model: nn.Module, tower: str) -> nn.Module:
 @contextmanager
 def export_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Context: eval mode, no gradients and, for a CLIP-MoE, the dense (static-shape) expert dispatch."""
-    from ..moe.layer import dense_dispatch
+    from .clip_moe.moe_layer import dense_dispatch
 
     was_training = model.training
     model.eval()

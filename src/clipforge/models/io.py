@@ -51,7 +51,7 @@ def save(
     with atomic_dir(out_dir) as tmp, _quiet_transformers():
         model.save_pretrained(tmp, safe_serialization=True)
         if getattr(model.config, "model_type", None) == "clipforge_clip_moe":
-            from ..moe.remote import (
+            from .clip_moe.remote import (
                 ship_code,  # loads without clipforge: trust_remote_code=True
             )
 
@@ -117,7 +117,7 @@ def model_class(arch: str | None) -> type[PreTrainedModel] | None:
     if arch in dense:
         return dense[arch]
     if arch == "CLIPMoEModel":
-        from ..moe.model import CLIPMoEModel  # imported only when a CLIP-MoE is met
+        from .clip_moe.modeling_clip_moe import CLIPMoEModel  # imported only when a CLIP-MoE is met
 
         return CLIPMoEModel
     return None
@@ -285,7 +285,7 @@ def model_card(model: PreTrainedModel, provenance: dict[str, Any]) -> str:
     lines += ["", f"Projection dim: {getattr(cfg, 'projection_dim', '?')}.", "", "## Parameters", ""]
     lines += table(["part", "parameters"], [[k, f"{v:,}"] for k, v in counts.items() if v])
     if getattr(cfg, "model_type", None) == "clipforge_clip_moe":
-        from ..moe.card import card_section
+        from .clip_moe.card import card_section
 
         lines += ["", card_section(model)]
     lines += ["", "## Where the weights came from", ""]

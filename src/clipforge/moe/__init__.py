@@ -1,14 +1,10 @@
-"""CLIP-MoE: diversified multiplet upcycling (docs/methods.md Part A).
+"""CLIP-MoE, the method: diversified multiplet upcycling (docs/methods.md Part A).
 
-The model: `config` (CLIPMoEConfig), `layer` (MoEFFN), `model` (CLIPMoEModel), `convert_released`
-(the released checkpoints). The method: `clusters` + `cluster_sampler` + `mcl` (the MCL stages),
-`pack` (stage models → experts), `balance` + `routers` (router training), `dmu` (the whole pipeline),
-`baselines` (direct FT, sparse upcycling, w/o MCL), `routing` + `evaluate` (what it gains and costs).
-
-Importing this package registers the CLIP-MoE with transformers (`AutoConfig`, `AutoModel`), so
-`AutoModel.from_pretrained(dir)` knows it after `import clipforge.moe`; `clipforge.load` imports it when
-it meets a CLIP-MoE directory. Without clipforge, a saved directory loads through its shipped code
-(`trust_remote_code=True`, see `remote`). Every other name is imported on first use. (`pack` is not re-exported: the name would clash with the submodule
+`clusters` + `cluster_sampler` + `embedding` + `mcl` (the MCL stages), `pack` (stage models → experts),
+`balance` + `routers` (router training), `dmu` (the whole pipeline), `baselines` (direct FT, sparse
+upcycling, w/o MCL), `routing` + `evaluate` (what it gains and costs). The model it makes lives in
+`clipforge.models.clip_moe` (imported here, so the CLIP-MoE is registered with transformers). Every name
+is imported on first use. (`pack` is not re-exported: the name would clash with the submodule
 `clipforge.moe.pack`; use `from clipforge.moe.pack import pack`; likewise `from clipforge.moe.dmu import dmu`.)
 """
 
@@ -17,20 +13,10 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-from transformers import AutoConfig, AutoModel
-
-from .config import MODEL_TYPE, CLIPMoEConfig
-from .model import CLIPMoEModel
-
-AutoConfig.register(MODEL_TYPE, CLIPMoEConfig, exist_ok=True)
-AutoModel.register(CLIPMoEConfig, CLIPMoEModel, exist_ok=True)
+from ..models import clip_moe  # noqa: F401  (registers the CLIP-MoE with transformers)
 
 # name → module (relative to this package); imported on first access.
 _EXPORTS = {
-    "CLIPMoEConfig": ".config",
-    "MoEFFN": ".layer",
-    "CLIPMoEModel": ".model",
-    "moe_param_counts": ".model",
     "RouterStep": ".balance",
     "balance_loss": ".balance",
     "switch_balance_loss": ".balance",
@@ -39,10 +25,6 @@ _EXPORTS = {
     "expert_load": ".balance",
     "upcycle": ".pack",
     "reset_routers": ".pack",
-    "load_released": ".convert_released",
-    "released_to_hf": ".convert_released",
-    "export_released": ".convert_released",
-    "is_released_layout": ".convert_released",
     "MCLConfig": ".mcl",
     "run_stages": ".mcl",
     "RouterConfig": ".routers",

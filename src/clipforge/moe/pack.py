@@ -20,10 +20,10 @@ from torch import Tensor, nn
 from transformers import CLIPModel
 
 from ..errors import ClipforgeError
+from ..models.clip_moe.configuration_clip_moe import CLIPMoEConfig
+from ..models.clip_moe.modeling_clip_moe import CLIPMoEModel
+from ..models.clip_moe.moe_layer import MoEFFN
 from ..models.io import _materialize_buffers, load
-from .config import CLIPMoEConfig
-from .layer import MoEFFN
-from .model import CLIPMoEModel
 
 Stage = nn.Module | str | os.PathLike
 _FFN = re.compile(r"(vision_model|text_model)\.encoder\.layers\.(\d+)\.mlp\.(fc1|fc2)\.(weight|bias)")

@@ -6,9 +6,10 @@ A directory clipforge writes then loads with plain transformers where clipforge 
 
 `config.json` gets an `auto_map` naming the shipped files; without `trust_remote_code=True`,
 transformers itself says that the directory holds custom code and which flag loads it. The copies are
-this package's own `config.py`, `layer.py`, `model.py` and `models/captions.py` with their relative
-imports pointed at each other; those modules import nothing else of clipforge (tested), so the copy is
-the code clipforge runs, not a second implementation.
+this package's own `configuration_clip_moe.py`, `moe_layer.py`, `modeling_clip_moe.py` (the names the
+saved directory uses) and `models/captions.py`, with the one import that reaches outside the folder pointed
+at its copy; those modules import nothing else of clipforge (tested), so the copy is the code clipforge
+runs, not a second implementation.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from pathlib import Path
 _SRC = Path(__file__).resolve().parent
 # source file → (name in the saved directory, the import line that reaches it from a sibling)
 SHIPPED = {
-    _SRC / "config.py": ("configuration_clip_moe.py", "from .config import"),
-    _SRC / "layer.py": ("moe_layer.py", "from .layer import"),
-    _SRC.parent / "models" / "captions.py": ("captions.py", "from ..models.captions import"),
-    _SRC / "model.py": ("modeling_clip_moe.py", None),
+    _SRC / "configuration_clip_moe.py": ("configuration_clip_moe.py", None),
+    _SRC / "moe_layer.py": ("moe_layer.py", None),
+    _SRC.parent / "captions.py": ("captions.py", "from ..captions import"),
+    _SRC / "modeling_clip_moe.py": ("modeling_clip_moe.py", None),
 }
 AUTO_MAP = {"AutoConfig": "configuration_clip_moe.CLIPMoEConfig", "AutoModel": "modeling_clip_moe.CLIPMoEModel"}
 _RELATIVE = re.compile(r"^\s*from\s+\.+[\w.]*\s+import", re.MULTILINE)

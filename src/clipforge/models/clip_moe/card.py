@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..markdown import table
-from .model import CLIPMoEModel, moe_param_counts
+from ...markdown import table
+from .modeling_clip_moe import CLIPMoEModel, moe_param_counts
 
 
 def card_section(model: nn.Module) -> str:

@@ -8,7 +8,7 @@ forward gives both the embeddings and the logits the balance loss needs.
 
 Importing `clipforge.moe` registers the model with `transformers.AutoModel`. This module imports only torch,
 transformers and its siblings `config`, `layer` and `models.captions`: a saved directory ships copies
-of these four files, so the model loads without clipforge (`trust_remote_code=True`, see `moe.remote`).
+of these four files, so the model loads without clipforge (`trust_remote_code=True`, see `remote`).
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ from transformers.models.clip.modeling_clip import (
     CLIPVisionModel,
 )
 
-from ..models.captions import caption_end
-from .config import CLIPMoEConfig
-from .layer import MoEFFN
+from ..captions import caption_end
+from .configuration_clip_moe import CLIPMoEConfig
+from .moe_layer import MoEFFN
 
 RouterLogits = tuple[Tensor, ...]
 

@@ -3,7 +3,7 @@
 A CLIP-MoE checkpoint carries its whole architecture (experts, top-k, which blocks of each tower are
 MoE, router options, where each expert came from), so loading it never needs hand-passed arguments.
 Importing `clipforge.moe` registers it with `transformers.AutoConfig` (and the model with `AutoModel`).
-This module imports only transformers: a saved directory ships a copy of it (see `moe.remote`).
+This module imports only transformers: a saved directory ships a copy of it (see `remote`).
 """
 
 from __future__ import annotations

@@ -20,13 +20,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import ClipforgeError
-from ..models.checkpoint_files import read_state_dict
-from ..models.convert_openai import hf_to_openai, openai_to_hf
-from ..models.io import _materialize_buffers
-from ..models.positions import LONG_CLIP_KEEP, merge_two_tables
-from .config import CLIPMoEConfig
-from .model import CLIPMoEModel
+from ...errors import ClipforgeError
+from ..checkpoint_files import read_state_dict
+from ..convert_openai import hf_to_openai, openai_to_hf
+from ..io import _materialize_buffers
+from ..positions import LONG_CLIP_KEEP, merge_two_tables
+from .configuration_clip_moe import CLIPMoEConfig
+from .modeling_clip_moe import CLIPMoEModel
 
 LONG_CLIP_SPLIT = LONG_CLIP_KEEP  # Long-CLIP: positions < 20 keep the first table, >= 20 read the second
 RES_KEY = "positional_embedding_res"
@@ -66,7 +66,7 @@ def released_dense_to_openai(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 def load_released_dense(path: str | Path, **kw: Any) -> nn.Module:
     """A plain `CLIPModel` holding a released dense (MCL stage) checkpoint file, in eval mode."""
-    from ..models.convert_openai import load_state_dict_openai
+    from ..convert_openai import load_state_dict_openai
 
     try:
         sd = released_dense_to_openai(read_state_dict(path))
