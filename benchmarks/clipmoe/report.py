@@ -293,7 +293,7 @@ def render(results: dict[str, Any], out: Path) -> None:
 
 def plots(results: dict[str, Any], out: Path) -> None:
     """The main table, Table 1, the ablation and Fig. 3 as PNGs in `out/plots`."""
-    from clipforge.moe.routing import plot_routing
+    from clipforge.report.moe_run import plot_routing
     from clipforge.report.plots import grouped_bars
 
     main = results["main"]

@@ -229,7 +229,6 @@ def _image_size(model_dir: Path) -> int:
 
 @with_workers
 def run_dmu(args: argparse.Namespace) -> int:
-    from ..eval.suite import SuiteConfig
     from ..moe.dmu import dmu
 
     _check_out(args, args.base)
@@ -239,12 +238,38 @@ def run_dmu(args: argparse.Namespace) -> int:
     print(f"[moe dmu] base {base}, {len(data):,} training samples, {cfg.mcl.num_experts} experts "
           f"({cfg.mcl.num_experts - 1} MCL stages of {cfg.mcl.schedule.steps or 'one epoch of'} steps), top-{cfg.top_k}, "
           f"router {cfg.router.schedule.steps or 'one epoch of'} steps; output {args.out}")
-    suite = None if args.no_eval else (SuiteConfig.quick() if args.eval_size == "quick" else SuiteConfig())
-    model_dir = dmu(str(base), data, args.out, cfg, suite=suite, force=args.overwrite)
+    model_dir = dmu(str(base), data, args.out, cfg, force=args.overwrite)
+    from .. import distributed as D
+
+    main = D.rank() == 0
+    D.cleanup()  # every rank is done: rank 0 evaluates alone, after the process group is gone (no barrier waits)
+    if not main:
+        return 0
+    if not args.no_eval and not (args.out / "eval.json").is_file():
+        _evaluate_dmu(args, base, model_dir, cfg)
     if (args.out / "eval.md").is_file():
         print((args.out / "eval.md").read_text())
     print(f"CLIP-MoE: {model_dir}")
     return 0
+
+
+def _evaluate_dmu(args: argparse.Namespace, base: Path, model_dir: Path, cfg) -> None:
+    """The built-in evaluation of a finished DMU run, recorded in its dmu.json as the "evaluation" phase."""
+    import time
+
+    from ..eval.suite import SuiteConfig
+    from ..files import write_json
+    from ..models import io
+    from ..report.moe_run import evaluate_moe_run
+
+    suite = SuiteConfig.quick() if args.eval_size == "quick" else SuiteConfig()
+    stages = [base] + [args.out / "mcl" / f"stage{j}" / "model" for j in range(1, cfg.mcl.num_experts)]
+    t = time.perf_counter()
+    evaluate_moe_run(args.out, str(base), io.load(model_dir), stages, suite)
+    manifest = json.loads((args.out / "dmu.json").read_text())
+    manifest["phases"]["evaluation"] = {"wall_time_s": round(time.perf_counter() - t, 2),
+                                        "results": str(args.out / "eval.json")}
+    write_json(args.out / "dmu.json", manifest)
 
 
 @with_workers
@@ -338,7 +363,8 @@ def run_stats(args: argparse.Namespace) -> int:
     from ..data.scenes import ScenesDataset
     from ..files import file_digest, write_json
     from ..models import io
-    from ..moe.routing import load_shares, plot_routing, routing_stats
+    from ..moe.routing import load_shares, routing_stats
+    from ..report.moe_run import plot_routing
     from ..run import make_artefact
 
     _check_out(args, args.model)

@@ -222,7 +222,7 @@ def _dmu(base: Path, data: Any, out: Path, preset: Any) -> Path:
     """DMU from `base` into `out`, without the built-in evaluation (the demo measures every model itself)."""
     from ..moe.dmu import dmu
 
-    return dmu(str(base), data, out, preset, suite=None)
+    return dmu(str(base), data, out, preset)
 
 
 def _grow(progress: Progress, out: Path, anc_dir: Path, data: Any, preset: Any) -> tuple[Path, Path]:

@@ -202,7 +202,8 @@ def moe_section(r: Report, out: Path, cfg: Any, ancestry_dir: Path, moe_dir: Pat
     from ..eval.tasks import mmvp_diagnostic
     from ..files import write_json
     from ..models import io
-    from ..moe.routing import plot_routing, routing_stats
+    from ..moe.routing import routing_stats
+    from ..report.moe_run import plot_routing
     from ..report.plots import grouped_bars
 
     plots = out / "plots"

@@ -2,7 +2,7 @@
 
 `clusters` + `cluster_sampler` + `embedding` + `mcl` (the MCL stages), `pack` (stage models → experts),
 `balance` + `routers` (router training), `dmu` (the whole pipeline), `baselines` (direct FT, sparse
-upcycling, w/o MCL), `routing` + `evaluate` (what it gains and costs). The model it makes lives in
+upcycling, w/o MCL), `routing` (how tokens spread over the experts; the report of a run is `clipforge.report.moe_run`). The model it makes lives in
 `clipforge.models.clip_moe` (imported here, so the CLIP-MoE is registered with transformers). Every name
 is imported on first use. (`pack` is not re-exported: the name would clash with the submodule
 `clipforge.moe.pack`; use `from clipforge.moe.pack import pack`; likewise `from clipforge.moe.dmu import dmu`.)
@@ -35,7 +35,6 @@ _EXPORTS = {
     "sparse_upcycling": ".baselines",
     "without_mcl": ".baselines",
     "routing_stats": ".routing",
-    "plot_routing": ".routing",
 }
 
 __all__ = sorted(_EXPORTS)

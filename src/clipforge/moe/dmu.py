@@ -9,8 +9,6 @@ checkpoint (bit-exact on the CPU), so it ends with the same model. On disk (`out
     packed/              the CLIP-MoE as packed, routers freshly drawn
     log.jsonl, checkpoints/   router training
     model/               the final CLIP-MoE (loads with `clipforge.load` or `AutoModel`)
-    eval.json            base vs CLIP-MoE on the built-in suite, parameters, FLOPs, latency
-    routing.json, plots/routing.png, plots/*.png     routing statistics and curves
     dmu.json             the manifest: phases, their wall time, where everything is
 """
 
@@ -28,7 +26,6 @@ from torch import nn
 
 from .. import distributed as D
 from ..errors import ClipforgeError
-from ..eval.suite import SuiteConfig
 from ..files import write_json
 from ..models import io
 from ..run import Run, normalise
@@ -80,12 +77,11 @@ def pack_stages(expert_dirs: list[Path], out: Path, cfg: DMUConfig) -> nn.Module
 
 
 def dmu(base: nn.Module | str | os.PathLike, dataset: Any, out: str | os.PathLike, cfg: DMUConfig | None = None,
-        *, suite: SuiteConfig | None = None, eval_stages: bool = True, routing_samples: int = 500,
-        collate_fn: Callable | None = None, force: bool = False, progress: bool = True) -> Path:
+        *, collate_fn: Callable | None = None, force: bool = False, progress: bool = True) -> Path:
     """Run DMU from `base` (a dense CLIP or its directory) on `dataset`; returns `out/model`.
 
-    `suite`: the built-in evaluation (None: skip evaluation); `eval_stages`: also score every dense
-    stage model on the MMVP-style pairs (the paper's Table 1). Rerun to resume; `force` starts over.
+    Rerun to resume; `force` starts over. What it gains is measured afterwards, once every rank is done
+    (`clipforge.report.moe_run.evaluate_moe_run`; `clipforge moe dmu` does it unless `--no-eval`).
     """
     cfg = cfg or DMUConfig()
     out = Path(out)
@@ -100,14 +96,14 @@ def dmu(base: nn.Module | str | os.PathLike, dataset: Any, out: str | os.PathLik
         if run.done:
             print(run.skip_message())
             return out / "model"
-        _phases(run, base, dataset, cfg, settings, suite, eval_stages, routing_samples, collate_fn, progress)
+        _phases(run, base, dataset, cfg, settings, collate_fn, progress)
         run.finish()
     return out / "model"
 
 
-def _phases(run: Run, base: Any, dataset: Any, cfg: DMUConfig, settings: dict[str, Any], suite: SuiteConfig | None,
-            eval_stages: bool, routing_samples: int, collate_fn: Callable | None, progress: bool) -> None:
-    """MCL stages, packing, router training and evaluation inside `run` (each skipped when done)."""
+def _phases(run: Run, base: Any, dataset: Any, cfg: DMUConfig, settings: dict[str, Any],
+            collate_fn: Callable | None, progress: bool) -> None:
+    """MCL stages, packing and router training inside `run` (each skipped when done)."""
     out = run.dir
     manifest: dict[str, Any] = {"settings": normalise(settings), "phases": {}}
     old = out / "dmu.json"
@@ -123,18 +119,11 @@ def _phases(run: Run, base: Any, dataset: Any, cfg: DMUConfig, settings: dict[st
     _phase(manifest, "pack", t, model=str(out / "packed"))
 
     t = time.perf_counter()
-    model = train_routers(packed, dataset, run, cfg.router, settings,
+    train_routers(packed, dataset, run, cfg.router, settings,
                           {"name": "CLIP-MoE (DMU)", "method": "Diversified Multiplet Upcycling",
                            "experts": [str(d) for d in expert_dirs]}, collate_fn=collate_fn, progress=progress)
     _phase(manifest, "routers", t, model=str(out / "model"))
     if D.rank() == 0:
         write_json(out / "dmu.json", manifest)
 
-    if suite is not None and D.rank() == 0 and not (out / "eval.json").is_file():
-        from .evaluate import evaluate_moe_run
-
-        t = time.perf_counter()
-        evaluate_moe_run(out, base, model, expert_dirs if eval_stages else [], suite, routing_samples)
-        _phase(manifest, "evaluation", t, results=str(out / "eval.json"))
-        write_json(out / "dmu.json", manifest)
     D.barrier()

@@ -3,13 +3,11 @@
 For every MoE block of both towers, the share of tokens whose first (and second, ...) choice is each
 expert, measured on a dataset. Text padding after the end-of-text token never counts. Optionally the
 same shares split by a per-sample attribute (e.g. a scene's pair type), so one can see whether an
-expert specialises. Results are JSON-ready; `plot_routing` draws the heat map.
+expert specialises. Results are JSON-ready; `clipforge.report.moe_run.plot_routing` draws the heat map.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -93,44 +91,3 @@ def load_shares(stats: dict[str, Any]) -> dict[str, float]:
         out[f"{tower}_first_max"] = float(first.max(dim=-1).values.mean())
         out[f"{tower}_first_min"] = float(first.min(dim=-1).values.mean())
     return out
-
-
-def plot_routing(stats: dict[str, Any], path: str | Path, title: str = "CLIP-MoE routing",
-                 slots: Sequence[int] | None = None) -> Path:
-    """Heat map(s) of token shares: rows = blocks of both towers, columns = experts, one panel per slot."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..report.plots import _save
-
-    k = int(stats["top_k"])
-    slots = list(range(k)) if slots is None else list(slots)
-    rows, labels = [], []
-    for tower, short in (("vision", "img"), ("text", "txt")):
-        for b, block in enumerate(stats[tower]["blocks"]):
-            if stats[tower]["share"]:
-                rows.append([stats[tower]["share"][s][b] for s in slots])
-                labels.append(f"{short} block {block}")
-    if not rows:
-        raise ClipforgeError("no routing statistics to plot (the model has no MoE block)")
-    E = int(stats["num_experts"])
-    fig, axes = plt.subplots(1, len(slots), figsize=(1.0 + 1.6 * E * len(slots), 0.32 * len(rows) + 1.6),
-                             squeeze=False)
-    names = {0: "first choice", 1: "second choice"}
-    for i, s in enumerate(slots):
-        ax = axes[0][i]
-        m = [r[i] for r in rows]
-        im = ax.imshow(m, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0)
-        ax.set_xticks(range(E))
-        ax.set_xticklabels([f"E{e}" for e in range(E)])
-        ax.set_yticks(range(len(labels)))
-        ax.set_yticklabels(labels if i == 0 else [], fontsize=7)
-        for r, row in enumerate(m):
-            for c, v in enumerate(row):
-                ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=6, color="w" if v < 0.6 else "k")
-        ax.set_title(names.get(s, f"choice {s + 1}"), fontsize=9)
-    fig.colorbar(im, ax=axes[0].tolist(), label="share of tokens", fraction=0.05)
-    fig.suptitle(title, fontsize=10)
-    return _save(fig, path)

@@ -1,9 +1,10 @@
-"""What a CLIP-MoE gains and costs, measured the same way for every model.
+"""The report of a CLIP-MoE run: what it gains and costs, measured the same way for every model.
 
 `measure(model, suite)`: the built-in suite plus `cost.model_costs` (parameters stored and active per
 token, analytic FLOPs, measured latency). `evaluate_moe_run(out, ...)`: the base and the CLIP-MoE on the
 built-in suite, each stage model's MMVP-style scores, routing statistics and plots, written to
-`out/eval.json`, `out/eval.md`, `out/routing.json` and `out/plots/`.
+`out/eval.json`, `out/eval.md`, `out/routing.json` and `out/plots/`. `plot_routing`: the routing heat map.
+(Here, above the methods: `moe dmu` runs it after DMU has finished, never one rank while the others wait.)
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from typing import Any, Sequence
 from torch import nn
 
 from ..cost import model_costs
+from ..errors import ClipforgeError
 from ..eval.suite import SuiteConfig, evaluate_builtin, headline
 from ..files import write_json, write_text
 from ..models import io
+from .plots import _save
 
 
 def measure(model: nn.Module, suite: SuiteConfig) -> dict[str, Any]:
@@ -47,8 +50,8 @@ def evaluate_moe_run(out: str | os.PathLike, base: nn.Module | str | os.PathLike
     """Evaluate a DMU run directory: base vs CLIP-MoE, stage models' MMVP, routing; write the files."""
     from ..data.scenes import ScenesDataset
     from ..eval.tasks import mmvp_diagnostic
-    from ..report.plots import grouped_bars, loss_curve, read_log
-    from .routing import load_shares, plot_routing, routing_stats
+    from ..moe.routing import load_shares, routing_stats
+    from .plots import grouped_bars, loss_curve, read_log
 
     out = Path(out)
     base_model = base if isinstance(base, nn.Module) else io.load(base)
@@ -87,3 +90,42 @@ def evaluate_moe_run(out: str | os.PathLike, base: nn.Module | str | os.PathLike
                  markdown_table({k: v for k, v in stages.items() if v}, attrs), ""]
     write_text(out / "eval.md", "\n".join(text))
     return result
+
+
+def plot_routing(stats: dict[str, Any], path: str | Path, title: str = "CLIP-MoE routing",
+                 slots: Sequence[int] | None = None) -> Path:
+    """Heat map(s) of token shares: rows = blocks of both towers, columns = experts, one panel per slot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = int(stats["top_k"])
+    slots = list(range(k)) if slots is None else list(slots)
+    rows, labels = [], []
+    for tower, short in (("vision", "img"), ("text", "txt")):
+        for b, block in enumerate(stats[tower]["blocks"]):
+            if stats[tower]["share"]:
+                rows.append([stats[tower]["share"][s][b] for s in slots])
+                labels.append(f"{short} block {block}")
+    if not rows:
+        raise ClipforgeError("no routing statistics to plot (the model has no MoE block)")
+    E = int(stats["num_experts"])
+    fig, axes = plt.subplots(1, len(slots), figsize=(1.0 + 1.6 * E * len(slots), 0.32 * len(rows) + 1.6),
+                             squeeze=False)
+    names = {0: "first choice", 1: "second choice"}
+    for i, s in enumerate(slots):
+        ax = axes[0][i]
+        m = [r[i] for r in rows]
+        im = ax.imshow(m, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0)
+        ax.set_xticks(range(E))
+        ax.set_xticklabels([f"E{e}" for e in range(E)])
+        ax.set_yticks(range(len(labels)))
+        ax.set_yticklabels(labels if i == 0 else [], fontsize=7)
+        for r, row in enumerate(m):
+            for c, v in enumerate(row):
+                ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=6, color="w" if v < 0.6 else "k")
+        ax.set_title(names.get(s, f"choice {s + 1}"), fontsize=9)
+    fig.colorbar(im, ax=axes[0].tolist(), label="share of tokens", fraction=0.05)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
