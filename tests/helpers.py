@@ -38,7 +38,7 @@ class logs_warning:
 
         self._handler = _Grab()
 
-    def __enter__(self) -> "logs_warning":
+    def __enter__(self) -> logs_warning:
         self._logger.addHandler(self._handler)
         return self
 

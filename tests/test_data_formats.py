@@ -193,11 +193,11 @@ def test_imagefolder(tmp_path: Path, meta: str) -> None:
 def write_shards(folder: Path, n_shards: int, name: str = "shard") -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{name}-{k:03d}.tar" for k in range(n_shards)]
-    tars = [tarfile.open(p, "w") for p in paths]
+    tars = [tarfile.open(p, "w") for p in paths]  # noqa: SIM115 - rows go to several open shards; closed below
     for i, r in enumerate(ROWS):
         tf = tars[i * n_shards // len(ROWS)]
 
-        def add(member: str, data: bytes) -> None:
+        def add(member: str, data: bytes, tf: tarfile.TarFile = tf) -> None:
             info = tarfile.TarInfo(member)
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))

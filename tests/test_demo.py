@@ -82,7 +82,8 @@ def _family(good: bool) -> dict[str, dict]:
     # good: fine-tuning raises retrieval and keeps zero-shot, CLIP-MoE matches it (43.5 vs 42.5) and keeps more;
     # bad: fine-tuning loses I→T and 1.3 points of zero-shot, yet beats CLIP-MoE on both (43.5 vs 41.5, 68.7 vs 68.5)
     ft = _clip(0.440, 0.410, 0.692, 1_000_000) if good else _clip(0.500, 0.370, 0.687, 1_000_000)
-    return {"ancestry": anc, "CLIP-MoE": moe, "direct FT (full)": ft, "MM-LG clip 2+2": desc, "Scratch clip 2+2": scratch,
+    return {"ancestry": anc, "CLIP-MoE": moe, "direct FT (full)": ft, "MM-LG clip 2+2": desc,
+            "Scratch clip 2+2": scratch,
             "MM-LG vision 2": {"kind": "vision", "headline": {"fmnist_probe_acc1": 0.8},
                                "cost": {"params_stored": 20_000, "params_active_per_token": 20_000}},
             "CLIP-MoE of MM-LG clip 2+2": composed}

@@ -35,17 +35,15 @@ def test_files_and_directories_follow_the_umask(tmp_path, umask_022):
 
 def test_a_failed_write_leaves_the_old_version_and_no_temporary(tmp_path):
     target = write_text(tmp_path / "t.txt", "old")
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_text("half")
-            raise RuntimeError("interrupted")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("interrupted")
     assert target.read_text() == "old"
     (tmp_path / "dir").mkdir()
     (tmp_path / "dir" / "keep").write_text("1")
-    with pytest.raises(RuntimeError):
-        with atomic_dir(tmp_path / "dir") as tmp:
-            (tmp / "new").write_text("2")
-            raise RuntimeError("interrupted")
+    with pytest.raises(RuntimeError), atomic_dir(tmp_path / "dir") as tmp:
+        (tmp / "new").write_text("2")
+        raise RuntimeError("interrupted")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir", "t.txt"]
     assert [p.name for p in (tmp_path / "dir").iterdir()] == ["keep"]
 

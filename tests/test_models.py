@@ -77,7 +77,8 @@ def test_plain_transformers_loads_saved_model(tmp_path, kind):
         import sys, torch
         from safetensors.torch import load_file, save_file
         from transformers import AutoModel, CLIPModel, CLIPVisionModelWithProjection, CLIPTextModelWithProjection
-        cls = {{"clip": CLIPModel, "vision": CLIPVisionModelWithProjection, "text": CLIPTextModelWithProjection}}["{kind}"]
+        cls = {{"clip": CLIPModel, "vision": CLIPVisionModelWithProjection,
+               "text": CLIPTextModelWithProjection}}["{kind}"]
         m = cls.from_pretrained(r"{tmp_path / 'm'}").eval()
         x = load_file(r"{tmp_path / 'inputs.safetensors'}")
         out = {{}}

@@ -151,7 +151,8 @@ def _fail_second_checkpoint(monkeypatch, error: BaseException) -> None:
 def test_disk_full_during_train_gets_one_line(tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     _fail_second_checkpoint(monkeypatch, RuntimeError(
-        "[enforce fail at inline_container.cc:626] . PytorchStreamWriter failed writing file data/0: file write failed"))
+        "[enforce fail at inline_container.cc:626] . PytorchStreamWriter failed writing file data/0: "
+        "file write failed"))
     real_usage = shutil.disk_usage
     monkeypatch.setattr("clipforge.train.checkpoint.shutil.disk_usage",
                         lambda p: real_usage(p)._replace(free=0))

@@ -26,7 +26,7 @@ def _noise(w, h, channels=3):
     Image.fromarray(_noise(40, 40, 4), "RGBA"),
     Image.fromarray(_noise(50, 30), "RGB"),
     Image.fromarray(_noise(30, 70), "RGB").convert("P"),
-    Image.fromarray((_noise(20, 30, 1).astype(np.uint16) * 257)).convert("I;16"),
+    Image.fromarray(_noise(20, 30, 1).astype(np.uint16) * 257).convert("I;16"),
 ], ids=["L", "RGB", "RGBA", "wide", "P", "I;16"])
 def test_shape_and_dtype(image):
     out = ImageTransform(24, CLIP_MEAN, CLIP_STD)(image)

@@ -73,7 +73,7 @@ torch.save(f, {str(tmp_path / 'out.pt')!r})
 
 
 def test_shipped_code_is_the_package_code_with_sibling_imports():
-    for src, (name, _) in SHIPPED.items():
+    for src, (_name, _) in SHIPPED.items():
         text = shipped_source(src)
         assert "from ..models" not in text and "from clipforge" not in text and "import clipforge" not in text
     assert "from .configuration_clip_moe import CLIPMoEConfig" in shipped_source(next(

@@ -74,7 +74,8 @@ def test_train_refuses_another_kind_of_run_and_other_settings(tmp_path, capsys):
     assert main([*TRAIN, "--steps", "2", "--out", str(first), "--log-every", "1"]) == 0
     lines = [json.loads(x) for x in (first / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [1, 2] and 0 <= lines[0]["elapsed_s"] <= lines[1]["elapsed_s"]
-    for out, extra, what in ((dmu, ["--steps", "2"], "`moe dmu` run"), (first, ["--steps", "3", "--log-every", "1"], "train.steps")):
+    for out, extra, what in ((dmu, ["--steps", "2"], "`moe dmu` run"),
+                             (first, ["--steps", "3", "--log-every", "1"], "train.steps")):
         before = _snapshot(out)
         capsys.readouterr()
         assert main([*TRAIN, *extra, "--out", str(out)]) == 2
@@ -199,14 +200,12 @@ def test_a_failed_fresh_run_leaves_nothing_and_a_resumable_one_stays(tmp_path):
     from clipforge.errors import ClipforgeError
     from clipforge.run import Run
 
-    with pytest.raises(ClipforgeError):
-        with Run(tmp_path / "a", "train", {}):
-            raise ClipforgeError("late bad input")
+    with pytest.raises(ClipforgeError), Run(tmp_path / "a", "train", {}):
+        raise ClipforgeError("late bad input")
     assert not (tmp_path / "a").exists()
-    with pytest.raises(KeyboardInterrupt):
-        with Run(tmp_path / "b", "train", {}):
-            (tmp_path / "b" / "checkpoints").mkdir()
-            (tmp_path / "b" / "checkpoints" / "step_1.pt").write_bytes(b"x")
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), Run(tmp_path / "b", "train", {}):
+        (tmp_path / "b" / "checkpoints").mkdir()
+        (tmp_path / "b" / "checkpoints" / "step_1.pt").write_bytes(b"x")
+        raise KeyboardInterrupt
     with Run(tmp_path / "b", "train", {}) as run:
         assert run.resumed and not run.done

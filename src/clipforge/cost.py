@@ -127,7 +127,7 @@ class Timer:
         self.start: float | None = None
         self.end: float | None = None
 
-    def __enter__(self) -> "Timer":
+    def __enter__(self) -> Timer:
         self.start, self.end = time.perf_counter(), None
         return self
 

@@ -36,8 +36,9 @@ import shutil
 import socket
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from . import distributed as D
 from .errors import ClipforgeError
@@ -48,7 +49,7 @@ CHECKPOINTS = "checkpoints"
 FINISHED, RUNNING = "finished", "running"
 # Temp names `files.atomic_path` / `atomic_dir` / `Run` leave when killed mid-write.
 _TEMP = re.compile(r"^\..+\.(tmp-\w+|old-\d+|\w{8}\.tmp.*)$")
-_HELD: dict[Path, "Run"] = {}  # runs this process holds, so a nested Run on the same directory is refused
+_HELD: dict[Path, Run] = {}  # runs this process holds, so a nested Run on the same directory is refused
 
 
 def normalise(obj: Any) -> Any:
@@ -154,7 +155,7 @@ class Run:
 
     # --- lifecycle ------------------------------------------------------------------------------
 
-    def __enter__(self) -> "Run":
+    def __enter__(self) -> Run:
         decision = None
         if self._main:
             try:
@@ -177,7 +178,7 @@ class Run:
         if exc_type is None:
             D.barrier()
 
-    def hold(self) -> "Run":
+    def hold(self) -> Run:
         """Enter the run for the rest of the process (a benchmark's work directory); released at exit."""
         self.__enter__()
         self._hold = True

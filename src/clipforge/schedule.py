@@ -90,7 +90,7 @@ class Schedule:
             if problem:
                 raise ClipforgeError(f"{f.name} {problem}")
 
-    def resolved(self, num_samples: int, epoch_steps: int | None = None, world_size: int = 1) -> "Schedule":
+    def resolved(self, num_samples: int, epoch_steps: int | None = None, world_size: int = 1) -> Schedule:
         """The concrete schedule on `num_samples`: the batch clamped to the data (and to a multiple of
         the world size), `steps=None` turned into one epoch (`epoch_steps`, default samples // batch)
         and the warm-up clamped to `max_warmup_frac` of the steps."""
@@ -102,7 +102,7 @@ class Schedule:
         return replace(self, steps=steps, batch_size=batch,
                        warmup=min(self.warmup, int(self.max_warmup_frac * steps)))
 
-    def train_config(self, **loop: Any) -> "TrainConfig":
+    def train_config(self, **loop: Any) -> TrainConfig:
         """A `TrainConfig` with this schedule and the loop-only settings in `loop` (trainable, save_every...)."""
         if self.steps is None:
             raise ClipforgeError("resolve the schedule (Schedule.resolved) before training: steps is None")
@@ -116,8 +116,11 @@ class TrainConfig(Schedule):
     min_lr_ratio: float = 0.0
     trainable: list[str] | None = None  # parameter name patterns (fnmatch) to train; None: all
     frozen: list[str] | None = None
-    optimizer: str = "auto"  # AdamW kernel: "auto" (fused where supported, else foreach), "fused", "foreach", "for-loop"
-    attention: str = "auto"  # attention kernel: "auto" (eager on a CPU under bf16 or for short sequences, else sdpa; train.fast), "sdpa", "eager"
+    # AdamW kernel: "auto" (fused where supported, else foreach), "fused", "foreach", "for-loop"
+    optimizer: str = "auto"
+    # attention kernel: "auto" (eager on a CPU under bf16 or for short sequences, else sdpa; train.fast), "sdpa",
+    # "eager"
+    attention: str = "auto"
     compile: bool = False  # torch.compile the step (eager fallback when the compiler is missing)
     eval_every: int = 0  # 0: never; else every N steps and at the end
     save_every: int = 0  # 0: never; else every N steps and at the end

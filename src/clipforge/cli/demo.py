@@ -13,7 +13,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "demo", help="the whole story on built-in data: ancestry → CLIP-MoE, MM-LG family → report",
         description="Train (or reuse) the ancestry CLIP, grow a CLIP-MoE by DMU, extract an MM-LG learngene and "
                     "descend a family (CLIP at three depths, vision-only, text-only), train the baselines each "
-                    "verdict needs (direct fine-tuning, Scratch at equal FLOPs), measure every model on the same tasks and write OUT/report.md and a "
+                    "verdict needs (direct fine-tuning, Scratch at equal FLOPs), measure every model on the same "
+                    "tasks and write OUT/report.md and a "
                     "self-contained OUT/report.html. Resumable: rerun to continue. The first run also trains the "
                     "ancestry into the cache; later runs reuse it. The demo times this machine first and prints "
                     "its own estimate (measured wall times: docs/results.md).")

@@ -135,7 +135,8 @@ def run_extract(args: argparse.Namespace) -> int:
     for flag in ("eval_scenes", "eval_fashion", "eval_every", "plateau_patience"):
         value = getattr(args, flag)
         if value is not None and value < (1 if flag in ("eval_every", "plateau_patience") else 0):
-            raise ClipforgeError(f"--{flag.replace('_', '-')} must be >= {1 if flag in ('eval_every', 'plateau_patience') else 0}, got {value}")
+            raise ClipforgeError(f"--{flag.replace('_', '-')} must be >= "
+                                 f"{1 if flag in ('eval_every', 'plateau_patience') else 0}, got {value}")
     training = schedule_from_args(args, LEARNGENE_SCHEDULE, seed=args.seed)
     quality = None
     if args.eval_scenes > 0:

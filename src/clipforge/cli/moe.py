@@ -107,7 +107,8 @@ def _add_pack(msub: argparse._SubParsersAction) -> None:
     p = msub.add_parser("pack", help="pack dense stage models into one CLIP-MoE",
                         description="Expert e of every MoE block is that block's FFN from the e-th --stage model "
                                     "(the first is the base); routers are freshly drawn.")
-    p.add_argument("--stage", type=Path, action="append", required=True, help="stage model directory (repeat, base first)")
+    p.add_argument("--stage", type=Path, action="append", required=True,
+                   help="stage model directory (repeat, base first)")
     p.add_argument("--out", type=Path, required=True, help="output directory (a rerun with the same flags resumes it)")
     p.add_argument("--top-k", type=int, default=2, help="experts each token uses (default 2)")
     p.add_argument("--seed", type=int, default=0, help="router init seed")
@@ -151,7 +152,8 @@ def _add_stats(msub: argparse._SubParsersAction) -> None:
     p = msub.add_parser("stats", help="routing statistics and the built-in evaluation of a CLIP-MoE",
                         description="Share of tokens per block and expert as first / second choice (JSON + heat "
                                     "map), parameters stored and active, FLOPs and latency.")
-    p.add_argument("--model", type=Path, required=True, help="a CLIP-MoE model directory or a run directory holding model/")
+    p.add_argument("--model", type=Path, required=True,
+                   help="a CLIP-MoE model directory or a run directory holding model/")
     p.add_argument("--out", type=Path, required=True, help="directory for routing.json, cost.json, routing.png")
     p.add_argument("--samples", type=int, default=500, help="held-out scenes to route (default 500)")
     add_overwrite_flag(p)
@@ -236,7 +238,8 @@ def run_dmu(args: argparse.Namespace) -> int:
     cfg = _config(args)
     data = _open(args, _image_size(base))
     print(f"[moe dmu] base {base}, {len(data):,} training samples, {cfg.mcl.num_experts} experts "
-          f"({cfg.mcl.num_experts - 1} MCL stages of {cfg.mcl.schedule.steps or 'one epoch of'} steps), top-{cfg.top_k}, "
+          f"({cfg.mcl.num_experts - 1} MCL stages of {cfg.mcl.schedule.steps or 'one epoch of'} steps), "
+          f"top-{cfg.top_k}, "
           f"router {cfg.router.schedule.steps or 'one epoch of'} steps; output {args.out}")
     model_dir = dmu(str(base), data, args.out, cfg, force=args.overwrite)
     from .. import distributed as D

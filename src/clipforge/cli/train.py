@@ -32,7 +32,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                     "Fashion-MNIST), evaluate it beside its random initialisation, and save it as a Hugging "
                     "Face CLIP directory (OUT/model) with metrics.json and plots/loss.png. A finished ancestry "
                     "with the same recipe is reused; an interrupted one resumes.")
-    p.add_argument("--out", type=Path, help="run directory (default: CACHE/ancestry, CACHE/ancestry-quick with --quick)")
+    p.add_argument("--out", type=Path,
+                   help="run directory (default: CACHE/ancestry, CACHE/ancestry-quick with --quick)")
     p.add_argument("--cache", type=Path, help=CACHE_HELP)
     p.add_argument("--quick", action="store_true", help="a toy ancestry for tests (tiny model, a few steps)")
     p.add_argument("--steps", type=int, help="override the number of training steps")

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import bisect
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from clipforge.data.base import ImageTextDataset, Sample
 from clipforge.errors import ClipforgeError

@@ -7,7 +7,8 @@ compute (on the demo data they are most of the context).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor

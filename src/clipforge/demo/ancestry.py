@@ -46,14 +46,14 @@ class AncestryRecipe:
     caption_style: str = "alt"
 
     @classmethod
-    def quick(cls) -> "AncestryRecipe":
+    def quick(cls) -> AncestryRecipe:
         """A toy recipe for tests: tiny model, a few steps, small evaluation sets."""
         return cls(arch="tiny", scenes=512, schedule=Schedule(steps=12, batch_size=32, lr=2e-3, weight_decay=0.1,
                                                                warmup=2), eval_every=6,
                    eval_scenes=64, eval_pairs=20, eval_fashion=200)
 
     @classmethod
-    def from_record(cls, record: dict[str, Any]) -> "AncestryRecipe":
+    def from_record(cls, record: dict[str, Any]) -> AncestryRecipe:
         """The recipe a `metrics.json` / provenance recorded, including the flat layout of recipes written
         before the schedule was one config (and before caption styles: they trained on "full")."""
         d = {"caption_style": "full", **record}

@@ -14,9 +14,10 @@ overall ETA, tqdm inside each training run.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..eval.suite import SuiteConfig
 from ..files import write_json
@@ -59,7 +60,7 @@ class DemoConfig:
             self.estimates["composed"] = 30 if self.quick else 170
 
     @classmethod
-    def quick_config(cls, compose: bool = False) -> "DemoConfig":
+    def quick_config(cls, compose: bool = False) -> DemoConfig:
         return cls(quick=True, train_scenes=128, moe_preset="quick", compose=compose,
                    composed_stage_steps=2, composed_router_steps=2, extract_steps=4, extract_batch=16,
                    auxnet_eval_scenes=32, auxnet_eval_fashion=32,
@@ -249,7 +250,8 @@ def _shrink(progress: Progress, cfg: DemoConfig, out: Path, anc_dir: Path, size:
     quality = Quality.builtin(size, scenes=cfg.auxnet_eval_scenes, fashion=cfg.auxnet_eval_fashion)
     lg_dir = progress.run("learngene", "MM-LG learngene extraction (least-squares init, KD + feature term)",
                           lambda: extract(anc_dir, ["scenes", "fashion-mnist"], out / "learngene", ExtractConfig(
-                              aux_depth_vision=mid, aux_depth_text=mid, distill=Distill(alpha=1.0, beta=cfg.extract_beta),
+                              aux_depth_vision=mid, aux_depth_text=mid,
+                              distill=Distill(alpha=1.0, beta=cfg.extract_beta),
                               sample_depths=depths if cfg.sample_depths else None,
                               schedule=replace(lg_sched, steps=cfg.extract_steps)),
                               quality=quality, eval_every=max(1, cfg.extract_steps // 2)))

@@ -313,7 +313,8 @@ def samples_section(r: Report, out: Path, ancestry_dir: Path, moe: Any, test: An
     examples = retrieval_examples({"ancestry": io.load(ancestry_dir), "CLIP-MoE": moe}, test, n_images=6, top=3)
     write_json(out / "retrieval_examples.json", examples)
     r.image(plot_retrieval_examples(examples, out / "plots" / "retrievals.png"),
-            f"Held-out scenes and the top-3 of {examples['n_captions']} captions by each model (green: its own caption).")
+            f"Held-out scenes and the top-3 of {examples['n_captions']} captions by each model "
+            "(green: its own caption).")
 
 
 def training_logs(out: Path, anc_run: Path, moe_dir: Path, n_experts: int) -> dict[str, Path]:
@@ -338,7 +339,8 @@ def closing_sections(r: Report, phases: dict[str, float], command: str) -> None:
     r.heading("Definitions")
     r.bullets(["**params stored**: every parameter on disk; **params active / token**: stored minus the unused experts "
                "(E − k per MoE block).",
-               "**MFLOPs**: analytic forward FLOPs per image / caption, multiply-adds counted as 2 (see `clipforge.cost`).",
+               "**MFLOPs**: analytic forward FLOPs per image / caption, multiply-adds counted as 2 "
+               "(see `clipforge.cost`).",
                "**MM-LG** here is clipforge's reconstruction from the paper's abstract and the TLEG/SWS lineage.",
                f"Reproduce: `{command}`."])
 

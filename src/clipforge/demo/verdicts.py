@@ -144,7 +144,8 @@ def against_finetuning(method: str, model: Mapping[str, Any], base_name: str, ba
     out: list[Verdict | None] = []
     mr, br = _mean_r1(m), _mean_r1(b)
     if mr is not None and br is not None:
-        out.append(Verdict(method, f"matches or beats {base_name} at equal steps on held-out scenes R@1 (mean of T→I, I→T)",
+        out.append(Verdict(method,
+                           f"matches or beats {base_name} at equal steps on held-out scenes R@1 (mean of T→I, I→T)",
                            mr >= br - _EPS, f"{method} {pct(mr)} vs {base_name} {pct(br)} ({pts(mr - br)})"))
     if "fmnist_acc1" in m and "fmnist_acc1" in b:
         d = m["fmnist_acc1"] - b["fmnist_acc1"]

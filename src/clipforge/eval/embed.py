@@ -8,9 +8,9 @@ A dataset (anything with `__len__`/`__getitem__`, or an `IterableDataset`) is re
 DataLoader: `num_workers` worker processes decode and preprocess, pinned memory on CUDA. Workers
 read copies of the dataset, so `embed_images` uses them only when asked (a wrapper that records what
 it serves, like `tasks._Recorder`, would record nothing in the main process); `image_batches` with
-captions carries what a pass needs back in the batch and may use the process default. With `shard=True` under torchrun each rank embeds
-its own contiguous 1/world of the items and the pieces are gathered, so every rank gets all of them
-in order; every rank must then make the same call.
+captions carries what a pass needs back in the batch and may use the process default. With
+`shard=True` under torchrun each rank embeds its own contiguous 1/world of the items and the pieces
+are gathered, so every rank gets all of them in order; every rank must then make the same call.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ class SuiteConfig:
         return asdict(self)
 
     @classmethod
-    def quick(cls) -> "SuiteConfig":
+    def quick(cls) -> SuiteConfig:
         return cls(scenes=64, pairs=20, fashion=200)
 
 

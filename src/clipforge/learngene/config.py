@@ -139,7 +139,7 @@ class LearngeneConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "LearngeneConfig":
+    def from_dict(cls, d: dict[str, Any]) -> LearngeneConfig:
         """A config from its JSON form; a field of the wrong type is named (a file may be hand-edited)."""
         if not isinstance(d, dict):
             raise ClipforgeError(f"learngene config must be a JSON object, got {type(d).__name__}")
@@ -161,7 +161,7 @@ class LearngeneConfig:
     # --- bridges to Hugging Face configs -------------------------------------------------------
 
     @classmethod
-    def from_ancestry(cls, ancestry_config: Any, **choices: Any) -> "LearngeneConfig":
+    def from_ancestry(cls, ancestry_config: Any, **choices: Any) -> LearngeneConfig:
         """A config whose inputs (and, when both towers agree, block shape) match an ancestry CLIP.
 
         `ancestry_config`: a `CLIPConfig`. `choices` override any field (mode, schedule, depths, or

@@ -25,14 +25,14 @@ from .learngene import NON_BLOCK_OF_NAME, PART_OF_PATH, Learngene
 Rule = Callable[[Learngene, "re.Match[str]", dict[str, int]], Tensor]
 
 
-def _weighted_sum(lg: Learngene, m: "re.Match[str]", depths: dict[str, int]) -> Tensor:
+def _weighted_sum(lg: Learngene, m: re.Match[str], depths: dict[str, int]) -> Tensor:
     tower, layer, path = m["tower"], int(m["layer"]), m["path"]
     if path not in PART_OF_PATH:
         raise ClipforgeError(f"block tensor {m.string!r} has no learngene counterpart")
     return lg.block_weight(tower, layer, depths[tower], PART_OF_PATH[path])
 
 
-def _copy(lg: Learngene, m: "re.Match[str]", depths: dict[str, int]) -> Tensor:
+def _copy(lg: Learngene, m: re.Match[str], depths: dict[str, int]) -> Tensor:
     return lg.non_block[NON_BLOCK_OF_NAME[m.string]]
 
 
@@ -49,7 +49,7 @@ KEY_RULES: list[tuple[str, str, Rule]] = [
 _COMPILED = [(re.compile(p), what, rule) for p, what, rule in KEY_RULES]
 
 
-def resolve(key: str) -> tuple[str, "re.Match[str]", Rule]:
+def resolve(key: str) -> tuple[str, re.Match[str], Rule]:
     """The one rule for target tensor `key`: (description, match, rule)."""
     hits = [(what, m, rule) for pat, what, rule in _COMPILED if (m := pat.fullmatch(key))]
     if len(hits) != 1:

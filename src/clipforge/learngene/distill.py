@@ -24,8 +24,9 @@ every position l/L' a descendant will use (docs/methods.md B.3b).
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -85,7 +86,7 @@ class Distill:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def step(self, teacher: nn.Module) -> "KDStep":
+    def step(self, teacher: nn.Module) -> KDStep:
         return KDStep(teacher, self.alpha, self.beta, self.tau, feature=self.feature,
                       tie_temperature=self.tie_temperature)
 

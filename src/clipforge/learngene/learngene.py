@@ -293,7 +293,7 @@ class Learngene(nn.Module):
         return out_dir
 
     @classmethod
-    def load(cls, model_dir: str | os.PathLike) -> "Learngene":
+    def load(cls, model_dir: str | os.PathLike) -> Learngene:
         """Rebuild a saved learngene exactly (every tensor, the config).
 
         Whatever is wrong with the directory (JSON, config field, truncated or non-finite weights) is a

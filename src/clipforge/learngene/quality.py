@@ -39,7 +39,7 @@ class Quality:
 
     @classmethod
     def builtin(cls, image_size: int, scenes: int = 500, fashion: int = 1000, caption_style: str = "full",
-                seed: int = 3) -> "Quality":
+                seed: int = 3) -> Quality:
         """Held-out built-in data: `scenes` test-split scenes (retrieval) and the first `fashion` Fashion-MNIST
         test images (zero-shot; 0: none)."""
         from ..data.cached import Cached

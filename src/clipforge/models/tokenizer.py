@@ -69,7 +69,8 @@ def tokenizer_for(model: Any) -> PreTrainedTokenizerBase:
 
 @lru_cache(maxsize=8)
 def _packaged_signature() -> tuple[str, str]:
-    return (FILES_DIR / "vocab.json").read_text(encoding="utf-8"), (FILES_DIR / "merges.txt").read_text(encoding="utf-8")
+    return ((FILES_DIR / "vocab.json").read_text(encoding="utf-8"),
+            (FILES_DIR / "merges.txt").read_text(encoding="utf-8"))
 
 
 def load_tokenizer(model_dir: str | Path) -> PreTrainedTokenizerBase | None:

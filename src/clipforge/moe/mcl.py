@@ -23,9 +23,10 @@ import copy
 import json
 import logging
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 from torch import nn
@@ -267,7 +268,8 @@ def _train_stage(run: Run, base: Any, base_model: nn.Module, prev: nn.Module, da
             "clusters": {"num": labels.num_clusters, "size_min": int(sizes.min()), "size_max": int(sizes.max()),
                          "size_median": float(np.median(sizes))},
             "sampler": {"kept": report["kept"], "dropped": report["dropped"], "merged": report["merged"]},
-            "schedule": sched, "note": "logit scale fixed (frozen) during the stage" if cfg.schedule.fixed_logit_scale else "",
+            "schedule": sched,
+            "note": "logit scale fixed (frozen) during the stage" if cfg.schedule.fixed_logit_scale else "",
             "mcl_config": asdict(cfg)})
     D.barrier()
     return model

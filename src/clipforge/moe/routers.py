@@ -8,9 +8,10 @@ padding masked). The same function trains sparse-upcycling baselines, where the 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from torch import nn
 
@@ -57,7 +58,7 @@ def router_record(cfg: RouterConfig, num_samples: int, settings: dict[str, Any] 
     return {"router": asdict(cfg), "num_samples": num_samples, **(settings or {})}
 
 
-def train_routers(model: nn.Module, dataset: Any, run_dir: "str | os.PathLike | Run", cfg: RouterConfig,
+def train_routers(model: nn.Module, dataset: Any, run_dir: str | os.PathLike | Run, cfg: RouterConfig,
                   settings: dict[str, Any] | None = None, provenance: dict[str, Any] | None = None,
                   collate_fn: Callable | None = None, force: bool = False, progress: bool = True,
                   kind: str = "moe route", inputs: Iterable[Any] = ()) -> nn.Module:

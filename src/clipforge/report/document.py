@@ -298,7 +298,7 @@ class Report:
             elif b.kind == "paragraph":
                 body.append(f"<p>{inline_html(d['text'])}</p>")
             elif b.kind == "table":
-                def cls(j: int) -> str:
+                def cls(j: int, d: dict[str, Any] = d) -> str:
                     return ' class="num"' if d["numeric"][j] else ""
 
                 head = "".join(f"<th{cls(j)}>{inline_html(c)}</th>" for j, c in enumerate(d["columns"]))

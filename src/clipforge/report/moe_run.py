@@ -10,8 +10,9 @@ built-in suite, each stage model's MMVP-style scores, routing statistics and plo
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from torch import nn
 

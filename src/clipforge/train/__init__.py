@@ -22,8 +22,8 @@ from .sampler import ResumableSampler, StatefulBatchSampler
 from .step import enable_grad_checkpointing
 
 __all__ = [
-    "ClipLoss", "ClipStep", "DistInfo", "ResumableSampler", "Schedule", "StatefulBatchSampler", "TrainConfig", "apply_freeze",
-    "barrier", "broadcast_object", "clamp_logit_scale_", "cleanup", "contrastive_logits", "cosine_with_warmup",
-    "enable_grad_checkpointing", "gather_with_grad", "init_distributed", "logit_scale_param", "param_groups",
-    "seed_everything", "train",
+    "ClipLoss", "ClipStep", "DistInfo", "ResumableSampler", "Schedule", "StatefulBatchSampler", "TrainConfig",
+    "apply_freeze", "barrier", "broadcast_object", "clamp_logit_scale_", "cleanup", "contrastive_logits",
+    "cosine_with_warmup", "enable_grad_checkpointing", "gather_with_grad", "init_distributed", "logit_scale_param",
+    "param_groups", "seed_everything", "train",
 ]

@@ -353,7 +353,8 @@ class _Trainer:
 
 
 def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, out_dir: str | os.PathLike, *,
-          batch_sampler: StatefulBatchSampler | SamplerFactory | None = None, collate_fn: Callable | None = None, step_fn: StepFn | None = None,
+          batch_sampler: StatefulBatchSampler | SamplerFactory | None = None, collate_fn: Callable | None = None,
+          step_fn: StepFn | None = None,
           eval_fn: EvalFn | None = None, until: Callable[[list[tuple[int, dict[str, Any]]]], bool] | None = None,
           resume: str | os.PathLike | None = None, progress: bool = True) -> nn.Module:
     """Train `model` on `dataset` for `cfg.steps` optimizer steps; return it (unwrapped, mode as on entry).

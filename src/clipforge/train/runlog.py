@@ -26,7 +26,7 @@ class RunLog:
             path.write_text("")
         else:
             _trim(path, resumed_step)
-        self._file = open(path, "a")
+        self._file = open(path, "a")  # noqa: SIM115 - held open across write() calls until close()
 
     def write(self, record: dict[str, Any]) -> None:
         """One line, flushed so a crash loses none of it."""

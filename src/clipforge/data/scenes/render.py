@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw
@@ -51,7 +51,7 @@ def _unit_polygon(shape: str, n_curve: int = 28) -> list[tuple[float, float]]:
     raise ValueError(f"unknown shape {shape!r}")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _polygon(shape: str, orientation: str) -> tuple[tuple[float, float], ...]:
     pts = _unit_polygon(shape)
     if orientation == "rotated":

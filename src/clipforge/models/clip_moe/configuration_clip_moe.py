@@ -85,7 +85,7 @@ class CLIPMoEConfig(CLIPConfig):
         return sorted(range(self._depth(tower) or 0) if layers is None else layers)
 
     @classmethod
-    def from_dense(cls, dense: CLIPConfig, **moe: Any) -> "CLIPMoEConfig":
+    def from_dense(cls, dense: CLIPConfig, **moe: Any) -> CLIPMoEConfig:
         """The MoE config of a dense `CLIPConfig`'s architecture, with the MoE fields given in `moe`."""
         cfg = cls(
             text_config=dense.text_config.to_dict(),

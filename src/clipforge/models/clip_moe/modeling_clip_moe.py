@@ -52,7 +52,7 @@ class MoESettings:
     expert_dropout: float
 
     @classmethod
-    def of(cls, config: CLIPMoEConfig, tower: str) -> "MoESettings":
+    def of(cls, config: CLIPMoEConfig, tower: str) -> MoESettings:
         return cls(tuple(config.moe_layers(tower)), config.num_experts, config.top_k, config.expert_dropout)
 
 
