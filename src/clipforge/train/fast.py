@@ -2,7 +2,7 @@
 `torch.compile`.
 
 Each switch has an "auto" that picks the fast path the machine supports, measured in
-`benchmarks/perf/` (README "Performance"):
+`benchmarks/perf/` (docs/results.md, "Training and evaluation speed"):
 
 * amp "auto": bf16 autocast on CUDA, and on CPUs with native bf16 matmuls (AVX512-BF16 or AMX,
   as oneDNN reports them); fp32 elsewhere, since without them bf16 matmuls are emulated and
