@@ -76,7 +76,8 @@ def _demo_section() -> list[str]:
     path = ROOT / "docs" / "demo" / "demo.json"
     d = _json(path)
     phases = d["phases_s"]
-    rows = [[name, f"{s / 60:.1f}"] for name, s in phases.items()] + [["all phases", f"{sum(phases.values()) / 60:.1f}"]]
+    rows = ([[name, f"{s / 60:.1f}"] for name, s in phases.items()]
+            + [["all phases", f"{sum(phases.values()) / 60:.1f}"]])
     cached = "cached" if d.get("ancestry_was_cached") else "trained in this run"
     return ["## The demo", "", f"Made by `clipforge demo` (report: {_link(path.with_name('report.md'))}, "
             f"{_link(path.with_name('report.html'))}); phase times from {_link(path)}, the ancestry "
