@@ -8,6 +8,8 @@ import pytest
 
 from clipforge.cli import main
 
+pytestmark = pytest.mark.slow  # end to end: the whole command on tiny models
+
 pytest.importorskip("clipforge.data.scenes")
 
 

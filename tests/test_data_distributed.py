@@ -11,6 +11,7 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import torch.multiprocessing as mp
 from PIL import Image
@@ -102,6 +103,7 @@ def _rank(rank: int, port: int, out: str) -> None:
         torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_sharded_embedding_and_streamed_shards(tmp_path: Path) -> None:
     keys = {"uneven": write_shards(tmp_path / "uneven", SHARD_SIZES),
             "even": write_shards(tmp_path / "even", SHARD_SIZES_EVEN)}

@@ -6,6 +6,8 @@ import json
 import re
 import time
 
+import pytest
+
 from clipforge.cli import main
 from clipforge.demo.verdicts import (
     QUALITY_KEPT_MIN,
@@ -14,6 +16,8 @@ from clipforge.demo.verdicts import (
     verdict_lines,
     verdicts,
 )
+
+pytestmark = pytest.mark.slow  # end to end: the whole command on tiny models
 
 
 def test_quick_demo_writes_the_whole_report(tmp_path, capsys, monkeypatch):

@@ -53,6 +53,7 @@ def test_write_json_converts_tensors_numpy_and_paths(tmp_path):
     assert json.loads(path.read_text()) == {"t": [1.5], "n": 2.0, "p": str(tmp_path), "s": [1, 2]}
 
 
+@pytest.mark.slow
 def test_help_and_import_run_no_benchmark_code():
     """`clipforge --help` builds every parser without executing benchmarks/*/run.py; `import clipforge` is light."""
     import subprocess

@@ -193,6 +193,7 @@ def test_modes_tleg_per_tower_and_shared_only():
         assert torch.equal(layer_weight(aux, "vision", 1, path), layer_weight(aux, "text", 2, path))  # l/L = 1/2
 
 
+@pytest.mark.slow
 def test_descendants_load_in_plain_transformers(tmp_path):
     lg = perturbed(tiny_config(schedule="learned"))
     pixels, ids = fake_batch(3, seed=5)

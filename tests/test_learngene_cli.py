@@ -18,6 +18,8 @@ from clipforge.learngene.pipeline import parse_shape, shape_name  # noqa: E402
 from clipforge.models.io import save  # noqa: E402
 from clipforge.models.registry import build, make_config  # noqa: E402
 
+pytestmark = pytest.mark.slow  # end to end: the whole command on tiny models
+
 EXTRACT = ["--steps", "3", "--batch-size", "8", "--data", "scenes", "--eval-scenes", "16", "--eval-fashion", "16"]
 
 

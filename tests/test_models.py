@@ -66,6 +66,7 @@ def test_save_load_roundtrip(tmp_path, kind):
         assert torch.equal(a[k], b[k])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["clip", "vision", "text"])
 def test_plain_transformers_loads_saved_model(tmp_path, kind):
     """A process that never imports clipforge loads the directory with transformers alone."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 from helpers import fake_batch
@@ -112,6 +113,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_idle_expert_on_one_rank_gives_exact_gradients(tmp_path):
     model = _forced_model()
     torch.save(model.state_dict(), tmp_path / "model.pt")

@@ -22,6 +22,8 @@ from clipforge.models.registry import build
 from clipforge.moe.pack import pack, upcycle
 from clipforge.moe.routing import routing_stats
 
+pytestmark = pytest.mark.slow  # end to end: the whole command on tiny models
+
 DMU = ["--data", "scenes", "--scenes-size", "96", "--preset", "quick", "--eval-size", "quick"]
 
 

@@ -327,6 +327,7 @@ def test_save_load_and_automodel_give_identical_outputs(tmp_path):
             assert torch.equal(text_features(other, ids), want_t)
 
 
+@pytest.mark.slow
 def test_automodel_after_import_clipforge_in_a_fresh_process(tmp_path):
     """`import clipforge` stays light (no transformers); `import clipforge.moe` teaches AutoModel the CLIP-MoE."""
     moe = _moe(seed=6, moe_layers_vision=[0])

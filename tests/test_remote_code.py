@@ -39,6 +39,7 @@ def moe_dir(tmp_path_factory) -> Path:
     return save(moe, tmp_path_factory.mktemp("moe") / "model")
 
 
+@pytest.mark.slow
 def test_moe_loads_with_trust_remote_code_without_clipforge(moe_dir, tmp_path):
     from clipforge.models.io import load
 

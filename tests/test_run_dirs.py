@@ -37,6 +37,7 @@ def _snapshot(root: Path) -> dict[str, int]:
     return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
 
 
+@pytest.mark.slow
 def test_sigint_then_the_same_command_resumes_and_ends_equal(tmp_path):
     argv = [*TRAIN, "--steps", "300"]  # long enough that the SIGINT lands mid-run on a loaded machine
     whole = _run([*argv, "--out", str(tmp_path / "whole")])
@@ -143,6 +144,7 @@ def test_overwrite_then_a_failing_run_keeps_the_old_run(tmp_path, capsys):
     assert not list(tmp_path.glob(".run.*")), "the aside, staging or lock was left behind"
 
 
+@pytest.mark.slow
 def test_a_second_process_on_a_live_out_is_refused_and_steps_are_logged_once(tmp_path):
     argv = [*TRAIN, "--steps", "5000", "--log-every", "1", "--out", str(tmp_path / "run")]
     first = _run(argv)

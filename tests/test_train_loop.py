@@ -138,6 +138,7 @@ def test_resume_latest_without_checkpoint_starts_fresh(tmp_path, caplog):
     assert [r["step"] for r in _log(tmp_path)] == [1, 2]
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_bit_identical(tmp_path):
     out_a, out_b = tmp_path / "a", tmp_path / "b"
     model_a = train(tiny_model(dropout=0.1), SyntheticPairs(), resume_config(), out_a, progress=False)
