@@ -7,6 +7,7 @@ compute (on the demo data they are most of the context).
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -20,8 +21,10 @@ from .base import Sample
 class Collator:
     """`collate_fn` for image-text training and evaluation.
 
-    `caption="random"` draws one of a sample's captions with the torch RNG (so a resumed run, which
-    restores RNG state, draws the same ones); `"first"` always takes the first.
+    `caption="random"` draws one of a sample's captions; `"first"` always takes the first. The draw is
+    reproducible on resume: in the main process it uses the torch RNG (a checkpoint restores it); in a
+    DataLoader worker it is a function of the pass's seed and the sample alone (`_worker_pick`), since a
+    resumed run's fresh workers start their RNG streams anew and take other batches.
     """
 
     def __init__(self, transform: Callable | None, context_length: int, caption: str = "random", trim: bool = True,
@@ -49,7 +52,17 @@ class Collator:
     def _pick(self, captions: list[str]) -> str:
         if len(captions) == 1 or self.caption == "first":
             return captions[0]
+        worker = torch.utils.data.get_worker_info()
+        if worker is not None:
+            return captions[_worker_pick(worker.seed - worker.id, captions)]
         return captions[int(torch.randint(len(captions), (1,)))]
+
+
+def _worker_pick(pass_seed: int, captions: list[str]) -> int:
+    """Which caption a worker takes: drawn from (the pass's base seed, the captions), whichever worker and
+    batch position it falls on (the base seed is the same for every worker of a pass)."""
+    key = zlib.crc32("\x1f".join(captions).encode("utf-8"), pass_seed & 0xFFFFFFFF)
+    return int(torch.randint(len(captions), (1,), generator=torch.Generator().manual_seed(key)))
 
 
 def trim_padding(ids: Tensor, pad_id: int = 0) -> Tensor:
