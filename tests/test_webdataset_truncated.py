@@ -122,3 +122,40 @@ def test_other_shards_are_read_whole_and_workers_report_the_cut(tmp_path: Path) 
         got = sorted(i for batch in loader for i in batch)
     assert got == ["a.tar:s0.png"] + [f"b.tar:s{i}.png" for i in range(N)]
     assert [i for i, _ in stream.skipped] == ["a.tar:s1"]
+
+
+# --- the indexed reader (`open_dataset` on a .tar) treats a cut shard the same way ----------------------
+
+def _indexed_shard(tmp_path: Path, n: int = 4) -> tuple[Path, int]:
+    """An uncompressed shard of `n` samples (png + txt) and the byte offset where its last sample starts."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    path = tmp_path / "idx.tar"
+    starts = []
+    with tarfile.open(path, "w") as tf:
+        for i in range(n):
+            starts.append(tf.fileobj.tell())
+            buf = io.BytesIO()
+            Image.new("RGB", (8, 8), (i * 50, 0, 0)).save(buf, "PNG")
+            for ext, data in (("png", buf.getvalue()), ("txt", f"sample {i}".encode())):
+                info = tarfile.TarInfo(f"s{i}.{ext}")
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    return path, starts[-1]
+
+
+def test_indexed_reader_counts_or_refuses_a_cut_shard(tmp_path):
+    from clipforge.data.user import open_dataset
+    from clipforge.errors import ClipforgeError
+
+    path, last = _indexed_shard(tmp_path)
+    whole = path.read_bytes()
+    assert len(open_dataset(str(path))) == 4
+    path.write_bytes(whole[: last + 700])  # inside the last sample's image
+    ds = open_dataset(str(path), on_error="skip")
+    assert len(ds) == 3  # the sample the file ends in is dropped, and counted
+    with pytest.raises(ClipforgeError, match="truncated"):
+        open_dataset(str(path), on_error="raise")

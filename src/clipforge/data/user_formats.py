@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
 import tarfile
 from array import array
@@ -279,16 +280,7 @@ _WDS_KEY = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset's "__key__.e
 
 def _index_shard(shard: str, caption_key: str, rec: Records, seen_exts: set[str]) -> int:
     """Index one tar: group members by key, read captions, point at image bytes. Returns #captioned."""
-    groups: dict[str, dict[str, tuple[int, int]]] = {}
-    try:
-        with tarfile.open(shard, "r:") as tf:
-            for m in tf:
-                match = _WDS_KEY.match(m.name) if m.isfile() else None
-                if match:
-                    key, ext = match.group(1), match.group(2).lower()
-                    groups.setdefault(key, {})[ext] = (m.offset_data, m.size)
-    except tarfile.ReadError as e:
-        raise ClipforgeError(f"{shard}: not an uncompressed tar shard ({e})") from None
+    groups = _tar_groups(shard, rec)
     name, captioned = Path(shard).name, 0
     rec.shards.append(shard)
     src = rec.source(name, "key")
@@ -315,6 +307,41 @@ def _index_shard(shard: str, caption_key: str, rec: Records, seen_exts: set[str]
                 continue
             rec.add(f"{name}:{key}.{ext}", src, 0, caption, members[ext])
     return captioned
+
+
+def _tar_groups(shard: str, rec: Records) -> dict[str, dict[str, tuple[int, int]]]:
+    """{key: {ext: (offset, size)}} of an uncompressed tar shard. A shard cut short (no end-of-archive marker,
+    or a member's data past the end of the file) is handled like a corrupt image: the sample it ends in is
+    dropped and counted (`on_error` skip), or the shard is refused in one line (raise)."""
+    from .tar_shards import _CUT, Truncated, _watched_headers
+
+    info_class, seen = _watched_headers()
+    groups: dict[str, dict[str, tuple[int, int]]] = {}
+    cut = False
+    try:
+        with tarfile.open(shard, "r:", tarinfo=info_class) as tf:
+            for m in tf:
+                match = _WDS_KEY.match(m.name) if m.isfile() else None
+                if match:
+                    key, ext = match.group(1), match.group(2).lower()
+                    groups.setdefault(key, {})[ext] = (m.offset_data, m.size)
+    except tarfile.ReadError as e:
+        if not _CUT.search(str(e)) and groups:
+            raise ClipforgeError(f"{shard}: not an uncompressed tar shard ({e})") from None
+        if not groups and seen["last"] != "short":
+            raise ClipforgeError(f"{shard}: not an uncompressed tar shard ({e})") from None
+        cut = True
+    size = os.path.getsize(shard)
+    cut = cut or seen["last"] != "end" or any(o + n > size for ms in groups.values() for o, n in ms.values())
+    if cut:
+        last = next(reversed(groups), None)
+        t = Truncated(shard, last, len(groups) - (last is not None))
+        if rec.on_error == "raise":
+            raise ClipforgeError(t.message())
+        if last is not None:
+            groups.pop(last)
+        rec.reject(t.ident, f"shard {Path(shard).name}", t.reason)
+    return groups
 
 
 def caption_of(members: dict[str, Any], caption_key: str, read: Any) -> Any:
