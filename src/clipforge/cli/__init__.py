@@ -57,11 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra:
-        if not hasattr(args, "bench_args"):  # only `moe bench` / `learngene bench` pass flags on
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        args.bench_args = list(args.bench_args) + extra
+    args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
         code = int(args.func(args) or 0)
