@@ -3,7 +3,8 @@
     python -m benchmarks.moe_layer.run [--quick] [--out benchmarks/moe_layer/results] [--threads N] [--repeats N]
 
 Three layers on the same tokens, E=4 experts, top-2:
-  * moe            `clipforge.models.clip_moe.moe_layer.MoEFFN` (tokens sorted by expert once, one contiguous slice per expert);
+  * moe            `clipforge.models.clip_moe.moe_layer.MoEFFN` (tokens sorted by expert once, one contiguous
+                   slice per expert);
   * two_dense      two CLIP FFNs (`CLIPMLP`) on every token: the compute floor of top-2 routing;
   * released_loop  the Mixtral-style loop the released CLIP-MoE code uses (one-hot mask, `torch.where`
                    and a gather per expert), re-implemented below and loaded with the moe layer's weights.
