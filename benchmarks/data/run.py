@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from clipforge.files import atomic_path, write_text
+
 from .. import harness
 from .report import ARCH, IMAGE_SIZE, render, verdicts
 
@@ -53,9 +55,7 @@ def _write_chunk(job: tuple[str, int, int]) -> int:
         rel = f"images/{a // CHUNK:04d}/{i:06d}.jpg"
         s.image.save(out / rel, "JPEG", quality=90)
         rows.append(f"{rel}\t{s.captions[0]}\n")
-    tmp = done.with_suffix(".tmp")
-    tmp.write_text("".join(rows))
-    os.replace(tmp, done)  # the chunk is finished only once its list exists
+    write_text(done, "".join(rows))  # the chunk is finished only once its list exists (written atomically)
     return b - a
 
 
@@ -75,14 +75,12 @@ def generate(out: Path, n: int, sizes: list[int], procs: int) -> dict[str, Any]:
         path = out / f"pairs-{size}.csv"
         if path.is_file():
             continue
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "w", newline="") as f:
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["image", "caption"])
             for a in range(0, size, CHUNK):
                 for line in (out / "chunks" / f"{a // CHUNK:04d}.tsv").read_text().splitlines()[: size - a]:
                     w.writerow(line.split("\t", 1))
-        os.replace(tmp, path)
     disk = sum(p.stat().st_size for p in (out / "images").rglob("*.jpg")) if written else None
     return {"images": n, "written_now": written, "seconds": round(seconds, 1), "processes": procs,
             "bytes": disk}
