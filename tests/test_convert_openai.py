@@ -232,9 +232,9 @@ def test_wrapped_ddp_checkpoint(sd: dict[str, Tensor], tmp_path: Path) -> None:
         torch.testing.assert_close(image_features(model, pixels), ref_image(sd, pixels).float(), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
-def test_torchscript_archive(sd: dict[str, Tensor], tmp_path: Path) -> None:
-    # OpenAI's .pt releases are TorchScript; rebuild the module tree so its state_dict has our keys.
+def save_torchscript_archive(sd: dict[str, Tensor], path: Path) -> Path:
+    """`sd` as a TorchScript archive, as OpenAI's `.pt` releases are: a module tree whose state_dict has its keys."""
+
     class Root(nn.Module):
         def forward(self, x: Tensor) -> Tensor:
             return x
@@ -248,8 +248,13 @@ def test_torchscript_archive(sd: dict[str, Tensor], tmp_path: Path) -> None:
                 owner.add_module(m, nn.Module())
             owner = getattr(owner, m)
         owner.register_buffer(leaf, value.clone())
-    path = tmp_path / "ViT-toy.pt"
     torch.jit.script(root).save(str(path))
+    return path
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_torchscript_archive(sd: dict[str, Tensor], tmp_path: Path) -> None:
+    path = save_torchscript_archive(sd, tmp_path / "ViT-toy.pt")
     got = read_state_dict(path)
     assert got.keys() == sd.keys() and all(torch.equal(got[k], sd[k]) for k in sd)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from test_convert_openai import HEADS, make_openai_sd
+from test_convert_openai import HEADS, make_openai_sd, save_torchscript_archive
 from torch import Tensor, nn
 
 from clipforge.cli import main
@@ -82,21 +82,7 @@ def test_torchscript_read_equals_jit_load(tmp_path: Path, how: str) -> None:
 def openai_archive(path: Path) -> dict[str, Tensor]:
     """An OpenAI-layout TorchScript archive (as OpenAI's `.pt` releases are) at `path`; returns its tensors."""
     sd = make_openai_sd()
-
-    class Root(nn.Module):
-        def forward(self, x: Tensor) -> Tensor:
-            return x
-
-    root = Root()
-    for key, value in sd.items():
-        *mods, leaf = key.split(".")
-        owner: nn.Module = root
-        for m in mods:
-            if not hasattr(owner, m):
-                owner.add_module(m, nn.Module())
-            owner = getattr(owner, m)
-        owner.register_buffer(leaf, value.clone())
-    torch.jit.script(root).save(str(path))
+    save_torchscript_archive(sd, path)
     return sd
 
 

@@ -70,7 +70,7 @@ def read_claim(run_dir: str | os.PathLike) -> dict[str, Any] | None:
     """The claim of `run_dir` ({"kind", "settings", "status"}), or None when it holds none.
 
     Claims written before runs recorded a kind give kind None; before they recorded a status, status None
-    (the caller decides from the artefact, see `Run._status`)."""
+    (the caller decides from the artefact, see `_finished`)."""
     path = Path(run_dir) / SETTINGS
     if not path.is_file():
         return None
@@ -114,9 +114,14 @@ def is_finished(out: str | os.PathLike, kind: str, settings: dict[str, Any], art
     claim = read_claim(out)
     if claim is None or claim["kind"] not in (None, kind) or not _same(claim["settings"], normalise(settings), same):
         return False
+    return _finished(claim, Path(out), artefact)
+
+
+def _finished(claim: dict[str, Any], out: Path, artefact: str | None) -> bool:
+    """A claim's status; for a claim written before runs recorded one, whether its artefact is complete."""
     if claim["status"] is not None:
         return claim["status"] == FINISHED
-    art = Path(out) if artefact is None else Path(out) / artefact
+    art = out if artefact is None else out / artefact
     return (art / "config.json").is_file() or (artefact is not None and art.is_dir() and any(art.iterdir()))
 
 
@@ -220,7 +225,7 @@ class Run:
             self._sweep_inside()  # only a run of this kind is ours to tidy
         if claim is not None and claim["kind"] in (None, self.kind) \
                 and _same(claim["settings"], self.settings, self.same) and not self.overwrite:
-            if self._status(claim) == FINISHED:
+            if _finished(claim, self.out, self.artefact):
                 return {"done": True, "resumed": False}
             if self.artefact is not None:
                 return {"done": False, "resumed": True}
@@ -237,9 +242,6 @@ class Run:
             self.out.mkdir(parents=True, exist_ok=True)
             write_json(self.out / SETTINGS, self._claim(RUNNING))
         return {"done": False, "resumed": False}
-
-    def _status(self, claim: dict[str, Any]) -> str:
-        return FINISHED if is_finished(self.out, self.kind, self.settings, self.artefact, self.same) else RUNNING
 
     def _refusal(self, claim: dict[str, Any] | None) -> str:
         tail = "pass --overwrite to replace it or choose another output directory"

@@ -249,14 +249,14 @@ def run_dmu(args: argparse.Namespace) -> int:
     if not main:
         return 0
     if not args.no_eval and not (args.out / "eval.json").is_file():
-        _evaluate_dmu(args, base, model_dir, cfg)
+        _evaluate_dmu(args, base, model_dir)
     if (args.out / "eval.md").is_file():
         print((args.out / "eval.md").read_text())
     print(f"CLIP-MoE: {model_dir}")
     return 0
 
 
-def _evaluate_dmu(args: argparse.Namespace, base: Path, model_dir: Path, cfg) -> None:
+def _evaluate_dmu(args: argparse.Namespace, base: Path, model_dir: Path) -> None:
     """The built-in evaluation of a finished DMU run, recorded in its dmu.json as the "evaluation" phase."""
     import time
 
@@ -266,7 +266,7 @@ def _evaluate_dmu(args: argparse.Namespace, base: Path, model_dir: Path, cfg) ->
     from ..report.moe_run import evaluate_moe_run
 
     suite = SuiteConfig.quick() if args.eval_size == "quick" else SuiteConfig()
-    stages = [base] + [args.out / "mcl" / f"stage{j}" / "model" for j in range(1, cfg.mcl.num_experts)]
+    stages = json.loads((args.out / "mcl" / "mcl.json").read_text())["experts"]  # base first, as the run used them
     t = time.perf_counter()
     evaluate_moe_run(args.out, str(base), io.load(model_dir), stages, suite)
     manifest = json.loads((args.out / "dmu.json").read_text())

@@ -202,38 +202,44 @@ def run_stage(base: nn.Module | str | os.PathLike, prev_stage_model: nn.Module |
             return io.load(stage_dir / "model"), ClusterLabels.load(labels_file)
         base_model = _as_model(base)
         prev = prev_stage_model if prev_stage_model is not None else base_model
-        labels = _stage_labels(run, prev, dataset, labels_so_far, j, cfg, info, attributes)
-        model = _train_stage(run, base, base_model, prev, dataset, labels, j, cfg, info, collate_fn, progress)
+        labels, fresh = _stage_labels(run, prev, dataset, labels_so_far, j, cfg, info)
+        sched = resolve_schedule(cfg, labels, len(dataset), info.world_size)
+        if fresh:
+            _save_labels(run, labels, sched, j, cfg, info, attributes)
+        model = _train_stage(run, base, base_model, prev, dataset, labels, sched, j, cfg, info, collate_fn, progress)
         run.finish(cleanup=[stage_dir / "train" / CHECKPOINT_DIR])
     return model, labels
 
 
 def _stage_labels(run: Run, prev: nn.Module, dataset: Any, labels_so_far: ClusterLabels | None, j: int,
-                  cfg: MCLConfig, info: Any, attributes: Mapping[str, np.ndarray] | None) -> ClusterLabels:
-    """Stage j's accumulated labels: reused from an interrupted run of the stage, else clustered and saved."""
+                  cfg: MCLConfig, info: Any) -> tuple[ClusterLabels, bool]:
+    """Stage j's accumulated labels and whether they are new: reused from an interrupted run, else clustered."""
     labels_file = run.dir / f"labels_stage{j}.npz"
     if run.resumed and labels_file.is_file():
         labels = ClusterLabels.load(labels_file)
         if labels.num_samples != len(dataset) or labels.stage != j:
             raise ClipforgeError(f"{labels_file} does not fit stage {j} on {len(dataset)} samples")
         log.info("MCL stage %d: reusing %s", j, labels_file)
-        return labels
-    labels = _make_labels(prev, dataset, labels_so_far, j, cfg, info.device)  # the same on every rank
-    sched = resolve_schedule(cfg, labels, len(dataset), info.world_size)
+        return labels, False
+    return _make_labels(prev, dataset, labels_so_far, j, cfg, info.device), True  # the same on every rank
+
+
+def _save_labels(run: Run, labels: ClusterLabels, sched: dict[str, int], j: int, cfg: MCLConfig, info: Any,
+                 attributes: Mapping[str, np.ndarray] | None) -> None:
+    """Rank 0 saves new labels with the small-cluster policy report at the stage's global batch."""
     if info.is_main:
         reports = policy_report(labels.ids, sched["global_batch"], info.world_size, labels.parents,
                                 cfg.min_cluster_size, cfg.min_batch)
         labels.save(run.dir, attributes, extra={"embedded_with": f"stage{j - 1}", "policy": cfg.policy,
                                                 "policy_report": reports})
     D.barrier()
-    return labels
 
 
 def _train_stage(run: Run, base: Any, base_model: nn.Module, prev: nn.Module, dataset: Any, labels: ClusterLabels,
-                 j: int, cfg: MCLConfig, info: Any, collate_fn: Callable | None, progress: bool) -> nn.Module:
-    """Fine-tune stage j's model on cluster-pure batches and save it to `run.dir/model`."""
+                 sched: dict[str, int], j: int, cfg: MCLConfig, info: Any, collate_fn: Callable | None,
+                 progress: bool) -> nn.Module:
+    """Fine-tune stage j's model on cluster-pure batches (`sched`: `resolve_schedule`'s) into `run.dir/model`."""
     stage_dir = run.dir
-    sched = resolve_schedule(cfg, labels, len(dataset), info.world_size)
     sizes = labels.sizes
     report = plan_batches(labels.ids, sched["global_batch"], info.world_size, cfg.policy, cfg.min_cluster_size,
                           labels.parents, cfg.min_batch).report
