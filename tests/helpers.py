@@ -53,3 +53,16 @@ class logs_warning:
                 assert any(self.match is None or re.search(self.match, m) for m in self.messages), \
                     f"no warning matching {self.match!r} among {self.messages}"
         return False
+
+
+def unequal_spec() -> dict:
+    """A tiny CLIP whose towers differ in width and depth, as real ones do (vision 3 × 48, 3 heads; text 2 × 32,
+    2 heads; both heads 16 wide), as a registry spec for `registry.build`."""
+    import copy
+
+    from clipforge.models.registry import get_config_dict
+
+    spec = copy.deepcopy(get_config_dict("tiny"))
+    spec.pop("description", None)
+    spec["vision_config"].update(hidden_size=48, num_attention_heads=3, intermediate_size=96, num_hidden_layers=3)
+    return spec

@@ -248,10 +248,10 @@ def learngene_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 CORRUPTIONS = {
     "bad_json": ("learngene.json", "not valid JSON", lambda d: (d / "learngene.json").write_text("{not json")),
     "no_config": ("learngene.json", "'config'", lambda d: _edit_meta(d, lambda m: m.pop("config"))),
-    "wrong_type": ("learngene.json", "'width' must be an integer",
-                   lambda d: _edit_meta(d, lambda m: m["config"].update(width="wide"))),
-    "bool_size": ("learngene.json", "'heads' must be an integer",
-                  lambda d: _edit_meta(d, lambda m: m["config"].update(heads=True))),
+    "wrong_type": ("learngene.json", "'vision_width' must be an integer",
+                   lambda d: _edit_meta(d, lambda m: m["config"].update(vision_width="wide"))),
+    "bool_size": ("learngene.json", "'text_heads' must be an integer",
+                  lambda d: _edit_meta(d, lambda m: m["config"].update(text_heads=True))),
     "truncated": ("learngene.safetensors", "not a readable safetensors file",
                   lambda d: (d / "learngene.safetensors").write_bytes(
                       (d / "learngene.safetensors").read_bytes()[: (d / "learngene.safetensors").stat().st_size // 2])),

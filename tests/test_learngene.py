@@ -119,7 +119,7 @@ def test_config_json_and_validation():
         LearngeneConfig.from_dict({"bogus": 1})
     with pytest.raises(ClipforgeError, match="needs the ancestry"):
         Learngene(tiny_config(init="ancestry"))
-    with pytest.raises(ClipforgeError, match="shape"):  # the ancestry's blocks are 32 wide
+    with pytest.raises(ClipforgeError, match="do not fit in the ancestry"):  # its blocks are 32 wide
         Learngene(tiny_config(width=64, init="ancestry"), ancestry=tiny_ancestry())
 
 

@@ -11,6 +11,8 @@ from transformers import CLIPModel, CLIPTextModelWithProjection, CLIPVisionModel
 
 pytest.importorskip("clipforge.data.scenes")
 
+from helpers import unequal_spec  # noqa: E402
+
 from clipforge.cli import main  # noqa: E402
 from clipforge.cost import Timer, flops_per_sample, train_flops  # noqa: E402
 from clipforge.errors import ClipforgeError  # noqa: E402
@@ -25,9 +27,10 @@ EXTRACT = ["--steps", "3", "--batch-size", "8", "--data", "scenes", "--eval-scen
 
 @pytest.fixture(scope="module")
 def ancestry(tmp_path_factory) -> Path:
-    """The 'tiny' architecture saved as a stand-in ancestry (training it would add nothing here)."""
+    """A tiny CLIP whose towers differ in width and depth (vision 3 × 48, text 2 × 32), saved as a stand-in
+    ancestry (training it would add nothing here)."""
     path = tmp_path_factory.mktemp("anc") / "model"
-    save(build("tiny", seed=0), path, provenance={"source": "test stand-in ancestry"})
+    save(build(unequal_spec(), seed=0), path, provenance={"source": "test stand-in ancestry"})
     return path
 
 
@@ -69,14 +72,16 @@ def test_extract_writes_learngene_with_parameter_count_and_rerun_skips(ancestry,
 def test_descend_every_modality_to_plain_hf_dirs_and_rerun_skips(learngene, tmp_path, capsys):
     out = tmp_path / "family"
     args = ["learngene", "descend", "--learngene", str(learngene), "--out", str(out),
-            "--shape", "clip:1:3", "--shape", "vision:3", "--shape", "text:1"]
+            "--shape", "clip:1x32:2x16", "--shape", "vision:3", "--shape", "text:1x16"]
     assert main(args) == 0
-    for name, cls in (("clip-v1-t3", CLIPModel), ("vision-v3", CLIPVisionModelWithProjection),
-                      ("text-t1", CLIPTextModelWithProjection)):
+    for name, cls in (("clip-v1w32-t2w16", CLIPModel), ("vision-v3", CLIPVisionModelWithProjection),
+                      ("text-t1w16", CLIPTextModelWithProjection)):
         model = cls.from_pretrained(out / name)  # plain transformers, no clipforge code
         assert type(model) is cls
-    clip = CLIPModel.from_pretrained(out / "clip-v1-t3")
-    assert (clip.config.vision_config.num_hidden_layers, clip.config.text_config.num_hidden_layers) == (1, 3)
+    clip = CLIPModel.from_pretrained(out / "clip-v1w32-t2w16")
+    v, t = clip.config.vision_config, clip.config.text_config
+    assert (v.num_hidden_layers, v.hidden_size, v.num_attention_heads, v.intermediate_size) == (1, 32, 2, 64)
+    assert (t.num_hidden_layers, t.hidden_size, t.num_attention_heads, t.intermediate_size) == (2, 16, 1, 32)
     prov = json.loads((out / "vision-v3" / "clipforge.json").read_text())
     assert prov["source"] == str((learngene / "learngene").resolve()) and "rule" in prov
 
@@ -85,6 +90,25 @@ def test_descend_every_modality_to_plain_hf_dirs_and_rerun_skips(learngene, tmp_
     assert main(args) == 0
     assert capsys.readouterr().out.count("already finished") == 3
     assert _mtimes(out) == before
+
+
+@pytest.mark.parametrize("shape, culprit", [
+    ("clip:4:2", "vision depth 4 is deeper than the ancestry's vision tower (3 blocks)"),
+    ("text:3", "text depth 3 is deeper"),
+    ("vision:2x64", "vision width 64 is wider than the learngene's vision blocks (48"),
+    ("clip:2x40:2x16", "vision width 40 is not a multiple of the head size 16"),
+    ("text:0", "depths and widths >= 1"),
+    ("vision:2x0", "depths and widths >= 1"),
+    ("clip:2x32", "give both"),
+])
+def test_a_bad_shape_gets_one_line_and_writes_nothing(learngene, tmp_path, capsys, shape, culprit):
+    out = tmp_path / "bad"
+    capsys.readouterr()
+    assert main(["learngene", "descend", "--learngene", str(learngene), "--out", str(out), "--shape", "vision:1",
+                 "--shape", shape]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and culprit in err[0], err
+    assert not out.exists()
 
 
 def test_descend_with_short_pretraining_of_each_modality(learngene, tmp_path):
@@ -102,13 +126,19 @@ def test_descend_with_short_pretraining_of_each_modality(learngene, tmp_path):
 
 
 def test_parse_shape():
-    assert parse_shape("clip:4:2") == ("clip", 4, 2)
-    assert parse_shape("clip:3") == ("clip", 3, 3)
-    assert parse_shape("vision:6") == ("vision", 6, None)
-    assert parse_shape("text:2") == ("text", None, 2)
-    assert [shape_name(parse_shape(s)) for s in ("clip:4:2", "vision:6", "text:2")] == ["clip-v4-t2", "vision-v6",
-                                                                                      "text-t2"]
-    for bad in ("clip", "vision:0", "text:1:2", "audio:3", "clip:a:b"):
+    assert parse_shape("clip:4:2") == ("clip", 4, 2, None, None)
+    assert parse_shape("clip:3") == ("clip", 3, 3, None, None)
+    assert parse_shape("vision:6") == ("vision", 6, None, None, None)
+    assert parse_shape("text:2") == ("text", None, 2, None, None)
+    assert parse_shape("clip:4x96:4x64") == ("clip", 4, 4, 96, 64)
+    assert parse_shape("clip:4x96:2") == ("clip", 4, 2, 96, None)
+    assert parse_shape("vision:6x96") == ("vision", 6, None, 96, None)
+    assert parse_shape("text:2x64") == ("text", None, 2, None, 64)
+    names = [shape_name(parse_shape(s)) for s in ("clip:4:2", "vision:6", "text:2", "clip:4x96:4x64", "text:2x64")]
+    assert names == ["clip-v4-t2", "vision-v6", "text-t2", "clip-v4w96-t4w64", "text-t2w64"]
+    assert shape_name(("clip", 4, 2)) == "clip-v4-t2"  # the tuple form callers used before widths
+    for bad in ("clip", "vision:0", "text:1:2", "audio:3", "clip:a:b", "vision:2x", "vision:x4", "clip:2x64",
+                "text:2x0", "clip:1:2:3"):
         with pytest.raises(ClipforgeError):
             parse_shape(bad)
 

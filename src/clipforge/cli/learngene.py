@@ -54,12 +54,20 @@ def _add_extract(lsub: argparse._SubParsersAction) -> None:
     p.add_argument("--schedule", choices=["linear", "blend", "learned"], default="linear",
                    help="weighted-sum coefficients over depth (default linear, TLEG's)")
     p.add_argument("--stages", type=int, default=1, help="SWS-style stages, each with its own blocks (default 1)")
+    p.add_argument("--construction", choices=["select", "project"], default="select",
+                   help="how the narrower tower reads the shared (multimodal) block, stored at the wider tower's "
+                        "shape: select = uniform element selection (weight selection); project = the residual "
+                        "stream through a fixed projection fitted to the ancestry's output heads (default select; "
+                        "docs/methods.md, towers of different widths)")
+    p.add_argument("--width-vision", type=int,
+                   help="learngene vision width below the ancestry's (heads keep their size, MLP its ratio; "
+                        "initialised from the ancestry's element-selected layers; default: the ancestry's width)")
+    p.add_argument("--width-text", type=int, help="learngene text width (as --width-vision)")
     p.add_argument("--aux-depth-vision", type=int, help="Aux-Net vision depth (default: the ancestry's)")
     p.add_argument("--aux-depth-text", type=int, help="Aux-Net text depth (default: the ancestry's)")
     p.add_argument("--init", choices=["lstsq", "mean", "random"],
                    help="learngene init: least-squares fit of the ancestry's layers over the schedule's basis, "
-                        "the mean ancestry block, or TLEG's random init (default lstsq when the block shapes "
-                        "match the ancestry's, else random)")
+                        "the mean ancestry block (towers of one shape only), or TLEG's random init (default lstsq)")
     p.add_argument("--alpha", type=finite_float, default=1.0, help="KD weight; 1 - alpha weighs InfoNCE (default 1)")
     p.add_argument("--beta", type=finite_float, default=0.0, help="feature-distillation weight (default 0)")
     p.add_argument("--feature", choices=["cosine", "mse"], default="cosine",
@@ -103,11 +111,15 @@ def _add_descend(lsub: argparse._SubParsersAction) -> None:
     p = lsub.add_parser(
         "descend", help="initialise models of any depth and modality from a learngene",
         description="Write one plain Hugging Face model directory per --shape under OUT (clip-v4-t4, vision-v6, "
-                    "text-t2), optionally after a short contrastive pre-training. Finished shapes are skipped.")
+                    "text-t2, clip-v4w96-t4w64), optionally after a short contrastive pre-training. Finished "
+                    "shapes are skipped.")
     p.add_argument("--learngene", type=Path, required=True,
                    help="learngene directory (OUT/learngene of `learngene extract`, or its parent)")
     p.add_argument("--shape", action="append", required=True,
-                   help="clip:DV:DT (or clip:D), vision:D or text:D; repeat for a family")
+                   help="clip:DV:DT (or clip:D), vision:D or text:D, each depth optionally with a width DxW, e.g. "
+                        "clip:4x96:4x64 or vision:6x96 (width left out: the learngene's; at most the ancestry's "
+                        "depth and the learngene's width; heads keep their size, the MLP its ratio); repeat for "
+                        "a family")
     p.add_argument("--out", type=Path, required=True, help="output directory (a rerun with the same flags resumes it)")
     p.add_argument("--pretrain-steps", type=int, default=0, help="short pre-training per descendant (default 0)")
     p.add_argument("--data", action="append", help="pre-training data (default scenes + fashion-mnist)")
@@ -148,6 +160,7 @@ def run_extract(args: argparse.Namespace) -> int:
     plateau = Plateau(MEAN_R1, args.plateau_patience, args.plateau_delta) if args.plateau else None
     cfg = ExtractConfig(mode=args.mode, coefficients=args.schedule, stages=args.stages,
                         aux_depth_vision=args.aux_depth_vision, aux_depth_text=args.aux_depth_text, init=args.init,
+                        construction=args.construction, width_vision=args.width_vision, width_text=args.width_text,
                         distill=Distill(args.alpha, args.beta, args.tau, args.feature, args.tie_temperature),
                         sample_depths=args.sample_depths, schedule=training)
     lg_dir = extract(args.ancestry, args.data or ["scenes", "fashion-mnist"], args.out, cfg, quality=quality,

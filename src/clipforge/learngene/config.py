@@ -25,12 +25,17 @@ Schedules (a, b) at layer l of L:
 Stages (SWS-style, `num_stages` = S): each stage holds its own tensors; layer l of an L-layer tower
 belongs to stage floor(l·S/L) (contiguous, sizes differing by at most one, e.g. S=5, L=16 gives
 [4,3,3,3,3]; when L < S some stages go unused). Coefficients still use the global position l/L.
+
+Widths. A tensor "one for both" towers is stored at the larger tower's block shape; the narrower tower
+reads it through a fixed map C (`construction`: "select" = element selection, "project" = a projection
+fitted to the ancestry; `widths.TowerMap`), so for it W^m_l = a·C(first) + b·second when only `first`
+is shared. Per-tower tensors have their tower's own shape.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import InitVar, asdict, dataclass, field, fields
 from typing import Any
 
 from ..errors import ClipforgeError
@@ -42,6 +47,7 @@ from ..models.registry import (
     PAD_TOKEN_ID,
     VOCAB_SIZE,
 )
+from .widths import CONSTRUCTIONS, BlockShape, scaled
 
 MODES = ("mmlg", "tleg_per_tower", "shared_only")
 SCHEDULES = ("linear", "blend", "learned")
@@ -52,6 +58,16 @@ TOWERS = ("vision", "text")
 
 # The field annotations (strings under `from __future__ import annotations`) → what JSON must hold.
 _TYPE_WORDS = {"int": "an integer", "float": "a number", "str": "a string", "list[float]": "a list of numbers"}
+
+
+def _upgrade(d: dict[str, Any]) -> dict[str, Any]:
+    """A learngene saved before towers had their own shapes held one `width`/`heads`/`mlp` for both."""
+    d = dict(d)
+    for part in ("width", "heads", "mlp"):
+        if part in d and not any(f"{t}_{part}" in d for t in TOWERS):  # else: an unknown field, named
+            value = d.pop(part)
+            d.update({f"{t}_{part}": value for t in TOWERS})
+    return d
 
 
 def _is_number(v: Any) -> bool:
@@ -74,16 +90,22 @@ def _has_type(value: Any, annotation: str) -> bool:
 class LearngeneConfig:
     """Shape of the learngene's blocks and of the descendants' inputs, plus the MM-LG choices.
 
-    Both towers share one block shape (`width`, `heads`, `mlp`, `act`): a block used by both towers
-    needs equal widths. `aux_depth_vision` / `aux_depth_text` are the Aux-Net depths (L_v, L_t) used
-    during extraction; `init` picks how the tensors start (see `Learngene`): "lstsq" (fitted to the
-    ancestry's layers, `fit.fit_to_ancestry`), "mean" (the mean ancestry block) or "random" (TLEG's).
+    Each tower has its own block shape (`vision_width`/`_heads`/`_mlp`, `text_...`), as real CLIPs do.
+    Tensors used by both towers are stored at the shared shape (`shared_shape`: the wider tower's) and
+    read by the narrower tower through its `construction` ("select" or "project", `widths.TowerMap`).
+    `aux_depth_vision` / `aux_depth_text` are the Aux-Net depths (L_v, L_t) used during extraction;
+    `max_depth_*` the ancestry's depths (the deepest descendant; 0: not recorded); `init` picks how the
+    tensors start (see `Learngene`): "lstsq" (fitted to the ancestry's layers, `fit.fit_to_ancestry`),
+    "mean" (the mean ancestry block) or "random" (TLEG's).
     """
 
-    # block shape, both towers
-    width: int = 512
-    heads: int = 8
-    mlp: int = 2048
+    # block shape per tower
+    vision_width: int = 512
+    vision_heads: int = 8
+    vision_mlp: int = 2048
+    text_width: int = 512
+    text_heads: int = 8
+    text_mlp: int = 2048
     act: str = "quick_gelu"
     layer_norm_eps: float = 1e-5
     # vision input
@@ -108,22 +130,54 @@ class LearngeneConfig:
     aux_depth_vision: int = 6
     aux_depth_text: int = 6
     init: str = "random"
+    construction: str = "select"
+    max_depth_vision: int = 0
+    max_depth_text: int = 0
+    # both towers at once (towers of one shape): LearngeneConfig(width=32, heads=2, mlp=64)
+    width: InitVar[int | None] = None
+    heads: InitVar[int | None] = None
+    mlp: InitVar[int | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, width: int | None, heads: int | None, mlp: int | None) -> None:
+        for part, value in (("width", width), ("heads", heads), ("mlp", mlp)):
+            if value is not None:
+                for tower in TOWERS:
+                    setattr(self, f"{tower}_{part}", value)
         self.init = _LEGACY_INITS.get(self.init, self.init)
         for name, value, allowed in (("mode", self.mode, MODES), ("schedule", self.schedule, SCHEDULES),
-                                     ("init", self.init, INITS)):
+                                     ("init", self.init, INITS), ("construction", self.construction, CONSTRUCTIONS)):
             if value not in allowed:
                 raise ClipforgeError(f"learngene {name} {value!r} is not one of {', '.join(allowed)}")
-        for name in ("width", "heads", "mlp", "num_stages", "aux_depth_vision", "aux_depth_text",
-                     "image_size", "patch_size", "context", "projection_dim"):
+        for name in ("vision_width", "vision_heads", "vision_mlp", "text_width", "text_heads", "text_mlp",
+                     "num_stages", "aux_depth_vision", "aux_depth_text", "image_size", "patch_size", "context",
+                     "projection_dim"):
             if int(getattr(self, name)) < 1:
                 raise ClipforgeError(f"learngene {name} must be >= 1, got {getattr(self, name)}")
-        if self.width % self.heads:
-            raise ClipforgeError(f"width {self.width} does not split into {self.heads} heads")
+        for tower in TOWERS:
+            self.tower_shape(tower)  # checks that the heads divide the width
+        v, t = self.tower_shape("vision"), self.tower_shape("text")
+        if not (v.fits_in(t) or t.fits_in(v)):
+            raise ClipforgeError(f"the towers' block shapes cross (vision {self.tower_shape('vision').describe()}, "
+                                 f"text {self.tower_shape('text').describe()}): one tower must be at least as "
+                                 "large as the other in width, heads and MLP")
         if self.image_size % self.patch_size:
             raise ClipforgeError(f"image size {self.image_size} is not a multiple of patch {self.patch_size}")
         self.image_mean, self.image_std = list(self.image_mean), list(self.image_std)
+
+    def tower_shape(self, tower: str) -> BlockShape:
+        """The block shape of `tower`."""
+        return BlockShape(getattr(self, f"{tower}_width"), getattr(self, f"{tower}_heads"),
+                          getattr(self, f"{tower}_mlp"))
+
+    @property
+    def shared_shape(self) -> BlockShape:
+        """The shape tensors used by both towers are stored at: the larger tower's block shape."""
+        v, t = self.tower_shape("vision"), self.tower_shape("text")
+        return t if v.fits_in(t) else v
+
+    def max_depth(self, tower: str) -> int:
+        """The ancestry's depth of `tower` (0: not recorded, e.g. a learngene saved before it was)."""
+        return getattr(self, f"max_depth_{tower}")
 
     def aux_depth(self, tower: str) -> int:
         """The Aux-Net depth of `tower`."""
@@ -144,6 +198,7 @@ class LearngeneConfig:
         if not isinstance(d, dict):
             raise ClipforgeError(f"learngene config must be a JSON object, got {type(d).__name__}")
         types = {f.name: f.type for f in fields(cls)}
+        d = _upgrade(d)
         unknown = sorted(set(d) - set(types))
         if unknown:
             raise ClipforgeError(f"unknown learngene config fields: {', '.join(unknown)}")
@@ -162,50 +217,58 @@ class LearngeneConfig:
 
     @classmethod
     def from_ancestry(cls, ancestry_config: Any, **choices: Any) -> LearngeneConfig:
-        """A config whose inputs (and, when both towers agree, block shape) match an ancestry CLIP.
+        """A config whose inputs and block shapes match an ancestry CLIP, each tower its own.
 
-        `ancestry_config`: a `CLIPConfig`. `choices` override any field (mode, schedule, depths, or
-        the block shape when the ancestry's towers differ in width). Aux depths default to the
-        ancestry's depths.
+        `ancestry_config`: a `CLIPConfig`. `choices` override any field (mode, schedule, construction,
+        depths); `vision_width` / `text_width` below the ancestry's give a narrower learngene, its heads
+        and MLP scaled by `widths.scaled` (head size and MLP ratio kept). Aux depths default to the
+        ancestry's depths, which are also recorded as the deepest descendant.
         """
         v, t = ancestry_config.vision_config, ancestry_config.text_config
+        if v.hidden_act != t.hidden_act:
+            raise ClipforgeError(f"the ancestry's towers use different activations ({v.hidden_act} vs "
+                                 f"{t.hidden_act}); a learngene shares one")
         d: dict[str, Any] = dict(
-            layer_norm_eps=v.layer_norm_eps, image_size=v.image_size, patch_size=v.patch_size,
+            act=v.hidden_act, layer_norm_eps=v.layer_norm_eps, image_size=v.image_size, patch_size=v.patch_size,
             num_channels=v.num_channels, image_mean=list(getattr(v, "image_mean", CLIP_MEAN)),
             image_std=list(getattr(v, "image_std", CLIP_STD)), vocab_size=t.vocab_size,
             context=t.max_position_embeddings, bos_token_id=t.bos_token_id, eos_token_id=t.eos_token_id,
             pad_token_id=t.pad_token_id, projection_dim=ancestry_config.projection_dim,
             logit_scale_init=float(ancestry_config.logit_scale_init_value),
-            aux_depth_vision=v.num_hidden_layers, aux_depth_text=t.num_hidden_layers)
-        shape = {"width": "hidden_size", "heads": "num_attention_heads", "mlp": "intermediate_size",
-                 "act": "hidden_act"}
-        for ours, hf in shape.items():
-            if ours in choices:
-                continue
-            if getattr(v, hf) != getattr(t, hf):
-                raise ClipforgeError(f"the ancestry's towers differ in {hf} ({getattr(v, hf)} vs {getattr(t, hf)}):"
-                                     f" give the learngene's {ours} explicitly")
-            d[ours] = getattr(v, hf)
+            aux_depth_vision=v.num_hidden_layers, aux_depth_text=t.num_hidden_layers,
+            max_depth_vision=v.num_hidden_layers, max_depth_text=t.num_hidden_layers)
+        for tower, c in (("vision", v), ("text", t)):
+            shape = BlockShape(c.hidden_size, c.num_attention_heads, c.intermediate_size)
+            width = choices.pop(f"{tower}_width", None)
+            if width is not None and width != shape.width:
+                if width > shape.width:
+                    raise ClipforgeError(f"learngene {tower} width {width} is wider than the ancestry's "
+                                         f"{tower} tower ({shape.width})")
+                shape = scaled(shape, width, f"learngene {tower}")
+            d.update({f"{tower}_{k}": val for k, val in shape.to_dict().items()})
         d.update(choices)
         return cls(**d)
 
-    def clip_config_dict(self, depth_vision: int, depth_text: int) -> dict[str, Any]:
-        """A registry-style dict for a CLIP with this block shape and the given tower depths."""
-        block = dict(hidden_size=self.width, intermediate_size=self.mlp, num_attention_heads=self.heads,
-                     hidden_act=self.act, layer_norm_eps=self.layer_norm_eps)
+    def clip_config_dict(self, depth_vision: int, depth_text: int,
+                         shapes: dict[str, BlockShape] | None = None) -> dict[str, Any]:
+        """A registry-style dict for a CLIP of the given tower depths (block shapes: the towers' own, or `shapes`)."""
+        shapes = {t: (shapes or {}).get(t) or self.tower_shape(t) for t in TOWERS}
+        block = {t: dict(hidden_size=s.width, intermediate_size=s.mlp, num_attention_heads=s.heads,
+                         hidden_act=self.act, layer_norm_eps=self.layer_norm_eps) for t, s in shapes.items()}
         return {
             "name": f"learngene-v{depth_vision}-t{depth_text}",
             "projection_dim": self.projection_dim,
             "logit_scale_init_value": self.logit_scale_init,
-            "vision_config": dict(block, num_hidden_layers=depth_vision, image_size=self.image_size,
+            "vision_config": dict(block["vision"], num_hidden_layers=depth_vision, image_size=self.image_size,
                                   patch_size=self.patch_size, num_channels=self.num_channels,
                                   image_mean=list(self.image_mean), image_std=list(self.image_std)),
-            "text_config": dict(block, num_hidden_layers=depth_text, vocab_size=self.vocab_size,
+            "text_config": dict(block["text"], num_hidden_layers=depth_text, vocab_size=self.vocab_size,
                                 max_position_embeddings=self.context, bos_token_id=self.bos_token_id,
                                 eos_token_id=self.eos_token_id, pad_token_id=self.pad_token_id),
         }
 
-    def clip_config(self, depth_vision: int | None = None, depth_text: int | None = None):
+    def clip_config(self, depth_vision: int | None = None, depth_text: int | None = None,
+                    shapes: dict[str, BlockShape] | None = None):
         """The `CLIPConfig` of a CLIP with these blocks (depths default to the Aux-Net's)."""
         from ..models.registry import make_config
 
@@ -213,4 +276,4 @@ class LearngeneConfig:
         dt = self.aux_depth_text if depth_text is None else depth_text
         if dv < 1 or dt < 1:
             raise ClipforgeError(f"tower depths must be >= 1, got vision {dv}, text {dt}")
-        return make_config(self.clip_config_dict(dv, dt))
+        return make_config(self.clip_config_dict(dv, dt, shapes))

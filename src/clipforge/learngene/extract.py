@@ -33,23 +33,17 @@ from .learngene import Learngene
 from .quality import MEAN_R1, Quality
 
 
-def _default_init(cfg: LearngeneConfig, ancestry: nn.Module) -> str:
-    """"lstsq" when the ancestry's blocks have the learngene's shape, else "random"."""
-    v = ancestry.config.vision_config
-    same = (v.hidden_size, v.intermediate_size, v.num_attention_heads) == (cfg.width, cfg.mlp, cfg.heads)
-    t = ancestry.config.text_config
-    same = same and (t.hidden_size, t.intermediate_size, t.num_attention_heads) == (cfg.width, cfg.mlp, cfg.heads)
-    return "lstsq" if same else "random"
-
-
 @dataclass
 class ExtractConfig:
     """Everything an MM-LG extraction does (the counterpart of CLIP-MoE's `DMUConfig`; docs/methods.md B.3).
 
     `mode`, `coefficients` (the weighted-sum schedule over depth), `stages` and the Aux-Net depths shape the
-    learngene (`LearngeneConfig`; depths default to the ancestry's); `init` its start ("lstsq" when the block
-    shapes allow, else "random"); `distill` the objective; `sample_depths` trains the Aux-Net at a depth drawn
-    per step from that list (`DepthSampledStep`); `schedule` the optimisation (`LEARNGENE_SCHEDULE`).
+    learngene (`LearngeneConfig`; depths default to the ancestry's); `construction` how the narrower tower
+    reads the shared tensors ("select" or "project", `widths.TowerMap`); `width_vision` / `width_text` a
+    learngene narrower than the ancestry (default: its widths); `init` its start (default "lstsq": fitted
+    to the ancestry's layers, cut to the learngene's widths by element selection); `distill` the objective;
+    `sample_depths` trains the Aux-Net at a depth drawn per step from that list (`DepthSampledStep`);
+    `schedule` the optimisation (`LEARNGENE_SCHEDULE`).
     """
 
     mode: str = "mmlg"
@@ -58,18 +52,21 @@ class ExtractConfig:
     aux_depth_vision: int | None = None
     aux_depth_text: int | None = None
     init: str | None = None
+    construction: str = "select"
+    width_vision: int | None = None
+    width_text: int | None = None
     distill: Distill = field(default_factory=Distill)
     sample_depths: list[int] | None = None
     schedule: Schedule = field(default_factory=lambda: LEARNGENE_SCHEDULE)
 
     def learngene_config(self, ancestry: nn.Module) -> LearngeneConfig:
         """The learngene's shape and choices for `ancestry`."""
-        choices: dict[str, Any] = dict(mode=self.mode, schedule=self.coefficients, num_stages=self.stages)
-        for name in ("aux_depth_vision", "aux_depth_text"):
-            if getattr(self, name) is not None:
-                choices[name] = getattr(self, name)
-        cfg = LearngeneConfig.from_ancestry(ancestry.config, **choices)
-        return replace(cfg, init=self.init or _default_init(cfg, ancestry))
+        choices: dict[str, Any] = dict(mode=self.mode, schedule=self.coefficients, num_stages=self.stages,
+                                       construction=self.construction, init=self.init or "lstsq")
+        named = {"aux_depth_vision": self.aux_depth_vision, "aux_depth_text": self.aux_depth_text,
+                 "vision_width": self.width_vision, "text_width": self.width_text}
+        choices.update({k: v for k, v in named.items() if v is not None})
+        return LearngeneConfig.from_ancestry(ancestry.config, **choices)
 
 
 def extract(ancestry_dir: str | os.PathLike, data: Sequence[str] | Dataset, out_dir: str | os.PathLike,
@@ -123,7 +120,7 @@ def _extract(run: Run, cfg: LearngeneConfig, ancestry: nn.Module, anc_path: Path
 
     lg_dir, run_dir = run.dir / "learngene", run.dir / "extract"
     steps, batch_size, seed = sched.steps, sched.batch_size, sched.seed
-    lg = Learngene(cfg, seed=seed, ancestry=ancestry if cfg.init != "random" else None)
+    lg = Learngene(cfg, seed=seed, ancestry=ancestry)
     aux = build_auxnet(lg)
     tcfg = replace(sched, log_every=max(1, min(sched.log_every, steps // 10))).train_config(
         save_every=max(1, steps // 5), keep_checkpoints=1, eval_every=eval_every if quality is not None else 0)
@@ -143,7 +140,8 @@ def _extract(run: Run, cfg: LearngeneConfig, ancestry: nn.Module, anc_path: Path
     stopped = done_steps < steps
     tokens = caption_tokens(dataset, cfg.context, batch_size, seed=seed)
     student_depths = depths or [None]
-    student = sum(flops_per_sample(cfg.clip_config(d, d), "clip", round(tokens)) for d in student_depths) \
+    student = sum(flops_per_sample(cfg.clip_config(d or cfg.aux_depth_vision, d or cfg.aux_depth_text), "clip",
+                                   round(tokens)) for d in student_depths) \
         / len(student_depths)
     teacher = flops_per_sample(ancestry.config, "clip", round(tokens))
     samples = done_steps * batch_size

@@ -13,6 +13,14 @@ element, so one pseudo-inverse serves the whole tensor. When the ancestry's laye
 learngene in the Frobenius sense. Underdetermined stages (fewer layers than roles) take the minimum-norm
 solution. A stage no ancestry layer maps to (more stages than ancestry layers) is fitted to all the
 tower's layers instead, as the "mean" init does.
+
+Towers of different widths. A tensor shared by both towers is stored at the wider tower's shape and
+read by the narrower one through a co-isometry C (`widths.TowerMap`, C Cᵀ = I). The problem splits in
+two elementwise problems of the same form: in the coordinates the narrower tower sees (C of every
+wider-tower layer, the narrower tower's layers as they are) over both towers' rows, and in the rest
+(W − CᵀC W of the wider tower's layers) over the wider tower's rows only. A tensor stored at the wider
+shape is Cᵀ(its first solution) + its second; one of the narrower tower is its first solution. When
+the ancestry's layers lie on the construction's basis the fit reproduces them exactly.
 """
 
 from __future__ import annotations
@@ -22,7 +30,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ClipforgeError
 from .blocks import BLOCK_PARTS, block_param_name
 from .config import TOWERS
 
@@ -31,55 +38,98 @@ def _float(c: Any) -> float:
     return float(c.detach()) if isinstance(c, torch.Tensor) else float(c)
 
 
+def _solve(design: torch.Tensor, targets: list[torch.Tensor]) -> tuple[torch.Tensor, list[int], int]:
+    """Elementwise least squares: (θ per used column, used columns, rank) for rows `targets` (flattened)."""
+    used = [j for j in range(design.shape[1]) if design[:, j].abs().sum() > 0]
+    sub = design[:, used]
+    w = torch.stack([t.double().reshape(-1) for t in targets])  # (rows, numel)
+    return torch.linalg.pinv(sub) @ w, used, int(torch.linalg.matrix_rank(sub))
+
+
+def _design(learngene: nn.Module, rows: list[tuple[str, int]], depths: dict[str, int],
+            roles: list[str]) -> torch.Tensor:
+    index = {r: i for i, r in enumerate(roles)}
+    design = torch.zeros(len(rows), len(roles), dtype=torch.float64)
+    for r, (t, i) in enumerate(rows):
+        a, b = learngene.coefficients(t, i, depths[t])
+        first, second = learngene.roles(t)
+        design[r, index[first]] += _float(a)
+        design[r, index[second]] += _float(b)
+    return design
+
+
 @torch.no_grad()
-def fit_to_ancestry(learngene: nn.Module, ancestry: nn.Module) -> dict[str, Any]:
+def fit_to_ancestry(learngene: nn.Module, state: dict[str, torch.Tensor], depths: dict[str, int]) -> dict[str, Any]:
     """Set the learngene's block tensors to the least-squares fit of the ancestry's layers; return residuals.
 
-    Non-block parts are not touched here (`Learngene` copies them). The record holds, per tower, the
-    relative residual ‖fit − W‖ / ‖W‖ over all block tensors of that tower, and the design's rank per stage.
+    `state`: the ancestry's tensors cut to the learngene's tower shapes (`learngene.narrowed_state`), `depths`
+    its tower depths. Non-block parts are not touched here (`Learngene` copies them). The record holds, per
+    tower, the relative residual ‖fit − W‖ / ‖W‖ over all block tensors of that tower, and the design's
+    rank per stage.
     """
     cfg = learngene.config
-    state = ancestry.state_dict()
-    depths = {t: getattr(ancestry.config, f"{t}_config").num_hidden_layers for t in TOWERS}
-    roles = sorted(learngene.blocks)
-    index = {r: i for i, r in enumerate(roles)}
-    err = {t: 0.0 for t in TOWERS}
-    norm = {t: 0.0 for t in TOWERS}
+    all_roles = sorted(learngene.blocks)
+    # Without a shared role the towers are separate problems (their shapes may differ).
+    groups = [(TOWERS, all_roles)] if learngene.mapped or _shares(learngene) else \
+        [((t,), [r for r in all_roles if r in learngene.roles(t)]) for t in TOWERS]
     ranks: list[int] = []
     for s in range(cfg.num_stages):
-        rows = [(t, i) for t in TOWERS for i in range(depths[t]) if cfg.stage(i, depths[t]) == s]
-        counted = bool(rows)  # a fallback stage's rows are already in the residual once
-        if not rows:  # stage unused at the ancestry's depth
-            rows = [(t, i) for t in TOWERS for i in range(depths[t])]
-        design = torch.zeros(len(rows), len(roles), dtype=torch.float64)
-        for r, (t, i) in enumerate(rows):
-            a, b = learngene.coefficients(t, i, depths[t])
-            first, second = learngene.roles(t)
-            design[r, index[first]] += _float(a)
-            design[r, index[second]] += _float(b)
-        used = [j for j in range(len(roles)) if design[:, j].abs().sum() > 0]
-        sub = design[:, used]
-        ranks.append(int(torch.linalg.matrix_rank(sub)))
-        pinv = torch.linalg.pinv(sub)  # (roles used, rows)
-        for key, part in BLOCK_PARTS.items():
-            names = [block_param_name(t, i, part) for t, i in rows]
-            target = learngene.blocks[roles[used[0]]][s][key]
-            for n in names:
-                if state[n].shape != target.shape:
-                    raise ClipforgeError(f"ancestry block tensor {n} has shape {tuple(state[n].shape)}, the "
-                                         f"learngene needs {tuple(target.shape)}: least-squares init needs "
-                                         "the ancestry's block shape")
-            w = torch.stack([state[n].double().reshape(-1) for n in names])  # (rows, numel)
-            theta = pinv @ w
-            for j, col in enumerate(used):
-                learngene.blocks[roles[col]][s][key].copy_(theta[j].reshape(target.shape).float())
-            fit = sub @ theta
-            for r, (t, _) in enumerate(rows if counted else ()):
-                err[t] += float((fit[r] - w[r]).square().sum())
-                norm[t] += float(w[r].square().sum())
-        for j in range(len(roles)):
-            if j not in used:  # a role no equation reaches (cannot happen for the built-in modes)
-                for p in learngene.blocks[roles[j]][s].values():
-                    p.zero_()
+        for towers, roles in groups:
+            rows = [(t, i) for t in towers for i in range(depths[t]) if cfg.stage(i, depths[t]) == s]
+            rows = rows or [(t, i) for t in towers for i in range(depths[t])]  # stage unused at this depth
+            for key, part in BLOCK_PARTS.items():
+                rank = _fit_tensor(learngene, s, key, rows, roles, {row: state[block_param_name(*row, part)]
+                                                                      for row in rows}, depths)
+            ranks.append(rank)
     return {"method": "least squares over the schedule's basis", "design_rank": ranks,
-            "relative_residual": {t: (err[t] / norm[t]) ** 0.5 if norm[t] else 0.0 for t in TOWERS}}
+            "relative_residual": residuals(learngene, state, depths)}
+
+
+def _shares(learngene: nn.Module) -> bool:
+    return bool(set(learngene.roles("vision")) & set(learngene.roles("text")))
+
+
+def _fit_tensor(learngene: nn.Module, s: int, key: str, rows: list[tuple[str, int]], roles: list[str],
+                w: dict[tuple[str, int], torch.Tensor], depths: dict[str, int]) -> int:
+    """Fit block tensor `key` of stage `s` of `roles` to the ancestry layers `w` (by row); returns the design rank."""
+    narrow = learngene.mapped[0] if learngene.mapped else None
+    wide = next(t for t in TOWERS if t != narrow) if narrow else None
+    cmap = learngene.tower_map(narrow) if narrow else None
+    # coordinates the narrower tower sees (all of them without a map); the rest only the wider one sees
+    seen = {row: (cmap.apply(key, x) if cmap is not None and row[0] == wide else x) for row, x in w.items()}
+    theta, used, rank = _solve(_design(learngene, rows, depths, roles), [seen[row] for row in rows])
+    solution = {roles[c]: theta[j] for j, c in enumerate(used)}
+    wide_rows = [(t, i) for t, i in rows if t == wide]
+    wide_roles = [r for r in roles if r in learngene.roles(wide)] if wide else []
+    rest = {}
+    if cmap is not None and wide_rows:
+        rest_rows = [w[row] - cmap.adjoint(key, seen[row]) for row in wide_rows]
+        rest_theta, rest_used, _ = _solve(_design(learngene, wide_rows, depths, wide_roles), rest_rows)
+        rest = {wide_roles[c]: rest_theta[j] for j, c in enumerate(rest_used)}
+    for role in roles:
+        p = learngene.blocks[role][s][key]
+        value = solution.get(role)
+        if value is None:  # a role no equation reaches (cannot happen for the built-in modes)
+            p.zero_()
+            continue
+        if cmap is not None and role in wide_roles:  # stored at the wider shape: Cᵀ(view) + the rest
+            value = cmap.adjoint(key, value.reshape(seen[rows[0]].shape)).reshape(-1)
+            if role in rest:
+                value = value + rest[role]
+        p.copy_(value.reshape(p.shape).float())
+    return rank
+
+
+@torch.no_grad()
+def residuals(learngene: nn.Module, state: dict[str, torch.Tensor], depths: dict[str, int]) -> dict[str, float]:
+    """Per tower, ‖learngene's layers at the ancestry's depth − the ancestry's‖ / ‖the ancestry's‖."""
+    out = {}
+    for t in TOWERS:
+        err = norm = 0.0
+        for i in range(depths[t]):
+            for key, part in BLOCK_PARTS.items():
+                target = state[block_param_name(t, i, part)].double()
+                err += float((learngene.block_weight(t, i, depths[t], key).double() - target).square().sum())
+                norm += float(target.square().sum())
+        out[t] = (err / norm) ** 0.5 if norm else 0.0
+    return out

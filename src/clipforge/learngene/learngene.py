@@ -28,6 +28,7 @@ from ..errors import ClipforgeError, first_line
 from ..markdown import table
 from .blocks import BLOCK_PARTS, block_param_name  # noqa: F401  (part of the learngene's API)
 from .config import TOWERS, LearngeneConfig
+from .widths import BlockShape, Narrowing, TowerMap, fit_projection, tensor_shapes
 
 FORMAT = "clipforge.learngene/1"
 WEIGHTS = "learngene.safetensors"
@@ -63,17 +64,24 @@ ROLES: dict[str, dict[str, tuple[str, str]]] = {
 }
 
 
-def _block_shapes(cfg: LearngeneConfig) -> dict[str, tuple[int, ...]]:
-    w, m = cfg.width, cfg.mlp
-    shapes: dict[str, tuple[int, ...]] = {}
-    for key in BLOCK_PARTS:
-        if key.startswith(("ln", "q_", "k_", "v_", "out_")):
-            shapes[key] = (w,) if key.endswith("bias") or key.startswith("ln") else (w, w)
-        elif key.startswith("fc1"):
-            shapes[key] = (m,) if key.endswith("bias") else (m, w)
-        else:
-            shapes[key] = (w,) if key.endswith("bias") else (w, m)
-    return shapes
+def shared_roles(mode: str) -> set[str]:
+    """The roles of `mode` that serve both towers (stored at the shared shape)."""
+    pairs = ROLES[mode]
+    return set(pairs["vision"]) & set(pairs["text"])
+
+
+def role_shape(cfg: LearngeneConfig, role: str) -> BlockShape:
+    """The block shape role `role` is stored at: the shared shape, or its tower's own."""
+    if role in shared_roles(cfg.mode):
+        return cfg.shared_shape
+    return cfg.tower_shape("vision" if role.endswith("_vision") else "text")
+
+
+def mapped_towers(cfg: LearngeneConfig) -> list[str]:
+    """Towers that read the shared tensors through a map (narrower than the shared shape)."""
+    if not shared_roles(cfg.mode):
+        return []
+    return [t for t in TOWERS if cfg.tower_shape(t) != cfg.shared_shape]
 
 
 def _non_block_shapes(cfg: LearngeneConfig) -> dict[str, tuple[int, ...]]:
@@ -86,13 +94,42 @@ def _non_block_shapes(cfg: LearngeneConfig) -> dict[str, tuple[int, ...]]:
     return {key: tuple(state[name].shape) for key, (_, name) in NON_BLOCK.items()}
 
 
+def _head(tower: str) -> str:
+    return "visual_projection" if tower == "vision" else "text_projection"
+
+
+def narrowed_state(cfg: LearngeneConfig, ancestry: nn.Module) -> tuple[dict[str, Tensor], dict[str, int]]:
+    """(state, depths): the ancestry's tensors, each tower cut to the learngene's block shape (`widths.Narrowing`)."""
+    state = ancestry.state_dict()
+    out: dict[str, Tensor] = {}
+    depths: dict[str, int] = {}
+    for tower in TOWERS:
+        c = getattr(ancestry.config, f"{tower}_config")
+        depths[tower] = c.num_hidden_layers
+        have = BlockShape(c.hidden_size, c.num_attention_heads, c.intermediate_size)
+        want = cfg.tower_shape(tower)
+        if not want.fits_in(have):
+            raise ClipforgeError(f"the learngene's {tower} blocks ({want.describe()}) do not fit in the ancestry's "
+                                 f"({have.describe()}): build the learngene config with LearngeneConfig.from_ancestry")
+        cut = Narrowing(have, want)
+        prefix = f"{tower}_model.encoder.layers."
+        for name, t in state.items():
+            if name.startswith(prefix):
+                out[name] = cut.block(PART_OF_PATH[name[len(prefix):].split(".", 1)[1]], t)
+            elif name in NON_BLOCK_OF_NAME and NON_BLOCK[NON_BLOCK_OF_NAME[name]][0] == tower:
+                out[name] = cut.non_block(name, t)
+    out["logit_scale"] = state["logit_scale"]
+    return out, depths
+
+
 class Learngene(nn.Module):
     """The learngene: block tensors per role and stage, non-block parts, optional learned schedule.
 
     `Learngene(config, seed=...)` initialises per `config.init`: "random" (TLEG: trunc-normal(0.02)
     linear weights in both tensors, zero biases, LN γ 1 in the a-tensor and 0 in the b-tensor, or 1
     in both under "blend" so every layer starts at γ = a + b = 1; HF's init for the non-block parts);
-    "lstsq" (pass `ancestry`, a `CLIPModel` of the same block shape: the tensors are the least-squares
+    "lstsq" (pass `ancestry`, a `CLIPModel` whose towers are at least as large, cut to the learngene's
+    shapes by `narrowed_state`: the tensors are the least-squares
     fit of the ancestry's layers over the schedule's basis, `fit.fit_to_ancestry`, recorded in
     `fit_record`) or "mean" (the a-tensor of a stage = mean of the ancestry blocks that the stage map
     sends there, over the towers the role serves; the b-tensor = 0, or = the a-tensor under "blend",
@@ -104,13 +141,19 @@ class Learngene(nn.Module):
                  initialise: bool = True) -> None:
         super().__init__()
         self.config = config
-        shapes = _block_shapes(config)
         role_names = sorted({r for pair in ROLES[config.mode].values() for r in pair})
         self.blocks = nn.ModuleDict({
             role: nn.ModuleList([
-                nn.ParameterDict({k: nn.Parameter(torch.empty(s)) for k, s in shapes.items()})
+                nn.ParameterDict({k: nn.Parameter(torch.empty(s))
+                                  for k, s in tensor_shapes(role_shape(config, role)).items()})
                 for _ in range(config.num_stages)])
             for role in role_names})
+        self.mapped = mapped_towers(config)
+        if config.construction == "project":  # fitted to the ancestry, stored with the learngene
+            for t in self.mapped:
+                self.register_buffer(f"projection_{t}",
+                                     torch.empty(config.tower_shape(t).width, config.shared_shape.width))
+        self._maps: dict[str, TowerMap] = {}
         self.non_block = nn.ParameterDict(
             {k: nn.Parameter(torch.empty(s)) for k, s in _non_block_shapes(config).items()})
         if config.schedule == "learned":
@@ -122,20 +165,41 @@ class Learngene(nn.Module):
         if not initialise:
             return
         self._init_schedule()  # first: the least-squares fit reads the schedule's coefficients
-        if config.init in ("lstsq", "mean"):
-            if ancestry is None:
-                raise ClipforgeError(f"learngene init {config.init!r} needs the ancestry model")
-            if config.init == "mean":
-                self._init_from_ancestry(ancestry)
-            else:
-                from .fit import fit_to_ancestry
+        projected = config.construction == "project" and bool(self.mapped)
+        if ancestry is None and (config.init in ("lstsq", "mean") or projected):
+            raise ClipforgeError(f"learngene init {config.init!r}{' with construction project' if projected else ''}"
+                                 " needs the ancestry model")
+        state, depths = narrowed_state(config, ancestry) if ancestry is not None else ({}, {})
+        self._fit_projections(state)
+        if config.init == "mean":
+            self._init_from_ancestry(state, depths)
+        elif config.init == "lstsq":
+            from .fit import fit_to_ancestry
 
-                self.fit_record = fit_to_ancestry(self, ancestry)
-                self._copy_non_block(ancestry)
+            self.fit_record = fit_to_ancestry(self, state, depths)
+            self._copy_non_block(state)
         else:
             self._init_random(seed)
 
     # --- structure -----------------------------------------------------------------------------
+
+    def tower_map(self, tower: str) -> TowerMap | None:
+        """How `tower` reads the shared tensors (None: at their own shape)."""
+        if tower not in self.mapped:
+            return None
+        proj = getattr(self, f"projection_{tower}", None)
+        key = f"{tower}:{proj.device if proj is not None else 'cpu'}"
+        if key not in self._maps:
+            self._maps = {k: v for k, v in self._maps.items() if not k.startswith(tower)}
+            self._maps[key] = TowerMap(self.config.shared_shape, self.config.tower_shape(tower),
+                                       self.config.construction, proj)
+        return self._maps[key]
+
+    def view(self, role: str, tower: str, stage: int, key: str) -> Tensor:
+        """`tower`'s view of one tensor of `role`: the tensor, or C(tensor) for a shared one read by a narrower one."""
+        t = self.blocks[role][stage][key]
+        cmap = self.tower_map(tower) if role in shared_roles(self.config.mode) else None
+        return t if cmap is None else cmap.apply(key, t)
 
     def roles(self, tower: str) -> tuple[str, str]:
         """(a-role, b-role) of `tower`, e.g. ("theta_mm", "theta_u_vision")."""
@@ -192,8 +256,9 @@ class Learngene(nn.Module):
     def block_weight(self, tower: str, layer: int, depth: int, key: str) -> Tensor:
         """a·first[key] + b·second[key] for one sub-module tensor (differentiable)."""
         a, b = self.coefficients(tower, layer, depth)
-        first, second = self.sources(tower, layer, depth, key)
-        return a * first + b * second
+        first, second = self.roles(tower)
+        stage = self.config.stage(layer, depth)
+        return a * self.view(first, tower, stage, key) + b * self.view(second, tower, stage, key)
 
     # --- initialisation ------------------------------------------------------------------------
 
@@ -218,11 +283,10 @@ class Learngene(nn.Module):
                         else:
                             nn.init.trunc_normal_(p, std=0.02)
         ref = build(self.config.clip_config_dict(1, 1), seed=seed)
-        self._copy_non_block(ref)
+        self._copy_non_block(ref.state_dict())
 
     @torch.no_grad()
-    def _copy_non_block(self, model: nn.Module) -> None:
-        state = model.state_dict()
+    def _copy_non_block(self, state: dict[str, Tensor]) -> None:
         for key, (_, name) in NON_BLOCK.items():
             src = state.get(name)
             if src is None or src.shape != self.non_block[key].shape:
@@ -233,10 +297,19 @@ class Learngene(nn.Module):
             self.non_block[key].copy_(src)
 
     @torch.no_grad()
-    def _init_from_ancestry(self, ancestry: nn.Module) -> None:
-        state = ancestry.state_dict()
+    def _fit_projections(self, state: dict[str, Tensor]) -> None:
+        """Construction "project": P of each narrower tower from the towers' output heads (`widths.fit_projection`)."""
+        wide = next((t for t in TOWERS if t not in self.mapped), None)
+        for t in self.mapped:
+            if hasattr(self, f"projection_{t}"):
+                getattr(self, f"projection_{t}").copy_(
+                    fit_projection(state[NON_BLOCK[_head(t)][1]], state[NON_BLOCK[_head(wide)][1]]))
+
+    @torch.no_grad()
+    def _init_from_ancestry(self, state: dict[str, Tensor], depths: dict[str, int]) -> None:
         cfg = self.config
-        depths = {t: getattr(ancestry.config, f"{t}_config").num_hidden_layers for t in TOWERS}
+        if self.mapped:
+            raise ClipforgeError("learngene init 'mean' needs towers of one block shape; use init 'lstsq'")
         for role in self.blocks:
             towers = [t for t in TOWERS if role in self.roles(t)]
             is_first = role in self._first_roles()
@@ -244,14 +317,10 @@ class Learngene(nn.Module):
                 layers = [(t, i) for t in towers for i in range(depths[t]) if cfg.stage(i, depths[t]) == s]
                 layers = layers or [(t, i) for t in towers for i in range(depths[t])]  # stage unused at this depth
                 for key, p in stage.items():
-                    names = [block_param_name(t, i, BLOCK_PARTS[key]) for t, i in layers]
-                    srcs = [state[n] for n in names]
-                    if srcs[0].shape != p.shape:
-                        raise ClipforgeError(f"ancestry block tensor {names[0]} has shape "
-                                             f"{tuple(srcs[0].shape)}, the learngene needs {tuple(p.shape)}")
-                    mean = torch.stack([x.float() for x in srcs]).mean(0)
+                    mean = torch.stack([state[block_param_name(t, i, BLOCK_PARTS[key])].float()
+                                        for t, i in layers]).mean(0)
                     p.copy_(mean if is_first or cfg.schedule == "blend" else torch.zeros_like(mean))
-        self._copy_non_block(ancestry)
+        self._copy_non_block(state)
 
     @torch.no_grad()
     def _init_schedule(self) -> None:
@@ -266,8 +335,11 @@ class Learngene(nn.Module):
     # --- size and storage ----------------------------------------------------------------------
 
     def num_parameters(self) -> int:
-        """Parameters stored (every tensor of the learngene, each once)."""
-        return sum(p.numel() for p in self.parameters())
+        """Parameters stored (every tensor of the learngene, each once, the fitted projections included)."""
+        return sum(p.numel() for p in self.parameters()) + self._projection_numel()
+
+    def _projection_numel(self) -> int:
+        return sum(getattr(self, f"projection_{t}").numel() for t in self.mapped if hasattr(self, f"projection_{t}"))
 
     def parameter_breakdown(self) -> dict[str, int]:
         """Parameters per role, non-block parts and schedule."""
@@ -275,6 +347,8 @@ class Learngene(nn.Module):
         out["non_block"] = sum(p.numel() for p in self.non_block.parameters())
         if self.config.schedule == "learned":
             out["schedule"] = sum(p.numel() for p in (*self.schedule_a.values(), *self.schedule_b.values()))
+        if self._projection_numel():
+            out["projections"] = self._projection_numel()
         out["total"] = self.num_parameters()
         return out
 
@@ -341,8 +415,11 @@ class Learngene(nn.Module):
                  "TLEG/SWS lineage; every choice below is a config field in `learngene.json`.", "",
                  "Layer l of a tower of depth L uses `a(l, L)·first + b(l, L)·second` per block tensor.", ""]
         lines += table(["choice", "value"], [[k, getattr(c, k)] for k in (
-            "mode", "schedule", "num_stages", "aux_depth_vision", "aux_depth_text", "init")])
-        lines += ["", f"Blocks: width {c.width}, {c.heads} heads, MLP {c.mlp}, {c.act}. Inputs: {c.image_size} px "
+            "mode", "schedule", "num_stages", "aux_depth_vision", "aux_depth_text", "init", "construction")])
+        towers = "; ".join(f"{t} {c.tower_shape(t).describe()}" for t in TOWERS)
+        shared = (f" Shared tensors at the {c.shared_shape.width}-wide shape, read by the narrower tower by "
+                  f"construction `{c.construction}`." if self.mapped else "")
+        lines += ["", f"Blocks: {towers}; {c.act}.{shared} Inputs: {c.image_size} px "
                   f"(patch {c.patch_size}), {c.context} tokens. Projection {c.projection_dim}.", "",
                   "## Parameters", ""]
         lines += table(["part", "parameters"], [[k, f"{v:,}"] for k, v in self.parameter_breakdown().items()])

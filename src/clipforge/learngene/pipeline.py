@@ -21,7 +21,7 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from torch import nn
 from torch.utils.data import Dataset
@@ -38,7 +38,15 @@ from .distill import Distill, TowerStep
 from .inputs import brief, load_ancestry, open_data
 from .learngene import Learngene
 
-ShapeSpec = tuple[str, int | None, int | None]  # (kind, depth_vision, depth_text)
+
+class ShapeSpec(NamedTuple):
+    """A descendant's kind and, per tower, depth and width (None: not in this kind, or the learngene's width)."""
+
+    kind: str
+    depth_vision: int | None
+    depth_text: int | None
+    width_vision: int | None = None
+    width_text: int | None = None
 
 
 # --- steps for one-tower pre-training ---------------------------------------------------------------
@@ -128,26 +136,52 @@ class _TimedEval:
 # --- descendants -----------------------------------------------------------------------------------
 
 
-def parse_shape(text: str) -> ShapeSpec:
-    """`clip:4:4` (or `clip:4` for both towers), `vision:6`, `text:2` → (kind, depth_vision, depth_text)."""
-    parts = text.split(":")
-    kind, depths = parts[0], parts[1:]
+_SHAPE_HELP = ("expected clip:DV:DT, clip:D, vision:D or text:D, each depth optionally with a width as DxW "
+               "(e.g. clip:4x96:4x64, vision:6x96), depths and widths >= 1")
+
+
+def _depth_width(text: str, whole: str) -> tuple[int, int | None]:
+    depth, sep, width = text.partition("x")
     try:
-        nums = [int(x) for x in depths]
+        d, w = int(depth), (int(width) if sep else None)
     except ValueError:
-        nums = []
-    ok = (kind == "clip" and len(nums) in (1, 2)) or (kind in ("vision", "text") and len(nums) == 1)
-    if not ok or any(n < 1 for n in nums):
-        raise ClipforgeError(f"shape {text!r}: expected clip:DV:DT, clip:D, vision:D or text:D with depths >= 1")
+        raise ClipforgeError(f"shape {whole!r}: {_SHAPE_HELP}") from None
+    if d < 1 or (w is not None and w < 1):
+        raise ClipforgeError(f"shape {whole!r}: {_SHAPE_HELP}")
+    return d, w
+
+
+def parse_shape(text: str) -> ShapeSpec:
+    """`clip:4x96:4x64`, `clip:4:4`, `clip:4` (both towers), `vision:6x96`, `text:2` → a `ShapeSpec`.
+
+    A width left out is the learngene's; the bounds (the ancestry's depth, the learngene's width, a width
+    the head size divides) are checked against the learngene by `descend.descendant_shapes`.
+    """
+    kind, *towers = text.split(":")
+    ok = (kind == "clip" and len(towers) in (1, 2)) or (kind in ("vision", "text") and len(towers) == 1)
+    if not ok:
+        raise ClipforgeError(f"shape {text!r}: {_SHAPE_HELP}")
+    parsed = [_depth_width(x, text) for x in towers]
     if kind == "clip":
-        return ("clip", nums[0], nums[-1])
-    return (kind, nums[0], None) if kind == "vision" else (kind, None, nums[0])
+        (dv, wv), (dt, wt) = parsed[0], parsed[-1]
+        if len(towers) == 1 and wv is not None:
+            raise ClipforgeError(f"shape {text!r}: the towers' widths differ; give both: clip:DVxWV:DTxWT")
+        return ShapeSpec("clip", dv, dt, wv, wt)
+    (d, w), = parsed
+    return ShapeSpec(kind, d, None, w, None) if kind == "vision" else ShapeSpec(kind, None, d, None, w)
 
 
-def shape_name(shape: ShapeSpec) -> str:
-    """Directory name of a descendant: `clip-v4-t4`, `vision-v6`, `text-t2`."""
-    kind, dv, dt = shape
-    return {"clip": f"clip-v{dv}-t{dt}", "vision": f"vision-v{dv}", "text": f"text-t{dt}"}[kind]
+def as_spec(shape: ShapeSpec | tuple | str) -> ShapeSpec:
+    """A `ShapeSpec` from its text, a tuple (kind, depth_vision, depth_text[, width_vision, width_text]) or itself."""
+    return parse_shape(shape) if isinstance(shape, str) else ShapeSpec(*shape)
+
+
+def shape_name(shape: ShapeSpec | tuple) -> str:
+    """Directory name of a descendant: `clip-v4-t4`, `clip-v4w96-t4w64`, `vision-v6`, `text-t2w64`."""
+    kind, dv, dt, wv, wt = as_spec(shape)
+    v = f"v{dv}" + (f"w{wv}" if wv else "")
+    t = f"t{dt}" + (f"w{wt}" if wt else "")
+    return {"clip": f"clip-{v}-{t}", "vision": f"vision-{v}", "text": f"text-{t}"}[kind]
 
 
 def descend_family(learngene_dir: str | os.PathLike, shapes: Sequence[ShapeSpec | str], out_dir: str | os.PathLike,
@@ -167,7 +201,9 @@ def descend_family(learngene_dir: str | os.PathLike, shapes: Sequence[ShapeSpec 
     lg = Learngene.load(learngene_dir)
     lg_meta = json.loads((learngene_dir / "learngene.json").read_text())
     digest = file_digest(learngene_dir / "learngene.safetensors")
-    specs = [parse_shape(s) if isinstance(s, str) else tuple(s) for s in shapes]
+    specs = [as_spec(s) for s in shapes]
+    for spec in specs:  # every shape checked before anything is written
+        _check_spec(lg, spec)
     if pretraining is not None and data is None:
         raise ClipforgeError("pre-training descendants needs --data")
     dataset, data_desc = open_data(data, lg.config.image_size) if pretraining is not None else (None, None)
@@ -195,6 +231,18 @@ def descend_family(learngene_dir: str | os.PathLike, shapes: Sequence[ShapeSpec 
     return done
 
 
+def _check_spec(lg: Learngene, spec: ShapeSpec) -> None:
+    from .descend import descendant_shapes
+
+    cfg = lg.config
+    towers = ("vision", "text") if spec.kind == "clip" else (spec.kind,)
+    depths = {"vision": spec.depth_vision or cfg.aux_depth_vision, "text": spec.depth_text or cfg.aux_depth_text}
+    try:
+        descendant_shapes(cfg, depths, {"vision": spec.width_vision, "text": spec.width_text}, towers)
+    except ClipforgeError as e:
+        raise ClipforgeError(f"shape {shape_name(spec)}: {e}") from None
+
+
 def _descendant_writer(lg: Learngene, spec: ShapeSpec, learngene_dir: Path, settings: dict[str, Any],
                        sched: Schedule | None, dataset: Dataset | None, ancestry: list[nn.Module],
                        ancestry_src: Any, kd_from: Any, kd_alpha: float, eval_fn: Callable | None, eval_every: int,
@@ -203,11 +251,12 @@ def _descendant_writer(lg: Learngene, spec: ShapeSpec, learngene_dir: Path, sett
     from ..models.io import save
     from .descend import descend, provenance
 
-    kind, dv, dt = spec
+    kind, dv, dt, wv, wt = spec
 
     def write(model_dir: Path) -> None:
-        model = descend(lg, dv, dt, kind)
-        prov = {**provenance(lg, dv, dt, kind, source=str(learngene_dir.resolve())),
+        model = descend(lg, dv, dt, kind, wv, wt)
+        prov = {**provenance(lg, dv, dt, kind, source=str(learngene_dir.resolve()), width_vision=wv,
+                             width_text=wt),
                 "rule": "block i of L′ = a(i, L′)·first + b(i, L′)·second; non-block parts copied",
                 "settings": settings, "params": count_params(model)["total"]}
         if sched is not None:
