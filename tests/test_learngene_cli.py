@@ -125,6 +125,34 @@ def test_descend_with_short_pretraining_of_each_modality(learngene, tmp_path):
     assert objectives == {"clip-v2-t2": "infonce", "vision-v1": "infonce vs frozen partner tower"}
 
 
+@pytest.mark.parametrize("flags, culprit", [
+    (["--width-vision", "64"], "learngene vision width 64 is wider than the ancestry's vision tower (48)"),
+    (["--width-text", "24"], "learngene text width 24 is not a multiple of the head size 16"),
+    (["--width-text", "0"], "learngene text width must be >= 1"),
+])
+def test_a_bad_learngene_width_gets_one_line(ancestry, tmp_path, capsys, flags, culprit):
+    out = tmp_path / "lg"
+    capsys.readouterr()
+    assert main(["learngene", "extract", "--ancestry", str(ancestry), "--out", str(out), *EXTRACT, *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and culprit in err[0], err
+    assert not out.exists()
+
+
+def test_a_narrower_projected_learngene_extracts_and_descends(ancestry, tmp_path):
+    out = tmp_path / "narrow"
+    assert main(["learngene", "extract", "--ancestry", str(ancestry), "--out", str(out), *EXTRACT,
+                 "--construction", "project", "--width-vision", "32", "--width-text", "16"]) == 0
+    cfg = json.loads((out / "learngene" / "learngene.json").read_text())["config"]
+    assert (cfg["vision_width"], cfg["vision_heads"], cfg["text_width"], cfg["text_heads"]) == (32, 2, 16, 1)
+    assert cfg["construction"] == "project" and (cfg["max_depth_vision"], cfg["max_depth_text"]) == (3, 2)
+    assert main(["learngene", "descend", "--learngene", str(out), "--out", str(tmp_path / "fam"),
+                 "--shape", "clip:2:1", "--shape", "vision:3x16"]) == 0
+    v = CLIPModel.from_pretrained(tmp_path / "fam" / "clip-v2-t1").config.vision_config
+    assert (v.hidden_size, v.num_hidden_layers) == (32, 2)
+    assert CLIPVisionModelWithProjection.from_pretrained(tmp_path / "fam" / "vision-v3w16").config.hidden_size == 16
+
+
 def test_parse_shape():
     assert parse_shape("clip:4:2") == ("clip", 4, 2, None, None)
     assert parse_shape("clip:3") == ("clip", 3, 3, None, None)

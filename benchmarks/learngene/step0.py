@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stages", type=int, default=1, help="learngene stages (default 1)")
     args = p.parse_args(argv)
 
+    from clipforge.errors import ClipforgeError
     from clipforge.files import write_json, write_text
     from clipforge.learngene import Learngene, LearngeneConfig, Quality, descend
     from clipforge.learngene.pipeline import load_ancestry
@@ -37,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     ancestry, anc_path = load_ancestry(harness.resolve_ancestry(args.ancestry, quick=False))
     depth = ancestry.config.vision_config.num_hidden_layers
-    depths = sorted({2, 4, 6, depth})
+    depth = min(depth, ancestry.config.text_config.num_hidden_layers)
+    depths = sorted({d for d in (2, 4, 6) if d <= depth} | {depth})
     quality = Quality.builtin(ancestry.config.vision_config.image_size, scenes=args.scenes, fashion=args.fashion)
     rows = []
     anc_q = quality(ancestry)
@@ -45,7 +47,12 @@ def main(argv: list[str] | None = None) -> int:
         for init in ("lstsq", "mean", "random"):
             cfg = LearngeneConfig.from_ancestry(ancestry.config, mode=mode, init=init, num_stages=args.stages,
                                                 aux_depth_vision=4, aux_depth_text=4)
-            lg = Learngene(cfg, ancestry=ancestry if init != "random" else None)
+            try:
+                lg = Learngene(cfg, ancestry=ancestry)
+            except ClipforgeError as e:  # "mean" has no meaning across towers of different widths
+                rows.append({"mode": mode, "init": init, "fit": None, "descendants": None, "refused": str(e)})
+                print(f"[step0] {mode} {init}: refused ({e})", flush=True)
+                continue
             res = {str(d): quality(descend(lg, d, d)) for d in depths}
             rows.append({"mode": mode, "init": init, "fit": lg.fit_record, "descendants": res})
             print(f"[step0] {mode} {init}: " + ", ".join(
@@ -69,6 +76,9 @@ def markdown(result: dict[str, Any], data: dict[str, Any]) -> str:
     anc_q, depths = result["ancestry"], result["depths"]
     rows = []
     for r in result["rows"]:
+        if r.get("descendants") is None:
+            rows.append([r["mode"], r["init"], "refused"] + ["—"] * len(depths))
+            continue
         fit = r["fit"]["relative_residual"] if r["fit"] else None
         rows.append([r["mode"], r["init"], f"{fit['vision']:.3f} / {fit['text']:.3f}" if fit else "—"]
                     + [f"{100 * q['mean_retrieval_recall@1']:.1f} / {100 * q['zeroshot_acc1']:.1f}"
