@@ -35,9 +35,10 @@ def test_quick_run_writes_every_shape(tmp_path: Path) -> None:
     assert results["command"].startswith("python -m benchmarks.moe_layer.run --quick")
     assert results["device"]["torch"] == torch.__version__ and results["device"]["threads"] == 1
     for r in results["shapes"]:
-        assert set(r["ms"]) == {"moe", "two_dense", "released_loop"}
+        assert set(r["ms"]) == {"moe", "moe_grouped", "two_dense", "released_loop"}
         assert all(t > 0 and math.isfinite(t) for t in r["ms"].values()), r
-        assert math.isfinite(r["ratio_vs_two_dense"]) and math.isfinite(r["ratio_vs_released_loop"]), r
+        assert math.isfinite(r["ratio_vs_two_dense"]) and math.isfinite(r["ratio_vs_released_loop"]) \
+            and math.isfinite(r["ratio_grouped_vs_moe"]), r
         assert 0 <= r["max_abs_diff"] < 1e-5, r  # the equivalence check ran, with the same weights
         assert sum(r["expert_load"]) == r["batch"] * r["seq"] * results["top_k"]
     md = (out / "results.md").read_text()

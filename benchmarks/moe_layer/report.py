@@ -22,14 +22,20 @@ def markdown(results: dict[str, Any]) -> str:
     if "note" in d:  # records from before the shared machine description have none
         lines += [harness.machine_line(d), ""]
     rows = [[r["name"], f"{r['batch'] * r['seq']} ({r['batch']} × {r['seq']})", f"{r['hidden']} / {r['intermediate']}",
-             f"{r['ms']['moe']:.2f}", f"{r['ms']['two_dense']:.2f}", f"{r['ms']['released_loop']:.2f}",
-             f"{r['ratio_vs_two_dense']:.2f}", f"{r['ratio_vs_released_loop']:.2f}", f"{r['max_abs_diff']:.1e}"]
+             f"{r['ms']['moe']:.2f}", _ms(r, "moe_grouped"), f"{r['ms']['two_dense']:.2f}",
+             f"{r['ms']['released_loop']:.2f}", f"{r['ratio_vs_two_dense']:.2f}", f"{r['ratio_vs_released_loop']:.2f}",
+             f"{r['ratio_grouped_vs_moe']:.2f}" if "ratio_grouped_vs_moe" in r else "—", f"{r['max_abs_diff']:.1e}"]
             for r in results["shapes"]]
-    lines += harness.table(["shape", "tokens (batch × seq)", "d / d_ff", "moe ms", "two dense ms", "released loop ms",
-                            "moe / two dense", "moe / released loop", "max abs diff"], rows)
+    lines += harness.table(["shape", "tokens (batch × seq)", "d / d_ff", "moe ms", "grouped ms", "two dense ms",
+                            "released loop ms", "moe / two dense", "moe / released loop", "grouped / moe",
+                            "max abs diff"], rows)
     if any(r["name"] == "vit-b16" for r in results["shapes"]) and not d["gpu"]:
         lines += ["", "ViT-B/16 runs at batch 8 on CPU (64 on CUDA) to keep a CPU run short."]
     return "\n".join(lines) + "\n"
+
+
+def _ms(r: dict[str, Any], name: str) -> str:
+    return f"{r['ms'][name]:.2f}" if name in r["ms"] else "—"  # records from before the grouped dispatch
 
 
 def render(results: dict[str, Any], out: Path) -> None:

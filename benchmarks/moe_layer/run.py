@@ -2,9 +2,11 @@
 
     python -m benchmarks.moe_layer.run [--quick] [--out benchmarks/moe_layer/results] [--threads N] [--repeats N]
 
-Three layers on the same tokens, E=4 experts, top-2:
+Four layers on the same tokens, E=4 experts, top-2:
   * moe            `clipforge.models.clip_moe.moe_layer.MoEFFN` (tokens sorted by expert once, one contiguous
-                   slice per expert);
+                   slice per expert; one host sync for the slice sizes);
+  * moe_grouped    the same layer and weights with `dispatch="grouped"` (fixed shapes, no host sync: one
+                   grouped matrix product per linear layer; what `--compile` uses);
   * two_dense      two CLIP FFNs (`CLIPMLP`) on every token: the compute floor of top-2 routing;
   * released_loop  the Mixtral-style loop the released CLIP-MoE code uses (one-hot mask, `torch.where`
                    and a gather per expert), re-implemented below and loaded with the moe layer's weights.
@@ -111,7 +113,15 @@ def build(shape: Shape, device: torch.device) -> tuple[dict[str, nn.Module], flo
         load = torch.bincount(moe.route(x.reshape(-1, shape.hidden))[2].reshape(-1), minlength=EXPERTS).tolist()
     if not diff <= TOLERANCE:
         raise AssertionError(f"{shape.name}: moe and released loop differ by {diff:.3g} > {TOLERANCE}")
-    return {"moe": moe, "two_dense": TwoDense(config).to(device), "released_loop": loop}, diff, load
+    grouped = MoEFFN(config, EXPERTS, TOP_K).to(device)
+    grouped.load_state_dict(moe.state_dict())
+    grouped.dispatch = "grouped"
+    with torch.no_grad():
+        diff = max(diff, (grouped(x)[0] - loop(x)[0]).abs().max().item())
+    if not diff <= TOLERANCE:
+        raise AssertionError(f"{shape.name}: grouped moe and released loop differ by {diff:.3g} > {TOLERANCE}")
+    return {"moe": moe, "moe_grouped": grouped, "two_dense": TwoDense(config).to(device),
+            "released_loop": loop}, diff, load
 
 
 def time_layers(layers: dict[str, nn.Module], x: Tensor, warmup: int, repeats: int) -> dict[str, float]:
@@ -149,7 +159,8 @@ def measure(shape: Shape, device: torch.device, warmup: int, repeats: int) -> di
     ms = time_layers(layers, x, warmup, repeats)
     return {**shape._asdict(), "ms": ms, "max_abs_diff": diff, "expert_load": load,
             "ratio_vs_two_dense": ms["moe"] / ms["two_dense"],
-            "ratio_vs_released_loop": ms["moe"] / ms["released_loop"]}
+            "ratio_vs_released_loop": ms["moe"] / ms["released_loop"],
+            "ratio_grouped_vs_moe": ms["moe_grouped"] / ms["moe"]}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,6 +48,9 @@ def wrap_step(model: nn.Module, step_fn: StepFn, cfg: TrainConfig, info: D.DistI
             ddp_kwargs["device_ids"] = [info.device.index]
         runner = DistributedDataParallel(runner, **ddp_kwargs)
     if cfg.compile:  # around DDP, so dynamo splits the graph at DDP's gradient buckets
+        from ..models.clip_moe.moe_layer import set_dispatch
+
+        set_dispatch(model, "grouped")  # a CLIP-MoE's sync-free, fixed-shape dispatch: no graph break per layer
         runner = CompiledStep(runner)
     return runner
 

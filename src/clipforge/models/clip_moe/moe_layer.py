@@ -5,8 +5,14 @@ renormalised to sum to 1, output Σ g_e · Expert_e(h). The dispatch sorts the (
 assignments by expert once and runs every used expert on one contiguous slice of tokens, so an
 expert no token chose does no work at all, and the router runs once per forward.
 
-That dispatch sizes its slices from the routing (data-dependent shapes), which `torch.export` and
-ONNX cannot trace. `dispatch="dense"` (or the `dense_dispatch(model)` context) runs every expert on
+That dispatch sizes its slices from the routing, read on the host once per layer per forward (a
+device sync, and a graph break under `torch.compile`). `dispatch="grouped"` keeps every shape fixed
+and never syncs: the N·k (token, slot) rows sorted by expert go through one grouped matrix product per
+linear layer (`torch.nn.functional.grouped_mm` with per-expert offsets computed on the device), and the
+rows are put back in (token, slot) order and summed over the k slots, a deterministic reduction (no
+`index_add_`, which is not deterministic on CUDA). It compiles with `fullgraph=True`.
+
+Data-dependent shapes are also what `torch.export` and ONNX cannot trace. `dispatch="dense"` (or the `dense_dispatch(model)` context) runs every expert on
 every token and weights the outputs by the top-k gates scattered into an [N, E] matrix (zero for
 unchosen experts): the same sum, so equal outputs up to float rounding, at E/k times the FLOPs.
 """
@@ -19,6 +25,7 @@ from typing import Literal
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers.models.clip.modeling_clip import CLIPMLP
 
@@ -35,8 +42,39 @@ class Expert(CLIPMLP):
         return self.fc2(self.dropout(self.activation_fn(self.fc1(hidden_states))))
 
 
-Dispatch = Literal["sparse", "dense"]
-DISPATCH_MODES: tuple[str, ...] = ("sparse", "dense")
+Dispatch = Literal["sparse", "grouped", "dense"]
+DISPATCH_MODES: tuple[str, ...] = ("sparse", "grouped", "dense")
+
+
+@torch.library.custom_op("clipforge::grouped_mm", mutates_args=())
+def grouped_mm(a: Tensor, b: Tensor, offsets: Tensor) -> Tensor:
+    """`torch.nn.functional.grouped_mm` as an opaque op: rows of `a` grouped by `offsets` (cumulative ends).
+
+    a [N, i] @ b [G, i, o] → [N, o] (group g of rows through b[g]); a [i, N] @ b [N, o] → [G, i, o] (a sum per
+    group of rows: the weight gradient). Wrapped because torch's own shape rule accepts only bf16 (its CUDA
+    kernel's type), so an fp32 graph would not compile; its backward is made of the same op.
+    """
+    return F.grouped_mm(a.contiguous() if b.dim() == 3 else a, b.contiguous() if b.dim() == 2 else b, offs=offsets)
+
+
+@grouped_mm.register_fake
+def _(a: Tensor, b: Tensor, offsets: Tensor) -> Tensor:
+    if b.dim() == 3:
+        return a.new_empty(a.shape[0], b.shape[-1])
+    return a.new_empty(offsets.shape[0], a.shape[0], b.shape[-1])
+
+
+def _grouped_mm_setup(ctx, inputs: tuple[Tensor, Tensor, Tensor], output: Tensor) -> None:
+    ctx.save_for_backward(*inputs)
+
+
+def _grouped_mm_backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None]:
+    a, b, offsets = ctx.saved_tensors
+    grad = grad.contiguous()  # e.g. the stride-0 gradient of a sum, which the CPU kernel rejects
+    return grouped_mm(grad, b.transpose(1, 2), offsets), grouped_mm(a.t(), grad, offsets), None
+
+
+grouped_mm.register_autograd(_grouped_mm_backward, setup_context=_grouped_mm_setup)
 
 
 class MoEFFN(nn.Module):
@@ -81,7 +119,9 @@ class MoEFFN(nn.Module):
         flat_mask = None if mask is None else mask.reshape(-1)
         if self.dispatch == "dense":
             out = self._dense_dispatch(x, gates, chosen, flat_mask)
-        elif self.dispatch == "sparse":
+        elif self.dispatch == "grouped" and self._aligned():
+            out = self._grouped_dispatch(x, gates, chosen, flat_mask)
+        elif self.dispatch == "grouped" or self.dispatch == "sparse":  # the grouped kernel needs 16-byte rows; no real CLIP is this odd
             out = self._dispatch(x, gates, chosen, flat_mask)
         else:
             raise ValueError(f"MoEFFN.dispatch must be one of {DISPATCH_MODES}, got {self.dispatch!r}")
@@ -99,6 +139,31 @@ class MoEFFN(nn.Module):
             # so the two differ only by the order of the k-term sum.
             out = out + (expert(x) * weights[:, e:e + 1]).to(out.dtype)
         return out
+
+    def _aligned(self) -> bool:
+        fc1 = self.experts[0].fc1
+        return fc1.in_features % 8 == 0 and fc1.out_features % 8 == 0
+
+    def _grouped_dispatch(self, x: Tensor, gates: Tensor, chosen: Tensor, mask: Tensor | None) -> Tensor:
+        """The sparse sum with fixed shapes and no host sync: one grouped product per linear layer."""
+        n_tokens, k = chosen.shape
+        expert_ids = chosen.reshape(-1)  # row r = token r // k, slot r % k
+        weights = gates.reshape(-1)
+        if mask is not None:  # masked tokens are computed (fixed shapes) but weigh nothing
+            weights = weights * mask.to(weights.dtype).repeat_interleave(k)
+        order = torch.argsort(expert_ids, stable=True)
+        sorted_ids = expert_ids[order]
+        offsets = torch.cumsum(torch.bincount(expert_ids, minlength=self.num_experts), 0).to(torch.int32)
+        fc1 = [e.fc1 for e in self.experts]
+        fc2 = [e.fc2 for e in self.experts]
+        h = x.index_select(0, order // k)
+        h = _grouped_linear(h, fc1, sorted_ids, offsets)
+        first = self.experts[0]
+        h = first.dropout(first.activation_fn(h))
+        h = _grouped_linear(h, fc2, sorted_ids, offsets)
+        y = h * weights[order].unsqueeze(-1).to(h.dtype)
+        y = y.index_select(0, torch.argsort(order))  # back to (token, slot) order
+        return y.reshape(n_tokens, k, -1).sum(dim=1).to(x.dtype)
 
     def _dispatch(self, x: Tensor, gates: Tensor, chosen: Tensor, mask: Tensor | None) -> Tensor:
         """Σ_slots gate · expert(x) per token, each expert run once on its contiguous group of tokens."""
@@ -141,6 +206,25 @@ class MoEFFN(nn.Module):
                 if params:
                     out = out + torch.stack([p.sum() for p in params]).sum().to(out.dtype) * 0.0
         return out
+
+
+def _grouped_linear(h: Tensor, layers: list[nn.Linear], expert_of_row: Tensor, offsets: Tensor) -> Tensor:
+    """Row r through `layers[expert_of_row[r]]`, rows grouped by expert (`offsets`: cumulative ends)."""
+    weight = torch.stack([layer.weight for layer in layers]).transpose(1, 2)  # [E, in, out]
+    bias = torch.stack([layer.bias for layer in layers])  # [E, out]
+    dtype = torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) else h.dtype
+    out = grouped_mm(h.to(dtype), weight.to(dtype), offsets)
+    return out + bias.to(out.dtype).index_select(0, expert_of_row)
+
+
+def set_dispatch(model: nn.Module, mode: Dispatch) -> int:
+    """Every `MoEFFN` in `model` uses dispatch `mode` from now on; returns how many layers there are."""
+    if mode not in DISPATCH_MODES:
+        raise ValueError(f"dispatch must be one of {DISPATCH_MODES}, got {mode!r}")
+    layers = [m for m in model.modules() if isinstance(m, MoEFFN)]
+    for m in layers:
+        m.dispatch = mode
+    return len(layers)
 
 
 @contextmanager
