@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -183,3 +184,36 @@ def test_run_stages_ffn_only_and_resumable(tmp_path, monkeypatch):
 
     with pytest.raises(ClipforgeError, match="config.k_img"):
         mcl.run_stages(base_dir, ds, mcl.MCLConfig(**{**cfg.__dict__, "k_img": 3}), out, progress=False)
+
+
+def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal up to renaming the clusters: every cluster of `a` is exactly one cluster of `b`."""
+    pairs = set(zip(a.tolist(), b.tolist(), strict=True))
+    return len(pairs) == len(set(a.tolist())) == len(set(b.tolist()))
+
+
+def test_torch_kmeans_finds_faiss_partition_on_the_fixture():
+    """faiss is optional: without it `kmeans` runs the same algorithm in torch. The fixture holds faiss's labels
+    (k-means++, spherical, seed 0) of 1,200 points around 6 centres (faiss found the 6 true groups), made once
+    with faiss-cpu 1.x."""
+    fixture = np.load(Path(__file__).parent / "fixtures" / "kmeans_faiss.npz")
+    x, faiss_labels, k = fixture["x"], fixture["labels"], int(fixture["k"])
+    for seed in (0, 1, 2):
+        labels = kmeans(x, k, seed=seed, backend="torch")
+        assert labels.dtype == np.int64 and _same_partition(labels, faiss_labels), seed
+    assert np.array_equal(kmeans(x, k, seed=3, backend="torch"), kmeans(x, k, seed=3, backend="torch"))
+    sub = kmeans(x, k, seed=0, backend="torch", max_points=50)  # trained on 300 points, every point assigned
+    assert sub.shape == faiss_labels.shape and len(set(sub.tolist())) == k
+    with pytest.raises(ClipforgeError, match="backend"):
+        kmeans(x, k, backend="sklearn")
+
+
+def test_auto_backend_is_faiss_when_installed_else_torch(monkeypatch):
+    fixture = np.load(Path(__file__).parent / "fixtures" / "kmeans_faiss.npz")
+    x, k = fixture["x"], int(fixture["k"])
+    import clipforge.moe.clusters as clusters
+
+    monkeypatch.setattr(clusters, "_faiss", lambda: None)  # a venv without faiss
+    assert np.array_equal(kmeans(x, k, seed=0), kmeans(x, k, seed=0, backend="torch"))
+    with pytest.raises(ClipforgeError, match="not installed"):
+        kmeans(x, k, backend="faiss")

@@ -9,7 +9,9 @@ at every stage (ordered like the tuples) and keep the per-stage labels, from whi
 id can be read back.
 
 Clustering uses faiss k-means with k-means++ initialisation (as the released code's sklearn
-`MiniBatchKMeans` does) on all points (faiss would otherwise subsample to 256 points per centroid).
+`MiniBatchKMeans` does) on all points (faiss would otherwise subsample to 256 points per centroid);
+faiss is optional (`clipforge[faiss]`: faiss-cpu beside a user's faiss-gpu would clobber it), and
+without it the same algorithm runs in torch (`torch_kmeans`).
 The embeddings are L2-normalised, so we default to *spherical* k-means (centroids renormalised,
 points assigned by inner product): cosine geometry, the one CLIP's loss lives in. `spherical=False`
 gives plain Euclidean k-means; on unit vectors the two differ only in the centroid norms.
@@ -57,10 +59,19 @@ def _nonfinite_rows(x: np.ndarray, chunk: int = 65_536) -> int:
     return sum(int((~np.isfinite(x[a:a + chunk])).any(axis=1).sum()) for a in range(0, len(x), chunk))
 
 
+def _faiss():
+    """The faiss module, or None where it is not installed."""
+    try:
+        import faiss
+    except ImportError:
+        return None
+    return faiss
+
+
 def kmeans(x: np.ndarray, k: int, seed: int = 0, niter: int = 50, *, spherical: bool = True, nredo: int = 1,
            init: str = "kmeans++", max_points: int | None = None, threads: int | None = None,
-           gpu: bool | None = None, what: str = "embeddings") -> np.ndarray:
-    """Cluster the rows of `x` [N, D] into `k` groups with faiss; returns labels int64 [N].
+           gpu: bool | None = None, what: str = "embeddings", backend: str = "auto") -> np.ndarray:
+    """Cluster the rows of `x` [N, D] into `k` groups with faiss (or torch); returns labels int64 [N].
 
     Deterministic for a given `seed` on the CPU (faiss seeds its own RNG; assignment and centroid
     sums are per point / per centroid, so the thread count does not change the result).
@@ -68,12 +79,16 @@ def kmeans(x: np.ndarray, k: int, seed: int = 0, niter: int = 50, *, spherical: 
     `x` may be fp16 or a memmap: it is read as float32 (faiss's type). `gpu`: faiss's GPU index
     (None: when a GPU build of faiss sees a GPU; its sums may differ from the CPU's in the last bits).
     `what` names the rows in errors. Non-finite rows are refused (faiss would cluster them silently).
+    `backend`: "faiss", "torch" (`torch_kmeans`, the same algorithm) or "auto" (faiss when installed:
+    it is the optional `clipforge[faiss]` extra).
     """
-    import faiss
-
+    if backend not in ("auto", "faiss", "torch"):
+        raise ClipforgeError(f"unknown k-means backend {backend!r}; choose auto, faiss or torch")
+    faiss = _faiss() if backend != "torch" else None
+    if backend == "faiss" and faiss is None:
+        raise ClipforgeError("k-means backend 'faiss' asked for, but faiss is not installed "
+                             "(pip install 'clipforge[faiss]' or faiss-gpu)")
     x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
-    if gpu is None:
-        gpu = bool(getattr(faiss, "get_num_gpus", lambda: 0)())
     if x.ndim != 2:
         raise ClipforgeError(f"k-means needs a 2-d array [N, D], got shape {x.shape}")
     n, d = x.shape
@@ -89,6 +104,12 @@ def kmeans(x: np.ndarray, k: int, seed: int = 0, niter: int = 50, *, spherical: 
                              "them probably has non-finite weights (a diverged training run?)")
     if k == 1:
         return np.zeros(n, dtype=np.int64)
+    if faiss is None:
+        from .torch_kmeans import torch_kmeans
+
+        return torch_kmeans(x, k, seed, niter, spherical=spherical, init=init, max_points=max_points)
+    if gpu is None:
+        gpu = bool(getattr(faiss, "get_num_gpus", lambda: 0)())
     method = (faiss.ClusteringInitMethod_KMEANS_PLUS_PLUS if init == "kmeans++"
               else faiss.ClusteringInitMethod_RANDOM)
     per_centroid = n if max_points is None else max(1, -(-int(max_points) // k))
