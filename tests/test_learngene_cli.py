@@ -16,6 +16,7 @@ from helpers import unequal_spec  # noqa: E402
 from clipforge.cli import main  # noqa: E402
 from clipforge.cost import Timer, flops_per_sample, train_flops  # noqa: E402
 from clipforge.errors import ClipforgeError  # noqa: E402
+from clipforge.files import portable_path  # noqa: E402
 from clipforge.learngene.pipeline import parse_shape, shape_name  # noqa: E402
 from clipforge.models.io import save  # noqa: E402
 from clipforge.models.registry import build, make_config  # noqa: E402
@@ -55,7 +56,7 @@ def test_extract_writes_learngene_with_parameter_count_and_rerun_skips(ancestry,
     assert prov["init"] == "lstsq"  # the default when the shapes allow
     q = prov["auxnet_quality"]
     assert set(q) >= {"step0", "final", "ancestry", "curve"} and "zeroshot_acc1" in q["final"]
-    assert prov["flops"]["total"] > 0 and prov["wall_time_s"] >= 0 and prov["ancestry"] == str(ancestry.resolve())
+    assert prov["flops"]["total"] > 0 and prov["wall_time_s"] >= 0 and prov["ancestry"] == portable_path(ancestry.resolve())
     assert not (learngene / "extract" / "checkpoints").exists()  # freed once the learngene is saved
 
     before = _mtimes(learngene)
@@ -83,7 +84,7 @@ def test_descend_every_modality_to_plain_hf_dirs_and_rerun_skips(learngene, tmp_
     assert (v.num_hidden_layers, v.hidden_size, v.num_attention_heads, v.intermediate_size) == (1, 32, 2, 64)
     assert (t.num_hidden_layers, t.hidden_size, t.num_attention_heads, t.intermediate_size) == (2, 16, 1, 32)
     prov = json.loads((out / "vision-v3" / "clipforge.json").read_text())
-    assert prov["source"] == str((learngene / "learngene").resolve()) and "rule" in prov
+    assert prov["source"] == portable_path((learngene / "learngene").resolve()) and "rule" in prov
 
     before = _mtimes(out)
     capsys.readouterr()

@@ -145,3 +145,31 @@ def atomic_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def portable_path(path: str | os.PathLike) -> str:
+    """A path as files written for others show it: relative to the working directory when inside it,
+    `~/...` under the home directory, else its last component; no machine's absolute layout."""
+    p = Path(path)
+    if not p.is_absolute():
+        return str(p)
+    for base, shown in ((Path.cwd(), None), (Path.home(), "~")):
+        try:
+            rel = p.relative_to(base)
+        except ValueError:
+            continue
+        return str(rel) if shown is None else str(Path(shown) / rel)
+    return p.name
+
+
+def portable(value: Any) -> Any:
+    """`value` (JSON-like) with every absolute path string made `portable_path` (recursively)."""
+    if isinstance(value, str):
+        return portable_path(value) if os.path.isabs(value) and "\n" not in value else value
+    if isinstance(value, os.PathLike):
+        return portable_path(value)
+    if isinstance(value, dict):
+        return {k: portable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [portable(v) for v in value]
+    return value

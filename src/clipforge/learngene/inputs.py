@@ -23,7 +23,7 @@ def load_ancestry(path: str | os.PathLike) -> tuple[nn.Module, Path]:
     """The ancestry CLIP from a model directory, or from a run directory holding `model/` (`clipforge ancestry`)."""
     from ..models.io import load, resolve_model_dir
 
-    model_dir = resolve_model_dir(path)
+    model_dir = resolve_model_dir(Path(path).expanduser())  # provenance records `~/...` paths
     return load(model_dir).eval(), model_dir.resolve()
 
 

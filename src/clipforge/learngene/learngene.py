@@ -354,12 +354,12 @@ class Learngene(nn.Module):
 
     def save(self, out_dir: str | os.PathLike, *, provenance: dict[str, Any] | None = None) -> Path:
         """Write `learngene.safetensors`, `learngene.json` (format, config, provenance) and a card, atomically."""
-        from ..files import atomic_dir
+        from ..files import atomic_dir, portable
 
         out_dir = Path(out_dir)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         meta = {"format": FORMAT, "config": self.config.to_dict(), "num_parameters": self.num_parameters(),
-                "provenance": dict(provenance or {})}
+                "provenance": portable(dict(provenance or {}))}  # written for others: no absolute paths
         with atomic_dir(out_dir) as tmp:
             save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT})
             (tmp / CONFIG).write_text(json.dumps(meta, indent=2, default=str) + "\n")

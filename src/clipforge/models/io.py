@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -23,7 +24,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from ..errors import ClipforgeError, first_line
-from ..files import atomic_dir, read_json_object
+from ..files import atomic_dir, portable, read_json_object
 from ..markdown import table
 from .registry import MODEL_CLASSES
 
@@ -44,6 +45,8 @@ def save(
 
     out_dir = Path(out_dir)
     prov = dict(provenance or {})
+    _base_model(prov)
+    prov = portable(prov)  # written for others: no machine's absolute paths
     prov.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     prov.setdefault("clipforge_version", _version())
     if metrics is not None:
@@ -274,7 +277,7 @@ def model_card(model: PreTrainedModel, provenance: dict[str, Any]) -> str:
 
     cfg = model.config
     counts = count_params(model)
-    lines = ["---", "library_name: transformers", "tags: [clip, clipforge]", "---", "",
+    lines = [*_front_matter(model, provenance), "",
              f"# {provenance.get('name', type(model).__name__)}", "",
              f"A `{type(model).__name__}` written by clipforge. Load it with plain transformers:", "",
              *_load_snippet(model), "", "## Architecture", ""]
@@ -304,6 +307,44 @@ def model_card(model: PreTrainedModel, provenance: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# What the hub's task filter calls each kind of model.
+PIPELINE_TAGS = {"CLIPModel": "zero-shot-image-classification", "CLIPMoEModel": "zero-shot-image-classification",
+                 "CLIPVisionModelWithProjection": "image-feature-extraction",
+                 "CLIPTextModelWithProjection": "feature-extraction"}
+# Provenance keys that name the model this one was made from, in the order they are looked for.
+_BASE_KEYS = ("base_model", "base", "ancestry", "model", "learngene")
+
+
+def _base_model(prov: dict[str, Any]) -> None:
+    """Set `base_model` (the model this one was made from) and, when that directory's card names one, its
+    `license`, from the provenance keys writers use for it."""
+    base = next((prov[k] for k in _BASE_KEYS if isinstance(prov.get(k), (str, os.PathLike))), None)
+    if base is None:
+        return
+    prov.setdefault("base_model", str(base))
+    card = Path(base) / "README.md"
+    if "license" not in prov and card.is_file():
+        match = re.search(r"(?m)^license:\s*(\S+)\s*$", card.read_text(errors="replace").split("\n---", 1)[0])
+        if match:
+            prov["license"] = match.group(1)
+
+
+def _front_matter(model: PreTrainedModel, prov: dict[str, Any]) -> list[str]:
+    """The card's YAML header: library, tags, pipeline tag, base model, license and datasets when known."""
+    lines = ["---", "library_name: transformers", "tags: [clip, clipforge]",
+             f"pipeline_tag: {PIPELINE_TAGS.get(type(model).__name__, 'feature-extraction')}"]
+    if prov.get("base_model"):
+        lines.append(f"base_model: {json.dumps(str(prov['base_model']))}")
+    if prov.get("license"):
+        lines.append(f"license: {prov['license']}")
+    data = prov.get("data")
+    names = [data] if isinstance(data, str) else [d for d in data if isinstance(d, str)] if isinstance(data, list) \
+        else []
+    if names:
+        lines.append("datasets: [" + ", ".join(json.dumps(Path(n).name or n) for n in names) + "]")
+    return lines + ["---"]
+
+
 def _load_snippet(model: PreTrainedModel) -> list[str]:
     """How to load this directory with plain transformers: the class that keeps the projection."""
     name = type(model).__name__
@@ -311,7 +352,7 @@ def _load_snippet(model: PreTrainedModel) -> list[str]:
         return ["```python", "from transformers import AutoModel, AutoProcessor",
                 "# the modelling code ships in this directory; clipforge need not be installed",
                 "model = AutoModel.from_pretrained(\"<this directory>\", trust_remote_code=True)",
-                "processor = AutoProcessor.from_pretrained(\"<this directory>\")", "```"]
+                "processor = AutoProcessor.from_pretrained(\"<this directory>\", trust_remote_code=True)", "```"]
     extra = {"CLIPModel": ["processor = AutoProcessor.from_pretrained(\"<this directory>\")"],
              "CLIPVisionModelWithProjection": ["processor = AutoImageProcessor.from_pretrained(\"<this directory>\")"],
              "CLIPTextModelWithProjection": ["tokenizer = AutoTokenizer.from_pretrained(\"<this directory>\")"]}
