@@ -12,8 +12,8 @@ linear layer (`torch.nn.functional.grouped_mm` with per-expert offsets computed 
 rows are put back in (token, slot) order and summed over the k slots, a deterministic reduction (no
 `index_add_`, which is not deterministic on CUDA). It compiles with `fullgraph=True`.
 
-Data-dependent shapes are also what `torch.export` and ONNX cannot trace. `dispatch="dense"` (or the `dense_dispatch(model)` context) runs every expert on
-every token and weights the outputs by the top-k gates scattered into an [N, E] matrix (zero for
+Data-dependent shapes are also what `torch.export` and ONNX cannot trace. `dispatch="dense"` (or the
+`dense_dispatch(model)` context) runs every expert on every token and weights the outputs by the top-k gates scattered into an [N, E] matrix (zero for
 unchosen experts): the same sum, so equal outputs up to float rounding, at E/k times the FLOPs.
 """
 
@@ -121,7 +121,7 @@ class MoEFFN(nn.Module):
             out = self._dense_dispatch(x, gates, chosen, flat_mask)
         elif self.dispatch == "grouped" and self._aligned():
             out = self._grouped_dispatch(x, gates, chosen, flat_mask)
-        elif self.dispatch == "grouped" or self.dispatch == "sparse":  # the grouped kernel needs 16-byte rows; no real CLIP is this odd
+        elif self.dispatch in ("grouped", "sparse"):  # grouped needs 16-byte rows (every real CLIP has them)
             out = self._dispatch(x, gates, chosen, flat_mask)
         else:
             raise ValueError(f"MoEFFN.dispatch must be one of {DISPATCH_MODES}, got {self.dispatch!r}")
