@@ -13,8 +13,9 @@ rows are put back in (token, slot) order and summed over the k slots, a determin
 `index_add_`, which is not deterministic on CUDA). It compiles with `fullgraph=True`.
 
 Data-dependent shapes are also what `torch.export` and ONNX cannot trace. `dispatch="dense"` (or the
-`dense_dispatch(model)` context) runs every expert on every token and weights the outputs by the top-k gates scattered into an [N, E] matrix (zero for
-unchosen experts): the same sum, so equal outputs up to float rounding, at E/k times the FLOPs.
+`dense_dispatch(model)` context) runs every expert on every token and weights the outputs by the top-k
+gates scattered into an [N, E] matrix (zero for unchosen experts): the same sum, so equal outputs up to
+float rounding, at E/k times the FLOPs.
 """
 
 from __future__ import annotations
@@ -46,19 +47,11 @@ Dispatch = Literal["sparse", "grouped", "dense"]
 DISPATCH_MODES: tuple[str, ...] = ("sparse", "grouped", "dense")
 
 
-@torch.library.custom_op("clipforge::grouped_mm", mutates_args=())
-def grouped_mm(a: Tensor, b: Tensor, offsets: Tensor) -> Tensor:
-    """`torch.nn.functional.grouped_mm` as an opaque op: rows of `a` grouped by `offsets` (cumulative ends).
-
-    a [N, i] @ b [G, i, o] → [N, o] (group g of rows through b[g]); a [i, N] @ b [N, o] → [G, i, o] (a sum per
-    group of rows: the weight gradient). Wrapped because torch's own shape rule accepts only bf16 (its CUDA
-    kernel's type), so an fp32 graph would not compile; its backward is made of the same op.
-    """
+def _grouped_mm(a: Tensor, b: Tensor, offsets: Tensor) -> Tensor:
     return F.grouped_mm(a.contiguous() if b.dim() == 3 else a, b.contiguous() if b.dim() == 2 else b, offs=offsets)
 
 
-@grouped_mm.register_fake
-def _(a: Tensor, b: Tensor, offsets: Tensor) -> Tensor:
+def _grouped_mm_fake(a: Tensor, b: Tensor, offsets: Tensor) -> Tensor:
     if b.dim() == 3:
         return a.new_empty(a.shape[0], b.shape[-1])
     return a.new_empty(offsets.shape[0], a.shape[0], b.shape[-1])
@@ -74,7 +67,25 @@ def _grouped_mm_backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None]:
     return grouped_mm(grad, b.transpose(1, 2), offsets), grouped_mm(a.t(), grad, offsets), None
 
 
-grouped_mm.register_autograd(_grouped_mm_backward, setup_context=_grouped_mm_setup)
+def _register_grouped_mm(name: str = "clipforge::grouped_mm_v1"):
+    """The op, registered once per process: this file is also shipped inside saved CLIP-MoE directories, and a
+    process may load it twice (clipforge and a directory's copy); the name carries a version for that reason."""
+    namespace, op = name.split("::")
+    existing = getattr(getattr(torch.ops, namespace), op, None)
+    if existing is not None:
+        return existing
+    custom = torch.library.custom_op(name, _grouped_mm, mutates_args=())
+    custom.register_fake(_grouped_mm_fake)
+    custom.register_autograd(_grouped_mm_backward, setup_context=_grouped_mm_setup)
+    return custom
+
+
+grouped_mm = _register_grouped_mm()
+grouped_mm.__doc__ = """`F.grouped_mm` as an opaque op: rows of `a` grouped by `offsets` (cumulative ends).
+
+a [N, i] @ b [G, i, o] → [N, o] (group g of rows through b[g]); a [i, N] @ b [N, o] → [G, i, o] (a sum per group
+of rows: the weight gradient). Wrapped because torch's own shape rule accepts only bf16 (its CUDA kernel's
+type), so an fp32 graph would not compile; its backward is made of the same op."""
 
 
 class MoEFFN(nn.Module):
