@@ -70,3 +70,21 @@ def test_grouped_dispatch_compiles_as_one_graph():
     assert "grouped" in DISPATCH_MODES
     with pytest.raises(ValueError):
         set_dispatch(layer, "nope")
+
+
+def test_the_shipped_copy_of_the_layer_loads_beside_clipforge(tmp_path):
+    """A saved CLIP-MoE ships this file; loading that copy in a process that has clipforge must not register the
+    grouped op a second time (transformers imports it under its own module name)."""
+    import importlib.util
+
+    from clipforge.models.clip_moe.remote import SHIPPED, shipped_source
+
+    src = next(p for p, (name, _) in SHIPPED.items() if name == "moe_layer.py")
+    path = tmp_path / "moe_layer.py"
+    path.write_text(shipped_source(src))
+    spec = importlib.util.spec_from_file_location("shipped_moe_layer", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    a, b = torch.randn(6, 8), torch.randn(2, 8, 16)
+    offsets = torch.tensor([2, 6], dtype=torch.int32)
+    assert torch.equal(module.grouped_mm(a, b, offsets), grouped_mm(a, b, offsets))
