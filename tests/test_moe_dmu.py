@@ -19,7 +19,7 @@ from clipforge.data.scenes import ScenesDataset
 from clipforge.models.clip_moe.modeling_clip_moe import CLIPMoEModel
 from clipforge.models.io import load, save
 from clipforge.models.registry import build
-from clipforge.moe.pack import pack, upcycle
+from clipforge.moe.pack import expert_model, pack, upcycle
 from clipforge.moe.routing import routing_stats
 
 pytestmark = pytest.mark.slow  # end to end: the whole command on tiny models
@@ -37,7 +37,7 @@ def base(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def dmu_run(base, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dmu") / "run"
-    assert main(["moe", "dmu", "--base", str(base), "--out", str(out), *DMU]) == 0
+    assert main(["moe", "dmu", "--base", str(base), "--out", str(out), *DMU, "--keep-stages"]) == 0
     return out
 
 
@@ -61,6 +61,24 @@ def test_dmu_writes_a_moe_whose_only_change_after_packing_is_the_routers(dmu_run
     assert not torch.equal(stage1[key.format("")], base_sd[key.format("")])
     prov = json.loads((dmu_run / "model" / "clipforge.json").read_text())
     assert prov["settings"]["method"] == "dmu" and prov["settings"]["router"]["schedule"]["steps"] == 4
+
+
+def test_a_finished_dmu_keeps_the_clip_moe_only_and_rebuilds_stage_models_from_it(dmu_run, base, tmp_path):
+    out = tmp_path / "lean"
+    assert main(["moe", "dmu", "--base", str(base), "--out", str(out), *DMU]) == 0
+    assert not (out / "packed").exists() and not (out / "checkpoints").exists()
+    assert not any((out / "mcl" / f"stage{j}" / "model").exists() for j in range(3))
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    kept = sum(p.stat().st_size for p in dmu_run.rglob("*") if p.is_file())
+    assert size < kept / 2, (size, kept)
+    final = load(out / "model")
+    assert all(torch.equal(a, b) for a, b in zip(final.state_dict().values(), _state(dmu_run / "model").values()))
+    rebuilt = expert_model(final, 1).state_dict()
+    for key, value in _state(dmu_run / "mcl" / "stage1" / "model").items():
+        if key != "logit_scale":  # stages train with a fixed one
+            assert torch.equal(rebuilt[key], value), key
+    ev = json.loads((out / "eval.json").read_text())
+    assert ev["stages_mmvp"] == json.loads((dmu_run / "eval.json").read_text())["stages_mmvp"]
 
 
 def test_dmu_reports_quality_cost_and_routing(dmu_run):

@@ -83,6 +83,9 @@ def _add_dmu(msub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="output directory; the CLIP-MoE is OUT/model")
     _config_args(p)
     p.add_argument("--no-eval", action="store_true", help="skip the built-in evaluation")
+    p.add_argument("--keep-stages", action="store_true",
+                   help="keep the MCL stage models and packed/ once finished (default: the CLIP-MoE only, which "
+                        "holds every stage's FFNs; clipforge.moe.pack.expert_model rebuilds a stage model)")
     p.add_argument("--eval-size", choices=["full", "quick"], default="full",
                    help="built-in evaluation sets: full (1k scenes, 200 pairs per attribute, 10k FMNIST) or quick")
     add_overwrite_flag(p)
@@ -241,7 +244,7 @@ def run_dmu(args: argparse.Namespace) -> int:
           f"({cfg.mcl.num_experts - 1} MCL stages of {cfg.mcl.schedule.steps or 'one epoch of'} steps), "
           f"top-{cfg.top_k}, "
           f"router {cfg.router.schedule.steps or 'one epoch of'} steps; output {args.out}")
-    model_dir = dmu(str(base), data, args.out, cfg, force=args.overwrite)
+    model_dir = dmu(str(base), data, args.out, cfg, force=args.overwrite, keep_stages=args.keep_stages)
     from .. import distributed as D
 
     main = D.rank() == 0

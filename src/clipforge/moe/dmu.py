@@ -5,8 +5,9 @@ same arguments and finished phases are skipped, an interrupted training resumes 
 checkpoint (bit-exact on the CPU), so it ends with the same model. On disk (`out`):
 
     settings.json        what decides the result (a rerun with other settings is refused)
-    mcl/                 the MCL stages (see `clipforge.moe.mcl`): stage{j}/model is expert j
-    packed/              the CLIP-MoE as packed, routers freshly drawn
+    mcl/                 the MCL stages (see `clipforge.moe.mcl`): stage{j}/model is expert j (removed
+                         once the run has finished: `pack.expert_model` rebuilds it from model/)
+    packed/              the CLIP-MoE as packed, routers freshly drawn (removed once finished)
     log.jsonl, checkpoints/   router training
     model/               the final CLIP-MoE (loads with `clipforge.load` or `AutoModel`)
     dmu.json             the manifest: phases, their wall time, where everything is
@@ -78,10 +79,13 @@ def pack_stages(expert_dirs: list[Path], out: Path, cfg: DMUConfig) -> nn.Module
 
 
 def dmu(base: nn.Module | str | os.PathLike, dataset: Any, out: str | os.PathLike, cfg: DMUConfig | None = None,
-        *, collate_fn: Callable | None = None, force: bool = False, progress: bool = True) -> Path:
+        *, collate_fn: Callable | None = None, force: bool = False, progress: bool = True,
+        keep_stages: bool = False) -> Path:
     """Run DMU from `base` (a dense CLIP or its directory) on `dataset`; returns `out/model`.
 
-    Rerun to resume; `force` starts over. What it gains is measured afterwards, once every rank is done
+    Rerun to resume; `force` starts over. Once finished the run keeps the CLIP-MoE only: `packed/` and,
+    when every block is an MoE block, the stage models go (expert e of the CLIP-MoE is stage e's FFNs,
+    `pack.expert_model` rebuilds the stage model), unless `keep_stages`. What it gains is measured afterwards, once every rank is done
     (`clipforge.report.moe_run.evaluate_moe_run`; `clipforge moe dmu` does it unless `--no-eval`).
     """
     cfg = cfg or DMUConfig()
@@ -98,8 +102,20 @@ def dmu(base: nn.Module | str | os.PathLike, dataset: Any, out: str | os.PathLik
             print(run.skip_message())
             return out / "model"
         _phases(run, base, dataset, cfg, settings, collate_fn, progress)
-        run.finish()
+        run.finish(cleanup=[] if keep_stages else redundant_copies(out, cfg))
     return out / "model"
+
+
+def redundant_copies(out: Path, cfg: DMUConfig) -> list[Path]:
+    """What a finished run holds twice: `packed/` (the model before router training; `model/` has every
+    tensor of it but the routers) and the stage models, when `pack.expert_model` rebuilds them exactly
+    (every block an MoE block, one text position table)."""
+    copies = [out / "packed"]
+    model_cfg = out / "model" / "config.json"
+    every_block = cfg.moe_layers_vision is None and cfg.moe_layers_text is None
+    if every_block and model_cfg.is_file() and json.loads(model_cfg.read_text()).get("text_position_split") is None:
+        copies += [out / "mcl" / f"stage{j}" / "model" for j in range(cfg.mcl.num_experts)]
+    return copies
 
 
 def _phases(run: Run, base: Any, dataset: Any, cfg: DMUConfig, settings: dict[str, Any],

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from transformers import CLIPModel
+from transformers import CLIPConfig, CLIPModel
 
 from ..errors import ClipforgeError
 from ..models.clip_moe.configuration_clip_moe import CLIPMoEConfig
@@ -136,3 +136,36 @@ def upcycle(dense: Stage, num_experts: int = 4, top_k: int = 2, seed: int = 0, *
     model, source = _as_model(dense, 0)
     sources = kw.pop("expert_sources", None) or [f"copy of {source}"] * num_experts
     return pack([model] * num_experts, top_k=top_k, seed=seed, expert_sources=sources, **kw)
+
+
+def expert_model(moe: CLIPMoEModel, expert: int) -> CLIPModel:
+    """The dense CLIP whose FFN in every MoE block is expert `expert`'s, everything else the CLIP-MoE's.
+
+    For a DMU model whose every block is an MoE block this is MCL stage `expert`'s model up to its logit
+    scale (stages train with a fixed one), which is why `dmu` need not keep the stage models on disk.
+    """
+    if not 0 <= expert < moe.config.num_experts:
+        raise ClipforgeError(f"expert {expert} is not one of the model's {moe.config.num_experts}")
+    if moe.config.text_position_split is not None:
+        raise ClipforgeError("a CLIP-MoE with two text position tables (Long-CLIP) has no dense CLIP equivalent")
+    dense_cfg = CLIPConfig(text_config=moe.config.text_config.to_dict(),
+                           vision_config=moe.config.vision_config.to_dict(),
+                           projection_dim=moe.config.projection_dim,
+                           logit_scale_init_value=moe.config.logit_scale_init_value)
+    with torch.device("meta"):
+        model = CLIPModel(dense_cfg)
+    state = {}
+    for key, value in moe.state_dict().items():
+        if ".mlp.router." in key:
+            continue
+        if ".mlp.experts." in key:
+            prefix, rest = key.split(".mlp.experts.")
+            e, name = rest.split(".", 1)
+            if int(e) == expert:
+                state[f"{prefix}.mlp.{name}"] = value.detach().clone()
+            continue
+        state[key] = value.detach().clone()
+    model.load_state_dict(state, strict=True, assign=True)
+    _materialize_buffers(model)
+    return model.eval()
+
