@@ -86,7 +86,8 @@ def dmu(base: nn.Module | str | os.PathLike, dataset: Any, out: str | os.PathLik
     Rerun to resume; `force` starts over. Once finished the run keeps the CLIP-MoE only: `packed/` and,
     when every block is an MoE block, the stage models go (expert e of the CLIP-MoE is stage e's FFNs,
     `pack.expert_model` rebuilds the stage model), unless `keep_stages`. What it gains is measured
-    afterwards, once every rank is done (`clipforge.report.moe_run.evaluate_moe_run`; `clipforge moe dmu` does it unless `--no-eval`).
+    afterwards, once every rank is done (`clipforge.report.moe_run.evaluate_moe_run`; `clipforge moe dmu`
+    does it unless `--no-eval`).
     """
     cfg = cfg or DMUConfig()
     out = Path(out)
