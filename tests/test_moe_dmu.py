@@ -211,3 +211,29 @@ def test_stats_command(dmu_run, tmp_path, capsys):
     assert (tmp_path / "routing.png").is_file() and json.loads((tmp_path / "cost.json").read_text())["params_stored"]
     assert main(["moe", "stats", "--model", str(tmp_path / "nothing"), "--out", str(tmp_path)]) == 2
     assert "not a model directory" in capsys.readouterr().err
+
+
+def test_dmu_prints_its_disk_need_and_refuses_a_disk_short_of_it(base, tmp_path, capsys, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from clipforge.moe.dmu import DMUConfig, disk_need
+    from clipforge.models.registry import make_config
+
+    cfg = make_config("tiny")
+    params = sum(p.numel() for p in build("tiny").parameters())
+    ffn = sum(p.numel() for n, p in build("tiny").named_parameters() if ".mlp." in n)
+    need = disk_need(cfg, DMUConfig())  # 4 experts: the CLIP-MoE stores 3 more FFN sets
+    assert need["model"] == need["end"] == 4 * (params + 3 * ffn)
+    assert need["peak"] == 4 * max(3 * params + 2 * (params + 2 * ffn), 4 * params + 3 * (params + 3 * ffn))
+    assert disk_need(cfg, DMUConfig(), keep_stages=True)["end"] == need["end"] + 4 * 4 * params
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    out = tmp_path / "short"
+    capsys.readouterr()
+    assert main(["moe", "dmu", "--base", str(base), "--out", str(out), *DMU]) == 2
+    captured = capsys.readouterr()
+    assert "at the peak" in captured.out
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and "0.0 GB free, the run needs about" in err[0] and not out.exists()

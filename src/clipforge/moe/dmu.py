@@ -24,12 +24,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from .. import distributed as D
 from ..errors import ClipforgeError
 from ..files import write_json
 from ..models import io
+from ..run import SETTINGS as SETTINGS_FILE
 from ..run import Run, normalise
 from .mcl import MCLConfig, _identity, run_stages
 from .pack import pack
@@ -96,6 +98,7 @@ def dmu(base: nn.Module | str | os.PathLike, dataset: Any, out: str | os.PathLik
     settings = {"method": "dmu", "base": _identity(base),
                 "dataset": getattr(dataset, "name", type(dataset).__name__), "dmu": cfg.to_dict()}
     record = router_record(cfg.router, len(dataset), settings)
+    _check_disk(base, out, cfg, keep_stages)
     D.init_distributed()  # under torchrun: join the group before any rank-0-only write
     inputs = [] if isinstance(base, nn.Module) else [base]
     with Run(out, "moe dmu", record, overwrite=force, inputs=inputs) as run:
@@ -105,6 +108,42 @@ def dmu(base: nn.Module | str | os.PathLike, dataset: Any, out: str | os.PathLik
         _phases(run, base, dataset, cfg, settings, collate_fn, progress)
         run.finish(cleanup=[] if keep_stages else redundant_copies(out, cfg))
     return out / "model"
+
+
+def disk_need(base_config: Any, cfg: DMUConfig, keep_stages: bool = False) -> dict[str, int]:
+    """Bytes a DMU run writes (fp32): at its peak (router training: the base copy and the stage models,
+    packed/, a checkpoint and model/) and at the end (model/, plus the stage models with `keep_stages`)."""
+    from transformers import CLIPModel
+
+    with torch.device("meta"):
+        dense = CLIPModel(base_config)
+    params = sum(p.numel() for p in dense.parameters())
+    ffn = sum(p.numel() for n, p in dense.named_parameters() if ".mlp." in n)
+    experts = cfg.mcl.num_experts
+    moe = params + (experts - 1) * ffn
+    stage_checkpoints = cfg.mcl.keep_checkpoints * (params + 2 * ffn)  # weights + AdamW's two moments
+    peak = max((experts - 1) * params + stage_checkpoints, experts * params + 3 * moe)
+    end = moe + (experts * params if keep_stages else 0)
+    return {"peak": 4 * peak, "end": 4 * end, "model": 4 * moe}
+
+
+def _check_disk(base: Any, out: Path, cfg: DMUConfig, keep_stages: bool) -> None:
+    """Print what the run will need on disk and refuse, in one line, when the free space is short of it."""
+    import shutil
+
+    from transformers import CLIPConfig
+
+    base_config = base.config if isinstance(base, nn.Module) else CLIPConfig.from_pretrained(base)
+    need = disk_need(base_config, cfg, keep_stages)
+    where = next(p for p in (out, *out.parents) if p.exists())
+    free = shutil.disk_usage(where).free
+    gb = lambda b: f"{b / 1e9:.1f} GB"  # noqa: E731
+    if D.rank() == 0:
+        print(f"[dmu] disk: about {gb(need['peak'])} at the peak, {gb(need['end'])} once finished "
+              f"(the CLIP-MoE: {gb(need['model'])}); {gb(free)} free under {where}")
+    if free < need["peak"] and not (out / SETTINGS_FILE).is_file():  # a resumed run has written part already
+        raise ClipforgeError(f"--out {out}: {gb(free)} free, the run needs about {gb(need['peak'])} at its peak; "
+                             "free some space or choose another --out")
 
 
 def redundant_copies(out: Path, cfg: DMUConfig) -> list[Path]:
