@@ -217,8 +217,8 @@ def test_dmu_prints_its_disk_need_and_refuses_a_disk_short_of_it(base, tmp_path,
     import shutil
     from collections import namedtuple
 
-    from clipforge.moe.dmu import DMUConfig, disk_need
     from clipforge.models.registry import make_config
+    from clipforge.moe.dmu import DMUConfig, disk_need
 
     cfg = make_config("tiny")
     params = sum(p.numel() for p in build("tiny").parameters())
