@@ -246,3 +246,34 @@ def test_eager_and_sdpa_steps_agree(tmp_path):
                              tmp_path / attn, progress=False)
     for (name, a), b in zip(models["sdpa"].state_dict().items(), models["eager"].state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_fp16_comes_with_a_loss_scaler_on_cuda_only():
+    from clipforge.train.step import grad_scaler
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert fast.resolve_amp("fp16", cuda) == "fp16"
+    assert isinstance(grad_scaler("fp16", cuda), torch.amp.GradScaler)
+    assert grad_scaler("bf16", cuda) is None and grad_scaler("auto", cuda) is None and grad_scaler("off", cpu) is None
+    with pytest.raises(ClipforgeError, match="CUDA GPUs without bf16"):
+        fast.resolve_amp("fp16", cpu)
+    with pytest.raises(ClipforgeError, match="fp16"):
+        fast.resolve_amp("fp8", cpu)
+
+
+def test_the_loop_scales_unscales_and_checkpoints_the_scaler(tmp_path, monkeypatch):
+    """The loop's fp16 path, exercised on the CPU with torch's CPU scaler standing in for the CUDA one."""
+    from clipforge.train import loop
+
+    made = []
+
+    def cpu_scaler(amp, device):
+        made.append(torch.amp.GradScaler("cpu", init_scale=2.0**8))
+        return made[-1]
+
+    monkeypatch.setattr(loop, "grad_scaler", cpu_scaler)
+    model = train(tiny_model(), SyntheticPairs(32), resume_config(steps=4, save_every=2, grad_clip=1.0), tmp_path,
+                  progress=False)
+    assert made and made[0].get_scale() > 0 and all(torch.isfinite(p).all() for p in model.parameters())
+    state = torch.load(sorted((tmp_path / "checkpoints").glob("step_*.pt"))[-1], weights_only=True)
+    assert state["grad_scaler"]["scale"] == made[0].get_scale()

@@ -54,8 +54,8 @@ def _problem(name: str, value: Any) -> str | None:
         return f"must lie in [0, 1), got {value}"
     if name == "max_warmup_frac" and not 0 <= value <= 1:
         return f"must lie in [0, 1], got {value}"
-    if name == "amp" and value not in ("auto", "bf16", "off"):
-        return f"must be auto, bf16 or off, got {value!r}"
+    if name == "amp" and value not in ("auto", "bf16", "fp16", "off"):
+        return f"must be auto, bf16, fp16 or off, got {value!r}"
     return None
 
 
@@ -72,7 +72,8 @@ class Schedule:
     max_warmup_frac: float = _f(1.0, "warm-up is at most this fraction of the steps", cli=False)
     label_smoothing: float = _f(0.0, "contrastive label smoothing")
     fixed_logit_scale: float | None = _f(None, "fix exp(logit_scale) to this value (e.g. 100); unset: learn it")
-    amp: str = _f("auto", "autocast: auto (bf16 on CUDA and CPUs with native bf16, else off), bf16 or off")
+    amp: str = _f("auto", "autocast: auto (bf16 on CUDA and CPUs with native bf16, else off), bf16, fp16 "
+                          "(CUDA GPUs without bf16, with loss scaling) or off")
     grad_checkpointing: bool = _f(False, "recompute activations in backward (less memory)", cli=False)
     seed: int = _f(0, "seed of initialisation, data order and RNG streams", cli=False)
     num_workers: int = _f(0, "DataLoader worker processes", cli=False)  # its own flag: cli/_workers.py
@@ -180,7 +181,7 @@ def add_schedule_flags(p: argparse.ArgumentParser, defaults: Schedule | None = N
             value, help_ = None, f"{what}{f.metadata['help']} (default: the preset's)"
         kwargs: dict[str, Any] = {"dest": f"{prefix.replace('-', '_')}{f.name}", "default": value, "help": help_}
         if f.name == "amp":
-            kwargs["choices"] = ["auto", "bf16", "off"]
+            kwargs["choices"] = ["auto", "bf16", "fp16", "off"]
         else:
             kwargs["type"] = _type(f)
         p.add_argument(*names, **kwargs)

@@ -69,10 +69,16 @@ def cpu_has_native_bf16() -> bool:
 
 
 def resolve_amp(amp: str, device: torch.device) -> str:
-    """"bf16" or "off" for the setting `amp` (auto, bf16, off; none/fp32 mean off) on `device`."""
-    mode = {"auto": "auto", "bf16": "bf16", "off": "off", "none": "off", "fp32": "off"}.get(str(amp).lower())
+    """"bf16", "fp16" or "off" for the setting `amp` (auto, bf16, fp16, off; none/fp32 mean off) on `device`.
+
+    fp16 is for CUDA GPUs without bf16 (T4, V100) and comes with loss scaling (`grad_scaler`); a CPU has
+    no use for it (bf16 or fp32 there) and is refused in one line."""
+    mode = {"auto": "auto", "bf16": "bf16", "fp16": "fp16", "off": "off", "none": "off",
+            "fp32": "off"}.get(str(amp).lower())
     if mode is None:
-        raise ClipforgeError(f"unknown amp setting {amp!r}; choose auto, bf16 or off")
+        raise ClipforgeError(f"unknown amp setting {amp!r}; choose auto, bf16, fp16 or off")
+    if mode == "fp16" and device.type != "cuda":
+        raise ClipforgeError(f"--amp fp16 is for CUDA GPUs without bf16 (T4, V100); on {device.type} use bf16 or off")
     if mode == "auto":
         native = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
         return "bf16" if native else "off"

@@ -57,6 +57,7 @@ from .step import (
     autocast,
     disable_grad_checkpointing,
     enable_grad_checkpointing,
+    grad_scaler,
     run_eval,
     to_device,
     wrap_step,
@@ -148,6 +149,7 @@ class _Trainer:
         """Setup: device, freezing, optimizer, schedule, sampler and step (nothing here restores or logs)."""
         self.model, self.cfg, self.info, self.out_dir = model, cfg, info, out_dir
         self.ckpt_dir = out_dir / CHECKPOINT_DIR
+        self._scaler_state: dict[str, Any] | None = None  # a restored fp16 loss scaler's
         self.plan = _Plan.of(cfg, info)
         model.to(info.device)
         frozen = list(cfg.frozen or [])
@@ -190,6 +192,7 @@ class _Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["sampler"])
+        self._scaler_state = state.get("grad_scaler")
         self.step, self.passes = int(state["step"]), int(state["passes"])
         self.stopped = bool(state.get("stopped", False))
         self.history = [(int(s), dict(m)) for s, m in state.get("eval_history", [])]
@@ -222,6 +225,9 @@ class _Trainer:
             from tqdm.auto import tqdm
             self.bar = tqdm(total=cfg.steps, initial=self.step, desc="train", dynamic_ncols=True)
         self.autocast = autocast(cfg.amp, info.device)
+        self.scaler = grad_scaler(cfg.amp, info.device)
+        if self.scaler is not None and self._scaler_state is not None:
+            self.scaler.load_state_dict(self._scaler_state)
         self.kernel = resolve_attention(cfg.attention, resolve_amp(cfg.amp, info.device), info.device,
                                         longest_sequence(self.model))
         if restored_rng is not None:
@@ -276,11 +282,19 @@ class _Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast, attention_kernel(model, self.kernel):  # evaluation keeps the model's own kernel
             loss, logs = self.runner(batch)
-        loss.backward()
         grad_norm = None
+        if self.scaler is not None:  # fp16: scaled backward, unscaled before clipping, a step skipped on inf
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
         if cfg.grad_clip is not None and cfg.grad_clip > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, cfg.grad_clip)
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.scheduler.step()
         clamp_logit_scale_(model)
         self.step += 1
@@ -343,6 +357,7 @@ class _Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "sampler": self.sampler.state_dict(),
+            "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "rng": D.all_gather_object(rng_state()),
             "world_size": self.info.world_size,
             "stopped": self.stopped,

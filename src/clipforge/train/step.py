@@ -74,10 +74,16 @@ def disable_grad_checkpointing(model: nn.Module) -> None:
 
 
 def autocast(amp: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast where `amp` resolves to it on `device` (train.fast), else a no-op context."""
-    if resolve_amp(amp, device) == "off":
+    """bf16 or fp16 autocast where `amp` resolves to it on `device` (train.fast), else a no-op context."""
+    mode = resolve_amp(amp, device)
+    if mode == "off":
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return torch.autocast(device_type=device.type, dtype=torch.float16 if mode == "fp16" else torch.bfloat16)
+
+
+def grad_scaler(amp: str, device: torch.device) -> torch.amp.GradScaler | None:
+    """A loss scaler where `amp` resolves to fp16 (CUDA only: fp16 gradients underflow without one), else None."""
+    return torch.amp.GradScaler(device.type) if resolve_amp(amp, device) == "fp16" else None
 
 
 def to_device(x: Any, device: torch.device) -> Any:
