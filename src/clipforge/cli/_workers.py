@@ -1,4 +1,5 @@
-"""Flags every writing or data-reading command shares, defined once: `--workers` and `--overwrite`."""
+"""Flags every writing or data-reading command shares, defined once: `--workers`, `--overwrite` and the
+execution options of training commands (`--grad-checkpointing`, `--compile`, `--optimizer`)."""
 
 from __future__ import annotations
 
@@ -24,15 +25,29 @@ def add_overwrite_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", "--force", dest="overwrite", action="store_true", help=OVERWRITE_HELP)
 
 
+def add_execution_flags(p: argparse.ArgumentParser) -> None:
+    """How the command's training runs execute (`clipforge.train.options`): memory and kernels, not results."""
+    p.add_argument("--grad-checkpointing", action="store_true",
+                   help="recompute activations in the backward pass: exact, less memory (e.g. router training of a "
+                        "large CLIP-MoE), about a third more time")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile each training step (a CLIP-MoE uses its sync-free grouped dispatch)")
+    p.add_argument("--optimizer", choices=["auto", "fused", "foreach", "for-loop"],
+                   help="AdamW kernel (default auto: fused where torch has it)")
+
+
 def with_workers(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """Run a command with its `--workers` as the process default for every DataLoader it builds (the
-    configs keep 0, so result records do not change with the worker count)."""
+    configs keep 0, so result records do not change with the worker count), and its execution options
+    (`add_execution_flags`) for every training run it starts."""
 
     @functools.wraps(run)
     def wrapped(args: argparse.Namespace) -> int:
         from ..data.loader import default_workers
+        from ..train.options import FIELDS, execution
 
-        with default_workers(getattr(args, "workers", None)):
+        with default_workers(getattr(args, "workers", None)), \
+                execution(**{f: getattr(args, f, None) for f in FIELDS}):
             return run(args)
 
     return wrapped

@@ -17,7 +17,7 @@ from ..schedule import (
     finite_float,
     schedule_from_args,
 )
-from ._workers import add_overwrite_flag, add_workers_flag, with_workers
+from ._workers import add_execution_flags, add_overwrite_flag, add_workers_flag, with_workers
 
 # Schedule fields exposed as flags (generated: clipforge.schedule); descend has --pretrain-steps instead.
 LG_FLAGS = ("steps", "batch_size", "lr", "weight_decay", "warmup")
@@ -94,6 +94,7 @@ def _add_extract(lsub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and RNG streams (default 0)")
     add_overwrite_flag(p)
     add_workers_flag(p)
+    add_execution_flags(p)
     p.set_defaults(func=run_extract)
 
 
@@ -130,6 +131,7 @@ def _add_descend(lsub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and RNG streams (default 0)")
     add_overwrite_flag(p)
     add_workers_flag(p)
+    add_execution_flags(p)
     p.set_defaults(func=run_descend)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import ClipforgeError
 from ..schedule import Schedule, add_schedule_flags, finite_float
-from ._workers import add_overwrite_flag, add_workers_flag, with_workers
+from ._workers import add_execution_flags, add_overwrite_flag, add_workers_flag, with_workers
 
 # MCL / router settings beyond the schedule: flag → (field, type, help). Unset flags keep the preset's value.
 MCL_FLAGS: list[tuple[str, str, type, str]] = [
@@ -51,6 +51,7 @@ def _data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--on-error", choices=["skip", "raise"], default="skip",
                    help="a missing or corrupt image: skip and count it (default) or stop")
     add_workers_flag(p)
+    add_execution_flags(p)
 
 
 def _config_args(p: argparse.ArgumentParser, mcl: bool = True, router: bool = True) -> None:

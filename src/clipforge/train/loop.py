@@ -51,6 +51,7 @@ from .loss import ClipLoss, ClipStep, clamp_logit_scale_, logit_scale_param
 from .optim import cosine_with_warmup, param_groups
 from .runlog import RunLog, scalar
 from .sampler import ResumableSampler, ResumeView, StatefulBatchSampler
+from . import options
 from .step import (
     EvalFn,
     StepFn,
@@ -280,14 +281,17 @@ class _Trainer:
         """One optimizer step; returns the step's logs and its gradient norm (None when not clipping)."""
         cfg, model = self.cfg, self.model
         self.optimizer.zero_grad(set_to_none=True)
-        with self.autocast, attention_kernel(model, self.kernel):  # evaluation keeps the model's own kernel
-            loss, logs = self.runner(batch)
-        grad_norm = None
-        if self.scaler is not None:  # fp16: scaled backward, unscaled before clipping, a step skipped on inf
-            self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.optimizer)
-        else:
-            loss.backward()
+        # The backward runs under the step's attention kernel too: activation checkpointing recomputes the
+        # forward there, and must see the kernel the forward saw (evaluation keeps the model's own kernel).
+        with attention_kernel(model, self.kernel):
+            with self.autocast:
+                loss, logs = self.runner(batch)
+            grad_norm = None
+            if self.scaler is not None:  # fp16: scaled backward, unscaled before clipping, a step skipped on inf
+                self.scaler.scale(loss).backward()
+                self.scaler.unscale_(self.optimizer)
+            else:
+                loss.backward()
         if cfg.grad_clip is not None and cfg.grad_clip > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, cfg.grad_clip)
         if self.scaler is not None:
@@ -388,6 +392,7 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, out_dir: str | o
     Rank 0 writes `out_dir/log.jsonl` and `out_dir/checkpoints/`.
     """
     info = D.init_distributed()
+    cfg = options.apply(cfg)  # the command's execution options (memory, kernels): train/options.py
     validate_config(cfg, info)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
