@@ -20,9 +20,8 @@ def test_execution_options_apply_inside_the_context_only():
         got = apply(cfg)
         assert got.grad_checkpointing and got.optimizer == "foreach" and got.compile == cfg.compile
     assert apply(cfg) == cfg
-    with pytest.raises(ClipforgeError, match="optimizer"):
-        with execution(optimizer="sgd"):
-            pass
+    with pytest.raises(ClipforgeError, match="optimizer"), execution(optimizer="sgd"):
+        pass
 
 
 @pytest.mark.parametrize("which", ["clip", "clip_moe"])

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from .. import distributed as D
 from ..errors import ClipforgeError
 from ..schedule import TrainConfig
+from . import options
 from .checkpoint import (
     CHECKPOINT_DIR,
     load_checkpoint,
@@ -51,7 +52,6 @@ from .loss import ClipLoss, ClipStep, clamp_logit_scale_, logit_scale_param
 from .optim import cosine_with_warmup, param_groups
 from .runlog import RunLog, scalar
 from .sampler import ResumableSampler, ResumeView, StatefulBatchSampler
-from . import options
 from .step import (
     EvalFn,
     StepFn,
