@@ -37,7 +37,11 @@ def test_registry_lists_real_shapes():
     assert make_config("ViT-L-14").vision_config.num_hidden_layers == 24
     anc = make_config("ancestry")
     assert anc.vision_config.num_hidden_layers >= 8 and anc.text_config.num_hidden_layers >= 8
-    assert anc.vision_config.hidden_size == anc.text_config.hidden_size  # MM-LG shares blocks
+    # shaped like the real CLIPs: the vision tower wider (ViT-B 768/512, L/14 1024/768), one head size
+    v, t = anc.vision_config, anc.text_config
+    assert 1.33 <= v.hidden_size / t.hidden_size <= 1.5
+    assert v.hidden_size // v.num_attention_heads == t.hidden_size // t.num_attention_heads
+    assert (v.intermediate_size, t.intermediate_size) == (4 * v.hidden_size, 4 * t.hidden_size)
 
 
 def test_build_is_seeded():

@@ -40,6 +40,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_overwrite_flag(p)
     p.add_argument("--scenes-captions", choices=SCENES_CAPTIONS,
                    help="caption style of the training scenes (default: the recipe's, alt)")
+    p.add_argument("--full-share", type=float,
+                   help="share of training scenes (0 to 1, drawn per scene) captioned in the full style instead "
+                        "(default: the recipe's, 0.15)")
     p.set_defaults(func=run_ancestry)
 
     p = sub.add_parser(
@@ -111,6 +114,8 @@ def run_ancestry(args: argparse.Namespace) -> int:
         recipe.schedule = replace(recipe.schedule, steps=args.steps)
     if args.scenes_captions:
         recipe.caption_style = args.scenes_captions
+    if args.full_share is not None:
+        recipe.full_share = args.full_share
     out = args.out or ancestry_run_dir(args.cache, quick=args.quick)
     print(f"[ancestry] run directory {out}")
     model_dir = train_ancestry(out, recipe, force=args.overwrite)

@@ -42,8 +42,12 @@ class AncestryRecipe:
     eval_pairs: int = 200
     eval_fashion: int | None = None  # None: the whole 10k test split
     # Training scenes' captions (clipforge.data.scenes.styles): web alt-text, like the captions OpenAI's CLIP
-    # saw, so that dense-caption fine-tuning (CLIP-MoE) has something new to learn (docs/methods.md A.7).
+    # saw, so that dense-caption fine-tuning (CLIP-MoE) has something new to learn (docs/methods.md A.7) ...
     caption_style: str = "alt"
+    # ... mixed with this share of `full` captions (a seeded draw per scene): real alt-text names counts and
+    # places now and then without grounding them, and without them the count/relation words and the text
+    # positions past the alt captions' length would never move from their initialisation ("coverage").
+    full_share: float = 0.15
 
     @classmethod
     def quick(cls) -> AncestryRecipe:
@@ -55,8 +59,9 @@ class AncestryRecipe:
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> AncestryRecipe:
         """The recipe a `metrics.json` / provenance recorded, including the flat layout of recipes written
-        before the schedule was one config (and before caption styles: they trained on "full")."""
-        d = {"caption_style": "full", **record}
+        before the schedule was one config (and before caption styles: they trained on "full"; before the
+        `full` share: none)."""
+        d = {"caption_style": "full", "full_share": 0.0, **record}
         flat = {k: d.pop(k) for k in [f.name for f in fields(Schedule)] if k in d}
         if flat:
             d["schedule"] = {**asdict(Schedule()), **flat}
@@ -100,7 +105,7 @@ def training_data(recipe: AncestryRecipe):
 
     size = make_config(recipe.arch).vision_config.image_size
     parts = [ScenesDataset(split="train", size=recipe.scenes, seed=recipe.schedule.seed, image_size=size,
-                           caption_style=recipe.caption_style)]
+                           caption_style=recipe.caption_style, full_share=recipe.full_share)]
     if recipe.fashion:
         parts.append(FashionMNIST(split="train"))
     return parts[0] if len(parts) == 1 else ConcatImageText(parts)
@@ -152,6 +157,64 @@ def convergence(records: list[dict], window: int = 150) -> dict[str, float]:
     return {"last": a, "previous": b, "relative_change": (b - a) / b if prev else float("nan")}
 
 
+def _captions_label(recipe: AncestryRecipe) -> str:
+    mix = f", {recipe.full_share:.0%} full" if recipe.full_share and recipe.caption_style != "full" else ""
+    return f"{recipe.caption_style} captions{mix}"
+
+
+# The caption pools whose token and position embeddings should all have trained (`coverage`): the
+# fine-tuning vocabulary, read off this many held-out scenes (the evaluation's test scenes).
+COVERAGE_STYLES = ("dense", "full")
+COVERAGE_CAPTIONS = 2000
+
+
+def coverage_captions(recipe: AncestryRecipe, style: str, n: int = COVERAGE_CAPTIONS) -> list[str]:
+    """The first caption, in `style`, of each of `n` held-out test scenes (those the evaluation uses)."""
+    from ..data.scenes import ScenesDataset
+
+    ds = ScenesDataset(split="test", size=n, seed=recipe.schedule.seed + 1, caption_style=style)
+    return [ds.captions_at(i)[0] for i in range(n)]
+
+
+def embedding_coverage(model, init, texts: list[str]) -> dict[str, Any]:
+    """The token ids and positions `texts` use (tokenised by `model`'s tokenizer at its context length:
+    bos, tokens, eos; not the padding), and how many of those rows of the token and position embeddings
+    differ from `init`'s (max |difference| > 0), with the ids, tokens and positions that do not."""
+    import torch
+
+    from ..models.tokenizer import tokenizer_for
+
+    tok = tokenizer_for(model)
+    ctx = int(getattr(model.config, "text_config", model.config).max_position_embeddings)
+    enc = tok(list(texts), padding="max_length", truncation=True, max_length=ctx, return_tensors="pt",
+              return_attention_mask=True)
+    used = enc["attention_mask"].bool()
+    ids, positions = torch.unique(enc["input_ids"][used]), torch.nonzero(used.any(0)).flatten()
+    now, then = (getattr(m, "text_model", m).embeddings for m in (model, init))
+    with torch.no_grad():
+        moved_tok = (now.token_embedding.weight - then.token_embedding.weight).abs().amax(1) > 0
+        moved_pos = (now.position_embedding.weight - then.position_embedding.weight).abs().amax(1) > 0
+    still_ids = ids[~moved_tok[ids]].tolist()
+    return {"captions": len(texts), "token_ids": len(ids), "token_ids_moved": len(ids) - len(still_ids),
+            "positions": len(positions), "positions_moved": int(moved_pos[positions].sum()),
+            "token_ids_not_moved": still_ids, "tokens_not_moved": tok.convert_ids_to_tokens(still_ids),
+            "positions_not_moved": positions[~moved_pos[positions]].tolist()}
+
+
+def coverage(model, init, recipe: AncestryRecipe, n: int = COVERAGE_CAPTIONS) -> dict[str, dict[str, Any]]:
+    """`embedding_coverage` of the trained `model` against its initialisation `init` for each pool of
+    COVERAGE_STYLES captions: did training reach every token and position fine-tuning will use?"""
+    return {style: embedding_coverage(model, init, coverage_captions(recipe, style, n)) for style in COVERAGE_STYLES}
+
+
+def coverage_line(cov: dict[str, dict[str, Any]]) -> str:
+    """One line: per caption pool, the rows moved from their initialisation of those the captions use."""
+    parts = [f"{style} {c['token_ids_moved']}/{c['token_ids']} token ids, {c['positions_moved']}/{c['positions']} "
+             f"positions" for style, c in cov.items()]
+    n = max((c["captions"] for c in cov.values()), default=0)
+    return f"embedding rows moved from init / used by {n:,} held-out captions: {'; '.join(parts)}"
+
+
 def _same_recipe(stored: dict | None, recipe: AncestryRecipe) -> bool:
     if not isinstance(stored, dict):
         return False
@@ -175,23 +238,27 @@ def _refresh_metrics(out: Path, recipe: AncestryRecipe) -> None:
         return
     metrics = json.loads(path.read_text())
     missing = [t for t in SuiteConfig().tasks if t not in metrics.get("trained", {})]
-    if not missing:
+    if not missing and "coverage" in metrics:
         return
-    print(f"[ancestry] evaluating the cached ancestry on {', '.join(missing)} (new suite tasks)")
-    full = evaluate(load(out / "model"), recipe, tasks=tuple(missing))  # only what is missing
-    init = evaluate(build(recipe.arch, seed=recipe.schedule.seed), recipe, tasks=tuple(missing))
-    metrics["trained"] = {**metrics["trained"], **full}
-    metrics["random_init"] = {**metrics["random_init"], **init}
+    model, init = load(out / "model"), build(recipe.arch, seed=recipe.schedule.seed)
+    if missing:
+        print(f"[ancestry] evaluating the cached ancestry on {', '.join(missing)} (new suite tasks)")
+        metrics["trained"] = {**metrics["trained"], **evaluate(model, recipe, tasks=tuple(missing))}
+        metrics["random_init"] = {**metrics["random_init"], **evaluate(init, recipe, tasks=tuple(missing))}
+    if "coverage" not in metrics:
+        metrics["coverage"] = coverage(model, init, recipe)
+        print(f"[ancestry] the cached ancestry's {coverage_line(metrics['coverage'])}")
     write_json(path, metrics)
 
 
 def train_ancestry(out: str | Path, recipe: AncestryRecipe | None = None, force: bool = False,
                    progress: bool = True) -> Path:
     """Train (or reuse) the ancestry in `out`; returns the model directory `out/model`."""
-    from ..data.scenes.styles import check_style
+    from ..data.scenes.styles import check_share, check_style
 
     recipe = recipe or AncestryRecipe()
     check_style(recipe.caption_style, "ancestry recipe caption_style")  # fail before any training
+    check_share(recipe.full_share, "ancestry recipe full_share")
     out = Path(out)
     same = lambda old, new: isinstance(old, dict) and _same_recipe(old.get("recipe"), recipe)  # noqa: E731
     with Run(out, KIND, {"recipe": asdict(recipe)}, overwrite=force, same=same) as run:
@@ -231,15 +298,17 @@ def _train(run: Run, recipe: AncestryRecipe, progress: bool) -> None:
     cfg = s.train_config(eval_every=recipe.eval_every, save_every=recipe.eval_every)
     collate = Collator(transform_for(model.config), model.config.text_config.max_position_embeddings)
     print(f"[ancestry] training {recipe.arch} for {s.steps} steps of {s.batch_size} on {len(data):,} samples "
-          f"({recipe.caption_style} captions)")
+          f"({_captions_label(recipe)})")
     model = train(model, data, cfg, out, collate_fn=collate, resume="latest" if had_checkpoint(out) else None,
                   progress=progress, eval_fn=lambda m, step: _flat_curve(evaluate(m, recipe, quick_curve=True)))
     train_s = time.time() - t0
     print("[ancestry] evaluating the trained ancestry")
     metrics = evaluate(model, recipe)
+    cov = coverage(model, build(recipe.arch, seed=recipe.schedule.seed), recipe)
+    print(f"[ancestry] {coverage_line(cov)}")
     records = read_log(out / "log.jsonl")
     conv = convergence(records)
-    result = {"trained": metrics, "random_init": metrics_init, "convergence": conv,
+    result = {"trained": metrics, "random_init": metrics_init, "convergence": conv, "coverage": cov,
               "wall_time_s": {"train_and_curve_evals": train_s, "total": time.time() - t0},
               "command": "clipforge ancestry" + ("" if recipe == AncestryRecipe() else " (custom recipe)"),
               "recipe": wanted}
@@ -274,4 +343,7 @@ def summary(metrics: dict[str, Any]) -> str:
                 rows.append((name, t[task][k], r.get(task, {}).get(k, float("nan"))))
     for k, v in t["mmvp"].items():
         rows.append((f"MMVP-style {k}", v, r["mmvp"][k]))
-    return "\n".join(table(["metric", "ancestry", "random init"], [[n, f"{a:.3f}", f"{b:.3f}"] for n, a, b in rows]))
+    out = table(["metric", "ancestry", "random init"], [[n, f"{a:.3f}", f"{b:.3f}"] for n, a, b in rows])
+    if "coverage" in metrics:
+        out += ["", f"Coverage (token and position embeddings): {coverage_line(metrics['coverage'])}."]
+    return "\n".join(out)

@@ -17,6 +17,8 @@ Scene mix (train and test alike):
 Caption styles (`caption_style`, see `styles`): "full" (the default, described above: colour,
 shape, count and relation always named), "alt" (short web alt-text: one object group, no counts or
 relations) and "dense" (every object with every attribute, counts, binding and relations).
+`full_share` mixes in "full" captions: a seeded draw per item (its own stream) gives that share of
+items "full" captions and the rest `caption_style` (real alt-text names counts and places now and then).
 
 Held-out rule: a fixed set `HELD_OUT` of 11 of the 70 (shape, colour) combinations (16%; drawn
 once with `HOLDOUT_SEED`, the same for every dataset seed; each shape and colour is in at most two
@@ -24,7 +26,8 @@ of them) never occurs in a train scene, in any role. Every test scene contains a
 held-out combination, in a random object slot; its other objects may use any combination.
 
 Item i of a dataset depends only on (seed, split, i): its spec, image and captions come from
-`np.random.default_rng([seed, split_id, i, stream])`, so reading order does not matter.
+`np.random.default_rng([seed, split_id, i, stream])`, so reading order (and DataLoader workers) do
+not matter.
 
 `diagnostic_pairs` gives MMVP-style pairs: two images that differ in one thing, with the two
 captions (same template and word choices) that tell them apart. Pairs are built on test scenes
@@ -66,7 +69,7 @@ from .spec import (
     sample_single,
     with_object,
 )
-from .styles import CAPTION_STYLES, caption_styled, check_style
+from .styles import CAPTION_STYLES, caption_styled, check_share, check_style
 from .text import caption
 
 __all__ = ["CAPTION_STYLES", "COLOURS", "HELD_OUT", "HOLDOUT_SEED", "PAIR_TYPES", "SHAPES", "DiagnosticPair",
@@ -74,20 +77,21 @@ __all__ = ["CAPTION_STYLES", "COLOURS", "HELD_OUT", "HOLDOUT_SEED", "PAIR_TYPES"
            "sample_scene", "save_grid", "save_pairs_grid"]
 
 PAIR_TYPES = ("colour", "shape", "size", "fill", "position", "orientation", "count", "binding", "relation")
-# Streams of one item's generator: 0 scene, 1 image, 2 captions.
-_SCENE, _IMAGE, _TEXT = 0, 1, 2
+# Streams of one item's generator: 0 scene, 1 image, 2 captions, 3 the caption style (with `full_share`).
+_SCENE, _IMAGE, _TEXT, _STYLE = 0, 1, 2, 3
 
 
 class ScenesDataset(ImageTextDataset):
     """`size` procedural scenes of one split; item i is a `Sample` with `meta["spec"]` (a dict).
 
-    `caption_style` is one of CAPTION_STYLES ("full", the default, "alt" or "dense").
+    `caption_style` is one of CAPTION_STYLES ("full", the default, "alt" or "dense"); `full_share` (0 to 1)
+    is the chance that an item's captions are "full" instead (drawn per item, `style_at`).
     """
 
     name = "scenes"
 
     def __init__(self, split: str = "train", size: int = 10_000, seed: int = 0, image_size: int = 40,
-                 captions_per_image: int = 1, caption_style: str = "full") -> None:
+                 captions_per_image: int = 1, caption_style: str = "full", full_share: float = 0.0) -> None:
         if split not in ("train", "test"):
             raise ClipforgeError(f"scenes split must be 'train' or 'test', got {split!r}")
         if size < 0 or image_size < 8 or captions_per_image < 1:
@@ -96,6 +100,7 @@ class ScenesDataset(ImageTextDataset):
         self.split, self.size, self.seed = split, size, seed
         self.image_size, self.captions_per_image = image_size, captions_per_image
         self.caption_style = check_style(caption_style, "scenes caption_style")
+        self.full_share = check_share(full_share, "scenes full_share")
 
     def __len__(self) -> int:
         return self.size
@@ -109,12 +114,19 @@ class ScenesDataset(ImageTextDataset):
         """The scene of item i, without drawing it."""
         return sample_scene(self._rng(i, _SCENE), self.split)
 
+    def style_at(self, i: int) -> str:
+        """The caption style of item i: "full" for a seeded `full_share` of the items, else `caption_style`."""
+        if self.full_share == 0 or self.caption_style == "full":
+            return self.caption_style
+        return "full" if self._rng(i, _STYLE).random() < self.full_share else self.caption_style
+
     def captions_at(self, i: int, spec: SceneSpec | None = None) -> list[str]:
         """The captions of item i, without drawing the image (distinct when the draws allow)."""
         spec = spec or self.spec_at(i)
+        style = self.style_at(i)
         d, out = Draws(self._rng(i, _TEXT)), []
         for _ in range(4 * self.captions_per_image):
-            text = caption_styled(spec, d, self.caption_style)
+            text = caption_styled(spec, d, style)
             if text not in out:
                 out.append(text)
             if len(out) == self.captions_per_image:

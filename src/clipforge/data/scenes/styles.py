@@ -181,6 +181,13 @@ def check_style(style: str, where: str = "caption style") -> str:
     return style
 
 
+def check_share(share: float, where: str = "full_share") -> float:
+    """`share` as a float if it is a number from 0 to 1, else a ClipforgeError naming `where`."""
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:  # NaN fails too
+        raise ClipforgeError(f"{where} must be a number from 0 to 1, got {share!r}")
+    return float(share)
+
+
 def caption_styled(spec: SceneSpec, rng: np.random.Generator | Draws, style: str = "full") -> str:
     """One caption of `spec` in `style` (see the module docstring)."""
     check_style(style)
