@@ -47,6 +47,21 @@ def test_mixed_captions_take_the_share_asked() -> None:
     assert {_mixed(full_share=1).style_at(i) for i in range(50)} == {"full"}
 
 
+def test_a_dense_share_takes_its_own_items_and_leaves_the_full_ones() -> None:
+    full_only, both = _mixed(), _mixed(dense_share=0.05)
+    styles = [both.style_at(i) for i in range(N)]
+    assert set(styles) == {"alt", "full", "dense"}
+    assert abs(styles.count("dense") / N - 0.05) < 4 * math.sqrt(0.05 * 0.95 / N)
+    # one draw per item: the items "full" under full_share alone stay full; dense ones come from the alt ones
+    assert [s == "full" for s in styles] == [full_only.style_at(i) == "full" for i in range(N)]
+    dense = ScenesDataset("train", size=N, seed=4, image_size=16, caption_style="dense")
+    i = styles.index("dense")
+    assert both.captions_at(i) == dense.captions_at(i)
+    for bad in (dict(dense_share=-0.1), dict(dense_share=0.9), dict(dense_share="a")):
+        with pytest.raises(ClipforgeError):
+            _mixed(**bad)
+
+
 def test_mixed_captions_are_deterministic() -> None:
     a, b = _mixed(), _mixed()
     forward = [a.captions_at(i) for i in range(300)]
@@ -66,10 +81,11 @@ def test_recipe_carries_the_share_into_its_data_and_its_key() -> None:
     record = asdict(AncestryRecipe())
     assert AncestryRecipe.from_record(record) == AncestryRecipe()
     # Records from before the share (no field) mean none; from before caption styles, full captions.
-    old = {k: v for k, v in record.items() if k != "full_share"}
-    assert AncestryRecipe.from_record(old) == replace(AncestryRecipe(), full_share=0.0)
+    old = {k: v for k, v in record.items() if k not in ("full_share", "dense_share")}
+    assert AncestryRecipe.from_record(old) == replace(AncestryRecipe(), full_share=0.0, dense_share=0.0)
     older = {k: v for k, v in old.items() if k != "caption_style"}
-    assert AncestryRecipe.from_record(older) == replace(AncestryRecipe(), full_share=0.0, caption_style="full")
+    assert AncestryRecipe.from_record(older) == replace(AncestryRecipe(), full_share=0.0, dense_share=0.0,
+                                                        caption_style="full")
     # so a cache trained without the share is not reused for the recipe with it
     assert not _same_recipe(old, AncestryRecipe()) and _same_recipe(record, AncestryRecipe())
 

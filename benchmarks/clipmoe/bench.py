@@ -153,7 +153,7 @@ class Bench:
         cfg = DMUConfig(mcl=MCLConfig(num_experts=b.experts, k_img=k, k_txt=k, embed_batch_size=512,
                                       schedule=self._schedule(seed, b.stage_steps, b.stage_lr)),
                         router=self._router_cfg(seed, b.router_steps, b.router_lr), top_k=b.top_k)
-        self._timed(lambda: dmu(str(self.ancestry), self.data, run, cfg, progress=False), run)
+        self._timed(lambda: dmu(str(self.ancestry), self.data, run, cfg, progress=False, keep_stages=True), run)
         return run / "model"
 
     def sparse_upcycling(self, seed: int) -> Path:

@@ -43,6 +43,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--full-share", type=float,
                    help="share of training scenes (0 to 1, drawn per scene) captioned in the full style instead "
                         "(default: the recipe's, 0.15)")
+    p.add_argument("--dense-share", type=float,
+                   help="share of training scenes (0 to 1, drawn per scene) captioned in the dense style instead "
+                        "(default: the recipe's, 0.05)")
     p.set_defaults(func=run_ancestry)
 
     p = sub.add_parser(
@@ -116,6 +119,8 @@ def run_ancestry(args: argparse.Namespace) -> int:
         recipe.caption_style = args.scenes_captions
     if args.full_share is not None:
         recipe.full_share = args.full_share
+    if args.dense_share is not None:
+        recipe.dense_share = args.dense_share
     out = args.out or ancestry_run_dir(args.cache, quick=args.quick)
     print(f"[ancestry] run directory {out}")
     model_dir = train_ancestry(out, recipe, force=args.overwrite)

@@ -48,6 +48,11 @@ class AncestryRecipe:
     # places now and then without grounding them, and without them the count/relation words and the text
     # positions past the alt captions' length would never move from their initialisation ("coverage").
     full_share: float = 0.15
+    # ... and a small share of `dense` captions: `dense` has words of its own (totals of five and six,
+    # "every", "single", "objects", "sits", ...) and runs past the 28 tokens any alt or full caption reaches,
+    # so without them 14 token rows and text positions 28-31 of the dense pool never trained (measured with
+    # full_share 0.15 alone: docs/methods.md A.7). OpenAI's CLIP knows its whole vocabulary and context.
+    dense_share: float = 0.05
 
     @classmethod
     def quick(cls) -> AncestryRecipe:
@@ -61,7 +66,7 @@ class AncestryRecipe:
         """The recipe a `metrics.json` / provenance recorded, including the flat layout of recipes written
         before the schedule was one config (and before caption styles: they trained on "full"; before the
         `full` share: none)."""
-        d = {"caption_style": "full", "full_share": 0.0, **record}
+        d = {"caption_style": "full", "full_share": 0.0, "dense_share": 0.0, **record}
         flat = {k: d.pop(k) for k in [f.name for f in fields(Schedule)] if k in d}
         if flat:
             d["schedule"] = {**asdict(Schedule()), **flat}
@@ -105,7 +110,8 @@ def training_data(recipe: AncestryRecipe):
 
     size = make_config(recipe.arch).vision_config.image_size
     parts = [ScenesDataset(split="train", size=recipe.scenes, seed=recipe.schedule.seed, image_size=size,
-                           caption_style=recipe.caption_style, full_share=recipe.full_share)]
+                           caption_style=recipe.caption_style, full_share=recipe.full_share,
+                           dense_share=recipe.dense_share)]
     if recipe.fashion:
         parts.append(FashionMNIST(split="train"))
     return parts[0] if len(parts) == 1 else ConcatImageText(parts)
@@ -158,7 +164,9 @@ def convergence(records: list[dict], window: int = 150) -> dict[str, float]:
 
 
 def _captions_label(recipe: AncestryRecipe) -> str:
-    mix = f", {recipe.full_share:.0%} full" if recipe.full_share and recipe.caption_style != "full" else ""
+    mix = "".join(f", {share:.0%} {style}" for style, share in (("full", recipe.full_share),
+                                                                ("dense", recipe.dense_share))
+                  if share and recipe.caption_style != style)
     return f"{recipe.caption_style} captions{mix}"
 
 
@@ -259,6 +267,10 @@ def train_ancestry(out: str | Path, recipe: AncestryRecipe | None = None, force:
     recipe = recipe or AncestryRecipe()
     check_style(recipe.caption_style, "ancestry recipe caption_style")  # fail before any training
     check_share(recipe.full_share, "ancestry recipe full_share")
+    check_share(recipe.dense_share, "ancestry recipe dense_share")
+    if recipe.full_share + recipe.dense_share > 1:
+        raise ClipforgeError(f"ancestry recipe full_share + dense_share must be at most 1, got "
+                             f"{recipe.full_share} + {recipe.dense_share}")
     out = Path(out)
     same = lambda old, new: isinstance(old, dict) and _same_recipe(old.get("recipe"), recipe)  # noqa: E731
     with Run(out, KIND, {"recipe": asdict(recipe)}, overwrite=force, same=same) as run:

@@ -202,6 +202,7 @@ def moe_section(r: Report, out: Path, cfg: Any, ancestry_dir: Path, moe_dir: Pat
     from ..eval.tasks import mmvp_diagnostic
     from ..files import write_json
     from ..models import io
+    from ..moe.dmu import stage_model
     from ..moe.routing import routing_stats
     from ..report.moe_run import plot_routing
     from ..report.plots import grouped_bars
@@ -216,12 +217,11 @@ def moe_section(r: Report, out: Path, cfg: Any, ancestry_dir: Path, moe_dir: Pat
     r.image(plot_routing(stats, plots / "routing.png", title="CLIP-MoE routing on held-out scenes"),
             "Share of tokens each expert receives as first and second choice, per block (the paper's Fig. 3). "
             "Expert 0 is the ancestry's FFN, expert j the FFN of MCL stage j.")
-    mcl_dir = Path(moe_dir).parent / "mcl"
     stage_recs = {}
     for j in range(int(moe.config.num_experts)):
-        d = mcl_dir / f"stage{j}" / "model" if j else ancestry_dir
+        dense = stage_model(Path(moe_dir).parent, j, moe) if j else io.load(ancestry_dir)
         stage_recs[f"expert {j}" + (" (ancestry)" if j == 0 else f" (stage {j})")] = mmvp_diagnostic(
-            io.load(d), n=cfg.suite.pairs, seed=cfg.suite.seed, image_size=size)
+            dense, n=cfg.suite.pairs, seed=cfg.suite.seed, image_size=size)
     grouped_bars(ATTRS, {k: [v[a] for a in ATTRS] for k, v in stage_recs.items()}, plots / "experts_mmvp.png",
                  title="MMVP-style pair accuracy of each expert's dense stage model", ylabel="pair accuracy",
                  chance=0.25, percent=True)

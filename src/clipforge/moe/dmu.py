@@ -146,6 +146,17 @@ def _check_disk(base: Any, out: Path, cfg: DMUConfig, keep_stages: bool) -> None
                              "free some space or choose another --out")
 
 
+def stage_model(out: str | os.PathLike, j: int, moe: nn.Module | None = None) -> nn.Module:
+    """MCL stage j's dense model of the DMU run in `out`: the kept directory, else rebuilt from the CLIP-MoE
+    (`pack.expert_model`; `moe`: the run's CLIP-MoE if already loaded)."""
+    from .pack import expert_model
+
+    kept = Path(out) / "mcl" / f"stage{j}" / "model"
+    if (kept / "config.json").is_file():
+        return io.load(kept)
+    return expert_model(moe if moe is not None else io.load(Path(out) / "model"), j)
+
+
 def redundant_copies(out: Path, cfg: DMUConfig) -> list[Path]:
     """What a finished run holds twice: `packed/` (the model before router training; `model/` has every
     tensor of it but the routers) and the stage models, when `pack.expert_model` rebuilds them exactly

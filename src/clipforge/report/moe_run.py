@@ -66,7 +66,7 @@ def evaluate_moe_run(out: str | os.PathLike, base: nn.Module | str | os.PathLike
         if j == 0:
             stages["stage0"] = result["models"]["base"]["metrics"].get("mmvp")
             continue
-        stage = io.load(d) if (Path(d) / "config.json").is_file() else expert_model(model, j)  # dmu kept none
+        stage = io.load(d) if (Path(d) / "config.json").is_file() else expert_model(model, j)  # not kept
         stages[f"stage{j}"] = mmvp_diagnostic(stage, n=suite.pairs, seed=suite.seed, image_size=size)
     result["stages_mmvp"] = stages
     test = ScenesDataset(split="test", size=min(routing_samples, suite.scenes), seed=suite.seed + 1, image_size=size)

@@ -17,8 +17,9 @@ Scene mix (train and test alike):
 Caption styles (`caption_style`, see `styles`): "full" (the default, described above: colour,
 shape, count and relation always named), "alt" (short web alt-text: one object group, no counts or
 relations) and "dense" (every object with every attribute, counts, binding and relations).
-`full_share` mixes in "full" captions: a seeded draw per item (its own stream) gives that share of
-items "full" captions and the rest `caption_style` (real alt-text names counts and places now and then).
+`full_share` and `dense_share` mix in "full" and "dense" captions: a seeded draw per item (its own stream)
+gives those shares of items "full" / "dense" captions and the rest `caption_style` (real alt-text names
+counts and places now and then, and a few web captions are long descriptions).
 
 Held-out rule: a fixed set `HELD_OUT` of 11 of the 70 (shape, colour) combinations (16%; drawn
 once with `HOLDOUT_SEED`, the same for every dataset seed; each shape and colour is in at most two
@@ -84,14 +85,16 @@ _SCENE, _IMAGE, _TEXT, _STYLE = 0, 1, 2, 3
 class ScenesDataset(ImageTextDataset):
     """`size` procedural scenes of one split; item i is a `Sample` with `meta["spec"]` (a dict).
 
-    `caption_style` is one of CAPTION_STYLES ("full", the default, "alt" or "dense"); `full_share` (0 to 1)
-    is the chance that an item's captions are "full" instead (drawn per item, `style_at`).
+    `caption_style` is one of CAPTION_STYLES ("full", the default, "alt" or "dense"); `full_share` and
+    `dense_share` (0 to 1, their sum at most 1) are the chances that an item's captions are "full" /
+    "dense" instead (one draw per item, `style_at`).
     """
 
     name = "scenes"
 
     def __init__(self, split: str = "train", size: int = 10_000, seed: int = 0, image_size: int = 40,
-                 captions_per_image: int = 1, caption_style: str = "full", full_share: float = 0.0) -> None:
+                 captions_per_image: int = 1, caption_style: str = "full", full_share: float = 0.0,
+                 dense_share: float = 0.0) -> None:
         if split not in ("train", "test"):
             raise ClipforgeError(f"scenes split must be 'train' or 'test', got {split!r}")
         if size < 0 or image_size < 8 or captions_per_image < 1:
@@ -101,6 +104,9 @@ class ScenesDataset(ImageTextDataset):
         self.image_size, self.captions_per_image = image_size, captions_per_image
         self.caption_style = check_style(caption_style, "scenes caption_style")
         self.full_share = check_share(full_share, "scenes full_share")
+        self.dense_share = check_share(dense_share, "scenes dense_share")
+        if self.full_share + self.dense_share > 1:
+            raise ClipforgeError(f"scenes full_share + dense_share must be at most 1, got {full_share} + {dense_share}")
 
     def __len__(self) -> int:
         return self.size
@@ -115,10 +121,14 @@ class ScenesDataset(ImageTextDataset):
         return sample_scene(self._rng(i, _SCENE), self.split)
 
     def style_at(self, i: int) -> str:
-        """The caption style of item i: "full" for a seeded `full_share` of the items, else `caption_style`."""
-        if self.full_share == 0 or self.caption_style == "full":
+        """The caption style of item i: "full" / "dense" for seeded `full_share` / `dense_share` of the items, else
+        `caption_style` (one uniform draw u: full below full_share, dense below full_share + dense_share)."""
+        if self.full_share == 0 and self.dense_share == 0:
             return self.caption_style
-        return "full" if self._rng(i, _STYLE).random() < self.full_share else self.caption_style
+        u = self._rng(i, _STYLE).random()
+        if u < self.full_share:
+            return "full"
+        return "dense" if u < self.full_share + self.dense_share else self.caption_style
 
     def captions_at(self, i: int, spec: SceneSpec | None = None) -> list[str]:
         """The captions of item i, without drawing the image (distinct when the draws allow)."""
