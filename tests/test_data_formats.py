@@ -332,3 +332,21 @@ def test_get_dataset_falls_back_to_paths(tmp_path: Path) -> None:
     with logs_warning():
         ds = get_dataset(str(tmp_path / "data.jsonl"), "train", validate=True)
     assert len(ds) == 6
+
+
+def test_a_dataset_is_identified_by_path_size_and_time_not_its_name(tmp_path):
+    """A run's settings hold the data's identity: another train.csv of the same name is other data."""
+    from clipforge.data.base import identity
+
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        Image.new("RGB", (8, 8), "red").save(tmp_path / d / "x.png")
+    (tmp_path / "a" / "train.csv").write_text("image,caption\nx.png,a red square\n")
+    (tmp_path / "b" / "train.csv").write_text("image,caption\nx.png,a red square, larger file\n")
+    a, b = (open_dataset(tmp_path / d / "train.csv") for d in ("a", "b"))
+    assert a.name == b.name == "train.csv" and identity(a) != identity(b)
+    assert identity(a) == identity(open_dataset(tmp_path / "a" / "train.csv"))
+    before = identity(a)
+    os.utime(tmp_path / "a" / "train.csv", ns=(1, 1))
+    assert identity(open_dataset(tmp_path / "a" / "train.csv")) != before
+    assert identity(get_dataset("mnist", split="test")) == "mnist"

@@ -78,6 +78,9 @@ class ConcatImageText(ImageTextDataset):
     def __len__(self) -> int:
         return self._len
 
+    def identity(self) -> list[Any]:
+        return [d.identity() for d in self.datasets]
+
     def __getitem__(self, i: int) -> Sample:
         if not -self._len <= i < self._len:
             raise IndexError(i)

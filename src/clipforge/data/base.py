@@ -42,6 +42,18 @@ class ImageTextDataset(Dataset):
     def __getitem__(self, i: int) -> Sample:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def identity(self) -> Any:
+        """What identifies these data in a run's settings (a rerun on other data must not resume): the name,
+        and for data read from files their path, size and modification time (`data.user.UserDataset`)."""
+        return self.name
+
+
+def identity(dataset: Any) -> Any:
+    """`dataset.identity()` for clipforge datasets, the name or type of anything else."""
+    if isinstance(dataset, ImageTextDataset):
+        return dataset.identity()
+    return getattr(dataset, "name", type(dataset).__name__)
+
 
 def as_image(item: Any) -> Image.Image:
     """The PIL image of a dataset item: a `Sample`, a bare image, or an `(image, ...)` tuple."""

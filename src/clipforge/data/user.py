@@ -53,6 +53,20 @@ _PROGRESS_OVER = 1000  # show a progress bar when validating more items than thi
 _SHOWN = 5  # bad samples named in a summary
 
 
+def _file_stat(source: str) -> dict[str, Any]:
+    """Path, bytes and modification time of a dataset's file or folder (for a pattern: of every match)."""
+    paths = _many_files(source) or [source]
+    out: dict[str, Any] = {"path": [str(Path(p).expanduser().resolve()) for p in paths], "bytes": 0, "mtime_ns": 0}
+    for p in paths:
+        try:
+            st = os.stat(Path(p).expanduser())
+        except OSError:
+            continue
+        out["bytes"] += st.st_size
+        out["mtime_ns"] = max(out["mtime_ns"], st.st_mtime_ns)
+    return out
+
+
 class UserDataset(ImageTextDataset):
     """Samples from a user's files; build it with `open_dataset`.
 
@@ -72,6 +86,11 @@ class UserDataset(ImageTextDataset):
         self._known_bad: set[int] = set()  # rows found unreadable: skipped without another decode
         self._log = SkipLog()
         self._total = len(records) + len(self.skipped)
+        self._stat = _file_stat(source)
+
+    def identity(self) -> dict[str, Any]:
+        """Name, path, size and modification time: another file of the same name is other data."""
+        return {"name": self.name, **self._stat}
 
     def __len__(self) -> int:
         return len(self._keep)

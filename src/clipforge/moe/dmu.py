@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from .. import distributed as D
+from ..data.base import identity
 from ..errors import ClipforgeError
 from ..files import write_json
 from ..models import io
@@ -96,7 +97,7 @@ def dmu(base: nn.Module | str | os.PathLike, dataset: Any, out: str | os.PathLik
     if isinstance(base, (str, os.PathLike)) and not (Path(base) / "config.json").is_file():
         raise ClipforgeError(f"--base {base}: not a model directory (no config.json)")
     settings = {"method": "dmu", "base": _identity(base),
-                "dataset": getattr(dataset, "name", type(dataset).__name__), "dmu": cfg.to_dict()}
+                "dataset": identity(dataset), "dmu": cfg.to_dict()}
     record = router_record(cfg.router, len(dataset), settings)
     _check_disk(base, out, cfg, keep_stages)
     D.init_distributed()  # under torchrun: join the group before any rank-0-only write

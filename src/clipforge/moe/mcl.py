@@ -32,6 +32,7 @@ import numpy as np
 from torch import nn
 
 from .. import distributed as D
+from ..data.base import identity
 from ..errors import ClipforgeError
 from ..files import write_json
 from ..models import io
@@ -150,7 +151,7 @@ def _default_collate(model: nn.Module) -> Callable:
 
 def _stage_record(cfg: MCLConfig, stage: int, base_id: str, dataset: Any) -> dict[str, Any]:
     return {"stage": stage, "base": base_id, "num_samples": len(dataset),
-            "dataset": getattr(dataset, "name", type(dataset).__name__), "config": cfg.fingerprint()}
+            "dataset": identity(dataset), "config": cfg.fingerprint()}
 
 
 def resolve_schedule(cfg: MCLConfig, labels: ClusterLabels, n: int, world_size: int) -> dict[str, int]:
@@ -294,7 +295,7 @@ def run_stages(base: nn.Module | str | os.PathLike, dataset: Any, cfg: MCLConfig
     info = D.init_distributed()
     base_id = _identity(base)
     settings = {"base": base_id, "num_samples": len(dataset), "num_experts": cfg.num_experts,
-                "dataset": getattr(dataset, "name", type(dataset).__name__), "config": cfg.fingerprint()}
+                "dataset": identity(dataset), "config": cfg.fingerprint()}
     inputs = [] if isinstance(base, nn.Module) else [base]
     with Run(out_dir, "moe stages", settings, overwrite=not resume, inputs=inputs, artefact="mcl.json") as run:
         if run.done:
