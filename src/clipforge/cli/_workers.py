@@ -25,6 +25,41 @@ def add_overwrite_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", "--force", dest="overwrite", action="store_true", help=OVERWRITE_HELP)
 
 
+def add_user_data_flags(p: argparse.ArgumentParser) -> None:
+    """How a user's files are read (one definition for every command that reads data)."""
+    p.add_argument("--image-key", default="image", help="image column/field of user data (default image)")
+    p.add_argument("--caption-key", default="caption", help="caption column/field of user data (default caption)")
+    p.add_argument("--on-error", choices=["skip", "raise"], default="skip",
+                   help="a missing or corrupt image: skip and count it (default) or stop")
+
+
+def user_data_kwargs(args: argparse.Namespace) -> dict[str, str]:
+    """The `open_mixture(**user_kw)` of `add_user_data_flags`."""
+    return {"image_key": args.image_key, "caption_key": args.caption_key, "on_error": args.on_error}
+
+
+def add_device_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto",
+                   help="where the model and its batches run: auto (CUDA when available, default), cpu, cuda, cuda:1")
+
+
+def resolve_device(name: str):
+    """The torch device `--device` names; one line when it is not there."""
+    import torch
+
+    from ..errors import ClipforgeError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ClipforgeError(f"--device {name!r} is not a device (cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise ClipforgeError(f"--device {name}: no such CUDA device here ({torch.cuda.device_count()} visible)")
+    return device
+
+
 def add_execution_flags(p: argparse.ArgumentParser) -> None:
     """How the command's training runs execute (`clipforge.train.options`): memory and kernels, not results."""
     p.add_argument("--grad-checkpointing", action="store_true",

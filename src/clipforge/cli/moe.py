@@ -13,7 +13,14 @@ from pathlib import Path
 
 from ..errors import ClipforgeError
 from ..schedule import Schedule, add_schedule_flags, finite_float
-from ._workers import add_execution_flags, add_overwrite_flag, add_workers_flag, with_workers
+from ._workers import (
+    add_execution_flags,
+    add_overwrite_flag,
+    add_user_data_flags,
+    add_workers_flag,
+    user_data_kwargs,
+    with_workers,
+)
 
 # MCL / router settings beyond the schedule: flag → (field, type, help). Unset flags keep the preset's value.
 MCL_FLAGS: list[tuple[str, str, type, str]] = [
@@ -46,10 +53,7 @@ def _data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--scenes-captions", choices=["full", "alt", "dense"], default="full",
                    help="caption style of --data scenes: full (default), alt (short alt-text) or dense (every "
                         "attribute, counts, relations); see clipforge.data.scenes.styles")
-    p.add_argument("--image-key", default="image", help="image column/field of user data (default image)")
-    p.add_argument("--caption-key", default="caption", help="caption column/field of user data (default caption)")
-    p.add_argument("--on-error", choices=["skip", "raise"], default="skip",
-                   help="a missing or corrupt image: skip and count it (default) or stop")
+    add_user_data_flags(p)
     add_workers_flag(p)
     add_execution_flags(p)
 
@@ -217,8 +221,7 @@ def _open(args: argparse.Namespace, image_size: int):
     from ..data import open_mixture
 
     data = open_mixture(args.data, "train", image_size, scenes_size=args.scenes_size, scenes_seed=args.scenes_seed,
-                        scenes_captions=args.scenes_captions, image_key=args.image_key, caption_key=args.caption_key,
-                        on_error=args.on_error)
+                        scenes_captions=args.scenes_captions, **user_data_kwargs(args))
     if [d.lower() for d in args.data] == ["scenes"] and args.scenes_size <= 200_000:
         from ..data.cached import Cached
 

@@ -8,7 +8,14 @@ from pathlib import Path
 
 from ..errors import ClipforgeError
 from ..schedule import Schedule, add_schedule_flags, schedule_from_args
-from ._workers import add_overwrite_flag, add_workers_flag
+from ._workers import (
+    add_device_flag,
+    add_overwrite_flag,
+    add_user_data_flags,
+    add_workers_flag,
+    resolve_device,
+    user_data_kwargs,
+)
 
 # = clipforge.data.scenes.styles.CAPTION_STYLES (not imported here: the parser stays cheap to build).
 SCENES_CAPTIONS = ("full", "alt", "dense")
@@ -56,10 +63,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="a model directory, or a registry name for a random init")
     p.add_argument("--data", required=True, action="append",
                    help="dataset: scenes, fashion-mnist, mnist or a path (repeat to mix)")
-    p.add_argument("--image-key", default="image", help="image column/field of user data (default image)")
-    p.add_argument("--caption-key", default="caption", help="caption column/field of user data (default caption)")
-    p.add_argument("--on-error", choices=["skip", "raise"], default="skip",
-                   help="a missing or corrupt image: skip and count it (default) or stop")
+    add_user_data_flags(p)
     p.add_argument("--scenes-captions", choices=SCENES_CAPTIONS, default="full", help=SCENES_CAPTIONS_HELP)
     p.add_argument("--out", type=Path, required=True, help="run directory; the model is saved in OUT/model")
     add_schedule_flags(p, TRAIN_SCHEDULE, only=_TRAIN_FLAGS_A)
@@ -94,6 +98,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, help="evaluate on the first N test samples (mmvp: N pairs per attribute)")
     p.add_argument("--scenes-captions", choices=SCENES_CAPTIONS, default="full", help=SCENES_CAPTIONS_HELP)
     p.add_argument("--steps", type=int, default=300, help="fine-tuning steps (task finetune)")
+    add_user_data_flags(p)
+    add_device_flag(p)
     p.add_argument("--out", type=Path, help="write the metrics to this JSON file (never over a file `eval` did not "
                                             "write, unless --overwrite)")
     add_overwrite_flag(p)
@@ -185,8 +191,7 @@ def run_train(args: argparse.Namespace) -> int:
     check_out(args.out, [args.model, *args.data])  # before the model is loaded: --out X over --model X
     model, prov = _load_or_build(args.model)
     size = model.config.vision_config.image_size
-    data = open_mixture(args.data, "train", size, image_key=args.image_key, caption_key=args.caption_key,
-                        on_error=args.on_error, scenes_captions=args.scenes_captions)
+    data = open_mixture(args.data, "train", size, scenes_captions=args.scenes_captions, **user_data_kwargs(args))
     args.num_workers = resolve_workers(args.num_workers)
     sched = schedule_from_args(args, TRAIN_SCHEDULE, seed=args.seed, num_workers=args.num_workers,
                                grad_checkpointing=args.grad_checkpointing)
@@ -228,14 +233,14 @@ def run_eval(args: argparse.Namespace) -> int:
         raise ClipforgeError(f"--steps must be at least 1, got {args.steps}")
     if args.out is not None:
         _check_eval_out(args.out, args.overwrite)
-    model = load(args.model)
+    model = load(args.model).to(resolve_device(args.device))  # its batches follow it (eval.embed)
     size = model.config.vision_config.image_size if hasattr(model.config, "vision_config") else None
     if args.task == "mmvp":
         result = tasks.mmvp_diagnostic(model, image_size=size, n=args.limit or 200)  # pairs per attribute
     else:
         data = args.data or ("scenes" if args.task == "retrieval" else "fashion-mnist")
         test = open_mixture([data], "test", size, scenes_size=args.limit or 1000,
-                            scenes_captions=args.scenes_captions)
+                            scenes_captions=args.scenes_captions, **user_data_kwargs(args))
         if args.limit and len(test) > args.limit:
             test = _Subset(test, args.limit)
         if args.task == "zeroshot":
@@ -243,7 +248,7 @@ def run_eval(args: argparse.Namespace) -> int:
         elif args.task == "retrieval":
             result = tasks.retrieval(model, test)
         else:
-            train_ds = open_mixture([data], "train", size)
+            train_ds = open_mixture([data], "train", size, **user_data_kwargs(args))
             fn = probes.linear_probe if args.task == "linear-probe" else probes.finetune_classifier
             extra = {"steps": args.steps} if args.task == "finetune" else {}
             result = fn(model, train_ds, test, **extra)
