@@ -191,3 +191,20 @@ def test_flops_per_sample_by_hand():
         torch.ones(1).sum()
     first = timer.seconds
     assert 0 <= first < 5 and timer.seconds == first  # frozen after exit
+
+
+def test_extract_reads_a_users_columns(ancestry, tmp_path):
+    from PIL import Image
+
+    rows = ["picture,text"]
+    for i, colour in enumerate(["red", "green", "blue", "yellow", "white", "black", "purple", "orange"]):
+        Image.new("RGB", (32, 32), colour).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,a {colour} square")
+    (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "lg"
+    args = ["learngene", "extract", "--ancestry", str(ancestry), "--out", str(out), "--steps", "2", "--batch-size", "4",
+            "--eval-scenes", "0", "--data", str(tmp_path / "pairs.csv")]
+    assert main([*args, "--image-key", "picture", "--caption-key", "text"]) == 0
+    data = json.loads((out / "learngene" / "learngene.json").read_text())["provenance"]["data"]
+    assert data["name"] == "pairs.csv" and data["bytes"] > 0  # identified by path, size and time
+    assert main([*args[:5], str(tmp_path / "other"), *args[6:]]) == 2  # the default columns are not there

@@ -17,7 +17,14 @@ from ..schedule import (
     finite_float,
     schedule_from_args,
 )
-from ._workers import add_execution_flags, add_overwrite_flag, add_workers_flag, with_workers
+from ._workers import (
+    add_execution_flags,
+    add_overwrite_flag,
+    add_user_data_flags,
+    add_workers_flag,
+    user_data_kwargs,
+    with_workers,
+)
 
 # Schedule fields exposed as flags (generated: clipforge.schedule); descend has --pretrain-steps instead.
 LG_FLAGS = ("steps", "batch_size", "lr", "weight_decay", "warmup")
@@ -93,6 +100,7 @@ def _add_extract(lsub: argparse._SubParsersAction) -> None:
     add_schedule_flags(p, LEARNGENE_SCHEDULE, what="extraction: ", only=LG_FLAGS)
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and RNG streams (default 0)")
     add_overwrite_flag(p)
+    add_user_data_flags(p)
     add_workers_flag(p)
     add_execution_flags(p)
     p.set_defaults(func=run_extract)
@@ -130,6 +138,7 @@ def _add_descend(lsub: argparse._SubParsersAction) -> None:
     add_schedule_flags(p, LEARNGENE_SCHEDULE, what="pre-training: ", only=LG_FLAGS[1:])
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and RNG streams (default 0)")
     add_overwrite_flag(p)
+    add_user_data_flags(p)
     add_workers_flag(p)
     add_execution_flags(p)
     p.set_defaults(func=run_descend)
@@ -166,7 +175,8 @@ def run_extract(args: argparse.Namespace) -> int:
                         distill=Distill(args.alpha, args.beta, args.tau, args.feature, args.tie_temperature),
                         sample_depths=args.sample_depths, schedule=training)
     lg_dir = extract(args.ancestry, args.data or ["scenes", "fashion-mnist"], args.out, cfg, quality=quality,
-                     eval_every=every if quality else 0, plateau=plateau, force=args.overwrite)
+                     eval_every=every if quality else 0, plateau=plateau, force=args.overwrite,
+                     data_options=user_data_kwargs(args))
     meta = json.loads((lg_dir / "learngene.json").read_text())
     print(f"learngene: {lg_dir} ({meta['num_parameters']:,} parameters)")
     q = meta.get("provenance", {}).get("auxnet_quality")
@@ -190,7 +200,7 @@ def run_descend(args: argparse.Namespace) -> int:
     if args.pretrain_steps > 0:
         pretraining = schedule_from_args(args, LEARNGENE_SCHEDULE, steps=args.pretrain_steps, seed=args.seed)
     made = descend_family(lg_dir, args.shape, args.out, pretraining=pretraining, data=data, kd_from=args.kd_from,
-                          force=args.overwrite)
+                          force=args.overwrite, data_options=user_data_kwargs(args))
     for name, path in made.items():
         print(f"{name}: {path}")
     return 0

@@ -71,13 +71,15 @@ class ExtractConfig:
 
 def extract(ancestry_dir: str | os.PathLike, data: Sequence[str] | Dataset, out_dir: str | os.PathLike,
             cfg: ExtractConfig | None = None, *, quality: Quality | None = None, eval_every: int = 0,
-            plateau: Plateau | None = None, resume: bool = True, force: bool = False, progress: bool = True) -> Path:
+            plateau: Plateau | None = None, resume: bool = True, force: bool = False, progress: bool = True,
+            data_options: dict[str, Any] | None = None) -> Path:
     """Extract a learngene by distillation from the ancestry as `cfg` says; returns `out_dir/learngene`.
 
     `quality` measures the Aux-Net at step 0, every `eval_every` steps and at the end, and the ancestry
     once on the same data; `plateau` (needs `quality` and `eval_every`) ends the extraction early by its
     rule. The run is a `clipforge.run.Run` on `out_dir` (skipped when finished with the same settings);
     its training lives in `out_dir/extract` (checkpoints, `log.jsonl`); `resume=False` or `force` starts over.
+    `data_options`: how users' files are read (`image_key`, `caption_key`, `on_error`).
     """
     from .inputs import brief, load_ancestry, open_data
 
@@ -88,7 +90,7 @@ def extract(ancestry_dir: str | os.PathLike, data: Sequence[str] | Dataset, out_
     lg_cfg = cfg.learngene_config(ancestry)
     if plateau is not None and (quality is None or eval_every <= 0):
         raise ClipforgeError("a plateau rule needs the Aux-Net measured: give quality data and eval_every > 0")
-    dataset, data_desc = open_data(data, lg_cfg.image_size)
+    dataset, data_desc = open_data(data, lg_cfg.image_size, **(data_options or {}))
     sched = cfg.schedule.resolved(len(dataset))
     depths = sorted({int(d) for d in cfg.sample_depths}) if cfg.sample_depths else None
     settings = normalise({

@@ -27,10 +27,14 @@ def load_ancestry(path: str | os.PathLike) -> tuple[nn.Module, Path]:
     return load(model_dir).eval(), model_dir.resolve()
 
 
-def open_data(data: Sequence[str] | Dataset, image_size: int, scenes_size: int = 50_000) -> tuple[Dataset, Any]:
-    """(dataset, description): built-in names or paths (scenes drawn at `image_size`), or a dataset as is."""
+def open_data(data: Sequence[str] | Dataset, image_size: int, scenes_size: int = 50_000,
+              **user_kw: Any) -> tuple[Dataset, Any]:
+    """(dataset, identity): built-in names or paths (scenes drawn at `image_size`; `user_kw`: column names and
+    `on_error` for users' files), or a dataset as is; the identity names files by path, size and time."""
     from ..data import open_mixture
+    from ..data.base import identity
 
     if not isinstance(data, (list, tuple)):
-        return data, getattr(data, "name", type(data).__name__)
-    return open_mixture(data, "train", image_size, scenes_size), list(data)
+        return data, identity(data)
+    ds = open_mixture(data, "train", image_size, scenes_size, **user_kw)
+    return ds, identity(ds)

@@ -188,7 +188,7 @@ def descend_family(learngene_dir: str | os.PathLike, shapes: Sequence[ShapeSpec 
                    pretraining: Schedule | None = None, data: Sequence[str] | Dataset | None = None,
                    kd_from: str | os.PathLike | None = None, *, kd_alpha: float = 0.5,
                    eval_fn: Callable | None = None, eval_every: int = 0, force: bool = False,
-                   progress: bool = True) -> dict[str, Path]:
+                   progress: bool = True, data_options: dict[str, Any] | None = None) -> dict[str, Path]:
     """Descendants of `shapes` as plain HF directories `out_dir/<shape_name>`; returns {name: dir}.
 
     With a `pretraining` schedule each is pre-trained on `data` (run in `out_dir/_runs/<name>`): CLIP
@@ -206,7 +206,8 @@ def descend_family(learngene_dir: str | os.PathLike, shapes: Sequence[ShapeSpec 
         _check_spec(lg, spec)
     if pretraining is not None and data is None:
         raise ClipforgeError("pre-training descendants needs --data")
-    dataset, data_desc = open_data(data, lg.config.image_size) if pretraining is not None else (None, None)
+    dataset, data_desc = open_data(data, lg.config.image_size, **(data_options or {})) \
+        if pretraining is not None else (None, None)
     sched = pretraining.resolved(len(dataset)) if pretraining is not None else None
     ancestry_src = kd_from or lg_meta.get("provenance", {}).get("ancestry")
     out_dir = Path(out_dir)
