@@ -2,8 +2,9 @@
 
     python -m benchmarks.learngene.constructions [--ancestry DIR] [--steps 300] [--quick]
 
-On the demo ancestry (towers 128 and 96 wide), one MM-LG learngene per construction (mode mmlg, linear
-schedule, least-squares init, the same seed, data and step budget) is extracted by `learngene.extract`
+On the demo ancestry (towers 128 and 96 wide), one MM-LG learngene per construction is extracted by the
+demo's recipe (mode mmlg, linear schedule, least-squares init, Aux-Net depth 4 trained at depths 2 / 4 / 6,
+KD plus the feature term, 150 steps of 64; the same seed and data for both) by `learngene.extract`
 with the Aux-Net measured at step 0, along the way and at the end (held-out scenes retrieval R@1 both
 ways, Fashion-MNIST zero-shot), and descendants at the ancestry's widths and at two thirds of them are
 measured straight from each extracted learngene. Writes constructions.json and constructions.md
@@ -28,7 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m benchmarks.learngene.constructions [flags]`: writes constructions.json / .md; 0 on success."""
     p = harness.parser("learngene", __doc__, "constructions")
     harness.add_common(p, "learngene")
-    p.add_argument("--steps", type=int, default=300, help="extraction steps per construction (default 300)")
+    p.add_argument("--steps", type=int, default=150, help="extraction steps per construction (default 150, the "
+                                                          "demo's)")
+    p.add_argument("--stages", type=int, default=1, help="learngene stages (default 1, the demo's)")
     p.add_argument("--scenes", type=int, default=500, help="held-out test scenes (default 500)")
     p.add_argument("--fashion", type=int, default=1000, help="Fashion-MNIST test images (default 1000)")
     args = p.parse_args(argv)
@@ -36,22 +39,27 @@ def main(argv: list[str] | None = None) -> int:
 
     from clipforge.files import read_json_object, write_json, write_text
     from clipforge.learngene import Learngene, Quality, descend
+    from clipforge.learngene.distill import Distill
     from clipforge.learngene.extract import ExtractConfig, extract
     from clipforge.learngene.pipeline import load_ancestry
     from clipforge.schedule import LEARNGENE_SCHEDULE
 
     t0 = time.perf_counter()
-    steps, scenes, fashion = (6, 32, 32) if args.quick else (args.steps, args.scenes, args.fashion)
+    steps, scenes, fashion = (4, 32, 32) if args.quick else (args.steps, args.scenes, args.fashion)
     anc_dir = harness.resolve_ancestry(args.ancestry, quick=args.quick)
     ancestry, anc_path = load_ancestry(anc_dir)
     quality = Quality.builtin(ancestry.config.vision_config.image_size, scenes=scenes, fashion=fashion)
     work = harness.work_dir(args, "learngene") / "constructions"
     v, t = ancestry.config.vision_config, ancestry.config.text_config
     narrow = {"vision": _two_thirds(v), "text": _two_thirds(t)}
-    depth = min(4, v.num_hidden_layers, t.num_hidden_layers)
+    max_depth = min(v.num_hidden_layers, t.num_hidden_layers)
+    depth = min(4, max_depth)
     rows = []
     for construction in CONSTRUCTIONS:
-        cfg = ExtractConfig(construction=construction, schedule=replace(LEARNGENE_SCHEDULE, steps=steps))
+        cfg = ExtractConfig(construction=construction, stages=args.stages, aux_depth_vision=depth,
+                            aux_depth_text=depth, distill=Distill(alpha=1.0, beta=1.0),
+                            sample_depths=sorted({d for d in (2, 4, 6) if d <= max_depth}) or None,
+                            schedule=replace(LEARNGENE_SCHEDULE, steps=steps, batch_size=16 if args.quick else 64))
         lg_dir = extract(anc_dir, ["scenes", "fashion-mnist"], work / construction, cfg, quality=quality,
                          eval_every=max(1, steps // 3), force=args.overwrite, progress=not args.quick)
         meta = read_json_object(lg_dir / "learngene.json", "a learngene record")
@@ -72,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
               "date": time.strftime("%Y-%m-%d %H:%M"), "ancestry": harness.ancestry_record(anc_path),
               "ancestry_shape": {"vision": [v.num_hidden_layers, v.hidden_size], "text": [t.num_hidden_layers,
                                                                                          t.hidden_size]},
-              "data": quality.describe(), "steps": steps, "rows": rows, "chosen": best["construction"],
+              "data": quality.describe(), "steps": steps, "stages": args.stages, "rows": rows,
+              "chosen": best["construction"],
               "rule": "the construction whose Aux-Net ends with the higher held-out mean retrieval R@1",
               "machine": harness.machine(args.note), "wall_time_s": round(time.perf_counter() - t0, 1)}
     out = harness.out_dir(args, "learngene") / "constructions"
@@ -101,8 +110,10 @@ def markdown(result: dict[str, Any]) -> str:
              f"Made by `{result['command']}` on {result['date']} in {result['wall_time_s']:.0f} s "
              f"({harness.machine_line(result['machine'])}). Ancestry: {result['ancestry'].get('name', '')}, "
              f"depth × width vision {'×'.join(map(str, result['ancestry_shape']['vision']))}, text "
-             f"{'×'.join(map(str, result['ancestry_shape']['text']))}. Mode mmlg, linear schedule, least-squares init, "
-             f"{result['steps']} KD steps each (same seed and data). Cells: held-out mean retrieval R@1 / "
+             f"{'×'.join(map(str, result['ancestry_shape']['text']))}. The demo's extraction recipe: mode mmlg, "
+             f"linear schedule, least-squares init, {result['stages']} stage(s), Aux-Net depth 4 trained at depths "
+             f"2 / 4 / 6, KD + feature term, {result['steps']} steps each (same seed and data). Cells: held-out "
+             "mean retrieval R@1 / "
              f"Fashion-MNIST zero-shot top-1, in % ({data['retrieval_size']} scenes, {data['zeroshot_size']} "
              "images).", ""]
     anc = rows[0]["auxnet"]["ancestry"]
