@@ -76,3 +76,27 @@ def test_step0_table_rebuilds_the_committed_step0_md():
     for folder in ("step0", "step0-stages2", "step0-stages4"):
         rec = json.loads((RESULTS / folder / "step0.json").read_text())
         assert step0.markdown(rec, rec["data"]) == (RESULTS / folder / "step0.md").read_text(), folder
+
+
+@pytest.mark.slow
+def test_constructions_quick(tmp_path):
+    """`benchmarks.learngene.constructions --quick`: both constructions extracted and measured, a default chosen."""
+    from benchmarks.learngene import constructions
+
+    out = tmp_path / "out"
+    assert constructions.main(["--quick", "--work", str(tmp_path / "work"), "--out", str(out),
+                               "--ancestry", str(tmp_path / "ancestry")]) == 0
+    rec = json.loads((out / "constructions" / "constructions.json").read_text())
+    assert [r["construction"] for r in rec["rows"]] == ["select", "project"] and rec["chosen"] in ("select", "project")
+    for r in rec["rows"]:
+        assert {"step0", "final", "ancestry"} <= set(r["auxnet"]) and len(r["descendants_after"]) == 2
+    assert constructions.markdown(rec) == (out / "constructions" / "constructions.md").read_text()
+
+
+def test_constructions_md_rebuilds_from_its_json():
+    from benchmarks.learngene import constructions
+
+    path = RESULTS / "constructions" / "constructions.json"
+    if path.is_file():  # committed once the benchmark has run
+        rec = json.loads(path.read_text())
+        assert constructions.markdown(rec) == (RESULTS / "constructions" / "constructions.md").read_text()

@@ -258,7 +258,8 @@ def _descendant_writer(lg: Learngene, spec: ShapeSpec, learngene_dir: Path, sett
         model = descend(lg, dv, dt, kind, wv, wt)
         prov = {**provenance(lg, dv, dt, kind, source=str(learngene_dir.resolve()), width_vision=wv,
                              width_text=wt),
-                "rule": "block i of L′ = a(i, L′)·first + b(i, L′)·second; non-block parts copied",
+                "rule": "block i of L′ = a(i, L′)·first + b(i, L′)·second; non-block parts copied; a narrower "
+                        "tower cut by element selection (whole heads, head size and MLP ratio kept)",
                 "settings": settings, "params": count_params(model)["total"]}
         if sched is not None:
             if (kind != "clip" or kd_from is not None) and not ancestry:
