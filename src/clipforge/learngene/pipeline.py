@@ -15,6 +15,7 @@ error unless `force`, so a rerun never silently mixes two recipes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -209,7 +210,7 @@ def descend_family(learngene_dir: str | os.PathLike, shapes: Sequence[ShapeSpec 
     dataset, data_desc = open_data(data, lg.config.image_size, **(data_options or {})) \
         if pretraining is not None else (None, None)
     sched = pretraining.resolved(len(dataset)) if pretraining is not None else None
-    ancestry_src = kd_from or lg_meta.get("provenance", {}).get("ancestry")
+    ancestry_src = kd_from or _ancestry_of(learngene_dir, lg_meta)
     out_dir = Path(out_dir)
     family = normalise({"learngene_sha256": digest, "pretrain": None if sched is None else {
         **brief(sched), "data": data_desc, "kd_from": str(kd_from) if kd_from is not None else None,
@@ -230,6 +231,23 @@ def descend_family(learngene_dir: str | os.PathLike, shapes: Sequence[ShapeSpec 
             done[name] = out_dir / name
         run.finish()
     return done
+
+
+def _ancestry_of(learngene_dir: Path, meta: dict[str, Any]) -> str | None:
+    """Where the learngene's ancestry is on this machine: its provenance names it as written for others
+    (relative to where it was extracted, `~/...` or just its name), the extraction run's claim
+    (`OUT/settings.json`, beside `OUT/learngene`) by its full path; the first that is a directory."""
+    from ..files import read_json_object
+
+    candidates = [meta.get("provenance", {}).get("ancestry")]
+    claim = learngene_dir.parent / "settings.json"
+    if claim.is_file():
+        with contextlib.suppress(ClipforgeError):  # an unreadable claim is just one lead fewer
+            candidates.append(read_json_object(claim).get("settings", {}).get("ancestry"))
+    for c in candidates:
+        if isinstance(c, str) and Path(c).expanduser().is_dir():
+            return str(Path(c).expanduser())
+    return None
 
 
 def _check_spec(lg: Learngene, spec: ShapeSpec) -> None:
