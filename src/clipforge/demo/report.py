@@ -219,7 +219,8 @@ def moe_section(r: Report, out: Path, cfg: Any, ancestry_dir: Path, moe_dir: Pat
             "Expert 0 is the ancestry's FFN, expert j the FFN of MCL stage j.")
     stage_recs = {}
     for j in range(int(moe.config.num_experts)):
-        dense = stage_model(Path(moe_dir).parent, j, moe) if j else io.load(ancestry_dir)
+        dense = stage_model(Path(moe_dir).parent / "mcl" / f"stage{j}" / "model", moe, j) if j \
+            else io.load(ancestry_dir)
         stage_recs[f"expert {j}" + (" (ancestry)" if j == 0 else f" (stage {j})")] = mmvp_diagnostic(
             dense, n=cfg.suite.pairs, seed=cfg.suite.seed, image_size=size)
     grouped_bars(ATTRS, {k: [v[a] for a in ATTRS] for k, v in stage_recs.items()}, plots / "experts_mmvp.png",

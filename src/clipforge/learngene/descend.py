@@ -22,6 +22,7 @@ from transformers import PreTrainedModel
 
 from ..errors import ClipforgeError
 from ..models.registry import MODEL_CLASSES, Kind, tower_config
+from .auxnet import _materialize_position_ids
 from .config import TOWERS, LearngeneConfig
 from .learngene import NON_BLOCK_OF_NAME, PART_OF_PATH, Learngene
 from .widths import BlockShape, Narrowing, scaled
@@ -135,10 +136,7 @@ def descend(learngene: Learngene, depth_vision: int | None = None, depth_text: i
         model = MODEL_CLASSES[kind](config)
     device = next(learngene.parameters()).device
     model.load_state_dict(state, strict=True, assign=True)
-    for module in model.modules():  # non-persistent position ids were built on meta
-        buf = module._buffers.get("position_ids")
-        if buf is not None and buf.is_meta:
-            module._buffers["position_ids"] = torch.arange(buf.shape[-1], device=device).expand(buf.shape).clone()
+    _materialize_position_ids(model, device)  # non-persistent position ids were built on meta
     return model.eval()
 
 

@@ -38,24 +38,28 @@ def _float(c: Any) -> float:
     return float(c.detach()) if isinstance(c, torch.Tensor) else float(c)
 
 
-def _solve(design: torch.Tensor, targets: list[torch.Tensor]) -> tuple[torch.Tensor, list[int], int]:
-    """Elementwise least squares: (θ per used column, used columns, rank) for rows `targets` (flattened)."""
-    used = [j for j in range(design.shape[1]) if design[:, j].abs().sum() > 0]
-    sub = design[:, used]
-    w = torch.stack([t.double().reshape(-1) for t in targets])  # (rows, numel)
-    return torch.linalg.pinv(sub) @ w, used, int(torch.linalg.matrix_rank(sub))
+class _Solver:
+    """Elementwise least squares for one design (one row per ancestry layer, one column per role): its
+    pseudo-inverse is computed once and serves every block tensor of the stage."""
 
+    def __init__(self, learngene: nn.Module, rows: list[tuple[str, int]], depths: dict[str, int],
+                 roles: list[str]) -> None:
+        index = {r: i for i, r in enumerate(roles)}
+        design = torch.zeros(len(rows), len(roles), dtype=torch.float64)
+        for r, (t, i) in enumerate(rows):
+            a, b = learngene.coefficients(t, i, depths[t])
+            first, second = learngene.roles(t)
+            design[r, index[first]] += _float(a)
+            design[r, index[second]] += _float(b)
+        self.rows, used = rows, [j for j in range(len(roles)) if design[:, j].abs().sum() > 0]
+        self.roles = [roles[j] for j in used]
+        sub = design[:, used]
+        self.pinv, self.rank = torch.linalg.pinv(sub), int(torch.linalg.matrix_rank(sub))
 
-def _design(learngene: nn.Module, rows: list[tuple[str, int]], depths: dict[str, int],
-            roles: list[str]) -> torch.Tensor:
-    index = {r: i for i, r in enumerate(roles)}
-    design = torch.zeros(len(rows), len(roles), dtype=torch.float64)
-    for r, (t, i) in enumerate(rows):
-        a, b = learngene.coefficients(t, i, depths[t])
-        first, second = learngene.roles(t)
-        design[r, index[first]] += _float(a)
-        design[r, index[second]] += _float(b)
-    return design
+    def solve(self, targets: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """{role: θ (flattened)} for the rows' targets, in the order of `rows`."""
+        w = torch.stack([t.double().reshape(-1) for t in targets])  # (rows, numel)
+        return dict(zip(self.roles, self.pinv @ w, strict=True))
 
 
 @torch.no_grad()
@@ -70,54 +74,50 @@ def fit_to_ancestry(learngene: nn.Module, state: dict[str, torch.Tensor], depths
     cfg = learngene.config
     all_roles = sorted(learngene.blocks)
     # Without a shared role the towers are separate problems (their shapes may differ).
-    groups = [(TOWERS, all_roles)] if learngene.mapped or _shares(learngene) else \
+    groups = [(TOWERS, all_roles)] if learngene.shared else \
         [((t,), [r for r in all_roles if r in learngene.roles(t)]) for t in TOWERS]
+    narrow = learngene.mapped[0] if learngene.mapped else None
+    wide = next(t for t in TOWERS if t != narrow) if narrow else None
     ranks: list[int] = []
     for s in range(cfg.num_stages):
         for towers, roles in groups:
             rows = [(t, i) for t in towers for i in range(depths[t]) if cfg.stage(i, depths[t]) == s]
             rows = rows or [(t, i) for t in towers for i in range(depths[t])]  # stage unused at this depth
+            seen = _Solver(learngene, rows, depths, roles)
+            wide_rows = [(t, i) for t, i in rows if t == wide]
+            rest = _Solver(learngene, wide_rows, depths, [r for r in roles if r in learngene.roles(wide)]) \
+                if narrow and wide_rows else None
             for key, part in BLOCK_PARTS.items():
-                rank = _fit_tensor(learngene, s, key, rows, roles, {row: state[block_param_name(*row, part)]
-                                                                      for row in rows}, depths)
-            ranks.append(rank)
+                _fit_tensor(learngene, s, key, roles, {row: state[block_param_name(*row, part)] for row in rows},
+                            seen, rest)
+            ranks.append(seen.rank)
     return {"method": "least squares over the schedule's basis", "design_rank": ranks,
             "relative_residual": residuals(learngene, state, depths)}
 
 
-def _shares(learngene: nn.Module) -> bool:
-    return bool(set(learngene.roles("vision")) & set(learngene.roles("text")))
-
-
-def _fit_tensor(learngene: nn.Module, s: int, key: str, rows: list[tuple[str, int]], roles: list[str],
-                w: dict[tuple[str, int], torch.Tensor], depths: dict[str, int]) -> int:
-    """Fit block tensor `key` of stage `s` of `roles` to the ancestry layers `w` (by row); returns the design rank."""
+def _fit_tensor(learngene: nn.Module, s: int, key: str, roles: list[str], w: dict[tuple[str, int], torch.Tensor],
+                seen_solver: _Solver, rest_solver: _Solver | None) -> None:
+    """Fit block tensor `key` of stage `s` of `roles` to the ancestry layers `w` (by row)."""
     narrow = learngene.mapped[0] if learngene.mapped else None
-    wide = next(t for t in TOWERS if t != narrow) if narrow else None
     cmap = learngene.tower_map(narrow) if narrow else None
     # coordinates the narrower tower sees (all of them without a map); the rest only the wider one sees
-    seen = {row: (cmap.apply(key, x) if cmap is not None and row[0] == wide else x) for row, x in w.items()}
-    theta, used, rank = _solve(_design(learngene, rows, depths, roles), [seen[row] for row in rows])
-    solution = {roles[c]: theta[j] for j, c in enumerate(used)}
-    wide_rows = [(t, i) for t, i in rows if t == wide]
-    wide_roles = [r for r in roles if r in learngene.roles(wide)] if wide else []
-    rest = {}
-    if cmap is not None and wide_rows:
-        rest_rows = [w[row] - cmap.adjoint(key, seen[row]) for row in wide_rows]
-        rest_theta, rest_used, _ = _solve(_design(learngene, wide_rows, depths, wide_roles), rest_rows)
-        rest = {wide_roles[c]: rest_theta[j] for j, c in enumerate(rest_used)}
+    seen = {row: (cmap.apply(key, x) if cmap is not None and row[0] != narrow else x) for row, x in w.items()}
+    solution = seen_solver.solve([seen[row] for row in seen_solver.rows])
+    rest = {} if rest_solver is None else rest_solver.solve(
+        [w[row] - cmap.adjoint(key, seen[row]) for row in rest_solver.rows])
+    wide_roles = set(learngene.roles(next(t for t in TOWERS if t != narrow))) if narrow else set()
+    shape = seen[seen_solver.rows[0]].shape
     for role in roles:
         p = learngene.blocks[role][s][key]
         value = solution.get(role)
         if value is None:  # a role no equation reaches (cannot happen for the built-in modes)
             p.zero_()
             continue
-        if cmap is not None and role in wide_roles:  # stored at the wider shape: Cᵀ(view) + the rest
-            value = cmap.adjoint(key, value.reshape(seen[rows[0]].shape)).reshape(-1)
-            if role in rest:
-                value = value + rest[role]
+        if cmap is not None and role in wide_roles:
+            # stored at the wider shape: Cᵀ(the narrower tower's view) + the rest
+            value = cmap.adjoint(key, value.reshape(shape)).reshape(-1)
+            value = value + rest[role] if role in rest else value
         p.copy_(value.reshape(p.shape).float())
-    return rank
 
 
 @torch.no_grad()

@@ -149,11 +149,12 @@ class Learngene(nn.Module):
                 for _ in range(config.num_stages)])
             for role in role_names})
         self.mapped = mapped_towers(config)
+        self.shared = shared_roles(config.mode)
         if config.construction == "project":  # fitted to the ancestry, stored with the learngene
             for t in self.mapped:
                 self.register_buffer(f"projection_{t}",
                                      torch.empty(config.tower_shape(t).width, config.shared_shape.width))
-        self._maps: dict[str, TowerMap] = {}
+        self._maps: dict[str, TowerMap] = {}  # per mapped tower, built on first use
         self.non_block = nn.ParameterDict(
             {k: nn.Parameter(torch.empty(s)) for k, s in _non_block_shapes(config).items()})
         if config.schedule == "learned":
@@ -188,17 +189,16 @@ class Learngene(nn.Module):
         if tower not in self.mapped:
             return None
         proj = getattr(self, f"projection_{tower}", None)
-        key = f"{tower}:{proj.device if proj is not None else 'cpu'}"
-        if key not in self._maps:
-            self._maps = {k: v for k, v in self._maps.items() if not k.startswith(tower)}
-            self._maps[key] = TowerMap(self.config.shared_shape, self.config.tower_shape(tower),
-                                       self.config.construction, proj)
-        return self._maps[key]
+        if tower not in self._maps:
+            self._maps[tower] = TowerMap(self.config.shared_shape, self.config.tower_shape(tower),
+                                         self.config.construction, proj)
+        self._maps[tower].projection = proj  # the buffer as it is now (`.to()` replaces it)
+        return self._maps[tower]
 
     def view(self, role: str, tower: str, stage: int, key: str) -> Tensor:
         """`tower`'s view of one tensor of `role`: the tensor, or C(tensor) for a shared one read by a narrower one."""
         t = self.blocks[role][stage][key]
-        cmap = self.tower_map(tower) if role in shared_roles(self.config.mode) else None
+        cmap = self.tower_map(tower) if role in self.shared else None
         return t if cmap is None else cmap.apply(key, t)
 
     def roles(self, tower: str) -> tuple[str, str]:

@@ -147,15 +147,12 @@ def _check_disk(base: Any, out: Path, cfg: DMUConfig, keep_stages: bool) -> None
                              "free some space or choose another --out")
 
 
-def stage_model(out: str | os.PathLike, j: int, moe: nn.Module | None = None) -> nn.Module:
-    """MCL stage j's dense model of the DMU run in `out`: the kept directory, else rebuilt from the CLIP-MoE
-    (`pack.expert_model`; `moe`: the run's CLIP-MoE if already loaded)."""
+def stage_model(kept: str | os.PathLike, moe: nn.Module, j: int) -> nn.Module:
+    """MCL stage j's dense model: its directory `kept` (`OUT/mcl/stage{j}/model`) when the run kept it, else
+    rebuilt from the run's CLIP-MoE `moe` (`pack.expert_model`)."""
     from .pack import expert_model
 
-    kept = Path(out) / "mcl" / f"stage{j}" / "model"
-    if (kept / "config.json").is_file():
-        return io.load(kept)
-    return expert_model(moe if moe is not None else io.load(Path(out) / "model"), j)
+    return io.load(kept) if (Path(kept) / "config.json").is_file() else expert_model(moe, j)
 
 
 def redundant_copies(out: Path, cfg: DMUConfig) -> list[Path]:

@@ -51,7 +51,7 @@ def evaluate_moe_run(out: str | os.PathLike, base: nn.Module | str | os.PathLike
     """Evaluate a DMU run directory: base vs CLIP-MoE, stage models' MMVP, routing; write the files."""
     from ..data.scenes import ScenesDataset
     from ..eval.tasks import mmvp_diagnostic
-    from ..moe.pack import expert_model
+    from ..moe.dmu import stage_model
     from ..moe.routing import load_shares, routing_stats
     from .plots import grouped_bars, loss_curve, read_log
 
@@ -66,8 +66,8 @@ def evaluate_moe_run(out: str | os.PathLike, base: nn.Module | str | os.PathLike
         if j == 0:
             stages["stage0"] = result["models"]["base"]["metrics"].get("mmvp")
             continue
-        stage = io.load(d) if (Path(d) / "config.json").is_file() else expert_model(model, j)  # not kept
-        stages[f"stage{j}"] = mmvp_diagnostic(stage, n=suite.pairs, seed=suite.seed, image_size=size)
+        stages[f"stage{j}"] = mmvp_diagnostic(stage_model(d, model, j), n=suite.pairs, seed=suite.seed,
+                                              image_size=size)
     result["stages_mmvp"] = stages
     test = ScenesDataset(split="test", size=min(routing_samples, suite.scenes), seed=suite.seed + 1, image_size=size)
     stats = routing_stats(model, test)
