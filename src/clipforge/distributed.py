@@ -7,6 +7,8 @@ never needs a process group: `gather_with_grad(x)` returns `x`, `barrier()` retu
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -36,10 +38,41 @@ def _env_int(name: str, default: int) -> int:
     return default if value in (None, "") else int(value)
 
 
+# The device a command's `--device` asked for (None: auto). One rule for every command: training,
+# clustering, evaluation and reports all take their device from `dist_info()`.
+_PREFERRED: list[torch.device | None] = [None]
+
+
+@contextmanager
+def preferred_device(device: str | torch.device | None) -> Iterator[None]:
+    """Context: `dist_info()` (and so every training run, embedding pass and evaluation that asks it) uses
+    `device`: None or "auto" = CUDA when available, else the CPU; "cuda" = this rank's GPU (cuda:LOCAL_RANK)."""
+    before = _PREFERRED[0]
+    _PREFERRED[0] = None if device in (None, "auto") else torch.device(device)
+    try:
+        yield
+    finally:
+        _PREFERRED[0] = before
+
+
+def default_device(local_rank: int | None = None) -> torch.device:
+    """The device this process runs models on: the preferred one (`preferred_device`), else CUDA when
+    available, else the CPU. A CUDA device without an index is this rank's (cuda:LOCAL_RANK)."""
+    if local_rank is None:
+        local_rank = _env_int("LOCAL_RANK", _env_int("RANK", 0))
+    pref = _PREFERRED[0]
+    if pref is None:
+        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    if pref.type == "cuda" and pref.index is None:
+        return torch.device("cuda", local_rank)
+    return pref
+
+
 def dist_info(device: str | torch.device | None = None) -> DistInfo:
     """The rank layout from `RANK`, `LOCAL_RANK`, `WORLD_SIZE` (an initialised group wins over the env).
 
-    The device is `cuda:LOCAL_RANK` when CUDA is available, else the CPU, unless `device` is given.
+    The device is `default_device()` (the command's `--device`, else cuda:LOCAL_RANK when CUDA is
+    available, else the CPU), unless `device` is given.
     """
     if is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
@@ -47,7 +80,7 @@ def dist_info(device: str | torch.device | None = None) -> DistInfo:
         rank, world = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1)
     local_rank = _env_int("LOCAL_RANK", rank)
     if device is None:
-        device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+        device = default_device(local_rank)
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world, device=torch.device(device))
 
 

@@ -1,5 +1,6 @@
-"""Flags every writing or data-reading command shares, defined once: `--workers`, `--overwrite` and the
-execution options of training commands (`--grad-checkpointing`, `--compile`, `--optimizer`)."""
+"""Flags every writing or data-reading command shares, defined once: `--workers`, `--overwrite`, `--device`,
+the user-data flags and the execution options of training commands (`--grad-checkpointing`, `--compile`,
+`--optimizer`)."""
 
 from __future__ import annotations
 
@@ -38,26 +39,37 @@ def user_data_kwargs(args: argparse.Namespace) -> dict[str, str]:
     return {"image_key": args.image_key, "caption_key": args.caption_key, "on_error": args.on_error}
 
 
+DEVICE_HELP = ("where models and their batches run, training, clustering and evaluation alike: auto (default: "
+               "CUDA when available, else the CPU), cpu, cuda (under torchrun: each rank's own GPU), cuda:1")
+
+
 def add_device_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto",
-                   help="where the model and its batches run: auto (CUDA when available, default), cpu, cuda, cuda:1")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
 
 
-def resolve_device(name: str):
-    """The torch device `--device` names; one line when it is not there."""
+def resolve_device(name: str | None):
+    """The torch device `--device` names for this process (cuda without an index: this rank's GPU); one line
+    when it is not there."""
     import torch
 
+    from .. import distributed as D
     from ..errors import ClipforgeError
 
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name in (None, "auto"):
+        return D.default_device()
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):
         raise ClipforgeError(f"--device {name!r} is not a device (cpu, cuda, cuda:1, ...)") from None
-    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
-        raise ClipforgeError(f"--device {name}: no such CUDA device here ({torch.cuda.device_count()} visible)")
-    return device
+    if device.type not in ("cpu", "cuda"):
+        raise ClipforgeError(f"--device {name!r}: clipforge runs on cpu or cuda")
+    if device.type == "cuda":
+        if not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count():
+            raise ClipforgeError(f"--device {name}: no such CUDA device here ({torch.cuda.device_count()} visible)")
+        if device.index is not None and D.dist_info().world_size > 1:
+            raise ClipforgeError(f"--device {name}: under torchrun each rank takes its own GPU; pass --device cuda")
+    with D.preferred_device(device):
+        return D.default_device()
 
 
 def add_execution_flags(p: argparse.ArgumentParser) -> None:
@@ -73,15 +85,18 @@ def add_execution_flags(p: argparse.ArgumentParser) -> None:
 
 def with_workers(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """Run a command with its `--workers` as the process default for every DataLoader it builds (the
-    configs keep 0, so result records do not change with the worker count), and its execution options
-    (`add_execution_flags`) for every training run it starts."""
+    configs keep 0, so result records do not change with the worker count), its `--device` for every model it
+    runs (`distributed.preferred_device`), and its execution options (`add_execution_flags`) for every
+    training run it starts. None of them changes what the command computes, so none is in a run's settings."""
 
     @functools.wraps(run)
     def wrapped(args: argparse.Namespace) -> int:
         from ..data.loader import default_workers
+        from ..distributed import preferred_device
         from ..train.options import FIELDS, execution
 
-        with default_workers(getattr(args, "workers", None)), \
+        device = resolve_device(getattr(args, "device", None))  # a bad --device fails before any work
+        with default_workers(getattr(args, "workers", None)), preferred_device(device), \
                 execution(**{f: getattr(args, f, None) for f in FIELDS}):
             return run(args)
 

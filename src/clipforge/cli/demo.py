@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._workers import add_overwrite_flag
+from ._workers import add_device_flag, add_overwrite_flag, with_workers
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -29,10 +29,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compose", action="store_true",
                    help="also grow a CLIP-MoE from the middle MM-LG descendant (the two methods composed; "
                         "a few more minutes)")
+    add_device_flag(p)
     add_overwrite_flag(p)
     p.set_defaults(func=run)
 
 
+@with_workers
 def run(args: argparse.Namespace) -> int:
     from ..demo.pipeline import DemoConfig, run_demo
     from ..errors import ClipforgeError

@@ -18,6 +18,7 @@ from ..schedule import (
     schedule_from_args,
 )
 from ._workers import (
+    add_device_flag,
     add_execution_flags,
     add_overwrite_flag,
     add_user_data_flags,
@@ -102,6 +103,7 @@ def _add_extract(lsub: argparse._SubParsersAction) -> None:
     add_overwrite_flag(p)
     add_user_data_flags(p)
     add_workers_flag(p)
+    add_device_flag(p)
     add_execution_flags(p)
     p.set_defaults(func=run_extract)
 
@@ -140,6 +142,7 @@ def _add_descend(lsub: argparse._SubParsersAction) -> None:
     add_overwrite_flag(p)
     add_user_data_flags(p)
     add_workers_flag(p)
+    add_device_flag(p)
     add_execution_flags(p)
     p.set_defaults(func=run_descend)
 

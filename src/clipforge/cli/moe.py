@@ -14,6 +14,7 @@ from pathlib import Path
 from ..errors import ClipforgeError
 from ..schedule import Schedule, add_schedule_flags, finite_float
 from ._workers import (
+    add_device_flag,
     add_execution_flags,
     add_overwrite_flag,
     add_user_data_flags,
@@ -55,6 +56,7 @@ def _data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
                         "attribute, counts, relations); see clipforge.data.scenes.styles")
     add_user_data_flags(p)
     add_workers_flag(p)
+    add_device_flag(p)
     add_execution_flags(p)
 
 
@@ -87,7 +89,11 @@ def _add_dmu(msub: argparse._SubParsersAction) -> None:
     _data_args(p)
     p.add_argument("--out", type=Path, required=True, help="output directory; the CLIP-MoE is OUT/model")
     _config_args(p)
-    p.add_argument("--no-eval", action="store_true", help="skip the built-in evaluation")
+    p.add_argument("--eval-data", help="held-out data to measure the CLIP-MoE against the base on, read with the "
+                                       "same --image-key/--caption-key/--label-key: retrieval on its pairs, zero-shot "
+                                       "when it has labels (default: the built-in suite when --data is built-in, "
+                                       "else no evaluation)")
+    p.add_argument("--no-eval", action="store_true", help="skip the evaluation")
     p.add_argument("--keep-stages", action="store_true",
                    help="keep the MCL stage models and packed/ once finished (default: the CLIP-MoE only, which "
                         "holds every stage's FFNs; clipforge.moe.pack.expert_model rebuilds a stage model)")
@@ -164,6 +170,7 @@ def _add_stats(msub: argparse._SubParsersAction) -> None:
                    help="a CLIP-MoE model directory or a run directory holding model/")
     p.add_argument("--out", type=Path, required=True, help="directory for routing.json, cost.json, routing.png")
     p.add_argument("--samples", type=int, default=500, help="held-out scenes to route (default 500)")
+    add_device_flag(p)
     add_overwrite_flag(p)
     p.set_defaults(func=run_stats)
 
@@ -238,44 +245,69 @@ def _image_size(model_dir: Path) -> int:
 
 @with_workers
 def run_dmu(args: argparse.Namespace) -> int:
+    from .. import distributed as D
     from ..moe.dmu import dmu
 
-    _check_out(args, args.base)
+    _check_out(args, args.base, *([args.eval_data] if args.eval_data else []))
     base = _model_dir(args.base)
     cfg = _config(args)
     data = _open(args, _image_size(base))
-    print(f"[moe dmu] base {base}, {len(data):,} training samples, {cfg.mcl.num_experts} experts "
-          f"({cfg.mcl.num_experts - 1} MCL stages of {cfg.mcl.schedule.steps or 'one epoch of'} steps), "
-          f"top-{cfg.top_k}, "
-          f"router {cfg.router.schedule.steps or 'one epoch of'} steps; output {args.out}")
+    plan = _eval_plan(args, _image_size(base))  # said (and its data opened) now, not found wanting at the end
+    if D.rank() == 0:
+        print(f"[moe dmu] base {base}, {len(data):,} training samples, {cfg.mcl.num_experts} experts "
+              f"({cfg.mcl.num_experts - 1} MCL stages of {cfg.mcl.schedule.steps or 'one epoch of'} steps), "
+              f"top-{cfg.top_k}, router {cfg.router.schedule.steps or 'one epoch of'} steps, on "
+              f"{D.default_device()}; output {args.out}\n[moe dmu] evaluation: {plan['says']}")
     model_dir = dmu(str(base), data, args.out, cfg, force=args.overwrite, keep_stages=args.keep_stages)
-    from .. import distributed as D
-
     main = D.rank() == 0
     D.cleanup()  # every rank is done: rank 0 evaluates alone, after the process group is gone (no barrier waits)
     if not main:
         return 0
-    if not args.no_eval and not (args.out / "eval.json").is_file():
-        _evaluate_dmu(args, base, model_dir)
+    if plan["on"] and not (args.out / "eval.json").is_file():
+        _evaluate_dmu(args, base, model_dir, plan)
     if (args.out / "eval.md").is_file():
         print((args.out / "eval.md").read_text())
     print(f"CLIP-MoE: {model_dir}")
     return 0
 
 
-def _evaluate_dmu(args: argparse.Namespace, base: Path, model_dir: Path) -> None:
-    """The built-in evaluation of a finished DMU run, recorded in its dmu.json as the "evaluation" phase."""
+BUILTIN = {"scenes", "fashion-mnist", "mnist"}
+
+
+def _eval_plan(args: argparse.Namespace, image_size: int) -> dict:
+    """What `moe dmu` measures once finished: the user's held-out data (--eval-data), the built-in suite when
+    the training data are built-in (less the tasks whose optional data are missing here), or nothing."""
+    from ..eval.suite import SuiteConfig, available_tasks
+
+    if args.no_eval:
+        return {"on": False, "says": "off (--no-eval)"}
+    if args.eval_data:
+        from ..data import open_mixture
+
+        test = open_mixture([args.eval_data], "test", image_size, **user_data_kwargs(args))
+        return {"on": True, "test": test, "suite": SuiteConfig(),
+                "says": f"the base and the CLIP-MoE on {args.eval_data} ({len(test):,} held-out samples)"}
+    if not all(d.lower() in BUILTIN for d in args.data):
+        return {"on": False, "says": "off: the training data are your own; pass --eval-data HELD_OUT to measure "
+                                     "the CLIP-MoE against the base on held-out data of yours"}
+    suite, notices = available_tasks(SuiteConfig.quick() if args.eval_size == "quick" else SuiteConfig())
+    says = f"the built-in suite ({', '.join(suite.tasks)})" + "".join(f"\n[moe dmu] notice: {n}" for n in notices)
+    return {"on": True, "test": None, "suite": suite, "says": says}
+
+
+def _evaluate_dmu(args: argparse.Namespace, base: Path, model_dir: Path, plan: dict) -> None:
+    """The evaluation of a finished DMU run (`_eval_plan`), on --device, recorded in its dmu.json."""
     import time
 
-    from ..eval.suite import SuiteConfig
+    from ..distributed import default_device
     from ..files import write_json
     from ..models import io
     from ..report.moe_run import evaluate_moe_run
 
-    suite = SuiteConfig.quick() if args.eval_size == "quick" else SuiteConfig()
     stages = json.loads((args.out / "mcl" / "mcl.json").read_text())["experts"]  # base first, as the run used them
     t = time.perf_counter()
-    evaluate_moe_run(args.out, str(base), io.load(model_dir), stages, suite)
+    evaluate_moe_run(args.out, str(base), io.load(model_dir).to(default_device()), stages, plan["suite"],
+                     test=plan["test"])
     manifest = json.loads((args.out / "dmu.json").read_text())
     manifest["phases"]["evaluation"] = {"wall_time_s": round(time.perf_counter() - t, 2),
                                         "results": str(args.out / "eval.json")}
@@ -368,9 +400,11 @@ def run_baseline(args: argparse.Namespace) -> int:
     return 0
 
 
+@with_workers
 def run_stats(args: argparse.Namespace) -> int:
     from ..cost import model_costs
     from ..data.scenes import ScenesDataset
+    from ..distributed import default_device
     from ..files import file_digest, write_json
     from ..models import io
     from ..moe.routing import load_shares, routing_stats
@@ -379,7 +413,7 @@ def run_stats(args: argparse.Namespace) -> int:
 
     _check_out(args, args.model)
     model_dir = _model_dir(args.model)
-    model = io.load(model_dir)
+    model = io.load(model_dir).to(default_device())  # --device (with_workers)
     size = int(model.config.vision_config.image_size)
     stats = routing_stats(model, ScenesDataset(split="test", size=args.samples, seed=1, image_size=size))
 

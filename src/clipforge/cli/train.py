@@ -13,8 +13,8 @@ from ._workers import (
     add_overwrite_flag,
     add_user_data_flags,
     add_workers_flag,
-    resolve_device,
     user_data_kwargs,
+    with_workers,
 )
 
 # = clipforge.data.scenes.styles.CAPTION_STYLES (not imported here: the parser stays cheap to build).
@@ -44,6 +44,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache", type=Path, help=CACHE_HELP)
     p.add_argument("--quick", action="store_true", help="a toy ancestry for tests (tiny model, a few steps)")
     p.add_argument("--steps", type=int, help="override the number of training steps")
+    add_device_flag(p)
     add_overwrite_flag(p)
     p.add_argument("--scenes-captions", choices=SCENES_CAPTIONS,
                    help="caption style of the training scenes (default: the recipe's, alt)")
@@ -82,6 +83,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-every", type=int, default=200, help="checkpoint every N steps (default 200)")
     add_schedule_flags(p, TRAIN_SCHEDULE, only=("log_every",))
     add_workers_flag(p, "--num-workers", dest="num_workers")
+    add_device_flag(p)
     p.add_argument("--resume", help="a checkpoint file or directory to start from (a rerun of the same command "
                                     "resumes its own run without this flag)")
     add_overwrite_flag(p)
@@ -106,6 +108,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_eval)
 
 
+@with_workers
 def run_ancestry(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -174,6 +177,7 @@ def _check_train_args(args: argparse.Namespace, cfg, data) -> None:
             raise ClipforgeError(f"--resume {path}: not a clipforge training checkpoint")
 
 
+@with_workers
 def run_train(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
@@ -221,8 +225,10 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+@with_workers
 def run_eval(args: argparse.Namespace) -> int:
     from ..data import open_mixture
+    from ..distributed import default_device
     from ..eval import probes, tasks
     from ..files import write_json
     from ..models.io import load
@@ -233,7 +239,7 @@ def run_eval(args: argparse.Namespace) -> int:
         raise ClipforgeError(f"--steps must be at least 1, got {args.steps}")
     if args.out is not None:
         _check_eval_out(args.out, args.overwrite)
-    model = load(args.model).to(resolve_device(args.device))  # its batches follow it (eval.embed)
+    model = load(args.model).to(default_device())  # --device (with_workers); its batches follow it (eval.embed)
     size = model.config.vision_config.image_size if hasattr(model.config, "vision_config") else None
     if args.task == "mmvp":
         result = tasks.mmvp_diagnostic(model, image_size=size, n=args.limit or 200)  # pairs per attribute

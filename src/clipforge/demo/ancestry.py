@@ -248,7 +248,10 @@ def _refresh_metrics(out: Path, recipe: AncestryRecipe) -> None:
     missing = [t for t in SuiteConfig().tasks if t not in metrics.get("trained", {})]
     if not missing and "coverage" in metrics:
         return
-    model, init = load(out / "model"), build(recipe.arch, seed=recipe.schedule.seed)
+    from ..distributed import default_device
+
+    dev = default_device()  # --device; batches follow the model
+    model, init = load(out / "model").to(dev), build(recipe.arch, seed=recipe.schedule.seed).to(dev)
     if missing:
         print(f"[ancestry] evaluating the cached ancestry on {', '.join(missing)} (new suite tasks)")
         metrics["trained"] = {**metrics["trained"], **evaluate(model, recipe, tasks=tuple(missing))}

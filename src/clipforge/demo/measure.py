@@ -30,7 +30,9 @@ def measure(name: str, model_dir: Path, suite: SuiteConfig, cache: Path, probe_t
 
 
 def _measure(name: str, model_dir: Path, suite: SuiteConfig, probe_train: int) -> dict[str, Any]:
-    model = io.load(model_dir).eval()
+    from ..distributed import default_device
+
+    model = io.load(model_dir).to(default_device()).eval()  # --device; batches follow the model
     kind = model_kind(model)
     t = time.perf_counter()
     rec: dict[str, Any] = {"name": name, "kind": kind, "model": str(model_dir)}

@@ -209,7 +209,9 @@ def moe_section(r: Report, out: Path, cfg: Any, ancestry_dir: Path, moe_dir: Pat
 
     plots = out / "plots"
     r.heading("Inside the CLIP-MoE")
-    moe = io.load(moe_dir).eval()
+    from ..distributed import default_device
+
+    moe = io.load(moe_dir).to(default_device()).eval()  # --device; batches follow the model
     size = int(moe.config.vision_config.image_size)
     test = ScenesDataset(split="test", size=min(500, cfg.suite.scenes), seed=1, image_size=size)
     stats = routing_stats(moe, test)
@@ -220,7 +222,7 @@ def moe_section(r: Report, out: Path, cfg: Any, ancestry_dir: Path, moe_dir: Pat
     stage_recs = {}
     for j in range(int(moe.config.num_experts)):
         dense = stage_model(Path(moe_dir).parent / "mcl" / f"stage{j}" / "model", moe, j) if j \
-            else io.load(ancestry_dir)
+            else io.load(ancestry_dir).to(moe.device)
         stage_recs[f"expert {j}" + (" (ancestry)" if j == 0 else f" (stage {j})")] = mmvp_diagnostic(
             dense, n=cfg.suite.pairs, seed=cfg.suite.seed, image_size=size)
     grouped_bars(ATTRS, {k: [v[a] for a in ATTRS] for k, v in stage_recs.items()}, plots / "experts_mmvp.png",

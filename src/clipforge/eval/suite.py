@@ -59,13 +59,60 @@ def evaluate_builtin(model: nn.Module, cfg: SuiteConfig | None = None) -> dict[s
     return out
 
 
+def available_tasks(cfg: SuiteConfig) -> tuple[SuiteConfig, list[str]]:
+    """`cfg` without the tasks whose optional data are not installed here, and one notice per task left
+    out (said at the start of a run, so a missing package never fails it at its end)."""
+    from dataclasses import replace
+
+    from ..data.classification import FashionMNIST
+    from ..errors import ClipforgeError
+
+    notices = []
+    if "fashion_mnist" in cfg.tasks:
+        try:
+            FashionMNIST(split="test", limit=1)
+        except ClipforgeError as e:
+            notices.append(f"{e}; the evaluation leaves out Fashion-MNIST zero-shot")
+            cfg = replace(cfg, tasks=tuple(t for t in cfg.tasks if t != "fashion_mnist"))
+    return cfg, notices
+
+
+def has_captions(dataset: Any) -> bool:
+    """Whether a dataset's samples carry captions (a labelled image set may have none)."""
+    captions = getattr(dataset, "captions", None)
+    if callable(captions):  # user data: read the first row's captions without decoding its image
+        return len(dataset) > 0 and bool(captions(0))
+    return len(dataset) > 0 and bool(dataset[0].captions)
+
+
+def evaluate_data(model: nn.Module, test: Any) -> dict[str, Any]:
+    """A CLIP on the user's held-out data: retrieval when it has captions, zero-shot when it has class labels
+    (`classnames`); returns {"retrieval", "zeroshot"} (those that apply)."""
+    from ..errors import ClipforgeError
+    from .tasks import retrieval, zeroshot_classification
+
+    out: dict[str, Any] = {}
+    if has_captions(test):
+        out["retrieval"] = retrieval(model, test)
+    if getattr(test, "classnames", None):
+        out["zeroshot"] = zeroshot_classification(model, test)
+    if not out:
+        raise ClipforgeError(f"{getattr(test, 'name', 'the evaluation data')}: neither captions nor class labels "
+                             "to evaluate on (choose them with --caption-key / --label-key)")
+    return out
+
+
 def headline(metrics: dict[str, Any]) -> dict[str, float]:
     """The flat numbers a table shows: FMNIST acc1, retrieval R@1/5/10 both ways, MMVP per attribute."""
     flat: dict[str, float] = {}
     if "fashion_mnist" in metrics:
         flat["fmnist_acc1"] = metrics["fashion_mnist"]["acc1"]
-    if "scenes_retrieval" in metrics:
-        r = metrics["scenes_retrieval"]
+    if "zeroshot" in metrics:  # the user's labelled data (`evaluate_data`)
+        flat["zeroshot_acc1"] = metrics["zeroshot"]["acc1"]
+    for task in ("scenes_retrieval", "retrieval"):  # built-in scenes, or the user's pairs (`evaluate_data`)
+        if task not in metrics:
+            continue
+        r = metrics[task]
         for k in (1, 5, 10):
             flat[f"t2i_r{k}"] = r[f"image_retrieval_recall@{k}"]
             flat[f"i2t_r{k}"] = r[f"text_retrieval_recall@{k}"]

@@ -152,7 +152,9 @@ def stage_model(kept: str | os.PathLike, moe: nn.Module, j: int) -> nn.Module:
     rebuilt from the run's CLIP-MoE `moe` (`pack.expert_model`)."""
     from .pack import expert_model
 
-    return io.load(kept) if (Path(kept) / "config.json").is_file() else expert_model(moe, j)
+    if (Path(kept) / "config.json").is_file():
+        return io.load(kept).to(next(moe.parameters()).device)
+    return expert_model(moe, j)
 
 
 def redundant_copies(out: Path, cfg: DMUConfig) -> list[Path]:

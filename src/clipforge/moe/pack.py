@@ -166,6 +166,6 @@ def expert_model(moe: CLIPMoEModel, expert: int) -> CLIPModel:
             continue
         state[key] = value.detach().clone()
     model.load_state_dict(state, strict=True, assign=True)
-    _materialize_buffers(model)
-    return model.eval()
+    _materialize_buffers(model)  # position ids: made on the CPU, moved with the model below
+    return model.to(next(moe.parameters()).device).eval()
 

@@ -51,7 +51,9 @@ def _seed(x: Tensor, k: int, init: str, g: torch.Generator) -> Tensor:
 def torch_kmeans(x: np.ndarray, k: int, seed: int = 0, niter: int = 50, *, spherical: bool = True,
                  init: str = "kmeans++", max_points: int | None = None, device: str | None = None) -> np.ndarray:
     """Labels int64 [N] of `k` clusters of the rows of `x` (float32); see the module docstring."""
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from ..distributed import default_device
+
+    dev = torch.device(device) if device is not None else default_device()  # the command's --device
     g = torch.Generator().manual_seed(int(seed))
     full = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(dev)
     train = full

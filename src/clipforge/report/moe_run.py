@@ -18,15 +18,16 @@ from torch import nn
 
 from ..cost import model_costs
 from ..errors import ClipforgeError
-from ..eval.suite import SuiteConfig, evaluate_builtin, headline
+from ..eval.suite import SuiteConfig, evaluate_builtin, evaluate_data, has_captions, headline
 from ..files import write_json, write_text
 from ..models import io
 from .plots import _save
 
 
-def measure(model: nn.Module, suite: SuiteConfig) -> dict[str, Any]:
-    """Suite metrics (full and flat) plus costs of one model."""
-    metrics = evaluate_builtin(model, suite)
+def measure(model: nn.Module, suite: SuiteConfig, test: Any = None) -> dict[str, Any]:
+    """Metrics (full and flat) plus costs of one model: on the user's held-out `test` data when given
+    (`evaluate_data`), else on the built-in suite."""
+    metrics = evaluate_builtin(model, suite) if test is None else evaluate_data(model, test)
     return {"metrics": metrics, "headline": headline(metrics), "cost": model_costs(model)}
 
 
@@ -47,19 +48,39 @@ def markdown_table(rows: dict[str, dict[str, Any]], columns: Sequence[str]) -> s
 
 
 def evaluate_moe_run(out: str | os.PathLike, base: nn.Module | str | os.PathLike, model: nn.Module,
-                     stage_dirs: Sequence[str | os.PathLike], suite: SuiteConfig, routing_samples: int = 500) -> dict:
-    """Evaluate a DMU run directory: base vs CLIP-MoE, stage models' MMVP, routing; write the files."""
-    from ..data.scenes import ScenesDataset
+                     stage_dirs: Sequence[str | os.PathLike], suite: SuiteConfig, routing_samples: int = 500,
+                     test: Any = None) -> dict:
+    """Evaluate a DMU run directory: base vs CLIP-MoE, stage models' MMVP, routing; write the files.
+
+    On the user's held-out `test` data when given (retrieval and/or zero-shot; routing on its pairs, no
+    built-in task), else on the built-in suite. Models run on the CLIP-MoE's device (`--device`).
+    """
+    out = Path(out)
+    device = next(model.parameters()).device
+    base_model = (base if isinstance(base, nn.Module) else io.load(base)).to(device)
+    result: dict[str, Any] = {"suite": suite.to_dict() if test is None else {"data": _name(test), "size": len(test)},
+                              "models": {}}
+    result["models"]["base"] = measure(base_model.eval(), suite, test)
+    result["models"]["clip_moe"] = measure(model.eval(), suite, test)
+    stages = _stages_mmvp(result, model, stage_dirs, suite) if test is None else {}
+    result["stages_mmvp"] = stages
+    _routing(result, out, model, suite, routing_samples, test)
+    _plots(result, out, stages)
+    write_json(out / "eval.json", result)
+    write_text(out / "eval.md", _markdown(result, stages))
+    return result
+
+
+def _name(test: Any) -> str:
+    return str(getattr(test, "source", None) or getattr(test, "name", "user data"))
+
+
+def _stages_mmvp(result: dict[str, Any], model: nn.Module, stage_dirs: Sequence[str | os.PathLike],
+                 suite: SuiteConfig) -> dict[str, Any]:
+    """Each stage model's MMVP-style scores (stage 0 is the base's, measured already)."""
     from ..eval.tasks import mmvp_diagnostic
     from ..moe.dmu import stage_model
-    from ..moe.routing import load_shares, routing_stats
-    from .plots import grouped_bars, loss_curve, read_log
 
-    out = Path(out)
-    base_model = base if isinstance(base, nn.Module) else io.load(base)
-    result: dict[str, Any] = {"suite": suite.to_dict(), "models": {}}
-    result["models"]["base"] = measure(base_model.eval(), suite)
-    result["models"]["clip_moe"] = measure(model.eval(), suite)
     size = int(model.config.vision_config.image_size)
     stages: dict[str, Any] = {}
     for j, d in enumerate(stage_dirs):
@@ -68,12 +89,32 @@ def evaluate_moe_run(out: str | os.PathLike, base: nn.Module | str | os.PathLike
             continue
         stages[f"stage{j}"] = mmvp_diagnostic(stage_model(d, model, j), n=suite.pairs, seed=suite.seed,
                                               image_size=size)
-    result["stages_mmvp"] = stages
-    test = ScenesDataset(split="test", size=min(routing_samples, suite.scenes), seed=suite.seed + 1, image_size=size)
-    stats = routing_stats(model, test)
+    return stages
+
+
+def _routing(result: dict[str, Any], out: Path, model: nn.Module, suite: SuiteConfig, samples: int,
+             test: Any) -> None:
+    """Routing statistics on held-out pairs (the user's when given, else built-in scenes), with the heat map."""
+    from ..data.scenes import ScenesDataset
+    from ..moe.routing import load_shares, routing_stats
+
+    size = int(model.config.vision_config.image_size)
+    if test is None:
+        test, where = ScenesDataset(split="test", size=min(samples, suite.scenes), seed=suite.seed + 1,
+                                    image_size=size), "held-out scenes"
+    elif has_captions(test):
+        where = _name(test)
+    else:
+        return  # routing is counted over image and text tokens: a set without captions has no text
+    stats = routing_stats(model, test, limit=samples)
     write_json(out / "routing.json", stats)
     result["routing"] = load_shares(stats)
-    plot_routing(stats, out / "plots" / "routing.png", title="CLIP-MoE routing on held-out scenes")
+    plot_routing(stats, out / "plots" / "routing.png", title=f"CLIP-MoE routing on {where}")
+
+
+def _plots(result: dict[str, Any], out: Path, stages: dict[str, Any]) -> None:
+    from .plots import grouped_bars, loss_curve, read_log
+
     if (out / "log.jsonl").is_file():
         loss_curve(read_log(out / "log.jsonl"), out / "plots" / "routers_loss.png", title="router training")
     if stages and all(v for v in stages.values()):
@@ -82,17 +123,23 @@ def evaluate_moe_run(out: str | os.PathLike, base: nn.Module | str | os.PathLike
                      {"clip_moe": [result["models"]["clip_moe"]["metrics"]["mmvp"][a] for a in attrs]},
                      out / "plots" / "stages_mmvp.png", title="MMVP-style pair accuracy per stage model",
                      ylabel="pair accuracy", chance=0.25)
-    write_json(out / "eval.json", result)
+
+
+COLUMNS = ["fmnist_acc1", "zeroshot_acc1", "t2i_r1", "t2i_r5", "i2t_r1", "i2t_r5", "mmvp_mean", "params_stored",
+           "params_active_per_token", "flops_per_image", "latency_image_ms"]
+
+
+def _markdown(result: dict[str, Any], stages: dict[str, Any]) -> str:
     rows = {name: {**m["headline"], **m["cost"]} for name, m in result["models"].items()}
-    cols = ["fmnist_acc1", "t2i_r1", "t2i_r5", "i2t_r1", "i2t_r5", "mmvp_mean", "params_stored",
-            "params_active_per_token", "flops_per_image", "latency_image_ms"]
-    text = ["# CLIP-MoE run", "", markdown_table(rows, cols), ""]
+    cols = [c for c in COLUMNS if any(c in r for r in rows.values())]
+    where = result["suite"].get("data")
+    text = ["# CLIP-MoE run", "", f"Evaluated on {where} ({result['suite']['size']:,} held-out samples)." if where
+            else "Evaluated on the built-in suite.", "", markdown_table(rows, cols), ""]
     if stages:
         attrs = [a for a in next(iter(stages.values())) or {}]
         text += ["## MMVP-style pair accuracy per stage model", "",
                  markdown_table({k: v for k, v in stages.items() if v}, attrs), ""]
-    write_text(out / "eval.md", "\n".join(text))
-    return result
+    return "\n".join(text)
 
 
 def plot_routing(stats: dict[str, Any], path: str | Path, title: str = "CLIP-MoE routing",
