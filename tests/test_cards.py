@@ -47,3 +47,15 @@ def test_portable_paths():
 def test_tower_cards_name_their_pipeline(tmp_path):
     save(build("tiny", kind="vision"), tmp_path / "v")
     assert "pipeline_tag: image-feature-extraction" in (tmp_path / "v" / "README.md").read_text()
+
+
+def test_the_demo_report_shows_no_absolute_cache_path(tmp_path, monkeypatch):
+    from clipforge.demo.report import shown_path
+
+    monkeypatch.setenv("CLIPFORGE_CACHE", str(tmp_path / "cache"))
+    assert shown_path(tmp_path / "cache" / "ancestry" / "model") == "$CLIPFORGE_CACHE/ancestry/model"
+    monkeypatch.delenv("CLIPFORGE_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.chdir(tmp_path)
+    assert shown_path(tmp_path / "xdg" / "clipforge" / "ancestry") == "xdg/clipforge/ancestry"
+    assert shown_path("/elsewhere/ancestry") == "ancestry"

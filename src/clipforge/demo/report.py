@@ -279,7 +279,7 @@ def made_section(r: Report, records: dict[str, dict[str, Any]], cfg: Any, ancest
     r.heading("What was made")
     preset = _preset(cfg)
     made = [
-        f"**ancestry**: the demo CLIP trained on scenes + Fashion-MNIST (`{ancestry_dir}`"
+        f"**ancestry**: the demo CLIP trained on scenes + Fashion-MNIST (`{shown_path(ancestry_dir)}`"
         + ("; a toy budget: `--quick` checks the pipeline, not the methods)." if cfg.quick else
            ", to convergence)."),
         f"**CLIP-MoE** (grow): Diversified Multiplet Upcycling of the ancestry on {cfg.train_scenes:,} new scenes: "
@@ -348,6 +348,23 @@ def closing_sections(r: Report, phases: dict[str, float], command: str) -> None:
                f"Reproduce: `{command}`."])
 
 
+def shown_path(path: str | Path) -> str:
+    """A path as the report shows it: under the ancestry cache as `$CLIPFORGE_CACHE/...` (or `~/.cache/...`),
+    else `files.portable_path`; never this machine's absolute layout."""
+    import os
+
+    from ..files import portable_path
+    from .ancestry import default_cache
+
+    cache = Path(default_cache()).resolve()
+    try:
+        rel = Path(path).resolve().relative_to(cache)
+    except ValueError:
+        return portable_path(path)
+    shown = "$CLIPFORGE_CACHE" if os.environ.get("CLIPFORGE_CACHE") else portable_path(cache)
+    return str(Path(shown) / rel)
+
+
 def write_report(out: Path, records: dict[str, dict[str, Any]], phases: dict[str, float], cfg: Any,
                  anc_run: Path, cached: bool, ancestry_dir: Path, moe_dir: Path, lg_dir: Path | None = None,
                  compute: dict[str, Any] | None = None) -> tuple[Path, Path]:
@@ -356,7 +373,7 @@ def write_report(out: Path, records: dict[str, dict[str, Any]], phases: dict[str
     r = Report("clipforge demo: one CLIP becomes a family")
     verdict_section(r, records, cfg.quick)
     r.contents()  # after the verdicts: they are what a reader opens the report for
-    r.paragraph(f"Made by `{command}` (ancestry from `{anc_run}`, "
+    r.paragraph(f"Made by `{command}` (ancestry from `{shown_path(anc_run)}`, "
                 f"{'cached from an earlier run' if cached else 'trained by this run'}) with torch {torch.__version__} "
                 f"on {platform.machine()} ({torch.get_num_threads()} threads, Python {sys.version.split()[0]}). "
                 "Every number below is read from the files this command wrote under "
