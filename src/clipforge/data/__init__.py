@@ -72,6 +72,7 @@ class ConcatImageText(ImageTextDataset):
             total += len(d)
         self._len = total
         self.classnames = classnames or None
+        self.has_captions = all(getattr(d, "has_captions", True) for d in self.datasets)
         templates = {tuple(d.templates) for d in self.datasets if d.templates}
         self.templates = list(templates.pop()) if len(templates) == 1 else None
 
@@ -96,16 +97,20 @@ __all__ = ["BUILTINS", "ConcatImageText", "ImageTextDataset", "Sample", "get_dat
 
 
 def open_mixture(specs: Sequence[str], split: str, image_size: int | None = None, scenes_size: int = 50_000,
-                 scenes_seed: int = 0, scenes_captions: str = "full", **user_kw: Any) -> ImageTextDataset:
+                 scenes_seed: int = 0, scenes_captions: str = "full", label_key: str | None = None,
+                 **user_kw: Any) -> ImageTextDataset:
     """Datasets named by `specs` (built-in names or paths), mixed end to end.
 
     `scenes` is drawn at `image_size` (a model's input size) with `scenes_size` samples from generator
     seed `scenes_seed` (0 is the ancestry's own training scenes; another seed gives new ones), captioned
     in style `scenes_captions` ("full", "alt" or "dense": `clipforge.data.scenes.styles`); other
-    built-ins take no options; `user_kw` (column names, `on_error`, ...) go to users' data only.
+    built-ins take no options; `label_key` and `user_kw` (column names, `on_error`, ...) go to users'
+    data only (built-in classification sets carry their own labels).
     """
     if not specs:
         raise ClipforgeError("no dataset given")
+    if label_key is not None:
+        user_kw = {**user_kw, "label_key": label_key}
     parts = []
     for spec in specs:
         key = _ALIASES.get(spec.lower(), spec.lower())

@@ -30,11 +30,13 @@ class ImageTextDataset(Dataset):
 
     `classnames` is set for classification datasets (zero-shot / fine-tuning), else None.
     `templates` are the prompt templates used to caption a class ("a photo of a {}.").
+    `has_captions` is False for labelled data without captions (users' data opened with a label_key).
     """
 
     name: str = "dataset"
     classnames: list[str] | None = None
     templates: list[str] | None = None
+    has_captions: bool = True
 
     def __len__(self) -> int:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -25,6 +25,13 @@ not valid UTF-8) at open, a missing or corrupt image when it is read (the next g
 returned instead). At the end of every pass through a `reporting` loader (training, embedding and
 evaluation use one) the dataset warns with the count and the first names found, also by
 DataLoader workers. `validate=True` decodes every image once at open instead, dropping bad ones.
+
+Labels: with `label_key` every format reads a class label per sample — the column of a table, parquet
+file or `datasets` folder, or a shard's member named `label_key` (e.g. ``cls``) else that field of its
+``json``. The dataset gets `classnames` and each `Sample.label` is an index into it (the rules:
+`clipforge.data.user_labels`); a sample without a label is a bad sample, as one without a caption. A
+labelled dataset needs no captions: without a caption column it has `has_captions` False (zero-shot
+classification works; retrieval refuses it in one line).
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from clipforge.data import user_formats as fmt
+from clipforge.data import user_shards as shards
 from clipforge.data import user_tables as tables
 from clipforge.data.base import ImageTextDataset, Sample
 from clipforge.data.loader import SkipLog, in_worker
@@ -79,6 +87,10 @@ class UserDataset(ImageTextDataset):
         self.name = name
         self.source = source
         self.on_error = on_error
+        self.label_key = records.label_key
+        self.classnames = records.classnames  # None unless opened with a label_key
+        self.has_captions = records.has_captions
+        self.no_captions = records.no_captions
         self.skipped: list[tuple[str, str]] = list(skipped or [])
         self.passes = 0
         self._rec = records
@@ -89,8 +101,12 @@ class UserDataset(ImageTextDataset):
         self._stat = _file_stat(source)
 
     def identity(self) -> dict[str, Any]:
-        """Name, path, size and modification time: another file of the same name is other data."""
-        return {"name": self.name, **self._stat}
+        """Name, path, size and modification time: another file of the same name is other data; and the
+        label column when there is one (other labels are another task)."""
+        out = {"name": self.name, **self._stat}
+        if self.label_key is not None:
+            out["label_key"] = self.label_key
+        return out
 
     def __len__(self) -> int:
         return len(self._keep)
@@ -100,8 +116,13 @@ class UserDataset(ImageTextDataset):
         return self._rec.idents[int(self._keep[i])]
 
     def captions(self, i: int) -> list[str]:
-        """Sample `i`'s captions, without reading its image."""
+        """Sample `i`'s captions, without reading its image (empty for a labelled dataset without captions)."""
         return self._rec.caption_list(int(self._keep[i]))
+
+    def label(self, i: int) -> int | None:
+        """Sample `i`'s class index into `classnames`, without reading its image (None: no label_key)."""
+        labels = self._rec.labels
+        return None if labels is None else int(labels[int(self._keep[i])])
 
     def _load(self, row: int):
         src, named = self._rec.image_source(row)
@@ -193,7 +214,9 @@ class UserDataset(ImageTextDataset):
                     log.debug("%s: skipping %s (%s)", self.source, ident, e.reason)
                 continue
             meta = {"id": self._rec.idents[row], "source": self.source, "index": k}
-            return Sample(image=image, captions=self._rec.caption_list(row), label=None, meta=meta)
+            labels = self._rec.labels
+            label = None if labels is None else int(labels[row])
+            return Sample(image=image, captions=self._rec.caption_list(row), label=label, meta=meta)
         raise ClipforgeError(f"{self.source}: none of its {n:,} images can be read")
 
 
@@ -252,16 +275,21 @@ def open_dataset(
     caption_sep: str | None = None,
     validate: bool = False,
     progress: bool | None = None,
+    label_key: str | None = None,
 ) -> UserDataset:
     """Open a user's image-text data, detecting its format (see the module docstring).
 
     Reads file lists and captions only; images are decoded on access (`validate=True`: all of them
     once, now). `root` is the folder relative image paths start from (default: the metadata file's
     folder, the image folder, or the dataset folder). `split` is used only by formats with splits.
+    `label_key` names a class-label column / member / field: the dataset then has `classnames` and
+    each sample a `label` (see "Labels" in the module docstring).
     """
     _check_on_error(on_error)
+    if label_key is not None and (not isinstance(label_key, str) or not label_key.strip()):
+        raise ClipforgeError(f"label_key must be a column name, got {label_key!r}")
     spec_s = os.fspath(spec)
-    rec = Records(on_error, caption_sep)
+    rec = Records(on_error, caption_sep, label_key)
     base_override = Path(root).expanduser() if root is not None else None
     name = Path(spec_s.rstrip("/")).name
 
@@ -271,7 +299,7 @@ def open_dataset(
         kinds = {Path(f).suffix.lower() for f in many}
         base = base_override or Path(many[0]).parent
         if kinds == {".tar"}:
-            fmt.read_shards(many, caption_key, rec)
+            shards.read_shards(many, caption_key, rec)
         elif kinds == {".parquet"}:
             tables.read_parquet(many, image_key, caption_key, base, rec)
         else:
@@ -284,7 +312,7 @@ def open_dataset(
         if suffix in (".csv", ".tsv", ".jsonl"):
             fmt.read_table_file(path, image_key, caption_key, base, rec)
         elif suffix == ".tar":
-            fmt.read_shards([str(path)], caption_key, rec)
+            shards.read_shards([str(path)], caption_key, rec)
         elif suffix == ".parquet":
             tables.read_parquet([str(path)], image_key, caption_key, base, rec)
         else:
@@ -295,6 +323,7 @@ def open_dataset(
     else:
         _open_folder(path, split, image_key, caption_key, base_override, rec)
 
+    rec.finish()
     ds = UserDataset(name, spec_s, rec, on_error=on_error, skipped=rec.bad)
     if validate:
         ds.validate(progress)
@@ -322,7 +351,7 @@ def _open_folder(path: Path, split: str | None, image_key: str, caption_key: str
             return
     tars = sorted(str(p) for p in path.glob("*.tar"))
     if tars:
-        fmt.read_shards(tars, caption_key, rec)
+        shards.read_shards(tars, caption_key, rec)
         return
     parquets = sorted(str(p) for p in path.glob("*.parquet"))
     if parquets:

@@ -1,8 +1,9 @@
 """Readers behind `open_dataset`: each format's file list and captions, read up front without any image.
 
 A reader fills a `Records` table (one row per sample: how messages name it, where it came from, how
-to find its image bytes, its captions), kept in flat columns so a million rows cost a few hundred
-bytes each. Images are decoded only by `decode`, when a sample is read.
+to find its image bytes, its captions, its class label), kept in flat columns so a million rows cost a
+few hundred bytes each. Images are decoded only by `decode`, when a sample is read. Tables (CSV / TSV /
+JSONL) are read here, WebDataset shards in `user_shards`, parquet and `datasets` in `user_tables`.
 """
 
 from __future__ import annotations
@@ -10,15 +11,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import re
-import tarfile
 from array import array
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from clipforge.data import user_labels as labels
 from clipforge.errors import ClipforgeError
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -90,8 +89,8 @@ class Records:
     `where(i)` says where row i came from ("line 4 of data.csv"); `loc(i)` how to find its image.
     """
 
-    def __init__(self, on_error: str, sep: str | None) -> None:
-        self.on_error, self.sep = on_error, sep
+    def __init__(self, on_error: str, sep: str | None, label_key: str | None = None) -> None:
+        self.on_error, self.sep, self.label_key = on_error, sep, label_key
         self.kind = "file"
         self.base = Path(".")
         self.idents: list[str] = []
@@ -106,6 +105,15 @@ class Records:
         self.shards: list[str] = []
         self.table: Any = None  # user_tables.ParquetTable / HFTable
         self.bad: list[tuple[str, str]] = []
+        # Labels (label_key given): raw cells while reading, then class indices (`finish`).
+        self.raw_labels: list[int | str] = []
+        self.label_names: list[str] | None = None  # class names the format gives (ClassLabel)
+        self.label_where = ""  # how messages name the label column
+        self.labels: array | None = None
+        self.classnames: list[str] | None = None
+        self.has_captions = True
+        self.labelled = 0  # tar samples with a label member / field (none at all: a wrong label_key)
+        self.no_captions = ""  # why the dataset has none ("no caption column 'caption' in a.csv")
 
     def __len__(self) -> int:
         return len(self.idents)
@@ -128,14 +136,26 @@ class Records:
             out += [p.strip() for p in parts if p.strip()]
         return tuple(out)
 
-    def add(self, ident: str, src: int, pos: Any, caption_value: Any, loc: tuple[int, ...] = ()) -> None:
+    def add(self, ident: str, src: int, pos: Any, caption_value: Any, loc: tuple[int, ...] = (),
+            label: Any = None) -> None:
         if type(caption_value) is str and not self.sep and caption_value.strip() == caption_value and caption_value:
             caps: tuple[str, ...] = (caption_value,)  # the common case, without the general split
         else:
             caps = self.split(caption_value)
-        if not caps:
+        # A labelled row may lack a caption (zero-shot needs none); `finish` decides whether that is bad.
+        if not caps and self.label_key is None:
             self.reject(ident, self._where(src, pos), "no caption")
             return
+        if self.label_key is not None:
+            try:
+                value = labels.clean(label)
+            except labels.BadLabel as e:
+                self.reject(ident, self._where(src, pos), str(e))
+                return
+            if value is None:
+                self.reject(ident, self._where(src, pos), f"no label {self.label_key!r}")
+                return
+            self.raw_labels.append(value)
         self.idents.append(ident)
         self.captions.append(caps[0] if len(caps) == 1 else caps)
         self._src.append(src)
@@ -148,6 +168,35 @@ class Records:
             raise ClipforgeError(f"bad sample {ident} ({where}): {reason}")
         # A caption problem names its line: the row has no image name to show, or only that of a good image.
         self.bad.append((ident, f"{reason}, {where}" if "UTF-8" in reason else reason))
+
+    def finish(self) -> None:
+        """After reading, with labels: captions are all or nothing, and labels become class indices.
+
+        If some rows have captions, the caption is part of the data and rows without one are bad (as
+        without labels); if none has, the dataset has no captions (`has_captions` False).
+        """
+        if self.label_key is None:
+            return
+        missing = [i for i, c in enumerate(self.captions) if not c]
+        if missing and len(missing) < len(self.captions):
+            for i in missing:
+                self.reject(self.idents[i], self.where(i), "no caption")
+            self._drop(set(missing))
+        elif missing:
+            self.has_captions = False
+            self.no_captions = self.no_captions or "no sample has a caption"
+        self.labels, self.classnames = labels.index(self.raw_labels, self.label_names, self.label_where)
+        self.raw_labels = []
+
+    def _drop(self, rows: set[int]) -> None:
+        keep = [i for i in range(len(self.idents)) if i not in rows]
+        for name in ("idents", "captions", "raw_labels"):
+            col = getattr(self, name)
+            setattr(self, name, [col[i] for i in keep])
+        for name in ("_src", "_pos", "_a", "_b", "_c"):
+            col = getattr(self, name)
+            if len(col):
+                setattr(self, name, array(col.typecode, (col[i] for i in keep)))
 
     # -- reading ------------------------------------------------------------------------------------
     def _where(self, src: int, pos: Any) -> str:
@@ -193,6 +242,25 @@ def pick(columns: list[str], key: str, default: str, aliases: tuple[str, ...], w
     raise ClipforgeError(f"{file}: no {what} column {key!r} (columns: {shown}); choose one with {what}_key")
 
 
+def pick_columns(columns: list[str], image_key: str, caption_key: str, file: Any,
+                 rec: Records) -> tuple[str, str | None, str | None]:
+    """The image, caption and label columns of a table. With a label key the caption column may be
+    absent (None): zero-shot classification needs no captions."""
+    img = pick(columns, image_key, "image", IMAGE_ALIASES, "image", file)
+    lab = None
+    if rec.label_key is not None:
+        lab = pick(columns, rec.label_key, "", (), "label", file)
+        rec.label_where = f"{file}: label column {lab!r}"
+    try:
+        cap: str | None = pick(columns, caption_key, "caption", CAPTION_ALIASES, "caption", file)
+    except ClipforgeError:
+        if rec.label_key is None:
+            raise
+        cap = None
+        rec.no_captions = f"no caption column {caption_key!r} in {file}"
+    return img, cap, lab
+
+
 def read_table_file(path: Path, image_key: str, caption_key: str, base: Path, rec: Records) -> None:
     """CSV / TSV / JSONL (and imagefolder metadata files). Invalid UTF-8 is found per line, not per file."""
     rec.kind, rec.base = "file", base
@@ -211,9 +279,10 @@ def read_table_file(path: Path, image_key: str, caption_key: str, base: Path, re
         raise ClipforgeError(f"{path}: empty file, expected a header row / JSON objects")
     if any(_utf8_problem(c) for c in columns):
         raise ClipforgeError(f"{path}: line 1 (the header) is not valid UTF-8")
-    img = pick(columns, image_key, "image", IMAGE_ALIASES, "image", path)
-    cap = pick(columns, caption_key, "caption", CAPTION_ALIASES, "caption", path)
-    ii, ci = columns.index(img), columns.index(cap)
+    img, cap, lab = pick_columns(columns, image_key, caption_key, path, rec)
+    ii = columns.index(img)
+    ci = columns.index(cap) if cap is not None else len(columns)  # past every row: no caption
+    li = columns.index(lab) if lab is not None else len(columns)
     src, fname = rec.source(path.name, "line"), path.name
     for row in reader:
         n = reader.line_num
@@ -221,21 +290,22 @@ def read_table_file(path: Path, image_key: str, caption_key: str, base: Path, re
             continue
         name = row[ii] if ii < len(row) else ""
         caption = row[ci] if ci < len(row) else None
+        label = row[li] if li < len(row) else None
         if not name.strip():
             rec.reject(f"line {n}", f"line {n} of {fname}", f"no {img!r}")
             continue
         if not clean:
-            bad = _first_not_utf8(name, caption)
+            bad = _first_not_utf8(name, caption, label)
             if bad is not None:
-                shown = name if bad[0] == "caption" else f"line {n}"
+                shown = name if bad[0] != "image name" else f"line {n}"
                 rec.reject(shown.encode("utf-8", "backslashreplace").decode(), f"line {n} of {fname}",
                            f"{bad[0]} is not valid UTF-8 (byte {bad[1]})")
                 continue
-        rec.add(name, src, n, caption)
+        rec.add(name, src, n, caption, label=label)
 
 
-def _first_not_utf8(name: str, caption: Any) -> tuple[str, str] | None:
-    for value, what in ((name, "image name"), (caption, "caption")):
+def _first_not_utf8(name: str, caption: Any, label: Any = None) -> tuple[str, str] | None:
+    for value, what in ((name, "image name"), (caption, "caption"), (label, "label")):
         byte = _utf8_problem(value) if isinstance(value, str) else None
         if byte is not None:
             return what, byte
@@ -257,8 +327,7 @@ def _read_jsonl(path: Path, image_key: str, caption_key: str, rec: Records) -> N
     columns = list(dict.fromkeys(k for _, r in rows if isinstance(r, dict) for k in r))
     if not columns:
         raise ClipforgeError(f"{path}: empty file, expected a header row / JSON objects")
-    img = pick(columns, image_key, "image", IMAGE_ALIASES, "image", path)
-    cap = pick(columns, caption_key, "caption", CAPTION_ALIASES, "caption", path)
+    img, cap, lab = pick_columns(columns, image_key, caption_key, path, rec)
     src, fname = rec.source(path.name, "line"), path.name
     for n, row in rows:
         where = f"line {n} of {fname}"
@@ -272,98 +341,4 @@ def _read_jsonl(path: Path, image_key: str, caption_key: str, rec: Records) -> N
         if not isinstance(name, str) or not name.strip():
             rec.reject(f"line {n}", where, f"no {img!r}")
             continue
-        rec.add(name, src, n, row.get(cap))
-
-
-_WDS_KEY = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset's "__key__.ext" split
-
-
-def _index_shard(shard: str, caption_key: str, rec: Records, seen_exts: set[str]) -> int:
-    """Index one tar: group members by key, read captions, point at image bytes. Returns #captioned."""
-    groups = _tar_groups(shard, rec)
-    name, captioned = Path(shard).name, 0
-    rec.shards.append(shard)
-    src = rec.source(name, "key")
-    with open(shard, "rb") as f:
-
-        def read(ref: tuple[int, int]) -> bytes:
-            f.seek(ref[0])
-            return f.read(ref[1])
-
-        for key, members in groups.items():
-            seen_exts.update(members)
-            where = f"key {key} in {name}"
-            caption: Any = None
-            try:
-                caption = caption_of(members, caption_key, read)
-            except UnicodeDecodeError:
-                rec.reject(f"{name}:{key}", where, "caption is not valid UTF-8")
-                captioned += 1
-                continue
-            captioned += caption is not None
-            ext = next((e for e in IMAGE_EXTS if e in members), None)
-            if ext is None:
-                rec.reject(f"{name}:{key}", where, "missing (no " + "/".join(IMAGE_EXTS) + " member)")
-                continue
-            rec.add(f"{name}:{key}.{ext}", src, 0, caption, members[ext])
-    return captioned
-
-
-def _tar_groups(shard: str, rec: Records) -> dict[str, dict[str, tuple[int, int]]]:
-    """{key: {ext: (offset, size)}} of an uncompressed tar shard. A shard cut short (no end-of-archive marker,
-    or a member's data past the end of the file) is handled like a corrupt image: the sample it ends in is
-    dropped and counted (`on_error` skip), or the shard is refused in one line (raise)."""
-    from .tar_shards import _CUT, Truncated, _watched_headers
-
-    info_class, seen = _watched_headers()
-    groups: dict[str, dict[str, tuple[int, int]]] = {}
-    cut = False
-    try:
-        with tarfile.open(shard, "r:", tarinfo=info_class) as tf:
-            for m in tf:
-                match = _WDS_KEY.match(m.name) if m.isfile() else None
-                if match:
-                    key, ext = match.group(1), match.group(2).lower()
-                    groups.setdefault(key, {})[ext] = (m.offset_data, m.size)
-    except tarfile.ReadError as e:
-        if not _CUT.search(str(e)) and groups:
-            raise ClipforgeError(f"{shard}: not an uncompressed tar shard ({e})") from None
-        if not groups and seen["last"] != "short":
-            raise ClipforgeError(f"{shard}: not an uncompressed tar shard ({e})") from None
-        cut = True
-    size = os.path.getsize(shard)
-    cut = cut or seen["last"] != "end" or any(o + n > size for ms in groups.values() for o, n in ms.values())
-    if cut:
-        last = next(reversed(groups), None)
-        t = Truncated(shard, last, len(groups) - (last is not None))
-        if rec.on_error == "raise":
-            raise ClipforgeError(t.message())
-        if last is not None:
-            groups.pop(last)
-        rec.reject(t.ident, f"shard {Path(shard).name}", t.reason)
-    return groups
-
-
-def caption_of(members: dict[str, Any], caption_key: str, read: Any) -> Any:
-    """A WebDataset sample's caption: member `caption_key`, else `txt` (default key only), else json field."""
-    if caption_key in members:
-        return read(members[caption_key]).decode("utf-8")
-    if "txt" in members and caption_key == "caption":  # an explicit key means that key
-        return read(members["txt"]).decode("utf-8")
-    if "json" in members:
-        try:
-            return json.loads(read(members["json"])).get(caption_key)
-        except (json.JSONDecodeError, AttributeError):
-            return None
-    return None
-
-
-def read_shards(shards: list[str], caption_key: str, rec: Records) -> None:
-    rec.kind = "tar"
-    seen: set[str] = set()
-    captioned = sum(_index_shard(s, caption_key, rec, seen) for s in shards)
-    if seen and not captioned:
-        raise ClipforgeError(
-            f"{shards[0]}: no caption: no {caption_key!r} or 'txt' member and no {caption_key!r} "
-            f"field in 'json' (extensions: {', '.join(sorted(seen))}); choose one with caption_key"
-        )
+        rec.add(name, src, n, row.get(cap) if cap else None, label=row.get(lab) if lab else None)

@@ -8,7 +8,8 @@ from typing import Any
 
 from clipforge.errors import ClipforgeError
 
-from .user_formats import CAPTION_ALIASES, IMAGE_ALIASES, Records, pick
+from .user_formats import Records, pick_columns
+from .user_labels import classlabel_names
 
 
 class ParquetTable:
@@ -59,12 +60,14 @@ def read_parquet(files: list[str], image_key: str, caption_key: str, base: Path,
     for fi, file in enumerate(files):
         pf = pq.ParquetFile(file)
         names = pf.schema_arrow.names
-        img = pick(names, image_key, "image", IMAGE_ALIASES, "image", file)
-        cap = pick(names, caption_key, "caption", CAPTION_ALIASES, "caption", file)
+        img, cap, lab = pick_columns(names, image_key, caption_key, file, rec)
         if img_col is not None and img != img_col:
             raise ClipforgeError(f"{file}: image column {img!r} differs from {img_col!r} in {files[0]}")
         img_col = img
-        captions = pf.read(columns=[cap]).column(0).to_pylist()
+        captions = _column(pf, cap)
+        labels = _column(pf, lab)
+        if lab is not None and rec.label_names is None:
+            rec.label_names = classlabel_names(pf.schema_arrow.metadata, lab)
         name = Path(file).name
         src = rec.source(name, "row")
         typ = pf.schema_arrow.field(img).type
@@ -72,11 +75,11 @@ def read_parquet(files: list[str], image_key: str, caption_key: str, base: Path,
             # Path strings: cheap to read all, and messages can name each file.
             rec.kind = "file"
             paths = pf.read(columns=[img]).column(0).to_pylist()
-            for row, (p, c) in enumerate(zip(paths, captions)):
+            for row, (p, c, y) in enumerate(zip(paths, captions, labels)):
                 if not p:
                     rec.reject(f"{name}:row {row}", f"row {row} of {name}", f"no {img!r}")
                 else:
-                    rec.add(p, src, row, c)
+                    rec.add(p, src, row, c, label=y)
             continue
         rec.kind = "table"
         if rec.table is None:
@@ -84,8 +87,15 @@ def read_parquet(files: list[str], image_key: str, caption_key: str, base: Path,
         row = 0
         for g in range(pf.num_row_groups):
             for r in range(pf.metadata.row_group(g).num_rows):
-                rec.add(f"{name}:row {row}", src, row, captions[row], (fi, g, r))
+                rec.add(f"{name}:row {row}", src, row, captions[row], (fi, g, r), label=labels[row])
                 row += 1
+
+
+def _column(pf: Any, column: str | None) -> list[Any]:
+    """A parquet column's values; all None for a column the table lacks (no captions)."""
+    if column is None:
+        return [None] * pf.metadata.num_rows
+    return pf.read(columns=[column]).column(0).to_pylist()
 
 
 def read_hf(folder: Path, split: str | None, image_key: str, caption_key: str, base: Path, rec: Records) -> None:
@@ -104,24 +114,26 @@ def read_hf(folder: Path, split: str | None, image_key: str, caption_key: str, b
             raise ClipforgeError(f"{folder}: {got}; it holds splits {', '.join(splits)} (pass split)")
         obj = obj[split]
     names = list(obj.column_names)
-    img = pick(names, image_key, "image", IMAGE_ALIASES, "image", folder)
-    cap = pick(names, caption_key, "caption", CAPTION_ALIASES, "caption", folder)
-    captions = list(obj[cap])
+    img, cap, lab = pick_columns(names, image_key, caption_key, folder, rec)
+    captions = list(obj[cap]) if cap is not None else [None] * len(obj)
+    labels = list(obj[lab]) if lab is not None else [None] * len(obj)
+    if lab is not None and isinstance(obj.features[lab], datasets.ClassLabel):
+        rec.label_names = list(obj.features[lab].names)
     feat = obj.features[img]
     rec.base = base
     src = rec.source(folder.name, "row")
     if isinstance(feat, datasets.Value) and feat.dtype in ("string", "large_string"):
         rec.kind = "file"
-        for row, (p, c) in enumerate(zip(list(obj[img]), captions)):
+        for row, (p, c, y) in enumerate(zip(list(obj[img]), captions, labels)):
             if not p:
                 rec.reject(f"row {row}", f"row {row} of {folder.name}", f"no {img!r}")
             else:
-                rec.add(p, src, row, c)
+                rec.add(p, src, row, c, label=y)
         return
     cells = obj.select_columns([img])
     if isinstance(feat, datasets.Image):
         cells = cells.cast_column(img, datasets.Image(decode=False))  # dicts, not decoded PIL
     rec.kind = "table"
-    for row, c in enumerate(captions):
-        rec.add(f"row {row}", src, row, c, (row,))
+    for row, (c, y) in enumerate(zip(captions, labels)):
+        rec.add(f"row {row}", src, row, c, (row,), label=y)
     rec.table = HFTable(cells, img, base)

@@ -14,6 +14,11 @@ images are decoded when they leave it). Bad samples follow `on_error` as in `ope
 skipped ones are reported by `end_pass()` (a `reporting` loader calls it). So does a shard that stops
 before its tar end-of-archive marker (cut mid-file): "raise" stops with one line naming it, "skip"
 counts the sample it ends in (the rest of the shard is lost) and reads on.
+
+With `label_key` each sample's label is read from the member of that name (e.g. ``cls``) or that field
+of its ``json``, and captions become optional. A stream cannot see every label before it starts, so
+labels must be class indices, or names found in `classnames` when given (a string label without
+`classnames` is a bad sample); `open_dataset` indexes shards and takes string labels too.
 """
 
 from __future__ import annotations
@@ -32,7 +37,9 @@ from ..errors import ClipforgeError
 from .base import Sample
 from .loader import SkipLog
 from .tar_shards import _CUT, Truncated, _watched_headers
-from .user_formats import _WDS_KEY, IMAGE_EXTS, Bad, caption_of, decode
+from .user_formats import IMAGE_EXTS, Bad, decode
+from .user_labels import BadLabel, clean, member_label
+from .user_shards import _WDS_KEY, caption_of
 
 log = logging.getLogger("clipforge.data")
 
@@ -133,7 +140,8 @@ class WebDatasetStream(IterableDataset):
     """Samples of WebDataset shards, streamed; call `set_epoch(e)` before each epoch for a new order."""
 
     def __init__(self, spec: str | os.PathLike[str], *, caption_key: str = "caption", shuffle_buffer: int = 1000,
-                 seed: int = 0, on_error: str = "skip", split: str = "auto") -> None:
+                 seed: int = 0, on_error: str = "skip", split: str = "auto", label_key: str | None = None,
+                 classnames: list[str] | None = None) -> None:
         if on_error not in ("skip", "raise"):
             raise ClipforgeError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
         if split not in SPLITS:
@@ -145,6 +153,9 @@ class WebDatasetStream(IterableDataset):
         self.source = os.fspath(spec)
         self.caption_key, self.shuffle_buffer, self.seed = caption_key, int(shuffle_buffer), int(seed)
         self.on_error, self.split = on_error, split
+        self.label_key = label_key
+        self.classnames = list(classnames) if classnames is not None else None
+        self._class_index = {c: i for i, c in enumerate(self.classnames or [])}
         self.epoch = 0
         self._dist = _rank_world(None) if _initialized() else None
         self.passes = 0
@@ -212,8 +223,14 @@ class WebDatasetStream(IterableDataset):
             return self._bad(ident, "caption is not valid UTF-8")
         caps = [str(c).strip() for c in (caption if isinstance(caption, list) else [caption]) if c is not None]
         caps = [c for c in caps if c]
-        if not caps:
+        if not caps and self.label_key is None:  # labelled data need no caption (zero-shot)
             return self._bad(ident, "no caption")
+        label = None
+        if self.label_key is not None:
+            try:
+                label = self._label(member_label(members, self.label_key, lambda data: data))
+            except BadLabel as e:
+                return self._bad(ident, str(e))
         ext = next((e for e in IMAGE_EXTS if e in members), None)
         if ext is None:
             return self._bad(ident, "missing (no " + "/".join(IMAGE_EXTS) + " member)")
@@ -221,7 +238,22 @@ class WebDatasetStream(IterableDataset):
             image = decode(members[ext])
         except Bad as e:
             return self._bad(f"{ident}.{ext}", e.reason)
-        return Sample(image=image, captions=caps, label=None, meta={"id": f"{ident}.{ext}", "source": self.source})
+        return Sample(image=image, captions=caps, label=label, meta={"id": f"{ident}.{ext}", "source": self.source})
+
+    def _label(self, raw: object) -> int:
+        """A sample's class index: an integer label, or a name's position in `classnames`."""
+        value = clean(raw)
+        if value is None:
+            raise BadLabel(f"no label {self.label_key!r}")
+        if isinstance(value, str) and value in self._class_index:
+            return self._class_index[value]
+        if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+            raise BadLabel(f"label {value!r} is not a class index" +
+                           (" or one of the class names" if self.classnames else " (pass classnames)"))
+        index = int(value)
+        if self.classnames is not None and index >= len(self.classnames):
+            raise BadLabel(f"label {index} is past the {len(self.classnames)} class names")
+        return index
 
     def _truncated(self, cut: Truncated) -> None:
         """A shard that ends early: stop (one line naming it), or skip what it lost and count it."""

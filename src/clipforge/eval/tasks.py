@@ -26,9 +26,9 @@ from .metrics import (
     retrieval_metrics,
     zeroshot_classifier,
 )
+from .prompts import DEFAULT_TEMPLATES
 
 Device = str | torch.device | None
-DEFAULT_TEMPLATES = ("a photo of a {c}.",)
 
 
 def _need(model: nn.Module, vision: bool, text: bool, task: str) -> None:
@@ -91,12 +91,16 @@ def zeroshot_classification(
     classnames = list(classnames or getattr(dataset, "classnames", None) or [])
     templates = list(templates or getattr(dataset, "templates", None) or DEFAULT_TEMPLATES)
     if not classnames:
-        raise ClipforgeError("zero-shot classification needs class names (the dataset has none)")
+        raise ClipforgeError("zero-shot classification needs class names (the dataset has none; "
+                             "open users' data with a label_key, or pass classnames)")
     texts = [_format(t, c) for c in classnames for t in templates]
     txt = embed_texts(model, texts, device=device).view(len(classnames), len(templates), -1)
     weights = zeroshot_classifier(list(txt))
     rec = _Recorder(dataset, _label)
     img = embed_images(model, rec, batch_size=batch_size, device=device)
+    top = max(rec.seen, default=0)
+    if top >= len(classnames):
+        raise ClipforgeError(f"the dataset has class label {top}, but only {len(classnames)} class names")
     return classification_metrics(100.0 * img @ weights, torch.tensor(rec.seen))
 
 
@@ -109,8 +113,15 @@ def retrieval(
 ) -> dict[str, float]:
     """Image-text retrieval recall@k; each `Sample` contributes one image and all its captions."""
     _need(model, True, True, "retrieval")
+    if not getattr(dataset, "has_captions", True):
+        why = getattr(dataset, "no_captions", "")
+        raise ClipforgeError(f"{getattr(dataset, 'name', 'the dataset')} has no captions"
+                             f"{f' ({why})' if why else ''}; retrieval needs image-text pairs")
     rec = _Recorder(dataset, lambda s: list(s.captions))
     img = embed_images(model, rec, batch_size=batch_size, device=device)
+    if any(not caps for caps in rec.seen):
+        raise ClipforgeError(f"{getattr(dataset, 'name', 'the dataset')}: a sample has no captions; "
+                             "retrieval needs image-text pairs")
     texts = [c for caps in rec.seen for c in caps]
     t2i = torch.tensor([i for i, caps in enumerate(rec.seen) for _ in caps], dtype=torch.long)
     txt = embed_texts(model, texts, device=device)
