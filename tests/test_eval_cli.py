@@ -29,3 +29,52 @@ def test_eval_reads_custom_columns_on_the_device_asked(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--device cuda:7" in err[0]
     assert main(["eval", "--model", str(model), "--task", "retrieval", "--device", "tpu9"]) == 2
+
+
+def _labelled(tmp_path, with_captions: bool = True):
+    tmp_path.mkdir(exist_ok=True)
+    rows = ["picture,text,category" if with_captions else "picture,category"]
+    for i, colour in enumerate(["red", "green", "blue", "red", "green", "blue"]):
+        Image.new("RGB", (32, 32), colour).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,a {colour} square,{colour}" if with_captions else f"{i}.png,{colour}")
+    (tmp_path / "labelled.csv").write_text("\n".join(rows) + "\n")
+    return tmp_path / "labelled.csv"
+
+
+def test_zeroshot_on_the_users_labelled_data_with_their_classnames_and_templates(tmp_path, capsys):
+    model = tmp_path / "m"
+    save(build("tiny", seed=0), model)
+    data = _labelled(tmp_path, with_captions=False)
+    base = ["eval", "--model", str(model), "--task", "zeroshot", "--data", str(data), "--image-key", "picture",
+            "--device", "cpu"]
+    out = tmp_path / "zs.json"
+    assert main([*base, "--label-key", "category", "--templates", "openai", "--out", str(out)]) == 0
+    metrics = json.loads(out.read_text())["metrics"]
+    assert 0 <= metrics["acc1"] <= 1 and "mean_per_class_recall" in metrics
+    # the user's class names (CLIP_benchmark's one-per-line format, in label order: blue, green, red)
+    (tmp_path / "names.txt").write_text("a blue thing\na green thing\na red thing\n")
+    assert main([*base, "--label-key", "category", "--classnames", str(tmp_path / "names.txt")]) == 0
+    capsys.readouterr()
+    (tmp_path / "two.txt").write_text("blue\ngreen\n")
+    (tmp_path / "bad.txt").write_text("a photo of a thing\n")
+    for extra, says in ((["--label-key", "category", "--classnames", str(tmp_path / "two.txt")], "2 class names"),
+                        (["--label-key", "category", "--templates", str(tmp_path / "bad.txt")], "no {c}"),
+                        (["--label-key", "colour"], "no label column 'colour'")):
+        assert main([*base, *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and says in err[0], err
+    captioned = _labelled(tmp_path / "captioned", with_captions=True)  # pairs, but no label column named
+    for extra, says in (([], "--label-key"),):
+        assert main([*base[:6], str(captioned), *base[7:], "--caption-key", "text", *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and says in err[0], err
+
+
+def test_training_on_labels_without_captions_is_refused_in_one_line(tmp_path, capsys):
+    data = _labelled(tmp_path, with_captions=False)
+    out = tmp_path / "run"
+    assert main(["train", "--model", "tiny", "--data", str(data), "--image-key", "picture", "--label-key", "category",
+                 "--out", str(out), "--steps", "1", "--batch-size", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no caption column 'caption'" in err[0] and "--caption-key" in err[0]
+    assert not out.exists()

@@ -30,13 +30,16 @@ def add_user_data_flags(p: argparse.ArgumentParser) -> None:
     """How a user's files are read (one definition for every command that reads data)."""
     p.add_argument("--image-key", default="image", help="image column/field of user data (default image)")
     p.add_argument("--caption-key", default="caption", help="caption column/field of user data (default caption)")
+    p.add_argument("--label-key", default=None,
+                   help="class-label column/field of user data (names or integers), for zero-shot classification")
     p.add_argument("--on-error", choices=["skip", "raise"], default="skip",
-                   help="a missing or corrupt image: skip and count it (default) or stop")
+                   help="a missing or corrupt image (or label): skip and count it (default) or stop")
 
 
-def user_data_kwargs(args: argparse.Namespace) -> dict[str, str]:
+def user_data_kwargs(args: argparse.Namespace) -> dict[str, str | None]:
     """The `open_mixture(**user_kw)` of `add_user_data_flags`."""
-    return {"image_key": args.image_key, "caption_key": args.caption_key, "on_error": args.on_error}
+    return {"image_key": args.image_key, "caption_key": args.caption_key, "label_key": args.label_key,
+            "on_error": args.on_error}
 
 
 DEVICE_HELP = ("where models and their batches run, training, clustering and evaluation alike: auto (default: "

@@ -225,10 +225,11 @@ def _config(args: argparse.Namespace):
 
 
 def _open(args: argparse.Namespace, image_size: int):
-    from ..data import open_mixture
+    from ..data import open_mixture, require_captions
 
-    data = open_mixture(args.data, "train", image_size, scenes_size=args.scenes_size, scenes_seed=args.scenes_seed,
-                        scenes_captions=args.scenes_captions, **user_data_kwargs(args))
+    data = require_captions(open_mixture(args.data, "train", image_size, scenes_size=args.scenes_size,
+                                         scenes_seed=args.scenes_seed, scenes_captions=args.scenes_captions,
+                                         **user_data_kwargs(args)))
     if [d.lower() for d in args.data] == ["scenes"] and args.scenes_size <= 200_000:
         from ..data.cached import Cached
 

@@ -100,6 +100,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, help="evaluate on the first N test samples (mmvp: N pairs per attribute)")
     p.add_argument("--scenes-captions", choices=SCENES_CAPTIONS, default="full", help=SCENES_CAPTIONS_HELP)
     p.add_argument("--steps", type=int, default=300, help="fine-tuning steps (task finetune)")
+    p.add_argument("--classnames", type=Path,
+                   help="zeroshot: class names in class-index order, in CLIP_benchmark's format (one per line, or "
+                        "JSON; default: the labels themselves)")
+    p.add_argument("--templates", help="zeroshot: prompt templates with {c}: openai (CLIP's 80), default "
+                                       "('a photo of a {c}.') or a file (one per line, or JSON); default: the "
+                                       "dataset's own, else default")
     add_user_data_flags(p)
     add_device_flag(p)
     p.add_argument("--out", type=Path, help="write the metrics to this JSON file (never over a file `eval` did not "
@@ -182,7 +188,7 @@ def run_train(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from .. import distributed as D
-    from ..data import open_mixture
+    from ..data import open_mixture, require_captions
     from ..data.collate import Collator
     from ..data.loader import resolve_workers
     from ..models.io import save
@@ -195,7 +201,8 @@ def run_train(args: argparse.Namespace) -> int:
     check_out(args.out, [args.model, *args.data])  # before the model is loaded: --out X over --model X
     model, prov = _load_or_build(args.model)
     size = model.config.vision_config.image_size
-    data = open_mixture(args.data, "train", size, scenes_captions=args.scenes_captions, **user_data_kwargs(args))
+    data = require_captions(open_mixture(args.data, "train", size, scenes_captions=args.scenes_captions,
+                                         **user_data_kwargs(args)))
     args.num_workers = resolve_workers(args.num_workers)
     sched = schedule_from_args(args, TRAIN_SCHEDULE, seed=args.seed, num_workers=args.num_workers,
                                grad_checkpointing=args.grad_checkpointing)
@@ -250,7 +257,8 @@ def run_eval(args: argparse.Namespace) -> int:
         if args.limit and len(test) > args.limit:
             test = _Subset(test, args.limit)
         if args.task == "zeroshot":
-            result = tasks.zeroshot_classification(model, test)
+            classnames, templates = _prompts(args, test)
+            result = tasks.zeroshot_classification(model, test, classnames=classnames, templates=templates)
         elif args.task == "retrieval":
             result = tasks.retrieval(model, test)
         else:
@@ -263,6 +271,25 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.out:
         write_json(args.out, result)
     return 0
+
+
+def _prompts(args: argparse.Namespace, test) -> tuple[list[str] | None, list[str] | None]:
+    """`eval --task zeroshot`'s class names and templates (None: the dataset's own), checked against its labels."""
+    from ..eval.prompts import read_classnames, read_templates
+
+    labels = getattr(test, "classnames", None)
+    if not labels:
+        raise ClipforgeError(f"--data {args.data}: no class labels to classify; name the label column with "
+                             "--label-key")
+    classnames = None
+    if args.classnames is not None:
+        numbered = labels == [str(i) for i in range(len(labels))]  # integer labels: names "0".."max"
+        classnames = read_classnames(args.classnames, None if numbered else len(labels))
+        if len(classnames) < len(labels):  # a split may lack the last classes, so a longer file is fine
+            raise ClipforgeError(f"--classnames {args.classnames}: {len(classnames)} class names, but the labels "
+                                 f"go up to class {len(labels) - 1}")
+    templates = read_templates(args.templates) if args.templates else None
+    return classnames, templates
 
 
 EVAL_KEYS = {"model", "task", "data", "metrics"}

@@ -96,6 +96,16 @@ class ConcatImageText(ImageTextDataset):
 __all__ = ["BUILTINS", "ConcatImageText", "ImageTextDataset", "Sample", "get_dataset"]
 
 
+def require_captions(dataset: ImageTextDataset, flag: str = "--data") -> ImageTextDataset:
+    """`dataset` if its samples have captions, else one line naming why (training is contrastive: it needs them)."""
+    if not getattr(dataset, "has_captions", True):
+        parts = getattr(dataset, "datasets", [dataset])
+        why = "; ".join(getattr(d, "no_captions", "") for d in parts if not getattr(d, "has_captions", True))
+        raise ClipforgeError(f"{flag}: {why or 'no captions'}; training pairs images with captions (choose the "
+                             "caption column with --caption-key)")
+    return dataset
+
+
 def open_mixture(specs: Sequence[str], split: str, image_size: int | None = None, scenes_size: int = 50_000,
                  scenes_seed: int = 0, scenes_captions: str = "full", label_key: str | None = None,
                  **user_kw: Any) -> ImageTextDataset:

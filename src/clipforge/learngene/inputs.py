@@ -31,10 +31,10 @@ def open_data(data: Sequence[str] | Dataset, image_size: int, scenes_size: int =
               **user_kw: Any) -> tuple[Dataset, Any]:
     """(dataset, identity): built-in names or paths (scenes drawn at `image_size`; `user_kw`: column names and
     `on_error` for users' files), or a dataset as is; the identity names files by path, size and time."""
-    from ..data import open_mixture
+    from ..data import open_mixture, require_captions
     from ..data.base import identity
 
     if not isinstance(data, (list, tuple)):
         return data, identity(data)
-    ds = open_mixture(data, "train", image_size, scenes_size, **user_kw)
+    ds = require_captions(open_mixture(data, "train", image_size, scenes_size, **user_kw))
     return ds, identity(ds)
