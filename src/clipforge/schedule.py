@@ -124,13 +124,25 @@ class TrainConfig(Schedule):
     attention: str = "auto"
     compile: bool = False  # torch.compile the step (eager fallback when the compiler is missing)
     eval_every: int = 0  # 0: never; else every N steps and at the end
-    save_every: int = 0  # 0: never; else every N steps and at the end
-    keep_checkpoints: int = 2
+    # Checkpoints (train/cadence.py): after `save_every` steps or `save_every_s` wall seconds since the last
+    # one, whichever comes first, and at the end. save_every None: the wall cadence only; 0: no checkpoints.
+    # save_every_s None or 0: no wall cadence. Both only decide when a checkpoint is written (result-neutral).
+    save_every: int | None = None
+    save_every_s: float | None = 1800.0
+    keep_checkpoints: int = 2  # the latest and its predecessor (a fallback); <= 0: all
     local_loss: bool = True
     gather_with_grad: bool = True
     find_unused_parameters: bool = False
     deterministic: bool = False
 
+    def __post_init__(self) -> None:
+        """The schedule's checks, then the checkpoint cadence's (one line naming the field)."""
+        super().__post_init__()
+        if self.save_every is not None and self.save_every < 0:
+            raise ClipforgeError(f"save_every must not be negative, got {self.save_every}")
+        s = self.save_every_s
+        if s is not None and not (math.isfinite(s) and s >= 0):
+            raise ClipforgeError(f"save_every_s must be a finite number of seconds >= 0, got {s}")
 
 
 # MM-LG extraction and descendant pre-training [choice, docs/methods.md B]: TLEG's small-scale recipe with
@@ -185,6 +197,23 @@ def add_schedule_flags(p: argparse.ArgumentParser, defaults: Schedule | None = N
         else:
             kwargs["type"] = _type(f)
         p.add_argument(*names, **kwargs)
+
+
+def _seconds(text: str) -> float:
+    """argparse `type=` for a duration: a finite number of seconds, not negative."""
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {text!r}")
+    return value
+
+
+def add_checkpoint_flags(p: argparse.ArgumentParser) -> None:
+    """`--save-every N` and `--save-every-s SECONDS`: the loop's checkpoint cadence, `TrainConfig`'s defaults."""
+    p.add_argument("--save-every", type=int, default=TrainConfig.save_every, metavar="N",
+                   help="also checkpoint every N steps since the last checkpoint (default: by wall time only)")
+    p.add_argument("--save-every-s", type=_seconds, default=TrainConfig.save_every_s, metavar="SECONDS",
+                   help=f"checkpoint every SECONDS of wall time since the last checkpoint, whichever of the two "
+                        f"comes first (default {TrainConfig.save_every_s:g}; 0: none by wall time)")
 
 
 def schedule_from_args(args: argparse.Namespace, base: Schedule, prefix: str = "", **extra: Any) -> Schedule:

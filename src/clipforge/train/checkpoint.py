@@ -107,8 +107,10 @@ def step_files(ckpt_dir: Path) -> dict[int, Path]:
 def save_checkpoint(state: dict[str, Any], ckpt_dir: Path, step: int, keep: int = 2) -> Path:
     """Write `step_{step}.pt`, point `latest` at it, and prune.
 
-    Pruning keeps the newest `keep` checkpoints up to `step` (all when `keep` <= 0) and removes any
+    Pruning, only once the new file and pointer are in place, keeps the newest `keep` checkpoints up to
+    `step` (the default 2: this one and its predecessor, a fallback; all when `keep` <= 0), and removes any
     from later steps: those belong to a run this one has superseded (a fresh start or an older resume).
+    It also removes the temporary files of a writer that was killed mid-write (each as big as a checkpoint).
     """
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     path = ckpt_dir / f"step_{step}.pt"
@@ -123,6 +125,8 @@ def save_checkpoint(state: dict[str, Any], ckpt_dir: Path, step: int, keep: int 
     doomed = [s for s in files if s > step] + (older[:-keep] if keep > 0 else [])
     for s in doomed:
         files[s].unlink(missing_ok=True)
+    for stale in ckpt_dir.glob(".step_*.tmp*"):  # atomic_path's names; only this run's rank 0 writes here
+        stale.unlink(missing_ok=True)
     return path
 
 

@@ -18,7 +18,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from .. import distributed as D
 from ..errors import ClipforgeError
 from ..schedule import TrainConfig
 from . import options
+from .cadence import Cadence, Plan
 from .checkpoint import (
     CHECKPOINT_DIR,
     load_checkpoint,
@@ -107,37 +108,6 @@ def _fix_logit_scale(model: nn.Module, value: float) -> str:
     raise ClipforgeError("fixed_logit_scale is set but the model has no logit_scale parameter")
 
 
-@dataclass(frozen=True)
-class _Plan:
-    """How the loop batches and when it logs, evaluates and saves: fixed once, before the first step."""
-
-    steps: int
-    per_rank: int  # each rank's share of the batch
-    warmup: int
-    log_every: int
-    eval_every: int
-    save_every: int
-
-    @classmethod
-    def of(cls, cfg: TrainConfig, info: D.DistInfo) -> _Plan:
-        warmup = cfg.warmup if cfg.max_warmup_frac >= 1 else min(cfg.warmup, int(cfg.max_warmup_frac * cfg.steps))
-        return cls(cfg.steps, cfg.batch_size // info.world_size, warmup, cfg.log_every, cfg.eval_every,
-                   cfg.save_every)
-
-    def _due(self, every: int, step: int) -> bool:
-        """Every `every` steps and at the last one; never when `every` is 0."""
-        return every > 0 and (step % every == 0 or step == self.steps)
-
-    def logs(self, step: int) -> bool:
-        return self._due(self.log_every, step)
-
-    def evaluates(self, step: int) -> bool:
-        return self._due(self.eval_every, step)
-
-    def saves(self, step: int, stopped: bool) -> bool:
-        return self.save_every > 0 and (self._due(self.save_every, step) or stopped)
-
-
 class _Trainer:
     """One `train()` call: what it built (setup), where it stands (what a checkpoint holds), and its steps.
 
@@ -151,7 +121,8 @@ class _Trainer:
         self.model, self.cfg, self.info, self.out_dir = model, cfg, info, out_dir
         self.ckpt_dir = out_dir / CHECKPOINT_DIR
         self._scaler_state: dict[str, Any] | None = None  # a restored fp16 loss scaler's
-        self.plan = _Plan.of(cfg, info)
+        self.plan = Plan.of(cfg, info)
+        self.cadence = Cadence.of(cfg, info)  # when to checkpoint: steps or rank 0's wall clock
         model.to(info.device)
         frozen = list(cfg.frozen or [])
         if cfg.fixed_logit_scale is not None:
@@ -241,13 +212,14 @@ class _Trainer:
         self.loss_sum = torch.zeros((), device=self.info.device)
         self.window, self.t0 = 0, time.perf_counter()
         self.run_t0 = self.t0  # `elapsed_s` in log.jsonl: wall seconds since this invocation started training
+        self.cadence.start(self.step)
         while self.step < self.cfg.steps and not self.stopped:
             logs, grad_norm = self._train_step(self._next_batch())
             if self.plan.logs(self.step):
                 self._log(logs, grad_norm)
             if eval_fn is not None and self.plan.evaluates(self.step):
                 self._evaluate(eval_fn, until)
-            if self.plan.saves(self.step, self.stopped):
+            if self.cadence.due(self.step, self.stopped):
                 self._checkpoint()
             if self.bar is not None:
                 self.bar.update(1)
@@ -336,14 +308,17 @@ class _Trainer:
             self.run_log.write({"step": self.step, "stopped": True})
 
     def _checkpoint(self) -> None:
-        """Check the state is finite, then rank 0 writes it; every rank waits for the write."""
+        """Check the state is finite, then rank 0 writes it (pruning the oldest); every rank waits for the write."""
         self._check_state()
+        t = time.perf_counter()
         state = self._state()
         if self.info.is_main:
-            save_checkpoint(state, self.ckpt_dir, self.step, keep=self.cfg.keep_checkpoints)
+            path = save_checkpoint(state, self.ckpt_dir, self.step, keep=self.cfg.keep_checkpoints)
+            log.info("checkpoint %s written in %.1f s", path, time.perf_counter() - t)
         self.guard.saved(self.ckpt_dir / f"step_{self.step}.pt")  # every rank, so all raise the same line
         del state
         D.barrier()
+        self.cadence.saved(self.step)
 
     def _check_state(self) -> None:
         """The finite guard's check of the loss since the last log line and of every trainable parameter."""
@@ -370,7 +345,6 @@ class _Trainer:
         }
 
 
-
 def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, out_dir: str | os.PathLike, *,
           batch_sampler: StatefulBatchSampler | SamplerFactory | None = None, collate_fn: Callable | None = None,
           step_fn: StepFn | None = None,
@@ -389,7 +363,8 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, out_dir: str | o
     `train.plateau.Plateau`): a last checkpoint is saved marked stopped, so resuming it trains no
     further. The run then has fewer than `cfg.steps` steps.
     `resume`: None, "latest" (fresh start if there is none) or a checkpoint file or folder.
-    Rank 0 writes `out_dir/log.jsonl` and `out_dir/checkpoints/`.
+    Rank 0 writes `out_dir/log.jsonl` and `out_dir/checkpoints/` (when: `cfg.save_every` steps or
+    `cfg.save_every_s` wall seconds since the last one, whichever first, and at the end; train/cadence.py).
     """
     info = D.init_distributed()
     cfg = options.apply(cfg)  # the command's execution options (memory, kernels): train/options.py
