@@ -207,11 +207,13 @@ def _seconds(text: str) -> float:
     return value
 
 
-def add_checkpoint_flags(p: argparse.ArgumentParser) -> None:
-    """`--save-every N` and `--save-every-s SECONDS`: the loop's checkpoint cadence, `TrainConfig`'s defaults."""
-    p.add_argument("--save-every", type=int, default=TrainConfig.save_every, metavar="N",
+def add_checkpoint_flags(p: argparse.ArgumentParser, defaults: bool = True) -> None:
+    """`--save-every N` and `--save-every-s SECONDS`: the loop's checkpoint cadence, `TrainConfig`'s defaults
+    (`defaults=False`: None, i.e. every run keeps its own, for commands that apply them as execution options)."""
+    p.add_argument("--save-every", type=int, default=TrainConfig.save_every if defaults else None, metavar="N",
                    help="also checkpoint every N steps since the last checkpoint (default: by wall time only)")
-    p.add_argument("--save-every-s", type=_seconds, default=TrainConfig.save_every_s, metavar="SECONDS",
+    p.add_argument("--save-every-s", type=_seconds, default=TrainConfig.save_every_s if defaults else None,
+                   metavar="SECONDS",
                    help=f"checkpoint every SECONDS of wall time since the last checkpoint, whichever of the two "
                         f"comes first (default {TrainConfig.save_every_s:g}; 0: none by wall time)")
 

@@ -84,6 +84,9 @@ def add_execution_flags(p: argparse.ArgumentParser) -> None:
                    help="torch.compile each training step (a CLIP-MoE uses its sync-free grouped dispatch)")
     p.add_argument("--optimizer", choices=["auto", "fused", "foreach", "for-loop"],
                    help="AdamW kernel (default auto: fused where torch has it)")
+    from ..schedule import add_checkpoint_flags
+
+    add_checkpoint_flags(p, defaults=False)
 
 
 def with_workers(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from ..errors import ClipforgeError
-from ..schedule import Schedule, add_schedule_flags, schedule_from_args
+from ..schedule import Schedule, add_checkpoint_flags, add_schedule_flags, schedule_from_args
 from ._workers import (
     add_device_flag,
     add_overwrite_flag,
@@ -80,7 +80,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the training step (minutes up front; eager fallback without a compiler)")
     p.add_argument("--seed", type=int, default=0, help="seed of the data order and the RNG streams (default 0)")
-    p.add_argument("--save-every", type=int, default=200, help="checkpoint every N steps (default 200)")
+    add_checkpoint_flags(p)
     add_schedule_flags(p, TRAIN_SCHEDULE, only=("log_every",))
     add_workers_flag(p, "--num-workers", dest="num_workers")
     add_device_flag(p)
@@ -159,7 +159,7 @@ def _load_or_build(spec: str):
 
 
 # TrainConfig fields that do not change the result: a rerun may change them and still resume.
-_RESULT_NEUTRAL = {"num_workers", "log_every", "save_every", "keep_checkpoints", "eval_every"}
+_RESULT_NEUTRAL = {"num_workers", "log_every", "save_every", "save_every_s", "keep_checkpoints", "eval_every"}
 
 
 def _check_train_args(args: argparse.Namespace, cfg, data) -> None:
@@ -207,7 +207,8 @@ def run_train(args: argparse.Namespace) -> int:
     sched = schedule_from_args(args, TRAIN_SCHEDULE, seed=args.seed, num_workers=args.num_workers,
                                grad_checkpointing=args.grad_checkpointing)
     cfg = sched.train_config(trainable=args.trainable, frozen=args.frozen, optimizer=args.optimizer,
-                             attention=args.attention, compile=args.compile, save_every=args.save_every)
+                             attention=args.attention, compile=args.compile, save_every=args.save_every,
+                             save_every_s=args.save_every_s)
     _check_train_args(args, cfg, data)
     settings = {"model": prov["source"], "data": list(args.data), "image_key": args.image_key,
                 "caption_key": args.caption_key, "on_error": args.on_error, "scenes_captions": args.scenes_captions,

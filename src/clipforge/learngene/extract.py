@@ -125,7 +125,7 @@ def _extract(run: Run, cfg: LearngeneConfig, ancestry: nn.Module, anc_path: Path
     lg = Learngene(cfg, seed=seed, ancestry=ancestry)
     aux = build_auxnet(lg)
     tcfg = replace(sched, log_every=max(1, min(sched.log_every, steps // 10))).train_config(
-        save_every=max(1, steps // 5), keep_checkpoints=1, eval_every=eval_every if quality is not None else 0)
+        keep_checkpoints=2, eval_every=eval_every if quality is not None else 0)
     print(f"[extract] {mode} learngene ({lg.num_parameters():,} parameters, init {cfg.init}) from {anc_path}: "
           f"Aux-Net v{cfg.aux_depth_vision}/t{cfg.aux_depth_text}, up to {steps} steps of {batch_size}")
     resumed = had_checkpoint(run_dir)

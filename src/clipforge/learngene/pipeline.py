@@ -88,8 +88,7 @@ def pretrain(model: nn.Module, dataset: Dataset, run_dir: str | os.PathLike, *, 
     sched = training.resolved(len(dataset))
     steps, batch_size, seed = sched.steps, sched.batch_size, sched.seed
     cfg = replace(sched, log_every=max(1, min(sched.log_every, steps // 10))).train_config(
-        eval_every=eval_every if eval_fn else 0, keep_checkpoints=1,
-        save_every=max(1, steps // 4) if save_every is None else save_every)
+        eval_every=eval_every if eval_fn else 0, keep_checkpoints=2, save_every=save_every)
     run_dir = Path(run_dir)
     resumed = had_checkpoint(run_dir)
     eval_timer = _TimedEval(eval_fn) if eval_fn is not None else None

@@ -51,7 +51,7 @@ class FinetuneConfig:
 
     def train_config(self, num_samples: int) -> TrainConfig:
         s = self.schedule.resolved(num_samples)
-        return s.train_config(trainable=self.trainable(), save_every=max(1, s.steps // 5), keep_checkpoints=1)
+        return s.train_config(trainable=self.trainable(), keep_checkpoints=2)
 
 
 def _load(model_or_dir: nn.Module | str | os.PathLike) -> nn.Module:

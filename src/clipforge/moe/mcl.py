@@ -101,7 +101,7 @@ class MCLConfig:
     caption: str = "first"
     embed_batch_size: int = 256
     # training mechanics beyond the schedule
-    save_every: int | None = None  # None: about ten checkpoints per stage
+    save_every: int | None = None  # None: by wall time only (TrainConfig.save_every_s)
     keep_checkpoints: int = 2
 
     def __post_init__(self) -> None:
@@ -254,7 +254,7 @@ def _train_stage(run: Run, base: Any, base_model: nn.Module, prev: nn.Module, da
     # Never train a caller's model in place; a base we loaded ourselves and embed with nothing else is ours.
     owned = source is base_model and base_model is not base and base_model is not prev
     model = source if owned else copy.deepcopy(source)
-    save_every = cfg.save_every if cfg.save_every is not None else max(1, sched["steps"] // 10)
+    save_every = cfg.save_every  # None: by wall time (TrainConfig.save_every_s)
     seed = cfg.schedule.seed + j
     tcfg = replace(cfg.schedule, steps=sched["steps"], batch_size=sched["global_batch"], warmup=sched["warmup"],
                    seed=seed).train_config(trainable=cfg.trainable(), save_every=save_every,

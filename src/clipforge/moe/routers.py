@@ -46,7 +46,7 @@ class RouterConfig:
 
     def train_config(self, num_samples: int) -> TrainConfig:
         s = self.schedule.resolved(num_samples)
-        return s.train_config(trainable=list(self.trainable), save_every=max(1, s.steps // 5), keep_checkpoints=1)
+        return s.train_config(trainable=list(self.trainable), keep_checkpoints=2)
 
 
 def _brief(s: Schedule) -> dict[str, int]:

@@ -8,6 +8,8 @@ configs and result records, so a run resumed with other execution options is the
 * `grad_checkpointing`: recompute activations in the backward pass (exact; less memory, ~30 % more time).
 * `compile`: `torch.compile` the step (a CLIP-MoE then uses its grouped dispatch, which compiles as one graph).
 * `optimizer`: the AdamW kernel ("auto", "fused", "foreach", "for-loop").
+* `save_every`, `save_every_s`: the checkpoint cadence (steps, wall seconds; `train.cadence`): when a run can
+  be resumed from, never what it computes.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 from ..errors import ClipforgeError
 from ..schedule import TrainConfig
 
-FIELDS = ("grad_checkpointing", "compile", "optimizer")
+FIELDS = ("grad_checkpointing", "compile", "optimizer", "save_every", "save_every_s")
 OPTIMIZERS = ("auto", "fused", "foreach", "for-loop")
 _ACTIVE: dict[str, Any] = {}
 
@@ -34,7 +36,9 @@ def execution(**options: Any) -> Iterator[dict[str, Any]]:
     if options.get("optimizer") not in (None, *OPTIMIZERS):
         raise ClipforgeError(f"optimizer {options['optimizer']!r} is not one of {', '.join(OPTIMIZERS)}")
     before = dict(_ACTIVE)
-    _ACTIVE.update({k: v for k, v in options.items() if v not in (None, False)})
+    if options.get("save_every") is not None and options["save_every"] < 1:
+        raise ClipforgeError(f"--save-every must be at least 1, got {options['save_every']}")
+    _ACTIVE.update({k: v for k, v in options.items() if v is not None and v is not False})  # 0 s is a setting
     try:
         yield dict(_ACTIVE)
     finally:
