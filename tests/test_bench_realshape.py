@@ -12,8 +12,9 @@ import pytest
 import torch
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "realshape" / "results"
-UNITS = {"inputs", "dmu", "extract-select", "extract-project", "descend-select", "descend-project", "checks"}
-COMMANDS = ("dmu", "extract-select", "extract-project", "descend-select", "descend-project")
+UNITS = {"inputs", "dmu", "route", "route-gc", "extract-select", "extract-project", "descend-select",
+         "descend-project", "checks"}
+COMMANDS = ("dmu", "route", "route-gc", "extract-select", "extract-project", "descend-select", "descend-project")
 
 
 def _bench() -> ModuleType:
@@ -45,6 +46,11 @@ def test_quick_run_measures_every_unit_and_the_embeddings_agree(tmp_path: Path) 
         assert u["disk_bytes"] > 0 and u["peak_disk_bytes"] >= u["disk_bytes"] > 0, (name, u)
     dmu = results["units"]["dmu"]
     assert dmu["steps"] == (plan["experts"] - 1) * plan["stage_steps"] + plan["router_steps"] and dmu["s_per_step"] > 0
+    assert dmu["disk_need_said"].startswith("[dmu] disk: about")  # said before the run started
+    for name in ("route", "route-gc"):  # router training at a larger batch, without and with checkpointing
+        assert results["units"][name]["steps"] == plan["router_steps"] and results["units"][name]["batch"] == 8
+    assert "--grad-checkpointing" in results["units"]["route-gc"]["argv"]
+    assert "--grad-checkpointing" not in results["units"]["route"]["argv"]
     for c in ("select", "project"):
         assert results["units"][f"extract-{c}"]["steps"] == plan["extract_steps"]
         assert len(results["units"][f"descend-{c}"]["descendants"]) == len(plan["shapes"])

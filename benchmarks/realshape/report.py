@@ -11,7 +11,7 @@ from typing import Any
 
 from .. import harness
 
-RUNS = ("dmu", "extract-select", "extract-project", "descend-select", "descend-project")
+RUNS = ("dmu", "route", "route-gc", "extract-select", "extract-project", "descend-select", "descend-project")
 
 
 def size(n: int | float | None) -> str:
@@ -34,7 +34,7 @@ def _s(x: float | None, fmt: str = ".1f") -> str:
 
 def runs_table(r: dict[str, Any]) -> list[str]:
     rows = []
-    for name in RUNS:
+    for name in (n for n in RUNS if n in r["units"]):  # records from before a unit existed lack it
         u = r["units"][name]
         rows.append([name, _s(u["wall_s"]), _s(u["cpu_s"]), str(u.get("steps", "")) or "—",
                      _s(u.get("s_per_step"), ".2f") or "—", _s(u.get("s_per_step_after_first"), ".2f") or "—",
@@ -135,6 +135,8 @@ def markdown(r: dict[str, Any]) -> str:
              f"({p['image_px']} px) and `train.csv` (image, caption), {size(inputs['data_disk_bytes'])}.", "",
              f"Budgets: DMU {p['experts']} experts (top-{p['top_k']}), {p['experts'] - 1} MCL stages of "
              f"{p['stage_steps']} steps, routers {p['router_steps']} steps, batch {p['batch']}, no evaluation; "
+             + (f"routers again at batch {p['route_batch']} without / with activation checkpointing; "
+                if "route_batch" in p else "") +
              f"extraction {p['extract_steps']} steps of {p['batch']}, no evaluation; descendants "
              f"{', '.join(f'`{s}`' for s in p['shapes'])} from each learngene, no pre-training.", "",
              "## Runs", ""]
@@ -146,6 +148,14 @@ def markdown(r: dict[str, Any]) -> str:
     d = r["units"]["dmu"]
     lines += ["", "DMU wall time by phase: " + ", ".join(f"{k} {v:.1f} s" for k, v in d["phase_wall_s"].items())
               + "; disk: " + ", ".join(f"{k}/ {size(v)}" for k, v in d["parts_disk_bytes"].items()) + ".", ""]
+    if d.get("disk_need_said"):
+        lines += [f"What `moe dmu` said before it started: `{d['disk_need_said']}`.", ""]
+    if "route" in r["units"] and "route-gc" in r["units"]:
+        a, b = r["units"]["route"], r["units"]["route-gc"]
+        lines += [f"`moe route` on the CLIP-MoE at batch {a['batch']} ({p['router_steps']} steps): peak RSS "
+                  f"{size(a['peak_rss_bytes'])} without, {size(b['peak_rss_bytes'])} with `--grad-checkpointing` "
+                  f"({b['peak_rss_bytes'] / a['peak_rss_bytes']:.2f}×); "
+                  f"{_s(a.get('s_per_step'), '.2f')} vs {_s(b.get('s_per_step'), '.2f')} s/step.", ""]
     for cons in ("select", "project"):
         e, ds = r["units"][f"extract-{cons}"], r["units"][f"descend-{cons}"]
         lines.append(f"* {cons}: learngene {millions(e['learngene_parameters'])} parameters, "

@@ -7,6 +7,7 @@ sampled peak; training time per step from the run's log.jsonl), each skipped on 
 
   inputs           a ViT-B/32-shaped CLIP (random, seeded) in the hub's layout and a CSV of PNG image-text pairs
   dmu              clipforge moe dmu on it: 3 MCL stages + routers, a few steps each, no evaluation
+  route, route-gc  clipforge moe route on its CLIP-MoE at a larger batch, without / with --grad-checkpointing
   extract-select   clipforge learngene extract --construction select (a few steps, no evaluation)
   extract-project  clipforge learngene extract --construction project
   descend-select   clipforge learngene descend: a narrower CLIP, vision and text tower, and a shallower CLIP
@@ -74,6 +75,7 @@ class Plan:
     stage_steps: int = 2
     router_steps: int = 2
     extract_steps: int = 4
+    route_batch: int = 32  # `moe route` with and without --grad-checkpointing: activations beside the weights
     shapes: list[str] = field(default_factory=list)
     check_inputs: int = 4
 
@@ -84,7 +86,7 @@ class Plan:
 
     @classmethod
     def quick(cls) -> Plan:
-        return cls("tiny, towers 3x48 / 2x32", unequal_spec(), pairs=32, image_px=40, extract_steps=2,
+        return cls("tiny, towers 3x48 / 2x32", unequal_spec(), pairs=32, image_px=40, extract_steps=2, route_batch=8,
                    shapes=["clip:2x32:1x16", "vision:2x32", "text:2x16", "clip:2:1"])
 
 
@@ -152,7 +154,22 @@ class Bench:
         rec["phase_wall_s"] = {k: v.get("wall_time_s") for k, v in
                                json.loads((out / "dmu.json").read_text())["phases"].items()}
         rec["parts_disk_bytes"] = {part: disk_bytes(out / part) for part in ("mcl", "packed", "model")}
+        said = (self.work / "logs" / "dmu.log").read_text(errors="replace").splitlines()
+        rec["disk_need_said"] = next((line.strip() for line in said if line.startswith("[dmu] disk:")), None)
         rec["model"] = str(out / "model")
+        return rec
+
+    def route(self, checkpointing: bool) -> dict[str, Any]:
+        """`moe route` on the DMU run's CLIP-MoE at `route_batch`: its peak RSS with and without activation
+        checkpointing (router training back-propagates through every block to reach the routers)."""
+        p, name = self.plan, "route-gc" if checkpointing else "route"
+        out = self.path(name)
+        args = ["moe", "route", "--model", str(self.path("dmu") / "model"), "--data", str(self.data / "train.csv"),
+                "--out", str(out), "--router-steps", str(p.router_steps), "--router-batch-size", str(p.route_batch),
+                "--seed", str(p.seed), *(["--grad-checkpointing"] if checkpointing else [])]
+        rec = self.command(name, args, [out])
+        rec.update(step_times(out / "log.jsonl") or {})
+        rec["batch"] = p.route_batch
         return rec
 
     def extract(self, construction: str) -> dict[str, Any]:
@@ -367,6 +384,8 @@ def run(args: argparse.Namespace) -> int:
     made: dict[str, dict[str, Any]] = {}
     made["inputs"] = bench.unit("inputs", bench.inputs)
     made["dmu"] = bench.unit("dmu", bench.dmu)
+    for gc in (False, True):
+        made["route-gc" if gc else "route"] = bench.unit("route-gc" if gc else "route", lambda gc=gc: bench.route(gc))
     for c in ("select", "project"):
         made[f"extract-{c}"] = bench.unit(f"extract-{c}", lambda c=c: bench.extract(c))
     for c in ("select", "project"):
