@@ -156,7 +156,7 @@ def test_every_verdict_line_names_its_figures() -> None:
     assert all(s in q for s in ("37.0%", "39.0%", "94.9%", "66.0%", "70.0%", "94.3%", "50.0%")), q
     scratch = line("MM-LG clip 2+2: beats Scratch")
     assert all(s in scratch for s in ("19.0%", "37.0%", "50.0%", "66.0%")), scratch
-    vs_ft = line("CLIP-MoE: beats direct FT (full)")
+    vs_ft = line("CLIP-MoE: beats direct FT (full) at equal steps on Fashion-MNIST")
     assert all(s in vs_ft for s in ("69.2%", "69.5%", "+0.3 pts")), vs_ft
     assert "CLIP-MoE 69.5% vs direct FT (full) 69.2%" in vs_ft, vs_ft  # each figure beside its model
     composed = verdict_lines(_family(False))[-1]  # the bad run's composed model: −2.0 points of zero-shot
@@ -165,11 +165,12 @@ def test_every_verdict_line_names_its_figures() -> None:
 
 
 def test_report_opens_with_the_verdicts(tmp_path) -> None:
+    from clipforge.demo.pipeline import DemoConfig
     from clipforge.demo.report import verdict_section
     from clipforge.report.document import Report
 
     r = Report("demo")
-    verdict_section(r, _family(False), quick=True)
+    verdict_section(r, _family(False), DemoConfig.quick_config())
     r.contents().heading("The family")
     md = r.to_markdown()
     assert md.startswith("# demo\n\n## What this run shows\n\n- CLIP-MoE: ")
@@ -238,3 +239,26 @@ def test_a_cache_that_cannot_exist_fails_before_anything_is_written(tmp_path, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--cache" in err[0] and "cannot create" in err[0]
     assert not out.exists()
+
+
+def test_verdicts_hold_only_beyond_two_standard_errors() -> None:
+    """The same synthetic run, now with its test-set sizes: a gain inside the binomial noise does not hold."""
+    anc = _clip(0.040, 0.040, 0.700, 1_000)
+    moe = _clip(0.050, 0.050, 0.695, 1_200)  # +1.0 point of R@1 near 4 %; zero-shot −0.5 points
+    few, many = {"scenes": 1_000, "fmnist": 10_000}, {"scenes": 50_000, "fmnist": 10_000}
+    assert _outcomes(verdicts({"ancestry": anc, "CLIP-MoE": moe}))[("CLIP-MoE", "held-out scenes")]  # no SE
+    assert not _outcomes(verdicts({"ancestry": anc, "CLIP-MoE": moe}, few))[("CLIP-MoE", "held-out scenes")]
+    assert _outcomes(verdicts({"ancestry": anc, "CLIP-MoE": moe}, many))[("CLIP-MoE", "held-out scenes")]
+    line = verdict_lines({"ancestry": anc, "CLIP-MoE": moe}, items=few)[0]
+    assert "(+1.0 ± 0.9 pts)" in line and "does not hold" in line, line  # sqrt(.05·.95/1000 + .04·.96/1000)
+    # keeping zero-shot within 1 point needs the drop plus two SEs inside it: −0.5 ± 0.65 may be −1.8
+    zs = _outcomes(verdicts({"ancestry": anc, "CLIP-MoE": moe}, few))[("CLIP-MoE", "zero-shot")]
+    assert not zs
+    big = {"scenes": 1_000, "fmnist": 1_000_000}
+    assert _outcomes(verdicts({"ancestry": anc, "CLIP-MoE": moe}, big))[("CLIP-MoE", "zero-shot")]
+    # keeping 90 % of quality: 0.37 vs 0.39 keeps 94.9 %, which is 2.0 points of R@1 above 90 %
+    kept = _clip(0.370, 0.370, 0.66, 500)
+    base = _clip(0.390, 0.390, 0.70, 1_000)
+    assert _outcomes(verdicts({"ancestry": base, "MM-LG clip 1+1": kept}, many))[("MM-LG clip 1+1", "quality")]
+    assert not _outcomes(verdicts({"ancestry": base, "MM-LG clip 1+1": kept}, {"scenes": 300, "fmnist": 300})
+                         )[("MM-LG clip 1+1", "quality")]

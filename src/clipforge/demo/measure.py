@@ -19,6 +19,7 @@ from ..models.encode import model_kind
 from ..run import cached_record
 
 CAPTION_TOKENS = 16
+COUNT_TEST = 1000  # test captions of the text descendants' count probe
 
 
 def measure(name: str, model_dir: Path, suite: SuiteConfig, cache: Path, probe_train: int = 5000) -> dict[str, Any]:
@@ -51,7 +52,7 @@ def _measure(name: str, model_dir: Path, suite: SuiteConfig, probe_train: int) -
         from ..data.scenes import count_captions
         from ..eval.probes import text_linear_probe
 
-        r = text_linear_probe(model, count_captions("train", probe_train, 0), count_captions("test", 1000, 1))
+        r = text_linear_probe(model, count_captions("train", probe_train, 0), count_captions("test", COUNT_TEST, 1))
         rec["metrics"] = {"scenes_count_text_probe": r}
         rec["headline"] = {"count_probe_acc1": r["acc1"]}
     rec["eval_s"] = round(time.perf_counter() - t, 1)

@@ -133,12 +133,20 @@ def curve_logs(runs: dict[str, Path]) -> dict[str, list[tuple[float, float]]]:
     return {k: v for k, v in logs.items() if v}
 
 
-def verdict_section(r: Report, records: dict[str, dict[str, Any]], quick: bool) -> None:
+def test_items(cfg: Any) -> dict[str, int]:
+    """How many test items each metric family was measured on (the verdicts' binomial SEs)."""
+    from .measure import COUNT_TEST
+
+    return {"scenes": cfg.suite.scenes, "fmnist": cfg.suite.fashion or 10_000, "count": COUNT_TEST}
+
+
+def verdict_section(r: Report, records: dict[str, dict[str, Any]], cfg: Any) -> None:
     """"What this run shows": one line per method and claim, decided from this run's numbers."""
     from .verdicts import thresholds, verdicts
 
+    quick = cfg.quick
     r.heading("What this run shows")
-    found = verdicts(records)
+    found = verdicts(records, test_items(cfg))
     if found:
         r.bullets([v.line() for v in found])
     else:
@@ -371,7 +379,7 @@ def write_report(out: Path, records: dict[str, dict[str, Any]], phases: dict[str
     """Assemble plots and tables into `out/report.md` and `out/report.html`."""
     command = "clipforge demo" + (" --quick" if cfg.quick else "") + f" --out {out}"
     r = Report("clipforge demo: one CLIP becomes a family")
-    verdict_section(r, records, cfg.quick)
+    verdict_section(r, records, cfg)
     r.contents()  # after the verdicts: they are what a reader opens the report for
     r.paragraph(f"Made by `{command}` (ancestry from `{shown_path(anc_run)}`, "
                 f"{'cached from an earlier run' if cached else 'trained by this run'}) with torch {torch.__version__} "
