@@ -135,8 +135,8 @@ def markdown(r: dict[str, Any]) -> str:
              f"({p['image_px']} px) and `train.csv` (image, caption), {size(inputs['data_disk_bytes'])}.", "",
              f"Budgets: DMU {p['experts']} experts (top-{p['top_k']}), {p['experts'] - 1} MCL stages of "
              f"{p['stage_steps']} steps, routers {p['router_steps']} steps, batch {p['batch']}, no evaluation; "
-             + (f"routers again at batch {p['route_batch']} without / with activation checkpointing; "
-                if "route_batch" in p else "") +
+             + (f"routers again at batch {r['units']['route']['batch']} without / with activation checkpointing; "
+                if "route" in r["units"] else "") +
              f"extraction {p['extract_steps']} steps of {p['batch']}, no evaluation; descendants "
              f"{', '.join(f'`{s}`' for s in p['shapes'])} from each learngene, no pre-training.", "",
              "## Runs", ""]
