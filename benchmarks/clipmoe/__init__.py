@@ -1,4 +1,4 @@
-"""CLIP-MoE in the paper's regime (its Tables 1, 2, 4, 5 and Fig. 3 in miniature).
+"""The CLIP-MoE benchmark (v2, issue 33): the paper's Tables 1, 2, 4, 5 and Fig. 3 in miniature, SE-aware verdicts.
 
-Run from the repository root: `python -m benchmarks.clipmoe.run`.
+Run from the repository root: `python -m benchmarks.clipmoe.run` (README.md: protocol, units, sizing).
 """

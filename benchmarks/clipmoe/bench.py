@@ -1,207 +1,272 @@
-"""The CLIP-MoE benchmark's budget and its units: every method at a seed, each a resumable run directory."""
+"""The CLIP-MoE benchmark's budget (v2) and its methods, each a resumable run directory under the work directory."""
 
 from __future__ import annotations
 
-import json
+import contextlib
+import fcntl
+import math
+import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clipforge.files import write_json
+from clipforge.moe import sizing
+
+# the diagnostic's parameter sets (clipforge.moe.baselines.PARAMS), in the order the table shows them
+DIAG_PARAMS = ("ffn", "ffn+text_embeddings", "text_embeddings", "ffn+attention", "full")
 
 
 @dataclass
 class Budget:
-    """Everything that sizes the benchmark (recorded in the results)."""
+    """Everything that sizes the benchmark (recorded in the results; README.md, "Sizing", says why)."""
 
-    # fine-tuning pool: new scenes (generator seed 1, never seen by the ancestry) with dense captions, no
-    # Fashion-MNIST; the results report how full the last stage's accumulated clusters are.
-    train_scenes: int = 16_000  # rendering dense scenes: ~13 s per 1,000 on one AMD EPYC core
+    pool: int = 4096  # N: new scenes (train split, generator seed 1) with dense captions
     caption_style: str = "dense"
-    batch: int = 64
+    batch: int = 32  # B, global
     experts: int = 4
     top_k: int = 2
-    stage_steps: int = 60  # S
-    router_steps: int = 30  # R
+    target_batches: float = 2.0  # per last-stage accumulated cluster (clipforge.moe.sizing; the released ratio)
     stage_lr: float = 1e-4
     ft_lr: float = 1e-4
     router_lr: float = 2e-3
-    k: int = 3  # clusters per modality and stage (paper 3 x 3)
-    k_small: int = 2  # a second CLIP-MoE with k_small x k_small clusters, sized for this pool
+    policy: str = "keep_remainder"
+    cluster_order: str = "fixed"
+    stretch_keep: int = 20  # Long-CLIP: rows kept as they are; the factor is measured on the pool's captions
+    diag_steps: int = 210  # the diagnostic fine-tunes (issue 33: v1's T)
+    diag_params: tuple[str, ...] = DIAG_PARAMS
+    diag_seeds: tuple[int, ...] = (0, 1)
     seeds: tuple[int, ...] = (0, 1, 2)
-    # evaluation
-    eval_scenes: int = 1000
-    eval_pairs: int = 200
+    base_scale_seeds: tuple[int, ...] = (0,)  # CLIP-MoE with the logit scale fixed at the base's learned value
+    eval_scenes: int = 5000
+    eval_pairs: int = 500
     eval_fashion: int | None = None  # the whole 10k test split
-    # ablation: (name, k, stage steps as a multiple of S, train attention); none in the paper regime
-    ablation: tuple[tuple[str, int, int, bool], ...] = ()
+    routing_scenes: int = 500
+    kmeans_niter: int = 50
 
     @property
-    def total_steps(self) -> int:
-        return (self.experts - 1) * self.stage_steps + self.router_steps
+    def stages(self) -> int:
+        return self.experts - 1
+
+    @property
+    def S(self) -> int:  # noqa: N802 - the paper's symbol
+        """Data-matched steps: what one expert's stage saw (one epoch of the pool)."""
+        return sizing.data_matched_steps(self.pool, self.batch)
+
+    @property
+    def R(self) -> int:  # noqa: N802
+        """Router steps: one epoch of the pool."""
+        return sizing.epoch_steps(self.pool, self.batch)
+
+    @property
+    def T(self) -> int:  # noqa: N802
+        """Compute-matched steps: (E − 1)·S + R."""
+        return sizing.compute_matched_steps(self.pool, self.batch, self.experts, self.R)
+
+    @property
+    def clusters(self) -> sizing.ClusterSizing:
+        return sizing.size_clusters(self.pool, self.batch, self.stages, self.target_batches)
+
+    def identity(self) -> dict[str, Any]:
+        """What decides a unit's result: everything but which seeds run."""
+        return {k: v for k, v in asdict(self).items() if k not in ("seeds", "diag_seeds", "base_scale_seeds")}
+
+    def derived(self) -> dict[str, Any]:
+        """The sizes the rules derive (written into the results)."""
+        return {"S": self.S, "R": self.R, "T": self.T, "clusters": asdict(self.clusters)}
 
     @classmethod
     def quick(cls) -> Budget:
-        return cls(train_scenes=256, batch=32, experts=3, stage_steps=3, router_steps=2, stage_lr=1e-3,
-                   ft_lr=1e-3, router_lr=1e-2, k=2, k_small=1, seeds=(0,), eval_scenes=64, eval_pairs=20,
-                   eval_fashion=200,
-                   ablation=(("k2 FFN", 2, 1, False), ("k3 FFN+attn", 3, 1, True)))
+        """Toy sizes: the whole protocol in well under two minutes (tests/test_bench_clipmoe.py)."""
+        return cls(pool=48, batch=16, experts=3, target_batches=1.0, stage_lr=1e-3, ft_lr=1e-3, router_lr=1e-2,
+                   stretch_keep=8, diag_steps=2, diag_seeds=(0,), seeds=(0,), eval_scenes=32, eval_pairs=4,
+                   eval_fashion=40, routing_scenes=8, kmeans_niter=5)
 
 
-def wall_time(model_dir: Path) -> float:
-    """The training wall time a unit recorded beside its model."""
-    return json.loads((model_dir.parent / "wall_time.json").read_text())["wall_time_s"]
+def stretch_factor(rows: int, keep: int, longest: int) -> int:
+    """The smallest Long-CLIP factor whose table (keep + factor·(rows − keep)) holds `longest` tokens; 1 when
+    `rows` already does (no stretch)."""
+    if longest <= rows:
+        return 1
+    return math.ceil((longest - keep) / (rows - keep))
 
 
+@contextlib.contextmanager
+def file_lock(path: Path, block: bool = True) -> Iterator[bool]:
+    """A POSIX record lock on `path` (freed when the holder dies); yields whether it was taken."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
+        except OSError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.lockf(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+@dataclass
 class Bench:
-    """The benchmark's units, each cached in its own directory under `work`."""
+    """The methods on one ancestry; the pool, the stretched base and the evaluation sets are made on first use."""
 
-    def __init__(self, budget: Budget, ancestry: Path, work: Path) -> None:
-        from clipforge.data.cached import Cached
+    b: Budget
+    ancestry: Path
+    work: Path
+    _cache: dict[str, Any] = field(default_factory=dict)
+
+    # --- inputs -------------------------------------------------------------------------------------
+
+    @property
+    def data(self) -> Any:
+        """The fine-tuning pool, rendered once per process."""
+        if "data" not in self._cache:
+            from clipforge.data.cached import Cached
+            from clipforge.data.scenes import ScenesDataset
+
+            b = self.b
+            t = time.perf_counter()
+            self._cache["data"] = Cached(ScenesDataset(split="train", size=b.pool, seed=1, image_size=self.image_size,
+                                                       caption_style=b.caption_style),
+                                         f"scenes[train,seed1,n{b.pool},{self.image_size}px,{b.caption_style}]")
+            print(f"[bench] fine-tuning pool rendered in {time.perf_counter() - t:.0f} s", flush=True)
+        return self._cache["data"]
+
+    @property
+    def image_size(self) -> int:
+        from transformers import CLIPConfig
+
+        return int(CLIPConfig.from_pretrained(self.ancestry).vision_config.image_size)
+
+    def stretch_plan(self) -> dict[str, Any]:
+        """The pool's caption lengths (tokens, untruncated, with bos and eos) against the ancestry's context,
+        and the Long-CLIP stretch that holds the longest (none when the context already does)."""
+        import numpy as np
+        from transformers import CLIPConfig
+
         from clipforge.data.scenes import ScenesDataset
-        from clipforge.eval.suite import SuiteConfig
+        from clipforge.models.tokenizer import get_tokenizer
+
+        rows = int(CLIPConfig.from_pretrained(self.ancestry).text_config.max_position_embeddings)
+        pool = ScenesDataset(split="train", size=self.b.pool, seed=1, caption_style=self.b.caption_style)
+        caps = [c for i in range(len(pool)) for c in pool.captions_at(i)]
+        lengths = np.array([len(x) for x in get_tokenizer()(caps, verbose=False)["input_ids"]])
+        keep = min(self.b.stretch_keep, rows - 2)
+        factor = stretch_factor(rows, keep, int(lengths.max()))
+        ctx = keep + factor * (rows - keep) if factor > 1 else rows
+        return {"context": rows, "captions": len(caps), "tokens_mean": float(lengths.mean()),
+                "tokens_median": float(np.median(lengths)), "tokens_p99": float(np.percentile(lengths, 99)),
+                "tokens_max": int(lengths.max()), "covered_by_context": float((lengths <= rows).mean()),
+                "keep": keep, "factor": factor, "stretched_context": ctx,
+                "covered_after": float((lengths <= ctx).mean())}
+
+    def base_dir(self) -> Path:
+        """The base every method starts from: the ancestry, its text positions Long-CLIP-stretched to the pool's
+        longest caption when its context is shorter (made once, by whichever process comes first)."""
+        out = self.work / "base" / "model"
+        with file_lock(self.work / ".base.lock"):
+            if not (out / "config.json").is_file():
+                from clipforge.models import io
+                from clipforge.models.positions import stretch_text_positions
+
+                plan = self.stretch_plan()
+                model = io.load(self.ancestry)
+                if plan["factor"] > 1:
+                    model = stretch_text_positions(model, plan["keep"], plan["factor"])
+                io.save(model, out, provenance={"source": "benchmarks.clipmoe: the ancestry, stretched",
+                                                "ancestry": str(self.ancestry), "stretch": plan})
+        return out
+
+    @property
+    def evalset(self) -> Any:
+        if "evalset" not in self._cache:
+            from . import evalset
+
+            b = self.b
+            t = time.perf_counter()
+            self._cache["evalset"] = evalset.build(b.eval_scenes, b.eval_pairs, b.eval_fashion, self.image_size)
+            print(f"[bench] evaluation sets read in {time.perf_counter() - t:.0f} s", flush=True)
+        return self._cache["evalset"]
+
+    # --- evaluation ---------------------------------------------------------------------------------
+
+    def evaluate(self, model: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A model's record ({"headline", "cost"}) and its embeddings (for an ensemble)."""
+        from . import evalset
+
+        emb = evalset.embed(model, self.evalset)
+        return {"headline": evalset.metrics(emb, self.evalset), "cost": evalset.costs(model)}, emb
+
+    def base_embeddings(self) -> dict[str, Any]:
+        """The base's embeddings, cached in the work directory (the experts' mean includes expert 0)."""
+        import torch
+
         from clipforge.models import io
 
-        self.b, self.ancestry, self.work = budget, ancestry, work
-        self.base = io.load(ancestry).eval()
-        size = int(self.base.config.vision_config.image_size)
-        t = time.perf_counter()
-        self.data = Cached(ScenesDataset(split="train", size=budget.train_scenes, seed=1, image_size=size,
-                                         caption_style=budget.caption_style),
-                           f"scenes[train,seed1,n{budget.train_scenes},{size}px,{budget.caption_style}]")
-        print(f"[bench] fine-tuning pool: {self.data.name} ({time.perf_counter() - t:.0f} s to render)", flush=True)
-        self.suite = SuiteConfig(scenes=budget.eval_scenes, pairs=budget.eval_pairs, fashion=budget.eval_fashion)
-
-    # --- evaluation, cached per model directory -----------------------------------------------------
-
-    def evaluate(self, model_dir: Path, mmvp_only: bool = False) -> dict[str, Any]:
-        """The built-in suite's headline (and the model's costs) for `model_dir`, cached beside its run."""
-        from clipforge.cost import model_costs
-        from clipforge.eval.suite import evaluate_builtin, headline
-        from clipforge.models import io
-
-        path = model_dir.parent / ("eval_mmvp.json" if mmvp_only else "eval.json")
-        if path.is_file():
-            return json.loads(path.read_text())
-        model = io.load(model_dir).eval()
-        suite = replace(self.suite, tasks=("mmvp",)) if mmvp_only else self.suite
-        t = time.perf_counter()
-        metrics = evaluate_builtin(model, suite)
-        rec = {"model": str(model_dir), "headline": headline(metrics), "eval_s": round(time.perf_counter() - t, 1)}
-        if not mmvp_only:
-            rec["cost"] = model_costs(model)
-        write_json(path, rec)
-        return rec
-
-    def base_eval(self) -> dict[str, Any]:
-        """The ancestry's evaluation, cached in the work directory (the ancestry's may not be ours to write)."""
-        from clipforge.cost import model_costs
-        from clipforge.eval.suite import evaluate_builtin, headline
-
-        path = self.work / "base" / "eval.json"
-        if path.is_file():
-            return json.loads(path.read_text())
-        metrics = evaluate_builtin(self.base, self.suite)
-        rec = {"model": str(self.ancestry), "headline": headline(metrics), "cost": model_costs(self.base)}
-        write_json(path, rec)
-        return rec
-
-    def _timed(self, fn: Callable[[], Any], run_dir: Path) -> float:
-        """Run `fn` and record its wall time once (a cached unit keeps the time it first took)."""
-        path = run_dir / "wall_time.json"
-        if path.is_file():  # written only after `fn` finished: the unit is done, nothing to load again
-            return json.loads(path.read_text())["wall_time_s"]
-        t = time.perf_counter()
-        fn()
-        s = round(time.perf_counter() - t, 1)
-        write_json(path, {"wall_time_s": s})
-        return s
+        path = self.work / "base" / "embeddings.pt"
+        with file_lock(self.work / ".base_emb.lock"):
+            if not path.is_file():
+                _, emb = self.evaluate(io.load(self.base_dir()))
+                torch.save(emb, path.with_suffix(".tmp"))
+                os.replace(path.with_suffix(".tmp"), path)
+        return torch.load(path, weights_only=True)
 
     # --- methods ------------------------------------------------------------------------------------
 
-    def direct_ft(self, name: str, seed: int, steps: int, params: str) -> Path:
-        """Direct fine-tuning of the ancestry (`params`: "ffn", "full", "ffn+attention") for `steps` steps."""
-        from clipforge.moe.baselines import FinetuneConfig, direct_ft
-
-        run = self.work / name / f"seed{seed}"
-        cfg = FinetuneConfig(schedule=self._schedule(seed, steps, self.b.ft_lr), params=params)
-        self._timed(lambda: direct_ft(str(self.ancestry), self.data, run, cfg, progress=False), run)
-        return run / "model"
-
-    def _router_cfg(self, seed: int, steps: int, lr: float) -> Any:
-        from clipforge.moe.routers import RouterConfig
-
-        return RouterConfig(schedule=self._schedule(seed, steps, lr, weight_decay=0.01))
-
-    def _schedule(self, seed: int, steps: int, lr: float, **changes: Any) -> Any:
-        """The released recipe's schedule at this benchmark's budget: one batch, a 10 % warm-up."""
+    def schedule(self, seed: int, steps: int | None, lr: float, **changes: Any) -> Any:
+        """The released recipe's optimiser at this budget: one global batch, a 10 % warm-up."""
         from clipforge.moe.mcl import paper_schedule
 
-        return paper_schedule(steps=steps, lr=lr, batch_size=self.b.batch, warmup=max(1, steps // 10), seed=seed,
-                              log_every=5, **changes)
+        warm = max(1, (steps or self.b.S) // 10)
+        return paper_schedule(steps=steps, lr=lr, batch_size=self.b.batch, warmup=warm, seed=seed, log_every=10,
+                              **changes)
 
-    def clip_moe(self, seed: int, k: int | None = None) -> Path:
-        """CLIP-MoE by DMU: E - 1 MCL stages of S steps with k x k clusters, then R router steps."""
-        from clipforge.moe.dmu import DMUConfig, dmu
-        from clipforge.moe.mcl import MCLConfig
+    def direct_ft(self, name: str, seed: int, steps: int, params: str) -> Path:
+        """Direct fine-tuning of the base (`params`: one of clipforge.moe.baselines.PARAMS) for `steps` steps."""
+        from clipforge.moe.baselines import FinetuneConfig, direct_ft
 
-        b = self.b
-        k = k or b.k
-        run = self.work / ("clip_moe" if k == b.k else f"clip_moe_k{k}") / f"seed{seed}"
-        cfg = DMUConfig(mcl=MCLConfig(num_experts=b.experts, k_img=k, k_txt=k, embed_batch_size=512,
-                                      schedule=self._schedule(seed, b.stage_steps, b.stage_lr)),
-                        router=self._router_cfg(seed, b.router_steps, b.router_lr), top_k=b.top_k)
-        self._timed(lambda: dmu(str(self.ancestry), self.data, run, cfg, progress=False, keep_stages=True), run)
+        run = self.work / name
+        direct_ft(str(self.base_dir()), self.data, run,
+                  FinetuneConfig(schedule=self.schedule(seed, steps, self.b.ft_lr), params=params), progress=False)
         return run / "model"
 
-    def sparse_upcycling(self, seed: int) -> Path:
-        """E copies of the base FFN as experts, experts and routers trained for T steps."""
+    def dmu_config(self, seed: int, base_scale: bool = False, one_cluster: bool = False) -> Any:
+        """CLIP-MoE's DMU settings: stages and routers of one epoch each, clusters sized by clipforge.moe.sizing;
+        `base_scale`: the logit scale fixed at the base's learned value, not 100; `one_cluster`: w/o MCL."""
+        from clipforge.moe.baselines import without_mcl_config
+        from clipforge.moe.dmu import DMUConfig
+        from clipforge.moe.mcl import MCLConfig, base_logit_scale
+        from clipforge.moe.routers import RouterConfig
+
+        b, c = self.b, self.b.clusters
+        scale = {"fixed_logit_scale": base_logit_scale(self.base_dir())} if base_scale else {}
+        cfg = DMUConfig(mcl=MCLConfig(num_experts=b.experts, k_img=c.k_img, k_txt=c.k_txt, policy=b.policy,
+                                      cluster_order=b.cluster_order, embed_batch_size=256, kmeans_niter=b.kmeans_niter,
+                                      schedule=self.schedule(seed, None, b.stage_lr, **scale)),
+                        router=RouterConfig(schedule=self.schedule(seed, None, b.router_lr, weight_decay=0.01,
+                                                                   **scale)),
+                        top_k=b.top_k)
+        return without_mcl_config(cfg) if one_cluster else cfg
+
+    def dmu(self, name: str, seed: int, keep_stages: bool, **kind: bool) -> Path:
+        """A DMU run (`kind`: `dmu_config`'s switches) in `work/name`; its CLIP-MoE's directory."""
+        from clipforge.moe.dmu import dmu
+
+        return dmu(str(self.base_dir()), self.data, self.work / name, self.dmu_config(seed, **kind), progress=False,
+                   keep_stages=keep_stages)
+
+    def sparse_upcycling(self, name: str, seed: int) -> Path:
+        """E copies of the base FFN as experts, experts and routers trained T steps."""
         from clipforge.moe.baselines import sparse_upcycling
+        from clipforge.moe.routers import RouterConfig
 
         b = self.b
-        run = self.work / "sparse_upcycling" / f"seed{seed}"
-        cfg = self._router_cfg(seed, b.total_steps, b.ft_lr)
-        self._timed(lambda: sparse_upcycling(str(self.ancestry), self.data, run, cfg, num_experts=b.experts,
-                                             top_k=b.top_k, progress=False), run)
-        return run / "model"
-
-    def without_mcl(self, seed: int, ft_dir: Path) -> Path:
-        """The base and the direct-FT (FFN) model of `ft_dir` as two experts, routers trained R steps."""
-        from clipforge.moe.baselines import without_mcl
-
-        b = self.b
-        run = self.work / "without_mcl" / f"seed{seed}"
-        cfg = self._router_cfg(seed, b.router_steps, b.router_lr)
-        self._timed(lambda: without_mcl(str(self.ancestry), str(ft_dir), self.data, run, cfg, top_k=b.top_k,
-                                        progress=False), run)
-        return run / "model"
-
-    def stage(self, name: str, seed: int, k: int, steps: int, attention: bool) -> Path:
-        """One MCL stage (the dense stage-1 model) with these settings."""
-        from clipforge.moe.mcl import MCLConfig, run_stage
-
-        out = self.work / "ablation" / name.replace(" ", "_") / f"seed{seed}"
-        if (out / "stage1" / "model" / "config.json").is_file():
-            return out / "stage1" / "model"
-        cfg = MCLConfig(num_experts=2, k_img=k, k_txt=k, train_attention=attention, embed_batch_size=512,
-                        schedule=self._schedule(seed, steps, self.b.stage_lr))
-        t = time.perf_counter()
-        run_stage(str(self.ancestry), None, self.data, None, 1, cfg, out, resume="latest", progress=False)
-        write_json(out / "stage1" / "wall_time.json", {"wall_time_s": round(time.perf_counter() - t, 1)})
-        return out / "stage1" / "model"
-
-    def cluster_report(self, run: Path) -> dict[str, Any]:
-        """Per MCL stage: accumulated clusters, their sizes in global batches, the share dropped or merged."""
-        from clipforge.models.io import read_provenance
-
-        rep = {}
-        for j in range(1, self.b.experts):
-            prov = read_provenance(run / "mcl" / f"stage{j}" / "model")
-            c, smp = prov.get("clusters", {}), prov.get("sampler", {})
-            n = smp.get("kept", {}).get("samples", 0) + smp.get("dropped", {}).get("samples", 0)
-            rep[f"stage{j}"] = {**c, "mean_batches_per_cluster": (n / max(1, c.get("num", 1))) / self.b.batch,
-                                "dropped_share": smp.get("dropped", {}).get("share"),
-                                "merged": smp.get("merged")}
-        return rep
+        cfg = RouterConfig(schedule=self.schedule(seed, b.T, b.ft_lr, weight_decay=0.01))
+        sparse_upcycling(str(self.base_dir()), self.data, self.work / name, cfg, num_experts=b.experts, top_k=b.top_k,
+                         progress=False)
+        return self.work / name / "model"

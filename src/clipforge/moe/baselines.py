@@ -5,6 +5,8 @@
   (Komatsuzaki et al. 2023).
 * `without_mcl`: the paper's "w/o MCL" ablation: a 2-expert MoE of the base FFN and one directly
   fine-tuned FFN, routers trained.
+* `without_mcl_config`: an E-expert "w/o MCL" made by DMU itself with one cluster per stage (each stage
+  plain FFN fine-tuning on shuffled batches of the same data), everything else as the CLIP-MoE's.
 
 Each writes a resumable run directory whose `model/` is the result.
 """
@@ -34,20 +36,35 @@ from .mcl import (
 from .pack import pack, upcycle
 from .routers import EXPERT_AND_ROUTER_PATTERNS, RouterConfig, train_routers
 
+# The text tower's token and position tables: what an FFN-only method cannot move (the diagnostic of which
+# channel full fine-tuning's gain comes through, benchmarks/clipmoe).
+TEXT_EMBEDDING_PATTERNS = ["text_model.embeddings.*"]
+# `FinetuneConfig.params` → the parameter patterns it trains (None: everything)
+PARAMS: dict[str, list[str] | None] = {
+    "ffn": FFN_PATTERNS,
+    "ffn+attention": FFN_PATTERNS + ATTENTION_PATTERNS,
+    "ffn+text_embeddings": FFN_PATTERNS + TEXT_EMBEDDING_PATTERNS,
+    "text_embeddings": TEXT_EMBEDDING_PATTERNS,
+    "full": None,
+}
+
 
 @dataclass
 class FinetuneConfig:
-    """Plain fine-tuning settings (shuffled batches); `params`: "ffn", "ffn+attention" or "full"."""
+    """Plain fine-tuning settings (shuffled batches); `params`: one of `PARAMS` ("ffn", "full", ...).
+
+    `schedule.steps` None: one epoch of the pool (`moe.sizing.epoch_steps`)."""
 
     schedule: Schedule = schedule(**{**PAPER_SCHEDULE, "steps": 1000}, lr=1e-5, weight_decay=0.2)
     params: str = "ffn"
 
     def __post_init__(self) -> None:
-        if self.params not in ("ffn", "ffn+attention", "full"):
-            raise ClipforgeError(f"params must be 'ffn', 'ffn+attention' or 'full', got {self.params!r}")
+        if self.params not in PARAMS:
+            raise ClipforgeError(f"params must be one of {', '.join(map(repr, PARAMS))}, got {self.params!r}")
 
     def trainable(self) -> list[str] | None:
-        return {"ffn": FFN_PATTERNS, "ffn+attention": FFN_PATTERNS + ATTENTION_PATTERNS, "full": None}[self.params]
+        found = PARAMS[self.params]
+        return None if found is None else list(found)
 
     def train_config(self, num_samples: int) -> TrainConfig:
         s = self.schedule.resolved(num_samples)
@@ -102,3 +119,11 @@ def without_mcl(base: nn.Module | str | os.PathLike, finetuned: nn.Module | str 
     prov = {"name": "w/o MCL (base + direct-FT experts)", "base": _identity(base)}
     return train_routers(model, dataset, run_dir, cfg, settings, prov, collate_fn, force, progress,
                          kind="moe baseline", inputs=_paths(base, finetuned))
+
+
+def without_mcl_config(cfg: Any) -> Any:
+    """`cfg` (a `DMUConfig`) with one cluster per stage: `dmu` with it is the same pipeline (stages of one
+    epoch, packing, routers) without MCL's cluster-pure batches."""
+    from dataclasses import replace
+
+    return replace(cfg, mcl=replace(cfg.mcl, k_img=1, k_txt=1))

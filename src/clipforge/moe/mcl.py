@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
@@ -74,12 +75,16 @@ def paper_schedule(**changes: Any) -> Schedule:
 class MCLConfig:
     """MCL stage settings; defaults are the released code's [C] unless marked as our choice.
 
-    `schedule` (clipforge.schedule): `steps` per stage (None: one epoch of the cluster sampler);
+    `schedule` (clipforge.schedule): `steps` per stage (None: exactly one epoch of the cluster sampler,
+    every kept sample once; `moe.sizing` for the baselines' matching steps); `fixed_logit_scale` 100 as
+    released, or the base's learned value (`base_logit_scale`);
     `batch_size` is global, clamped to the dataset size (and to a multiple of the world size); the
     warm-up is clamped to at most `max_warmup_frac` of the steps [choice]: a short run would otherwise
     never leave warm-up, while the released ~1,500-step stage (1.2M pairs / 800) keeps its 200 steps.
     `init`: "base" (every stage starts from the base weights [C]) or "previous". Stage j clusters and
-    samples with seed `schedule.seed + j`.
+    samples with seed `schedule.seed + j`. `k_img = k_txt = 1` is one cluster per stage (no embedding
+    pass): plain FFN fine-tuning on shuffled batches through the same pipeline, the "w/o MCL" control.
+    `moe.sizing.size_clusters` picks k_img × k_txt for a pool and batch.
     """
 
     num_experts: int = 4
@@ -165,8 +170,23 @@ def resolve_schedule(cfg: MCLConfig, labels: ClusterLabels, n: int, world_size: 
     return {"global_batch": s.batch_size, "steps": s.steps, "warmup": s.warmup, "epoch_batches": epoch}
 
 
+def base_logit_scale(model_or_dir: nn.Module | str | os.PathLike) -> float:
+    """exp(logit_scale) the base learned, clamped to the loop's [1, 100]: `schedule.fixed_logit_scale` for
+    stages that keep the base's temperature instead of the released 100 (the demo ancestry learned ~15)."""
+    model = _as_model(model_or_dir)
+    scale = getattr(model, "logit_scale", None)
+    if scale is None:
+        raise ClipforgeError(f"{type(model).__name__} has no logit_scale to keep")
+    return float(min(100.0, max(1.0, math.exp(float(scale.detach().reshape(-1)[0])))))
+
+
 def _make_labels(prev_model: nn.Module, dataset: Any, labels_so_far: ClusterLabels | None, stage: int,
                  cfg: MCLConfig, device: Any) -> ClusterLabels:
+    if cfg.k_img == 1 and cfg.k_txt == 1:
+        # One cluster per stage (the "w/o MCL" control): every label is 0, so there is nothing to embed.
+        log.info("MCL stage %d: one cluster (k_img = k_txt = 1), no embedding pass", stage)
+        return ClusterLabels.extend(labels_so_far, np.zeros(len(dataset), dtype=np.int64), 1, 1,
+                                    cfg.schedule.seed + stage)
     log.info("MCL stage %d: embedding %d samples with the stage-%d model", stage, len(dataset), stage - 1)
     prev_model.to(device)
     # Each rank embeds 1/world of the data; rank 0 clusters the gathered embeddings and broadcasts the labels.
