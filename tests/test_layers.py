@@ -12,7 +12,7 @@ ROOT = Path(clipforge.__file__).parent
 # Lowest first. The package's first-level modules sit in the layer of what they serve.
 LAYERS = ["core", "models", "data", "train", "eval", "methods", "report", "demo", "cli"]
 LAYER_OF = {
-    "errors": "core", "files": "core", "distributed": "core", "run": "core", "markdown": "core",
+    "errors": "core", "files": "core", "distributed": "core", "run": "core", "markdown": "core", "stats": "core",
     "models": "models", "data": "data", "train": "train", "schedule": "train", "eval": "eval",
     "cost": "methods", "moe": "methods", "learngene": "methods", "report": "report", "demo": "demo",
     "cli": "cli", "__main__": "cli",
