@@ -1,11 +1,13 @@
-"""The ways to make a descendant, the recipe each is pre-trained with, and the extraction recipes.
+"""The ways to make a family member, and the objective each is pre-trained with.
 
-Every method yields a CLIP of depths (d, d) with the ancestry's block shape, so all methods share one
-architecture per depth. Vision-only and text-only descendants are that CLIP's towers (`tower`): for the
-learngene methods before pre-training this is exactly `descend(learngene, d, d, "vision" | "text")`.
-Every ancestry-initialised method copies the ancestry's non-block parts (embeddings, norms,
-projections) and pre-trains by the same recipe (SWS's: KD from the ancestry, a lower lr, no warm-up);
-the randomly initialised ones (PT-FT, Scratch, FD) pre-train contrastively with warm-up.
+Every method yields the same nine shapes (family.py): CLIP, vision-only and text-only descendants at two
+thirds of the ancestry's widths. The learngene methods descend them from a learngene extracted at those
+widths (`descend(lg, d, d, kind)`); the inheriting baselines cut them out of the ancestry by element
+selection (`clipforge.learngene.baselines`: whole heads, uniform channels); the random-init ones are HF's
+init. Ancestry-initialised methods copy (a selection of) the ancestry's non-block parts and pre-train by
+SWS's recipe (KD from the ancestry, a lower lr, no warm-up); the random-init ones contrastively with
+warm-up. One-tower members train against the frozen ancestry's other tower (LiT-style, `TowerStep`) with
+the same α / β as their CLIP siblings.
 """
 
 from __future__ import annotations
@@ -16,58 +18,42 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from clipforge.learngene import (
-    Distill,
-    Learngene,
-    Shape,
-    auto_lg,
-    descend,
-    heur_lg,
-    scratch,
-    tinyclip,
-    weight_selection,
-)
-from clipforge.models.registry import MODEL_CLASSES, tower_config
+from clipforge.learngene import Distill, Learngene, LearngeneConfig, Shape, auto_lg, descend, scratch, tinyclip
+from clipforge.learngene import weight_selection as select_weights
 
-LEARNGENE_METHODS = ("mmlg", "tleg_per_tower", "shared_only")
-INHERIT_METHODS = ("tinyclip", "weight_selection", "heur_lg", "auto_lg")
-# Compared at F = C / ratio (PT-FT is the reference at C; Scratch at C would be PT-FT itself).
-METHODS = LEARNGENE_METHODS + ("scratch", "feature_kd") + INHERIT_METHODS
+from .family import Member
+
+LEARNGENE_METHODS = ("mmlg", "tleg_per_tower")
+INHERIT_METHODS = ("weight_selection", "tinyclip", "auto_lg")
+RANDOM_METHODS = ("scratch", "feature_kd")
+METHODS = LEARNGENE_METHODS + INHERIT_METHODS + RANDOM_METHODS  # every one at F = C / ratio
 ALL = ("ptft",) + METHODS
-LABELS = {"mmlg": "MM-LG", "scratch": "Scratch", "ptft": "PT-FT", "heur_lg": "Heur-LG", "auto_lg": "Auto-LG",
+LABELS = {"mmlg": "MM-LG", "scratch": "Scratch", "ptft": "PT-FT", "auto_lg": "Auto-LG", "heur_lg": "Heur-LG",
           "tleg_per_tower": "TLEG-per-tower", "shared_only": "Shared-only", "tinyclip": "TinyCLIP-style",
           "weight_selection": "Weight selection", "feature_kd": "Feature KD"}
 DESCRIPTIONS = {
-    "ptft": "random init, contrastive pre-training of each depth until its plateau rule fires: defines C",
-    "mmlg": "descended from the MM-LG learngene (shared multimodal + per-tower unimodal blocks, least-squares "
-            "init from the ancestry, the chosen extraction recipe), then the KD recipe",
-    "tleg_per_tower": "descended from a TLEG learngene per tower (no shared block), same init and recipes",
-    "shared_only": "descended from a learngene with one shared block pair (no unimodal block), same init and recipes",
+    "ptft": "random init, contrastive pre-training of each member until its plateau rule fires: defines C",
+    "mmlg": "descended from the MM-LG learngene (shared multimodal + per-tower unimodal blocks at the family's "
+            "widths, least-squares init from the element-selected ancestry), then the KD recipe",
+    "tleg_per_tower": "descended from a TLEG learngene per tower (MM-LG without the multimodal block), same "
+                      "extraction and recipe",
+    "weight_selection": "Xu et al. 2024: the first d ancestry blocks, elements selected uniformly (whole heads), "
+                        "then the KD recipe",
+    "tinyclip": "TinyCLIP's manual inheritance: ancestry blocks floor(i·L/d) (uniform layers), elements selected "
+                "as weight selection does, then affinity-mimicking KD",
+    "auto_lg": "the k ancestry blocks with the highest Block Influence on one batch, on random lower blocks, "
+               "elements selected, then the KD recipe",
     "scratch": "random init, contrastive pre-training with the same family compute",
     "feature_kd": "random init, InfoNCE + β·MSE to the ancestry's embeddings (CLIP-KD's feature distillation)",
-    "tinyclip": "TinyCLIP-style weight inheritance (ancestry blocks floor(i·L/d)) + affinity-mimicking KD",
-    "weight_selection": "weight selection (the first d ancestry blocks; elements selected uniformly if narrower) + KD",
-    "heur_lg": "the ancestry's last k blocks per tower on random lower blocks, then KD",
-    "auto_lg": "the k ancestry blocks with the highest Block Influence on one batch, then KD",
 }
 
-# Extraction recipes: `Distill` fields, whether the Aux-Net depth is sampled over the benchmark's depths,
-# and the learngene's stages (more stages fit the ancestry far better at step 0 and store more:
-# results/step0*/step0.md).
-RECIPES: dict[str, dict[str, Any]] = {
-    "kd": {"distill": Distill(alpha=1.0)},
-    "kd+feature": {"distill": Distill(alpha=1.0, beta=1.0)},
-    "kd+infonce-tied": {"distill": Distill(alpha=0.5, tie_temperature=True)},
-    "kd+feature+depths": {"distill": Distill(alpha=1.0, beta=1.0), "sample_depths": True},
-    "kd+stages4": {"distill": Distill(alpha=1.0), "stages": 4},
-}
 # Descendant pre-training: ancestry-initialised runs distil (half KD, half InfoNCE); TinyCLIP's own
 # affinity mimicking is pure KD; FD is InfoNCE plus the feature term; the rest contrastive.
 KD_RECIPE = Distill(alpha=0.5)
 
 
 def pretrain_objective(method: str, fd_beta: float) -> Distill | None:
-    """The distillation a method's pre-training uses (None: plain InfoNCE)."""
+    """The distillation a method's pre-training uses (None: plain InfoNCE, or LiT-style for one tower)."""
     if method in ("ptft", "scratch"):
         return None
     if method == "feature_kd":
@@ -82,37 +68,27 @@ def uses_sws_schedule(method: str) -> bool:
     return method in LEARNGENE_METHODS + INHERIT_METHODS
 
 
-def initialise(method: str, depth: int, *, learngenes: dict[str, Learngene], ancestry: nn.Module, shape_of: Any,
-               k: int, probe_batch: dict[str, torch.Tensor], seed: int = 0) -> tuple[PreTrainedModel, dict[str, Any]]:
-    """(CLIP of depths (depth, depth), record of how it was made). `shape_of(depth)` gives the `CLIPConfig`."""
+def initialise(method: str, member: Member, *, learngenes: dict[str, Learngene], ancestry: nn.Module,
+               shape: LearngeneConfig, k: int, probe_batch: dict[str, torch.Tensor],
+               seed: int = 0) -> tuple[PreTrainedModel, dict[str, Any]]:
+    """(model of `member`'s kind and shape, record of how it was made); `shape` holds the family's widths."""
+    d, kind = member.depth, member.kind
     if method in LEARNGENE_METHODS:
         lg = learngenes[method]
-        return descend(lg, depth, depth, "clip"), {"method": method, "learngene_parameters": lg.num_parameters()}
-    shape = Shape(shape_of(depth), "clip")
+        return descend(lg, d, d, kind), {"method": method, "learngene_parameters": lg.num_parameters()}
+    target = Shape(shape.clip_config(d, d), kind)
     if method in ("scratch", "ptft", "feature_kd"):
-        model, rec = scratch(shape, seed=seed)
+        model, rec = scratch(target, seed=seed)
         return model, {**rec, "method": method}
-    if method == "heur_lg":
-        return heur_lg(ancestry, shape, k=k, seed=seed)
     if method == "auto_lg":
-        return auto_lg(ancestry, shape, k=k, data=probe_batch, seed=seed)
+        return auto_lg(ancestry, target, k=k, data=probe_batch, seed=seed)
     if method == "tinyclip":
-        return tinyclip(ancestry, shape, seed=seed)
+        return tinyclip(ancestry, target, seed=seed)
     if method == "weight_selection":
-        return weight_selection(ancestry, shape, seed=seed)
+        return select_weights(ancestry, target, seed=seed)
     raise ValueError(f"unknown method {method!r}")
 
 
-@torch.no_grad()
-def tower(clip: PreTrainedModel, kind: str) -> PreTrainedModel:
-    """The vision (`CLIPVisionModelWithProjection`) or text (`CLIPTextModelWithProjection`) half of a CLIP."""
-    prefix = ("vision_model.", "visual_projection.") if kind == "vision" else ("text_model.", "text_projection.")
-    model = MODEL_CLASSES[kind](tower_config(clip.config, kind))
-    state = {k: v for k, v in clip.state_dict().items() if k.startswith(prefix)}
-    model.load_state_dict(state, strict=True)
-    return model.eval()
-
-
-def block_parameters(model: nn.Module) -> int:
-    """Parameters inside transformer blocks (what depth changes), each tensor once."""
-    return sum(p.numel() for n, p in model.named_parameters() if ".encoder.layers." in n)
+def named_counts(model: nn.Module) -> list[tuple[str, int]]:
+    """(name, numel) of every parameter, each tensor once."""
+    return [(n, p.numel()) for n, p in model.named_parameters()]

@@ -1,10 +1,8 @@
-"""Turn the unit records into the summary, one verdict per claim, results.json, results.md and PNGs.
-
-Verdicts use paired differences over (depth, seed): the same depth and fine-tuning seed for both
-methods. "beats" holds when mean − 2·SE > 0; "matches or beats" when mean + 2·SE ≥ 0 (not significantly
-below). Differences are in points of %.
+"""Turn the width-gap protocol's unit records into the summary, results.md and PNGs (verdicts: verdicts.py).
 
     python -m benchmarks.learngene.report [--out DIR]   # results.md and PNGs again from DIR/results.json
+
+The same-width protocol's results (the negative control) are rebuilt by `same_width_report.py`.
 """
 
 from __future__ import annotations
@@ -19,247 +17,219 @@ from clipforge.report.plots import grouped_bars
 from .. import harness
 from .methods import DESCRIPTIONS, LABELS
 from .tasks import SCORE
+from .verdicts import POINT_LABEL, TASKS, rows, verdicts
 
-TASKS = (("clip", "mean_r1", "(a) CLIP: held-out scenes retrieval, mean of I→T and T→I R@1"),
-         ("fashion_mnist", "acc1", "(b) vision-only: Fashion-MNIST fine-tuned top-1"),
-         ("mnist", "acc1", "(b) vision-only: MNIST fine-tuned top-1"),
-         ("text", "acc1", "(c) text-only: object count from the caption, linear-probe top-1"))
-POINTS = {"C/ratio": "F = C / ratio", "C": "F = C"}
+__all__ = ["markdown", "render", "summarise", "verdicts"]
+CONTROLS = ("- **Negative control, same widths**: [`same-width/results.md`](same-width/results.md) (descendants at "
+            "the ancestry's own widths: copying its blocks is near-optimal by construction there, and MM-LG lost to "
+            "every block-copying baseline).\n- **First protocol** (step-matched, random learngene init): "
+            "[`first_protocol/results.md`](first_protocol/results.md).")
 
 
 def mean_std(values: list[float]) -> dict[str, float]:
     n = len(values)
-    mean = sum(values) / n
+    mean = sum(values) / n if n else float("nan")
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
     return {"mean": mean, "std": std, "n": n}
 
 
-def _rows(results: dict) -> dict[str, dict[str, dict[str, dict]]]:
-    """{point: {method: {depth: unit}}}, PT-FT under the point "C" (it defines C)."""
-    rows = {p: dict(v) for p, v in results["runs"].items()}
-    rows.setdefault("C", {})["ptft"] = results["ptft"]
-    return rows
-
-
-def _values(unit: dict, task: str, metric: str) -> dict[str, float]:
-    return {s: r[task][metric] for s, r in unit["downstream"].items()}
-
-
-def summarise(results: dict, depths: list[int], seeds: list[int]) -> dict:
-    """{point: {method: {task: {depth | "mean": mean_std over seeds}}}}."""
+def summarise(results: dict, seeds: list[int]) -> dict:
+    """{point: {method: {task: {member | "mean": mean_std over seeds}}}}, each task over its kind's members."""
     out: dict[str, Any] = {}
-    for p, methods in _rows(results).items():
-        for m, per_depth in methods.items():
-            for task, metric, _ in TASKS:
+    for p, methods in rows(results).items():
+        for m, per_member in methods.items():
+            for task, metric, kind, _, _ in TASKS:
                 cell: dict[str, Any] = {}
-                for d in depths:
-                    vals = [v for s, v in _values(per_depth[str(d)], task, metric).items() if int(s) in seeds]
-                    cell[str(d)] = mean_std(vals)
-                cell["mean"] = mean_std([cell[str(d)]["mean"] for d in depths])
+                for name, unit in per_member.items():
+                    if name.startswith(f"{kind}-"):
+                        ds = unit["downstream"]
+                        cell[name] = mean_std([r[task][metric] for s, r in ds.items() if int(s) in seeds])
+                cell["mean"] = mean_std([c["mean"] for c in cell.values()])
                 out.setdefault(p, {}).setdefault(m, {})[task] = cell
     return out
 
 
-def paired(results: dict, a: tuple[str, str], b: tuple[str, str], task: str, metric: str) -> list[float]:
-    """a − b per (depth, seed) for (method, point) pairs a and b."""
-    rows = _rows(results)
-    if a[0] not in rows.get(a[1], {}) or b[0] not in rows.get(b[1], {}):
-        return []
-    diffs = []
-    for d in results["budget"]["depths"]:
-        va, vb = _values(rows[a[1]][a[0]][str(d)], task, metric), _values(rows[b[1]][b[0]][str(d)], task, metric)
-        diffs += [va[s] - vb[s] for s in sorted(set(va) & set(vb))]
-    return diffs
-
-
-def _verdict(claim: str, diffs: list[float], kind: str, what: str) -> dict[str, Any]:
-    ms = mean_std(diffs)
-    se = ms["std"] / math.sqrt(len(diffs)) if len(diffs) > 1 else 0.0
-    holds = ms["mean"] - 2 * se > 0 if kind == "beats" else ms["mean"] + 2 * se >= 0
-    return {"claim": claim, "holds": bool(holds), "diff": ms["mean"], "se": se, "n": len(diffs),
-            "line": f"{claim}: {'holds' if holds else 'does not hold'} ({what}: {100 * ms['mean']:+.1f} ± "
-                    f"{100 * se:.1f} points, paired over {len(diffs)} (depth, seed) pairs)"}
-
-
-def verdicts(results: dict) -> list[dict[str, Any]]:
-    """One verdict per claim, computed from the records."""
-    L = LABELS
-    out = []
-    tasks = (("clip", "mean_r1", "retrieval R@1"), ("fashion_mnist", "acc1", "Fashion-MNIST top-1"))
-
-    def add(claim, a, b, kind, task, metric, tname):
-        d = paired(results, a, b, task, metric)
-        if d:
-            what = f"{L[a[0]]} at {a[1]} − {L[b[0]]} at {b[1]}, {tname}"
-            out.append(_verdict(f"{claim} [{tname}]", d, kind, what))
-
-    for task, metric, tname in tasks:
-        add("MM-LG beats Scratch at equal compute", ("mmlg", "C/ratio"), ("scratch", "C/ratio"), "beats", task, metric,
-            tname)
-    for task, metric, tname in tasks:  # paper: +3.65 Flickr30k R@1, +1.9 Pet top-1
-        add("MM-LG at C/ratio matches or beats PT-FT at C", ("mmlg", "C/ratio"), ("ptft", "C"), "matches", task,
-            metric, tname)
-    for other in ("heur_lg", "auto_lg", "tleg_per_tower"):  # paper: +4.13, +3.1 over the other learngene methods
-        for task, metric, tname in tasks:
-            add(f"MM-LG beats {L[other]} at equal compute", ("mmlg", "C/ratio"), (other, "C/ratio"), "beats",
-                task, metric, tname)
-    for other in ("tinyclip", "weight_selection", "feature_kd"):
-        for p in ("C/ratio", "C"):
-            add(f"MM-LG beats {L[other]} at {p}", ("mmlg", p), (other, p), "beats", "clip", "mean_r1", "retrieval R@1")
-    add("the multimodal block helps (MM-LG beats TLEG-per-tower)", ("mmlg", "C/ratio"), ("tleg_per_tower", "C/ratio"),
-        "beats", "text", "acc1", "text count top-1")
-    st = results["storage"]
-    for key, label in (("total", "all parameters"), ("blocks", "block parameters")):
-        ratio = st["mmlg"][key] / st["ptft"][key]
-        holds = ratio <= 0.30
-        out.append({"claim": f"storage: the learngene is about a quarter of PT-FT's family ({label})",
-                    "holds": holds, "ratio": ratio,
-                    "line": f"storage: the learngene is about a quarter (≤ 30 %) of PT-FT's family, {label}: "
-                            f"{'holds' if holds else 'does not hold'} ({st['mmlg'][key]:,} vs {st['ptft'][key]:,}: "
-                            f"{100 * ratio:.1f} %; paper ~25 %)"})
-    return out
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
 
 
 def _cell(ms: dict[str, float]) -> str:
-    return f"{100 * ms['mean']:.1f} ± {100 * ms['std']:.1f}"
-
-
-def _task_table(summary: dict, task: str, depths: list[int]) -> list[str]:
-    rows = [[LABELS[m], POINTS[p]] + [_cell(cells[task][str(d)]) for d in depths] + [_cell(cells[task]["mean"])]
-            for p in ("C/ratio", "C") for m, cells in summary.get(p, {}).items()]
-    return harness.table(["method", "compute"] + [f"depth {d}" for d in depths] + ["mean"], rows)
+    return f"{_pct(ms['mean'])} ± {_pct(ms['std'])}"
 
 
 def _tflops(x: float) -> str:
     return f"{x / 1e12:.2f}"
 
 
-def _cost_table(results: dict) -> list[str]:
-    depths = results["budget"]["depths"]
-    st = results["storage"]
-    rows = []
-    for p, per_method in ((p, _rows(results).get(p, {})) for p in ("C/ratio", "C")):
-        for m, per_depth in per_method.items():
-            c = results["costs"]["PT-FT" if m == "ptft" else p][m]
-            rows.append([LABELS[m], POINTS[p], _tflops(c["family_flops"]), _tflops(c.get("extraction_flops", 0)),
-                         " / ".join(str(per_depth[str(d)]["steps"]) for d in depths), f"{c['family_wall_time_s']:.0f}",
-                         f"{st[m]['total']:,}", f"{st[m]['total'] / st['ptft']['total']:.1%}",
-                         f"{st[m]['blocks'] / st['ptft']['blocks']:.1%}"])
-    return harness.table(["method", "compute", "family TFLOP", "extraction TFLOP", "steps per depth", "train wall s",
-                          "storage (params)", "storage / PT-FT", "blocks / PT-FT"], rows)
+def _task_table(results: dict, task: str, kind: str) -> list[str]:
+    names = [n for n in results["members"] if n.startswith(f"{kind}-")]
+    s = results["summary"]
+    body = [[LABELS[m], POINT_LABEL[p]] + [_cell(cells[task][n]) for n in names] + [_cell(cells[task]["mean"])]
+            for p in ("C/ratio", "C") for m, cells in s.get(p, {}).items()]
+    return harness.table(["method", "compute"] + names + ["mean"], body)
 
 
 def _quality(q: dict) -> str:
-    return f"{100 * q['mean_retrieval_recall@1']:.1f} / {100 * q['zeroshot_acc1']:.1f}"
+    return f"{_pct(q['mean_retrieval_recall@1'])} / {_pct(q['zeroshot_acc1'])}"
+
+
+def _ptft_table(results: dict) -> list[str]:
+    cap = results["budget"]["ptft_max_steps"]
+    body = [[name, str(u["steps"]), "fired" if u["stopped_early"] else f"**cap** ({cap})",
+             _tflops(u["flops"]), f"{100 * results['member_shares'][name]:.1f} %", _quality(u["curve"][-1][1]),
+             f"{u['wall_time_s']:.0f}"] for name, u in results["ptft"].items()]
+    return harness.table(["member", "steps", "plateau rule", "TFLOP", "share of C", "final R@1 / zero-shot",
+                          "train s"], body)
 
 
 def _extraction_table(results: dict) -> list[str]:
-    depths = results["budget"]["depths"]
-    anc = results["ancestry"]["quality"]
-    lines = ["Cells: held-out mean retrieval R@1 / Fashion-MNIST zero-shot top-1, in %. Ancestry on the same data: "
-             f"{_quality(anc)}.", ""]
-    rows = [[LABELS[e["mode"]], f"{e['recipe']}{' (chosen)' if e['recipe'] == results['recipe'] else ''}",
-             f"{e['steps']} ({e['step_budget']})", _quality(e["auxnet_quality"]["step0"]),
-             _quality(e["auxnet_quality"]["final"])] + [_quality(e["descendants_step0"][str(d)]) for d in depths]
-            + [f"{100 * e['selection_score']:.1f}"] for e in results["extractions"].values()]
-    return lines + harness.table(["learngene", "recipe", "steps (budget)", "Aux-Net step 0", "Aux-Net final"]
-                                 + [f"descendant d{d} at step 0" for d in depths] + ["selection score"], rows)
+    anc, b = results["ancestry"]["quality"], results["budget"]
+    lines = [f"Cells: held-out mean retrieval R@1 / Fashion-MNIST zero-shot top-1, in % (one-tower members beside "
+             f"the ancestry's other tower). Ancestry on the same data: {_quality(anc)}. Each extraction: "
+             f"{results['extraction_steps']} steps of {b['batch_size']} = {b['extract_fraction']:.0%} of the "
+             f"{b['ancestry_samples']:,} samples the ancestry trained on, {b['extract_stages']} stages, Aux-Net "
+             f"depth {b['aux_depth']} trained at depths {b['depths']} (one drawn per step), KD + feature term.", ""]
+    body = []
+    for e in results["extractions"].values():
+        fit = (e.get("init_fit") or {}).get("relative_residual") or {}
+        share = e["flops"] / results["points"]["C/ratio"]
+        body.append([LABELS[e["mode"]], " / ".join(f"{fit[t]:.3f}" for t in ("vision", "text")) if fit else "—",
+                     _quality(e["auxnet_quality"]["step0"]), _quality(e["auxnet_quality"]["final"]),
+                     f"{_tflops(e['flops'])} ({100 * share:.0f} % of C/2.8)"]
+                    + [_quality(e["descendants_step0"][n]) for n in results["members"]])
+    return lines + harness.table(["learngene", "fit residual (v / t)", "Aux-Net step 0", "Aux-Net final", "TFLOP"]
+                                 + [f"{n} at step 0" for n in results["members"]], body)
+
+
+def _cost_table(results: dict) -> list[str]:
+    st, pt = results["storage"], results["storage"]["ptft"]
+    body = []
+    for p, per_method in ((p, rows(results).get(p, {})) for p in ("C/ratio", "C")):
+        for m, per_member in per_method.items():
+            c = results["costs"]["PT-FT" if m == "ptft" else p][m]
+            body.append([LABELS[m], POINT_LABEL[p], _tflops(c["family_flops"]), _tflops(c.get("extraction_flops", 0)),
+                         " / ".join(str(per_member[n]["steps"]) for n in results["members"]),
+                         f"{c['family_wall_time_s']:.0f}", f"{st[m]['blocks']:,}",
+                         f"{st[m]['blocks'] / pt['blocks']:.1%}", f"{st[m]['token_table']:,}", f"{st[m]['total']:,}"])
+    return harness.table(["method", "compute", "family TFLOP", "extraction TFLOP",
+                          f"steps ({' / '.join(results['members'])})", "train s", "block params kept",
+                          "blocks / PT-FT", "token tables", "all params"], body)
+
+
+def _verdict_lines(results: dict) -> list[str]:
+    lines = []
+    for v in results["verdicts"]:
+        lines.append(f"- {v['line']}")
+        lines += [f"  - {t['line']}" for t in v.get("tasks", [])]
+    return lines
+
+
+def _protocol(results: dict) -> list[str]:
+    b, fam, anc = results["budget"], results["family_shape"], results["ancestry"]["shape"]
+    tt = results["text_task"]
+    return [
+        f"- **Family**: {', '.join(results['members'])}: every kind at depths {b['depths']} of the ancestry's "
+        f"{anc['vision'][0]}; blocks at {b['width_fraction']:.2f} of the ancestry's widths in whole heads: vision "
+        f"{anc['vision'][1]} → {fam['vision']['width']} ({fam['vision']['heads']} heads, MLP {fam['vision']['mlp']}), "
+        f"text {anc['text'][1]} → {fam['text']['width']} ({fam['text']['heads']} heads, MLP {fam['text']['mlp']}). "
+        "One-tower members train and are measured beside the frozen ancestry's other tower (LiT-style).",
+        f"- **C = {_tflops(results['C_flops'])} TFLOP**: PT-FT pre-trains every member from random init until its "
+        f"curve score (mean of held-out retrieval R@1 and Fashion-MNIST zero-shot) gains less than "
+        f"{b['plateau_delta']} over {b['plateau_patience']} evaluations (every {b['eval_every']} steps; safety cap "
+        f"{b['ptft_max_steps']}, warm-up {b['ptft_warmup']}). Every method gets F = C / {b['ratio']} "
+        f"({_tflops(results['points']['C/ratio'])} TFLOP); {', '.join(LABELS[m] for m in b['methods_at_c'])} also "
+        "F = C, split over the members in PT-FT's proportions after a learngene method's extraction (once per "
+        "family and point). FLOPs: 3 × the student's forward plus every ancestry forward a step reads (costs.py).",
+        "- **Data**: the pre-training pool is the start of the ancestry's own training set "
+        f"({results['pool']['name']}, "
+        f"{results['pool']['samples']:,} samples), batch {b['batch_size']}; the ancestry's embeddings of it are "
+        f"computed once (teacher cache: {results['teacher_cache']['rows']:,} rows) and read by every run that "
+        f"distils. Ancestry-initialised methods: KD (half KD, half InfoNCE; TinyCLIP pure affinity KD), lr "
+        f"{b['kd_lr']}, no warm-up (SWS). Random-init ones: InfoNCE (feature KD adds β = {b['fd_beta']} × MSE), lr "
+        f"{b['lr']}, 10 % warm-up.",
+        f"- **Downstream**, per seed {b['seeds']}: CLIP members {b['ft_clip_steps']} contrastive fine-tuning steps on "
+        f"{b['ft_scenes']} scenes, retrieval on {b['eval_scenes']} held-out scenes; vision members tower + linear "
+        f"head, {b['ft_vision_steps']} steps on {b['ft_vision_train']} Fashion-MNIST / MNIST images, top-1 on "
+        f"{b['eval_classify']}; text members a linear probe for the object count of {b['text_test']} test captions "
+        f"whose every token the ancestry trained ({tt['untrained']} of {tt['drawn']} drawn test captions "
+        f"({100 * tt['untrained'] / tt['drawn']:.1f} %) held an untrained token"
+        f"{' and were left out' if tt.get('filtered', True) else ', kept in this smoke test'}"
+        f"{'' if tt['checked'] else '; not checked: the ancestry records no initialisation'}). Mean ± std over "
+        "seeds, in %."]
 
 
 def markdown(results: dict) -> str:
     """results.md: the verdicts first, then the protocol, the tables and the plots."""
-    b, depths = results["budget"], results["budget"]["depths"]
-    lines = [f"# MM-LG benchmark, cost-matched ({'quick' if results['quick'] else 'full'})", "",
+    lines = [f"# MM-LG benchmark, width-gap protocol ({'quick' if results['quick'] else 'full'})", "",
              f"Made by `{results['command']}` on {results['date']} ({results['device']}); wall time of this "
              f"invocation {results['wall_time_s'] / 60:.1f} min ({len(results['units_reused'])} units reused from "
-             "their records).", ""] + ([harness.machine_line(results["machine"]), ""] if results.get("machine") else [])
-    lines += ["clipforge's MM-LG is a reconstruction from the paper's abstract (arXiv 2506.16673) and the TLEG/SWS "
-              "lineage, not the authors' code.", "", "## Verdicts", ""]
-    lines += [f"- {v['line']}" for v in results["verdicts"]]
-    lines += ["", "## Protocol", "",
-              f"- C = {_tflops(results['C_flops'])} TFLOP: PT-FT pre-trains each depth from random init until its "
-              f"curve score (mean of held-out retrieval R@1 and Fashion-MNIST zero-shot) gains less than "
-              f"{b['plateau_delta']} over {b['plateau_patience']} evaluations (every {b['eval_every']} steps; at most "
-              f"{b['ptft_max_steps']} steps). Every method's family gets F = C / {b['ratio']} "
-              f"({_tflops(results['points']['C/ratio'])} TFLOP); {', '.join(LABELS[m] for m in b['methods_at_c'])} "
-              "also F = C. Depths share F in PT-FT's proportions "
-              f"({', '.join(f'{d}: {100 * v:.0f} %' for d, v in results['depth_shares'].items())}).",
-              f"- Learngene methods spend at most {b['extract_share']:.0%} of C / {b['ratio']} on one extraction "
-              f"(Aux-Net depth {b['aux_depth']}, least-squares init from the ancestry, ended by the same plateau "
-              f"rule); the recipe is chosen among {', '.join(b['recipes'])} by the mean step-0 score of the "
-              f"descendants of depths {depths}: **{results['recipe']}**.",
-              "- Pre-training data for every method: the ancestry's own (its scenes stream in its caption style "
-              f"plus Fashion-MNIST prompts), batch {b['batch_size']}. Ancestry-initialised methods: KD from the "
-              f"ancestry (half KD, half InfoNCE; TinyCLIP pure affinity KD), lr {b['kd_lr']}, no warm-up (SWS). "
-              f"Random-init methods: InfoNCE (FD adds β = {b['fd_beta']} × feature MSE), lr {b['lr']}, 10 % warm-up.",
-              f"- Downstream, per seed {b['seeds']}: (a) {b['ft_clip_steps']} contrastive fine-tuning steps on "
-              f"{b['ft_scenes']} scenes, then retrieval on {b['eval_scenes']} held-out scenes; (b) vision tower + "
-              f"linear head, {b['ft_vision_steps']} steps on {b['ft_vision_train']} Fashion-MNIST / MNIST images, "
-              f"top-1 on {b['eval_classify']}; (c) text tower, linear probe for the object count of "
-              f"{b['text_test']} test captions. Mean ± sample std over seeds, in %.", "",
-              "Methods:", ""]
+             "their records).", "", harness.machine_line(results["machine"]), "",
+             "clipforge's MM-LG is a reconstruction from the paper's abstract (arXiv 2506.16673) and the TLEG/SWS "
+             "lineage, not the authors' code.", "", "Controls:", "", CONTROLS, "", "## Verdicts", "",
+             "Rule: `clipforge.stats` (docs/design.md 5d): a difference holds only beyond two standard errors, the "
+             "SE combining the spread of the paired (depth, seed) differences and the binomial SE of the test items.",
+             ""]
+    lines += _verdict_lines(results)
+    lines += ["", "## Protocol", ""] + _protocol(results) + ["", "Methods:", ""]
     lines += [f"- **{LABELS[m]}**: {DESCRIPTIONS[m]}" for m in ("ptft",) + tuple(results["runs"]["C/ratio"])]
-    for task, _, title in TASKS:
-        lines += ["", f"## {title}", ""] + _task_table(results["summary"], task, depths)
-    lines += ["", "![retrieval](retrieval.png)", "", "## Extraction: the Aux-Net and its descendants before "
-              "pre-training", ""] + _extraction_table(results)
-    lines += ["", "## Compute and storage of the whole family", ""] + _cost_table(results)
-    lines += ["", "## Quality against family compute", "", "![curves](curves.png)", "",
-              "Curve score of each depth's CLIP before fine-tuning, against the FLOPs spent on that depth (a learngene "
-              "method's extraction shared equally by the depths).", "", "## Phase wall times (s)", ""]
+    for task, _, kind, title, _ in TASKS:
+        lines += ["", f"## {title}", ""] + _task_table(results, task, kind)
+    lines += ["", "![retrieval](retrieval.png)", "", "## PT-FT to its plateau (defines C)", ""] + _ptft_table(results)
+    lines += ["", "## Extraction: the Aux-Net and the family before pre-training", ""] + _extraction_table(results)
+    lines += ["", "## Compute and storage of the whole family", "",
+              "Storage headline: transformer-block parameters kept to make the family; the 49,408-row token tables "
+              "(one per text tower kept) apart.", ""] + _cost_table(results)
+    lines += ["", "## Quality against compute", "", "![curves](curves.png)", "", "## Phase wall times (s)", ""]
     lines += harness.table(["phase", "seconds"], [[k, f"{v:.0f}"] for k, v in results["phase_wall_time_s"].items()])
     return "\n".join(lines) + "\n"
 
 
 def curve_plot(results: dict, path: Path) -> Path:
-    """One panel per depth: curve score against the FLOPs spent on that depth, one line per method and point."""
+    """One panel per member: curve score against the FLOPs spent on it, one line per method and point."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    depths = results["budget"]["depths"]
-    rows = _rows(results)
-    fig, axes = plt.subplots(1, len(depths), figsize=(4.2 * len(depths), 3.8), squeeze=False)
-    methods = list(dict.fromkeys(m for p in rows.values() for m in p))
-    for col, d in enumerate(depths):
-        ax = axes[0][col]
-        for p, per_method in rows.items():
-            for m, per_depth in per_method.items():
-                u = per_depth[str(d)]
-                shared = results["costs"].get(p, {}).get(m, {}).get("extraction_flops", 0) / len(depths)
-                per_step = u["flops"] / max(1, u["steps"])
-                xs = [(shared + s * per_step) / 1e12 for s, _ in u["curve"]]
-                ys = [100 * v[SCORE] for _, v in u["curve"]]
-                style = {"lw": 2.4} if m == "mmlg" else {"ls": "--", "lw": 1.6} if m == "ptft" else {"lw": 1.0}
-                ax.plot(xs, ys, marker="o" if p == "C/ratio" else "s", ms=3, color=f"C{methods.index(m) % 10}",
-                        label=f"{LABELS[m]} ({POINTS[p]})" if col == 0 else None, alpha=1.0 if p == "C/ratio" else 0.6,
-                        **style)
-        ax.set_title(f"depth {d}", fontsize=10)
-        ax.set_xlabel("TFLOP spent on this depth")
-        ax.set_ylabel("curve score (%)")
-        ax.grid(alpha=0.3)
-    fig.legend(loc="lower center", ncol=4, fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, 0.18, 1, 1))
     from clipforge.files import atomic_path
 
+    names, r = results["members"], rows(results)
+    cols = len(results["budget"]["depths"])
+    fig, axes = plt.subplots(math.ceil(len(names) / cols), cols, figsize=(4 * cols, 3.2 * len(names) / cols),
+                             squeeze=False)
+    methods = list(dict.fromkeys(m for p in r.values() for m in p))
+    for i, name in enumerate(names):
+        ax = axes[i // cols][i % cols]
+        for p, per_method in r.items():
+            for m, per_member in per_method.items():
+                u = per_member[name]
+                ext = results["costs"].get(p, {}).get(m, {}).get("extraction_flops", 0) / len(names)
+                per_step = u["flops"] / max(1, u["steps"])
+                ax.plot([(ext + s * per_step) / 1e12 for s, _ in u["curve"]], [100 * v[SCORE] for _, v in u["curve"]],
+                        marker="o" if p == "C/ratio" else "s", ms=3, color=f"C{methods.index(m) % 10}",
+                        lw=2.2 if m == "mmlg" else 1.0, ls="--" if m == "ptft" else "-",
+                        label=f"{LABELS[m]} ({POINT_LABEL[p]})" if i == 0 else None)
+        ax.set_title(name, fontsize=9)
+        ax.grid(alpha=0.3)
+    fig.supxlabel("TFLOP spent on this member (extraction shared equally)")
+    fig.supylabel("curve score (%)")
+    fig.legend(loc="lower center", ncol=5, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     return path
 
 
 def render(results: dict, out: Path) -> None:
     """results.md, retrieval.png and curves.png in `out`, from the result record."""
-    depths = results["budget"]["depths"]
-    s = results["summary"]
-    series = {f"{LABELS[m]} ({POINTS[p]})": [s[p][m]["clip"][str(d)]["mean"] for d in depths]
+    s, names = results["summary"], [n for n in results["members"] if n.startswith("clip-")]
+    series = {f"{LABELS[m]} ({POINT_LABEL[p]})": [s[p][m]["clip"][n]["mean"] for n in names]
               for p in ("C/ratio", "C") for m in s.get(p, {})}
-    errors = {f"{LABELS[m]} ({POINTS[p]})": [s[p][m]["clip"][str(d)]["std"] for d in depths]
+    errors = {f"{LABELS[m]} ({POINT_LABEL[p]})": [s[p][m]["clip"][n]["std"] for n in names]
               for p in ("C/ratio", "C") for m in s.get(p, {})}
-    grouped_bars([f"depth {d}" for d in depths], series, out / "retrieval.png",
-                 title="(a) held-out retrieval, mean R@1 after fine-tuning", ylabel="R@1 (%)", errors=errors,
-                 percent=True)
+    grouped_bars(names, series, out / "retrieval.png", title="CLIP members: held-out retrieval, mean R@1 after "
+                 "fine-tuning", ylabel="R@1 (%)", errors=errors, percent=True)
     curve_plot(results, out / "curves.png")
     harness.write_markdown(out, markdown(results))
 

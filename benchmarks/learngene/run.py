@@ -1,14 +1,15 @@
-"""MM-LG benchmark, cost-matched: descendants of three depths from the demo ancestry, every method at the
-same family FLOPs, against PT-FT pre-trained to a plateau.
+"""MM-LG benchmark, width-gap protocol: a nine-member family (CLIP, vision, text × three depths) at two thirds of
+the ancestry's widths, every method at the same family FLOPs, against PT-FT pre-trained to a plateau.
 
-    python -m benchmarks.learngene.run            # full (budgets in budget.py); resumable units
-    python -m benchmarks.learngene.run --quick    # smoke test (tiny ancestry), used by the tests
+    python -m benchmarks.learngene.run                   # full (budgets in budget.py); resumable units
+    python -m benchmarks.learngene.run --shard 0/2 & python -m benchmarks.learngene.run --shard 1/2
+    python -m benchmarks.learngene.run --quick           # smoke test (tiny ancestry), used by the tests
 
-Phases: (1) PT-FT per depth to its plateau, whose FLOPs sum to C; (2) MM-LG extractions with each
-recipe, the best (by its descendants' quality at step 0) also for TLEG-per-tower and Shared-only;
-(3) every method at F = C / ratio and the `methods_at_c` at F = C, with the downstream tasks per seed.
-Protocol: README.md beside this file, and written into results.md. Each finished unit is a committed
-record under results/units/ (benchmarks.harness.Units): rerun the same command to continue.
+Phases: (A) PT-FT of every member to its plateau (its FLOPs sum to C) and one extraction per learngene
+method at the family's widths; (B) every method at F = C / ratio and the `methods_at_c` at F = C, with the
+downstream task of each member's kind per seed. Protocol: README.md beside this file, and written into
+results.md. Each finished unit is a committed record under results/units/ (benchmarks.harness.Units):
+rerun the same command to continue.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from clipforge.cost import Timer
+from clipforge.cost import Timer, forward_flops
 from clipforge.errors import ClipforgeError
+from clipforge.learngene.distill import teacher_cache
 from clipforge.models.params import count_params
 from clipforge.train.plateau import Plateau
 
@@ -28,141 +30,167 @@ from .. import harness
 from . import report
 from .bench import NAME, Bench, Learngenes
 from .budget import Budget
-from .costs import depth_shares, family_cost, steps_for, storage
-from .methods import (
-    ALL,
-    INHERIT_METHODS,
-    LEARNGENE_METHODS,
-    METHODS,
-    block_parameters,
-    initialise,
-    pretrain_objective,
-    uses_sws_schedule,
-)
+from .costs import extraction_steps, family_cost, member_budgets, parameter_split, shares, steps_for, storage
+from .family import Member, describe
+from .methods import ALL, LEARNGENE_METHODS, METHODS, initialise, named_counts, pretrain_objective, uses_sws_schedule
+from .plan import Unit, mine, parse_shard, wait_for
 from .tasks import SCORE
+from .teacher import cached_teacher
+
+PTFT_STEPS_GUESS = 1600  # only orders the units between shards (the sizing probe's narrow CLIP of depth 2)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The benchmark's options: the common ones and its own."""
     harness.add_common(p, NAME)
-    p.add_argument("--seeds", type=int, help="number of downstream seeds (default 3, quick 1)")
+    p.add_argument("--seeds", type=int, help="number of downstream seeds (default 2, quick 1)")
+    p.add_argument("--shard", help="K/N: run shard K of N side by side (N single-thread processes; shard 0 writes "
+                                   "the results)")
+    p.add_argument("--keep-models", action="store_true", help="keep every pre-trained member under the work "
+                                                              "directory (default: removed once its seeds are done)")
 
 
-def ptft_phase(bench: Bench) -> dict[int, dict]:
-    """PT-FT: every depth from random init to its plateau; their FLOPs sum to C."""
-    b, ptft = bench.b, {}
-    prog = harness.Progress("PT-FT", len(bench.depths))
-    rule = Plateau(SCORE, b.plateau_patience, b.plateau_delta)
-    for d in bench.depths:
-        name = f"ptft-d{d}"
-        cached = bench.units.has(name)
-        ptft[d] = bench.run_unit(name, lambda d=d: initialise("ptft", d, learngenes={}, ancestry=bench.ancestry,
-                                                          shape_of=bench.shape_of, k=b.heur_k,
-                                                          probe_batch=bench.probe),
-                                 b.ptft_max_steps, None, False, until=rule)
-        prog.tick(f"depth {d}: {ptft[d]['steps']} steps, score {ptft[d]['curve'][-1][1][SCORE]:.3f}", cached)
-    return ptft
+def student_flops(bench: Bench, member: Member) -> float:
+    """FLOPs a step of `member` computes per sample (the ancestry's embeddings come from the cache)."""
+    return 3 * forward_flops(bench.config_of(member), member.kind, bench.tokens)
 
 
-def extraction_phase(bench: Bench, budget_flops: float) -> tuple[dict[str, dict], str]:
-    """MM-LG with every recipe, then the best recipe (by step-0 descendants) for the other learngene methods."""
-    b, extractions = bench.b, {}
-    prog = harness.Progress("extract", len(b.recipes) + len(LEARNGENE_METHODS) - 1)
-    for r in b.recipes:
-        cached = bench.units.has(f"extract-mmlg-{r}")
-        extractions[f"mmlg/{r}"] = bench.extraction("mmlg", r, budget_flops)
-        prog.tick(f"mmlg {r}: {extractions[f'mmlg/{r}']['steps']} steps, descendants' score "
-                  f"{extractions[f'mmlg/{r}']['selection_score']:.3f}", cached)
-    best = max(b.recipes, key=lambda r: extractions[f"mmlg/{r}"]["selection_score"])
-    print(f"[bench] extraction recipe: {best} (highest mean step-0 descendant score)", flush=True)
-    for m in LEARNGENE_METHODS[1:]:
-        cached = bench.units.has(f"extract-{m}-{best}")
-        extractions[f"{m}/{best}"] = bench.extraction(m, best, budget_flops)
-        prog.tick(f"{m} {best}", cached)
-    return extractions, best
+def make(bench: Bench, method: str, member: Member, learngenes: dict) -> Any:
+    return lambda: initialise(method, member, learngenes=learngenes, ancestry=bench.ancestry, shape=bench.shape,
+                              k=bench.b.auto_k, probe_batch=bench.probe)
 
 
-def runs_phase(bench: Bench, points: dict[str, float], shares: dict[int, float], chosen: dict[str, dict],
-               learngenes: Learngenes) -> dict[str, dict[str, dict[int, dict]]]:
-    """Every method at F = C / ratio, the `methods_at_c` at F = C: {point: {method: {depth: unit}}}."""
+def phase_a(bench: Bench, shard: tuple[int, int] | None, ext_steps: int) -> tuple[dict, dict]:
+    """PT-FT of every member to its plateau, and the extractions: ({member: record}, {mode: record})."""
     b = bench.b
-    runs: dict[str, dict[str, dict[int, dict]]] = {p: {} for p in points}
-    plan = [(p, m) for p in points for m in (METHODS if p == "C/ratio" else b.methods_at_c)]
-    prog = harness.Progress("runs", len(plan) * len(bench.depths))
-    for p, m in plan:
-        objective, sws = pretrain_objective(m, b.fd_beta), uses_sws_schedule(m)
-        avail = points[p] - (chosen[m]["flops"] if m in LEARNGENE_METHODS else 0)
-        for d in bench.depths:
-            name = f"{m}-{'c' if p == 'C' else 'c-over-ratio'}-d{d}"
-            steps = steps_for(max(avail, 0.0) * shares[d], bench.flops_per_step(d, bool(objective)))
-            cached = bench.units.has(name)
-            runs[p].setdefault(m, {})[d] = bench.run_unit(
-                name, lambda m=m, d=d: initialise(m, d, learngenes=learngenes, ancestry=bench.ancestry,
-                                                  shape_of=bench.shape_of, k=b.heur_k, probe_batch=bench.probe),
-                steps, objective, sws, evals=b.curve_points)
-            prog.tick(f"{m} at {p}, depth {d}: {steps} steps", cached)
-    return runs
+    avg = sum(student_flops(bench, Member("clip", d)) for d in b.depths) / len(b.depths)
+    units = [Unit(f"ptft-{m.name}", "A", PTFT_STEPS_GUESS * student_flops(bench, m)) for m in bench.members]
+    units += [Unit(f"extract-{mode}", "A", ext_steps * avg) for mode in LEARNGENE_METHODS]
+    todo = mine(units, shard)
+    rule = Plateau(SCORE, b.plateau_patience, b.plateau_delta)
+    prog = harness.Progress("phase A", len(todo))
+    for u in sorted((u for u in units if u.name in todo), key=lambda u: (-u.cost, u.name)):
+        cached = bench.units.has(u.name)
+        if u.name.startswith("extract-"):
+            rec = bench.extraction(u.name[len("extract-"):], ext_steps)
+            prog.tick(f"{u.name}: {rec['steps']} steps", cached)
+            continue
+        m = Member.parse(u.name[len("ptft-"):])
+        rec = bench.run_unit(u.name, m, make(bench, "ptft", m, {}), b.ptft_max_steps, None, False, until=rule,
+                             warmup=b.ptft_warmup)
+        prog.tick(f"{u.name}: {rec['steps']} steps ({'plateau' if rec['stopped_early'] else 'CAP'})", cached)
+    wait_for([u.name for u in units], lambda n: bench.units.get(n) is not None, "phase A")
+    ptft = {m.name: bench.units.get(f"ptft-{m.name}") for m in bench.members}
+    return ptft, {mode: bench.units.get(f"extract-{mode}") for mode in LEARNGENE_METHODS}
 
 
-def assemble(bench: Bench, args: argparse.Namespace, ptft: dict[int, dict], runs: dict, points: dict[str, float],
-             shares: dict[int, float], extractions: dict[str, dict], best: str) -> dict[str, Any]:
-    """results.json's record from the units: costs, storage, the machine and what made it."""
-    ancestry, b = bench.ancestry, bench.b
-    chosen = {m: extractions[f"{m}/{best}"] for m in LEARNGENE_METHODS}
-    anc_counts = count_params(ancestry)
-    ptft_store = {"total": sum(u["params"] for u in ptft.values()),
-                  "blocks": sum(u["block_params"] for u in ptft.values())}
-    lg_params = {m: chosen[m]["learngene_parameters"] for m in LEARNGENE_METHODS}
-    anc_store = {"total": anc_counts["total"], "blocks": block_parameters(ancestry)}
-    costs = {"PT-FT": {"ptft": family_cost("ptft", ptft, None)}}
+def phase_b_units(bench: Bench, points: dict[str, float], member_shares: dict[str, float],
+                  extractions: dict[str, dict]) -> list[tuple[Unit, str, str, Member, int]]:
+    """(unit, point, method, member, steps) of every budgeted run."""
+    b, out = bench.b, []
+    for p, methods in (("C/ratio", METHODS), ("C", b.methods_at_c)):
+        for method in methods:
+            objective = pretrain_objective(method, b.fd_beta)
+            ext = extractions[method]["flops"] if method in LEARNGENE_METHODS else 0.0
+            budgets = member_budgets(points[p], ext, member_shares)
+            for m in bench.members:
+                steps = steps_for(budgets[m.name], b.batch_size * bench.per_sample(m, objective))
+                name = f"{method}-{'c' if p == 'C' else 'c-over-ratio'}-{m.name}"
+                out.append((Unit(name, "B", steps * b.batch_size * student_flops(bench, m)), p, method, m, steps))
+    return out
+
+
+def phase_b(bench: Bench, shard: tuple[int, int] | None, plan: list, learngenes: Learngenes) -> None:
+    """Every budgeted run this process owns, costliest first."""
+    todo = mine([u for u, *_ in plan], shard)
+    prog = harness.Progress("phase B", len(todo))
+    for u, p, method, m, steps in sorted((x for x in plan if x[0].name in todo), key=lambda x: (-x[0].cost, x[0].name)):
+        cached = bench.units.has(u.name)
+        objective = pretrain_objective(method, bench.b.fd_beta)
+        bench.run_unit(u.name, m, make(bench, method, m, learngenes), steps, objective, uses_sws_schedule(method),
+                       evals=bench.b.curve_points)
+        prog.tick(f"{method} at {p}, {m.name}: {steps} steps", cached)
+
+
+def complete(bench: Bench, name: str) -> bool:
+    rec = bench.units.get(name)
+    return rec is not None and all(str(s) in rec["downstream"] for s in bench.seeds)
+
+
+def assemble(bench: Bench, args: argparse.Namespace, ptft: dict, plan: list, points: dict[str, float],
+             member_shares: dict[str, float], extractions: dict[str, dict], ext_steps: int) -> dict[str, Any]:
+    """results.json's record from the units: costs, storage, the family and what made it."""
+    b = bench.b
+    runs: dict[str, dict[str, dict[str, dict]]] = {p: {} for p in points}
+    for u, p, method, m, _ in plan:
+        runs[p].setdefault(method, {})[m.name] = bench.units.get(u.name)
+    ptft_params = [r["parameters"] for r in ptft.values()]
+    kept = {"ptft": {k: sum(x[k] for x in ptft_params) for k in ptft_params[0]},
+            "ancestry": parameter_split(named_counts(bench.ancestry)),
+            **{f"learngene:{mode}": e["parameters"] for mode, e in extractions.items()}}
+    costs = {"PT-FT": {"ptft": family_cost(ptft, None)}}
     for p in points:
-        costs[p] = {m: family_cost(m, r, chosen.get(m)) for m, r in runs[p].items()}
-    m = harness.machine(args.note)
+        costs[p] = {m: family_cost(r, extractions.get(m)) for m, r in runs[p].items()}
+    mach = harness.machine(args.note)
     return {
         "quick": bool(args.quick), "command": args.command, "date": time.strftime("%Y-%m-%d %H:%M"),
-        "device": m["gpu"] or f"CPU ({m['cpu']}, {m['threads']} threads), torch {m['torch']}", "machine": m,
-        "budget": b.to_dict(), "C_flops": sum(u["flops"] for u in ptft.values()), "points": points,
-        "depth_shares": {str(d): v for d, v in shares.items()},
-        "ancestry": {"recipe": bench.recipe, "weights_sha256": bench.weights, "params": anc_counts["total"],
-                     "depth": ancestry.config.vision_config.num_hidden_layers,
-                     "quality": chosen["mmlg"]["auxnet_quality"]["ancestry"]},
-        "ptft": {str(d): u for d, u in ptft.items()},
-        "runs": {p: {m: {str(d): u for d, u in r.items()} for m, r in rp.items()} for p, rp in runs.items()},
-        "extractions": extractions, "recipe": best, "costs": costs,
-        "storage": {m: storage(m, lg_params, ptft_store, anc_store) for m in ALL},
-        "units_reused": sorted(bench.units.reused),
-        "inherit_methods": list(INHERIT_METHODS), "learngene_methods": list(LEARNGENE_METHODS),
+        "device": mach["gpu"] or f"CPU ({mach['cpu']}, {mach['threads']} threads), torch {mach['torch']}",
+        "machine": mach, "shard": getattr(args, "shard", None), "budget": b.to_dict(),
+        "members": [m.name for m in bench.members], "family_shape": describe(bench.shape),
+        "C_flops": sum(u["flops"] for u in ptft.values()), "points": points, "member_shares": member_shares,
+        "ancestry": {"recipe": bench.recipe, "weights_sha256": bench.weights,
+                     "params": count_params(bench.ancestry)["total"],
+                     "depth": bench.ancestry.config.vision_config.num_hidden_layers,
+                     "shape": {t: [getattr(bench.ancestry.config, f"{t}_config").num_hidden_layers,
+                                   getattr(bench.ancestry.config, f"{t}_config").hidden_size]
+                               for t in ("vision", "text")},
+                     "quality": extractions["mmlg"]["auxnet_quality"]["ancestry"]},
+        "ptft": ptft, "runs": runs, "extractions": extractions, "extraction_steps": ext_steps,
+        "costs": costs, "storage": {m: storage(m, kept) for m in ALL}, "kept": kept,
+        "text_task": {k: v for k, v in bench.text_test.items() if k not in ("texts", "labels")},
+        "pool": {"name": bench.pool.name, "samples": len(bench.pool), "tokens_per_sample": bench.tokens},
+        "units_reused": sorted(bench.units.reused), "learngene_methods": list(LEARNGENE_METHODS),
     }
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run (or continue) the benchmark and write results.json, results.md and the PNGs."""
+    """Run (or continue) the benchmark; shard 0 (or the only process) writes results.json, results.md, PNGs."""
     harness.set_threads(args.threads)
     t_start = time.perf_counter()
+    shard = parse_shard(getattr(args, "shard", None))
     budget = Budget.quick() if args.quick else Budget()
     if args.seeds:
         budget = replace(budget, seeds=tuple(range(args.seeds)))
     bench = Bench(args, budget)
     phases: dict[str, float] = {"data pools": bench.data_seconds}
-    with Timer() as t:
-        ptft = ptft_phase(bench)
-    phases["PT-FT"] = t.seconds
-    C = sum(u["flops"] for u in ptft.values())
-    shares = depth_shares({d: u["flops"] for d, u in ptft.items()})
-    points = {"C/ratio": C / budget.ratio, "C": C}
-    print(f"[bench] C = {C / 1e12:.2f} TFLOP (PT-FT family); F = C/{budget.ratio} = {C / budget.ratio / 1e12:.2f} "
-          "TFLOP", flush=True)
-    ext_flops = budget.extract_share * C / budget.ratio  # one extraction's budget
-    with Timer() as t:
-        extractions, best = extraction_phase(bench, ext_flops)
-    phases["extraction"] = t.seconds
-    chosen = {m: extractions[f"{m}/{best}"] for m in LEARNGENE_METHODS}
-    with Timer() as t:
-        runs = runs_phase(bench, points, shares, chosen, Learngenes(bench, best, ext_flops))
-    phases["runs"] = t.seconds
-    results = assemble(bench, args, ptft, runs, points, shares, extractions, best)
+    context = bench.ancestry.config.text_config.max_position_embeddings
+    cache, cache_rec = cached_teacher(bench.ancestry, bench.pool, context, bench.work)
+    phases["teacher cache"] = cache_rec["seconds"]
+    ext_steps = extraction_steps(budget.ancestry_samples, budget.extract_fraction, budget.batch_size)
+    with teacher_cache(cache):
+        with Timer() as t:
+            ptft, extractions = phase_a(bench, shard, ext_steps)
+        phases["phase A (PT-FT, extraction)"] = t.seconds
+        C = sum(u["flops"] for u in ptft.values())
+        member_shares = shares({name: u["flops"] for name, u in ptft.items()})
+        points = {"C/ratio": C / budget.ratio, "C": C}
+        print(f"[bench] C = {C / 1e12:.2f} TFLOP (PT-FT family); F = C/{budget.ratio} = "
+              f"{points['C/ratio'] / 1e12:.2f} TFLOP", flush=True)
+        plan = phase_b_units(bench, points, member_shares, extractions)
+        with Timer() as t:
+            phase_b(bench, shard, plan, Learngenes(bench, ext_steps))
+        phases["phase B (budgeted runs)"] = t.seconds
+    if shard is not None and shard[0] != 0:
+        print(f"[bench] shard {shard[0]}/{shard[1]} done in {(time.perf_counter() - t_start) / 60:.1f} min; "
+              "shard 0 writes the results")
+        return 0
+    wait_for([u.name for u, *_ in plan] + [f"ptft-{m.name}" for m in bench.members],
+             lambda n: complete(bench, n), "unit")
+    ptft = {m.name: bench.units.get(f"ptft-{m.name}") for m in bench.members}
+    results = assemble(bench, args, ptft, plan, points, member_shares, extractions, ext_steps)
+    results["teacher_cache"] = {**cache_rec, **cache.describe()}
     results["phase_wall_time_s"] = phases
-    results["summary"] = report.summarise(results, bench.depths, bench.seeds)
+    results["summary"] = report.summarise(results, bench.seeds)
     results["verdicts"] = report.verdicts(results)
     results["wall_time_s"] = time.perf_counter() - t_start
     out = harness.out_dir(args, NAME)

@@ -1,15 +1,18 @@
-"""Downstream tasks of the benchmark, one per descendant modality, plus the pre-training curve metric.
+"""Downstream tasks of the benchmark, one per family kind, plus the pre-training curve metric.
 
-(a) CLIP: contrastive fine-tuning on scenes (train split, a pool the pre-training never saw) for F
-    steps, then retrieval R@1/5/10 in both directions on held-out test scenes (every test scene holds
+(a) CLIP members: contrastive fine-tuning on scenes (train split, a pool the pre-training never saw) for
+    F steps, then retrieval R@1/5/10 in both directions on held-out test scenes (every test scene holds
     a shape-colour combination absent from all training scenes).
-(b) vision-only: `finetune_classifier` (tower + linear head, end to end) on Fashion-MNIST and on
+(b) vision-only members: `finetune_classifier` (tower + linear head, end to end) on Fashion-MNIST and on
     MNIST; test top-1.
-(c) text-only: object counting from the caption: a linear probe (logistic regression, weight decay
-    picked on a held-out fifth) on frozen, standardised text features predicts how many objects a
-    scene holds (1-5) from its first caption ("three red stars and a heart" → 4); train-split
-    captions to fit, test-split captions to score. It needs number words, plurals and lists read
-    together, which no single token gives away.
+(c) text-only members: object counting from the caption: a linear probe (logistic regression, weight
+    decay picked on a held-out fifth) on frozen, standardised text features predicts how many objects a
+    scene holds (1-5) from its full caption ("three red stars and a heart" → 4), on captions whose every
+    token the ancestry trained (`data.text_task`); train-split captions to fit, test-split to score. It
+    needs number words, plurals and lists read together, which no single token gives away.
+
+The curve score (`CurveEval`) measures a one-tower member beside the ancestry's other tower, as it is
+pre-trained (`clipforge.learngene.quality.paired_clip`).
 """
 
 from __future__ import annotations
@@ -55,10 +58,10 @@ def vision_classification(model: nn.Module, train_ds: Any, test_ds: Any, budget:
     return {"acc1": r["acc1"], "mean_per_class_recall": r["mean_per_class_recall"]}
 
 
-def text_counting(model: nn.Module, train: tuple[list[str], list[int]], test: tuple[list[str], list[int]],
-                  seed: int) -> dict[str, float]:
+def text_counting(model: nn.Module, train: dict[str, Any], test: dict[str, Any], seed: int) -> dict[str, float]:
     """(c): linear probe on frozen text features: scene object count (5 classes) from its caption."""
-    r = text_linear_probe(model, train, test, weight_decays=WEIGHT_DECAYS, seed=seed)
+    r = text_linear_probe(model, (train["texts"], train["labels"]), (test["texts"], test["labels"]),
+                          weight_decays=WEIGHT_DECAYS, seed=seed)
     return {"acc1": r["acc1"], "mean_per_class_recall": r["mean_per_class_recall"], "weight_decay": r["weight_decay"]}
 
 
@@ -68,10 +71,10 @@ SCORE = "score"  # the curve score: mean of held-out retrieval R@1 (both ways) a
 class CurveEval:
     """`eval_fn(model, step)`: `clipforge.learngene.Quality` on fixed held-out data, plus the curve score."""
 
-    def __init__(self, scenes: Any, fashion: Any) -> None:
+    def __init__(self, scenes: Any, fashion: Any, partner: nn.Module | None = None) -> None:
         from clipforge.learngene import Quality
 
-        self.quality = Quality(scenes, fashion)
+        self.quality = Quality(scenes, fashion, partner=partner)
 
     def __call__(self, model: nn.Module, step: int = 0) -> dict[str, float]:
         from clipforge.learngene.quality import MEAN_R1

@@ -20,11 +20,15 @@ of what it inherited (put it in the saved model's provenance).
   is ancestry block floor(i·L/d) (uniform layer selection: 0, 2, 4, 6 of 8 for d = 4); everything else
   copied. Its distillation (affinity mimicking: KL of the image-to-text and text-to-image affinities
   to the teacher's) is `Distill(alpha=1)`, run by the benchmark's pre-training.
-* `weight_selection` (Xu et al. ICLR 2024): the first d ancestry blocks (their best layer selection)
-  and, where the descendant is narrower, uniform element selection: along every dimension that
-  shrinks from D to n, elements (j·D) // n for j < n, the same indices in every tensor, so the
-  selected neurons stay connected across layers.
-Both select elements the same way when a width shrinks (heads keep their count, so their size shrinks).
+* `weight_selection` (Xu et al. ICLR 2024): the first d ancestry blocks (their best layer selection).
+
+Narrower descendants. Every inheriting baseline (the two above, Heur-LG and Auto-LG) cuts a narrower
+descendant's tensors out of the ancestry's by weight selection's element selection, as `widths.Narrowing`
+does for the learngene: residual and MLP channels uniformly (j·D // n), attention channels by whole heads
+spread uniformly when the head size is kept (else uniformly), the same indices in every tensor of a tower
+(non-block tensors included), so selected channels stay connected from layer to layer. TinyCLIP narrows
+by learned masks; clipforge uses this selection for it too (its manual inheritance covers depth only).
+Vision- and text-only descendants (`Shape(config, "vision" | "text")`) inherit their one tower.
 
 TLEG-per-tower and shared-only are `LearngeneConfig.mode`s (descendants come from `descend`); PT-FT is
 a training recipe, run by the benchmark.
@@ -44,9 +48,11 @@ from transformers import PreTrainedModel
 from ..errors import ClipforgeError
 from ..models.registry import Kind, build
 from .config import TOWERS
-from .learngene import block_param_name
+from .learngene import PART_OF_PATH, block_param_name
+from .widths import BlockShape, Narrowing
 
 SCORES = ("block_influence", "relative_change")
+ELEMENT_SELECTION = "uniform (j·D) // n of residual and MLP channels, whole heads spread uniformly (widths.Narrowing)"
 _BLOCK = re.compile(r"(?P<tower>vision|text)_model\.encoder\.layers\.(?P<layer>\d+)\.(?P<path>.+)")
 
 
@@ -70,13 +76,48 @@ def scratch(shape: Shape, seed: int = 0) -> tuple[PreTrainedModel, dict[str, Any
     return build(shape.config, seed=seed, kind=shape.kind), {"method": "scratch", "seed": seed}
 
 
+def _block_shape(config: Any) -> BlockShape:
+    return BlockShape(int(config.hidden_size), int(config.num_attention_heads), int(config.intermediate_size))
+
+
+def _narrowings(ancestry: nn.Module, model: nn.Module) -> dict[str, Narrowing]:
+    """Per tower of `model`, the element selection from the ancestry's block shape to the model's."""
+    out = {}
+    for t in _towers(model):
+        mine = getattr(model.config, f"{t}_config", model.config)
+        out[t] = Narrowing(_block_shape(getattr(ancestry.config, f"{t}_config")), _block_shape(mine))
+    return out
+
+
+def _tower_of_key(key: str) -> str | None:
+    if key.startswith(("vision_model.", "visual_projection")):
+        return "vision"
+    if key.startswith(("text_model.", "text_projection")):
+        return "text"
+    return None
+
+
+def _selected(src: dict[str, Tensor], name: str, key: str, cuts: dict[str, Narrowing], want: torch.Size) -> Tensor:
+    """Ancestry tensor `name`, cut for descendant tensor `key` by its tower's element selection."""
+    if name not in src:
+        raise ClipforgeError(f"the ancestry has no tensor {name!r} to give the descendant")
+    t, m = src[name], _BLOCK.fullmatch(key)
+    cut = cuts.get(_tower_of_key(key) or "")
+    if cut is not None:
+        t = cut.block(PART_OF_PATH[m["path"]], t) if m else cut.non_block(key, t)
+    if t.shape != want:  # an axis the tower's widths do not cover (a smaller projection): uniform selection
+        t = select_elements(t, tuple(want), name)
+    return t.detach().clone()
+
+
 @torch.no_grad()
 def _inherit(ancestry: nn.Module, model: nn.Module, picks: dict[str, list[int]]) -> dict[str, list[list[int]]]:
-    """Copy the non-block tensors and stack the ancestry blocks `picks[tower]` on top of `model`'s towers.
+    """Copy the non-block tensors and stack the ancestry blocks `picks[tower]` on top of `model`'s towers
+    (cut to the model's widths by element selection where it is narrower).
 
     Returns, per tower, the [descendant layer, ancestry layer] pairs placed.
     """
-    src = ancestry.state_dict()
+    src, cuts = ancestry.state_dict(), _narrowings(ancestry, model)
     placed = {t: [[_depth(model, t) - len(c) + j, a] for j, a in enumerate(c)] for t, c in picks.items()}
     source_layer = {(t, mine): theirs for t, pairs in placed.items() for mine, theirs in pairs}
     new: dict[str, Tensor] = {}
@@ -89,12 +130,7 @@ def _inherit(ancestry: nn.Module, model: nn.Module, picks: dict[str, list[int]])
             name = block_param_name(m["tower"], theirs, m["path"])
         else:
             name = key
-        if name not in src:
-            raise ClipforgeError(f"the ancestry has no tensor {name!r} to give the descendant")
-        if src[name].shape != value.shape:
-            raise ClipforgeError(f"ancestry {name} has shape {tuple(src[name].shape)}, descendant {key} needs "
-                                 f"{tuple(value.shape)}: inheriting needs the ancestry's block shape")
-        new[key] = src[name].detach().clone()
+        new[key] = _selected(src, name, key, cuts, value.shape)
     model.load_state_dict(new, strict=False)
     return placed
 
@@ -184,15 +220,14 @@ def select_elements(src: Tensor, shape: tuple[int, ...], name: str = "tensor") -
 
 @torch.no_grad()
 def _select(ancestry: nn.Module, model: nn.Module, layer_map: dict[str, list[int]]) -> None:
-    """Every descendant tensor from the ancestry: block i of tower t from ancestry block layer_map[t][i]."""
-    src = ancestry.state_dict()
+    """Every descendant tensor from the ancestry: block i of tower t from ancestry block layer_map[t][i], each
+    tensor cut to the descendant's widths by the tower's element selection (`widths.Narrowing`)."""
+    src, cuts = ancestry.state_dict(), _narrowings(ancestry, model)
     new: dict[str, Tensor] = {}
     for key, value in model.state_dict().items():
         m = _BLOCK.fullmatch(key)
         name = block_param_name(m["tower"], layer_map[m["tower"]][int(m["layer"])], m["path"]) if m else key
-        if name not in src:
-            raise ClipforgeError(f"the ancestry has no tensor {name!r} to give the descendant")
-        new[key] = select_elements(src[name], tuple(value.shape), name).clone()
+        new[key] = _selected(src, name, key, cuts, value.shape)
     model.load_state_dict(new, strict=True)
 
 
@@ -210,7 +245,8 @@ def tinyclip(ancestry: nn.Module, shape: Shape, seed: int = 0) -> tuple[PreTrain
     layer_map = {t: [(i * _depth(ancestry, t)) // _depth(model, t) for i in range(_depth(model, t))]
                  for t in _towers(model)}
     _select(ancestry, model, layer_map)
-    return model.eval(), {"method": "tinyclip", "layers": layer_map, "seed": seed}
+    return model.eval(), {"method": "tinyclip", "layers": layer_map, "seed": seed,
+                          "element_selection": ELEMENT_SELECTION}
 
 
 def weight_selection(ancestry: nn.Module, shape: Shape, seed: int = 0) -> tuple[PreTrainedModel, dict[str, Any]]:
@@ -220,4 +256,4 @@ def weight_selection(ancestry: nn.Module, shape: Shape, seed: int = 0) -> tuple[
     layer_map = {t: list(range(_depth(model, t))) for t in _towers(model)}
     _select(ancestry, model, layer_map)
     return model.eval(), {"method": "weight_selection", "layers": layer_map, "seed": seed,
-                          "element_selection": "uniform, (j·D) // n"}
+                          "element_selection": ELEMENT_SELECTION}

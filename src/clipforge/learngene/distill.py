@@ -18,13 +18,19 @@ over each rank's local batch; InfoNCE uses the global one (ClipLoss).
 
 `Distill` is the objective as a record (what a learngene's or a descendant's provenance stores);
 `DepthSampledStep` trains an Aux-Net at a depth drawn per step, so that the weighted sum is trained at
-every position l/L' a descendant will use (docs/methods.md B.3b).
+every position l/L' a descendant will use (docs/methods.md B.3b). `TowerStep` is the one-tower
+counterpart (a vision- or text-only student against the frozen teacher's other tower, with the same
+α / β terms). `TeacherCache`: the frozen teacher's embeddings of each distinct (image, caption) pair,
+computed once and reused by every step that distils from that teacher while the cache is active
+(`teacher_cache`); a wall-time device only, the outputs are the teacher's own.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -53,6 +59,99 @@ def _scale(model: nn.Module) -> Tensor:
     if p is None:
         raise ClipforgeError(f"{type(model).__name__} has no logit_scale: KD needs a full CLIP")
     return clamped_scale(p).to(p.device)
+
+
+def fingerprint(model: nn.Module) -> str:
+    """A digest of a model's parameters and buffers: two loads of the same weights give the same one."""
+    h = hashlib.blake2b(digest_size=16)
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _row_keys(batch: dict[str, Any]) -> list[bytes]:
+    """One key per row: the image's pixels and the caption's token ids without trailing padding."""
+    px, ids = batch["pixel_values"].detach().cpu(), batch["input_ids"].detach().cpu()
+    keys = []
+    for p, t in zip(px, ids, strict=True):
+        nonpad = (t != 0).nonzero()
+        t = t[: int(nonpad.max()) + 1] if len(nonpad) else t[:1]  # the causal text tower ignores what follows
+        h = hashlib.blake2b(p.contiguous().numpy().tobytes(), digest_size=16)
+        h.update(t.contiguous().numpy().tobytes())
+        keys.append(h.digest())
+    return keys
+
+
+class TeacherCache:
+    """The frozen `teacher`'s projected (unnormalised) image and text embeddings, one pair per distinct
+    (image, caption) row, keyed by the row's content, so any run reading the same data reuses them.
+
+    A miss runs the teacher on the missing rows (under whatever autocast the caller runs); `hits` and
+    `misses` count rows. Install it with `teacher_cache(cache)`: every `KDStep` / `TowerStep` built
+    meanwhile whose teacher holds the same weights (`fingerprint`) reads through it.
+    """
+
+    def __init__(self, teacher: nn.Module) -> None:
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.fingerprint = fingerprint(teacher)
+        self.store: dict[bytes, tuple[Tensor, Tensor]] = {}
+        self.hits = self.misses = 0
+
+    def serves(self, model: nn.Module) -> bool:
+        return model is self.teacher or fingerprint(model) == self.fingerprint
+
+    def outputs(self, batch: dict[str, Any], device: torch.device) -> tuple[Tensor, Tensor]:
+        """(image, text) raw embeddings of the batch's rows, from the store or the teacher."""
+        keys = _row_keys(batch)
+        missing = [i for i, k in enumerate(keys) if k not in self.store]
+        if missing:
+            if next(self.teacher.parameters()).device != device:
+                self.teacher.to(device)
+            rows = torch.tensor(missing, device=batch["pixel_values"].device)
+            sub = {k: batch[k].index_select(0, rows.to(batch[k].device)) for k in ("pixel_values", "input_ids")}
+            with torch.no_grad():
+                img, txt = _raw(self.teacher, sub)
+            for j, i in enumerate(missing):
+                self.store[keys[i]] = (img[j].detach().float().cpu(), txt[j].detach().float().cpu())
+        self.misses += len(missing)
+        self.hits += len(keys) - len(missing)
+        img = torch.stack([self.store[k][0] for k in keys]).to(device)
+        txt = torch.stack([self.store[k][1] for k in keys]).to(device)
+        return img, txt
+
+    def describe(self) -> dict[str, Any]:
+        return {"rows": len(self.store), "hits": self.hits, "misses": self.misses}
+
+
+_ACTIVE: list[TeacherCache] = []
+
+
+@contextlib.contextmanager
+def teacher_cache(cache: TeacherCache) -> Iterator[TeacherCache]:
+    """Steps built inside this block distil through `cache` when their teacher has its weights."""
+    _ACTIVE.append(cache)
+    try:
+        yield cache
+    finally:
+        _ACTIVE.remove(cache)
+
+
+def cache_for(teacher: nn.Module) -> TeacherCache | None:
+    """The active cache that serves `teacher`, if any."""
+    return next((c for c in reversed(_ACTIVE) if c.serves(teacher)), None)
+
+
+def _teacher_raw(teacher: nn.Module, cache: TeacherCache | None, batch: dict[str, Any],
+                 device: torch.device) -> tuple[Tensor, Tensor]:
+    """The frozen teacher's raw (image, text) embeddings of `batch`, through `cache` when there is one."""
+    if cache is not None:
+        return cache.outputs(batch, device)
+    if next(teacher.parameters()).device != device:  # train() moves only the student
+        teacher.to(device)
+    teacher.eval()
+    with torch.no_grad():
+        return _raw(teacher, batch)
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, tau: float) -> Tensor:
@@ -101,13 +200,13 @@ class KDStep:
         self.alpha, self.beta, self.tau = alpha, beta, tau
         self.feature, self.tie_temperature = feature, tie_temperature
         self.clip_loss = loss if loss is not None else ClipLoss()
+        self.cache = cache_for(self.teacher)
 
     def _teacher_outputs(self, batch: dict[str, Any], device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-        if next(self.teacher.parameters()).device != device:  # train() moves only the student
+        img, txt = _teacher_raw(self.teacher, self.cache, batch, device)
+        if next(self.teacher.parameters()).device != device:
             self.teacher.to(device)
-        self.teacher.eval()
         with torch.no_grad():
-            img, txt = _raw(self.teacher, batch)
             return img, txt, _scale(self.teacher)
 
     def __call__(self, model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
@@ -177,31 +276,69 @@ class DepthSampledStep:
 
 
 class TowerStep:
-    """Contrastive step for a one-tower model against a frozen partner CLIP's *other* tower (LiT-style).
+    """Step for a one-tower student against a frozen partner CLIP's *other* tower (LiT-style), optionally
+    distilling from the partner's own tower of the student's kind.
 
-    The partner (the ancestry) is held here, outside what `train()` optimises, and never trained; its
-    logit scale sets the temperature. Needs equal projection sizes (descendants of a learngene built
-    with `from_ancestry` have them).
+        loss = α·KD + (1 − α)·InfoNCE + β·feature
+
+    InfoNCE contrasts the student's embeddings with the partner's other-tower embeddings at the partner's
+    logit scale (the default, α = β = 0, is plain LiT-style pre-training). KD: τ²·½[KL both ways] between
+    the affinities of (partner's same tower, partner's other tower) and of (student, partner's other
+    tower), at the partner's scale. The feature term compares the student's embeddings with the partner's
+    same-tower ones ("cosine" or "mse", as `Distill`). The partner is held here, outside what `train()`
+    optimises, and never trained; it reads through an active `TeacherCache` holding its weights. Needs
+    equal projection sizes (descendants of a learngene built with `from_ancestry`, and the benchmark's
+    narrower baselines, keep the ancestry's projection size, so no extra projection is needed).
     """
 
-    def __init__(self, partner: nn.Module, kind: str) -> None:
+    def __init__(self, partner: nn.Module, kind: str, alpha: float = 0.0, beta: float = 0.0, tau: float = 1.0,
+                 feature: str = "cosine") -> None:
         if kind not in ("vision", "text"):
             raise ClipforgeError(f"TowerStep needs a vision or text model, got kind {kind!r}")
+        Distill(alpha, beta, tau, feature)  # one value check
         self.partner = partner.eval().requires_grad_(False)
-        self.kind = kind
+        self.kind, self.alpha, self.beta, self.tau, self.feature = kind, alpha, beta, tau, feature
         self.loss = ClipLoss()
+        self.cache = cache_for(self.partner)
+
+    def _partner(self, batch: dict[str, Any], device: torch.device) -> tuple[Tensor, Tensor]:
+        """(partner's same-tower, partner's other-tower) raw embeddings."""
+        if self.cache is not None or self.alpha > 0 or self.beta > 0:
+            img, txt = _teacher_raw(self.partner, self.cache, batch, device)
+        else:  # plain LiT: only the other tower is needed
+            if next(self.partner.parameters()).device != device:  # train() moves only the student
+                self.partner.to(device)
+            self.partner.eval()
+            with torch.no_grad():
+                other = text_features(self.partner, batch["input_ids"]) if self.kind == "vision" \
+                    else image_features(self.partner, batch["pixel_values"])
+            return other.float(), other.float()  # the first is unused without KD or a feature term
+        return (img, txt) if self.kind == "vision" else (txt, img)
 
     def __call__(self, model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
         px, ids = batch["pixel_values"], batch["input_ids"]
-        if next(self.partner.parameters()).device != px.device:  # train() moves only the student
-            self.partner.to(px.device)
-        self.partner.eval()
-        with torch.no_grad():
-            other = text_features(self.partner, ids) if self.kind == "vision" else image_features(self.partner, px)
-        mine = image_features(model, px) if self.kind == "vision" else text_features(model, ids)
-        if mine.shape[-1] != other.shape[-1]:
-            raise ClipforgeError(f"the {self.kind} descendant projects to {mine.shape[-1]} dims, its partner to "
+        raw = (image_features(model, px) if self.kind == "vision" else text_features(model, ids)).float()
+        same, other = self._partner(batch, raw.device)
+        if raw.shape[-1] != other.shape[-1]:
+            raise ClipforgeError(f"the {self.kind} descendant projects to {raw.shape[-1]} dims, its partner to "
                                  f"{other.shape[-1]}: one-tower pre-training needs equal projection sizes")
-        mine, other = F.normalize(mine.float(), dim=-1), F.normalize(other.float(), dim=-1)
-        img, txt = (mine, other) if self.kind == "vision" else (other, mine)
-        return self.loss(img, txt, self.partner.logit_scale.detach()), {}
+        if next(self.partner.parameters()).device != raw.device:
+            self.partner.to(raw.device)
+        mine, other_n = F.normalize(raw, dim=-1), F.normalize(other, dim=-1)
+        img, txt = (mine, other_n) if self.kind == "vision" else (other_n, mine)
+        scale = self.partner.logit_scale.detach()
+        infonce = self.loss(img, txt, scale)
+        loss, logs = (1 - self.alpha) * infonce, {"infonce": infonce.detach()}
+        if self.alpha > 0:
+            s = clamped_scale(scale).to(raw.device)
+            same_n = F.normalize(same, dim=-1)
+            s_logits, t_logits = s * mine @ other_n.T, s * same_n @ other_n.T
+            kd = (kd_loss(s_logits, t_logits, self.tau) + kd_loss(s_logits.T, t_logits.T, self.tau)) / 2
+            loss = loss + self.alpha * kd
+            logs["kd"] = kd.detach()
+        if self.beta > 0:
+            feature = F.mse_loss(raw, same) if self.feature == "mse" else \
+                (1 - (mine * F.normalize(same, dim=-1)).sum(-1)).mean()
+            loss = loss + self.beta * feature
+            logs["feature"] = feature.detach()
+        return loss, logs
