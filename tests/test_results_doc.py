@@ -26,7 +26,7 @@ def test_every_verdict_in_the_docs_comes_from_a_result_file():
     m = _script()
     text = m.render_results()
     for name, *_ in m.BENCHMARKS:
-        for line in m._verdicts(m._json(ROOT / "benchmarks" / name / "results" / "results.json")):
+        for line in m._verdicts(m._json(m.result_file(name)[0])):
             assert line in text
     assert m.demo_verdicts() and all(v in text for v in m.demo_verdicts())
 
