@@ -34,9 +34,10 @@ class DemoConfig:
     compose: bool = False  # also grow a CLIP-MoE from the middle descendant (the two methods composed)
     composed_stage_steps: int = 50
     composed_router_steps: int = 30
-    # MM-LG: the learngene benchmark's chosen recipe (benchmarks/learngene/results/results.md): least-squares init
-    # from the ancestry, KD + feature term (alpha 1, beta 1), the Aux-Net's depth sampled over the family's
-    # depths; descendants pre-trained by SWS's recipe (half KD, lr 2e-4, no warm-up).
+    # MM-LG: the learngene benchmark's chosen recipe (its same-width protocol,
+    # benchmarks/learngene/results/same-width/results.md): least-squares init from the ancestry,
+    # KD + feature term (alpha 1, beta 1), the Aux-Net's depth sampled over the family's depths;
+    # descendants pre-trained by SWS's recipe (half KD, lr 2e-4, no warm-up).
     extract_steps: int = 150
     extract_batch: int = 64
     extract_beta: float = 1.0
