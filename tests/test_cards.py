@@ -50,7 +50,7 @@ def test_tower_cards_name_their_pipeline(tmp_path):
 
 
 def test_the_demo_report_shows_no_absolute_cache_path(tmp_path, monkeypatch):
-    from clipforge.demo.report import shown_path
+    from clipforge.demo.ancestry import shown_cache_path as shown_path
 
     monkeypatch.setenv("CLIPFORGE_CACHE", str(tmp_path / "cache"))
     assert shown_path(tmp_path / "cache" / "ancestry" / "model") == "$CLIPFORGE_CACHE/ancestry/model"

@@ -118,3 +118,34 @@ def step_times(log: Path) -> dict[str, Any] | None:
     if len(rows) >= 2 and last["step"] > rows[0]["step"]:
         out["s_per_step_after_first"] = (last["elapsed_s"] - rows[0]["elapsed_s"]) / (last["step"] - rows[0]["step"])
     return out
+
+
+def code_state() -> dict[str, Any]:
+    """The commit the code was at and whether src/ had uncommitted changes (None outside a git checkout)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return None
+
+    changed = git("status", "--porcelain", "--", "src")
+    return {"commit": git("rev-parse", "--short=12", "HEAD"), "src_changed": None if changed is None else bool(changed)}
+
+
+def brief(rec: dict[str, Any]) -> str:
+    parts = []
+    if "wall_s" in rec:
+        parts.append(f"{rec['wall_s']:.1f} s")
+    if "s_per_step" in rec:
+        parts.append(f"{rec['s_per_step']:.2f} s/step")
+    if "peak_rss_bytes" in rec:
+        parts.append(f"peak RSS {rec['peak_rss_bytes'] / 2**30:.2f} GiB")
+    if "disk_bytes" in rec:
+        parts.append(f"disk {rec['disk_bytes'] / 2**30:.2f} GiB")
+    if "max_abs_diff" in rec:
+        parts.append(f"max |Δ| {rec['max_abs_diff']:.1e}, pass {rec['all_pass']}")
+    return ", ".join(parts)

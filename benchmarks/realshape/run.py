@@ -37,7 +37,7 @@ from clipforge.errors import ClipforgeError
 
 from .. import harness
 from . import params as P
-from .measure import DISK_EVERY, disk_bytes, run_measured, step_times
+from .measure import DISK_EVERY, brief, code_state, disk_bytes, run_measured, step_times
 
 NAME = "realshape"
 # `moe route` again at a larger batch, without and with --grad-checkpointing: there activations, not weights,
@@ -115,7 +115,7 @@ class Bench:
             return rec
         print(f"[realshape] {name} ...", flush=True)
         rec = self.units.put(name, {**fn(), "code": code_state(), "date": time.strftime("%Y-%m-%d %H:%M")})
-        print(f"[realshape] {name}: {_brief(rec)}", flush=True)
+        print(f"[realshape] {name}: {brief(rec)}", flush=True)
         return rec
 
     def command(self, name: str, args: list[str], outputs: list[Path]) -> dict[str, Any]:
@@ -226,37 +226,6 @@ class Bench:
                 "transformers": answer["transformers"], "tolerance": TOLERANCE, "models": rows,
                 "max_abs_diff": max(max(r["max_abs_diff"].values()) for r in rows),
                 "all_pass": all(r["pass"] for r in rows) and not answer["clipforge_imported"]}
-
-
-def code_state() -> dict[str, Any]:
-    """The commit the code was at and whether src/ had uncommitted changes (None outside a git checkout)."""
-    import subprocess
-
-    root = Path(__file__).resolve().parents[2]
-
-    def git(*args: str) -> str | None:
-        try:
-            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return None
-
-    changed = git("status", "--porcelain", "--", "src")
-    return {"commit": git("rev-parse", "--short=12", "HEAD"), "src_changed": None if changed is None else bool(changed)}
-
-
-def _brief(rec: dict[str, Any]) -> str:
-    parts = []
-    if "wall_s" in rec:
-        parts.append(f"{rec['wall_s']:.1f} s")
-    if "s_per_step" in rec:
-        parts.append(f"{rec['s_per_step']:.2f} s/step")
-    if "peak_rss_bytes" in rec:
-        parts.append(f"peak RSS {rec['peak_rss_bytes'] / 2**30:.2f} GiB")
-    if "disk_bytes" in rec:
-        parts.append(f"disk {rec['disk_bytes'] / 2**30:.2f} GiB")
-    if "max_abs_diff" in rec:
-        parts.append(f"max |Δ| {rec['max_abs_diff']:.1e}, pass {rec['all_pass']}")
-    return ", ".join(parts)
 
 
 # --- the checks -----------------------------------------------------------------------------------------

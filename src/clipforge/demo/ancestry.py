@@ -96,6 +96,20 @@ def display_path(path: str | Path) -> str:
         return p.name
 
 
+def shown_cache_path(path: str | Path) -> str:
+    """A path as the report shows it: under the ancestry cache as `$CLIPFORGE_CACHE/...` (or `~/.cache/...`),
+    else `files.portable_path`; never this machine's absolute layout."""
+    from ..files import portable_path
+
+    cache = Path(default_cache()).resolve()
+    try:
+        rel = Path(path).resolve().relative_to(cache)
+    except ValueError:
+        return portable_path(path)
+    shown = "$CLIPFORGE_CACHE" if os.environ.get("CLIPFORGE_CACHE") else portable_path(cache)
+    return str(Path(shown) / rel)
+
+
 def ancestry_run_dir(cache: str | Path | None = None, quick: bool = False) -> Path:
     """The ancestry's run directory in `cache` (default `default_cache()`)."""
     return Path(cache or default_cache()) / ("ancestry-quick" if quick else "ancestry")

@@ -58,3 +58,8 @@ def _measure(name: str, model_dir: Path, suite: SuiteConfig, probe_train: int) -
     rec["eval_s"] = round(time.perf_counter() - t, 1)
     rec["cost"] = model_costs(model, caption_tokens=CAPTION_TOKENS)
     return rec
+
+
+def item_counts(cfg: Any) -> dict[str, int]:
+    """How many test items each metric family was measured on (the verdicts' binomial SEs)."""
+    return {"scenes": cfg.suite.scenes, "fmnist": cfg.suite.fashion or 10_000, "count": COUNT_TEST}

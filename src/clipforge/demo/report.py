@@ -16,6 +16,7 @@ import torch
 
 from ..report.document import Report
 from ..report.plots import _save, read_log
+from .ancestry import shown_cache_path
 
 CURVE_SMOOTH_FROM = 40  # logged points from which a moving average says more than the points themselves
 ATTRS = ["colour", "shape", "size", "fill", "position", "orientation", "count", "binding", "relation"]
@@ -133,20 +134,14 @@ def curve_logs(runs: dict[str, Path]) -> dict[str, list[tuple[float, float]]]:
     return {k: v for k, v in logs.items() if v}
 
 
-def test_items(cfg: Any) -> dict[str, int]:
-    """How many test items each metric family was measured on (the verdicts' binomial SEs)."""
-    from .measure import COUNT_TEST
-
-    return {"scenes": cfg.suite.scenes, "fmnist": cfg.suite.fashion or 10_000, "count": COUNT_TEST}
-
-
 def verdict_section(r: Report, records: dict[str, dict[str, Any]], cfg: Any) -> None:
     """"What this run shows": one line per method and claim, decided from this run's numbers."""
+    from .measure import item_counts
     from .verdicts import thresholds, verdicts
 
     quick = cfg.quick
     r.heading("What this run shows")
-    found = verdicts(records, test_items(cfg))
+    found = verdicts(records, item_counts(cfg))
     if found:
         r.bullets([v.line() for v in found])
     else:
@@ -287,7 +282,7 @@ def made_section(r: Report, records: dict[str, dict[str, Any]], cfg: Any, ancest
     r.heading("What was made")
     preset = _preset(cfg)
     made = [
-        f"**ancestry**: the demo CLIP trained on scenes + Fashion-MNIST (`{shown_path(ancestry_dir)}`"
+        f"**ancestry**: the demo CLIP trained on scenes + Fashion-MNIST (`{shown_cache_path(ancestry_dir)}`"
         + ("; a toy budget: `--quick` checks the pipeline, not the methods)." if cfg.quick else
            ", to convergence)."),
         f"**CLIP-MoE** (grow): Diversified Multiplet Upcycling of the ancestry on {cfg.train_scenes:,} new scenes: "
@@ -356,23 +351,6 @@ def closing_sections(r: Report, phases: dict[str, float], command: str) -> None:
                f"Reproduce: `{command}`."])
 
 
-def shown_path(path: str | Path) -> str:
-    """A path as the report shows it: under the ancestry cache as `$CLIPFORGE_CACHE/...` (or `~/.cache/...`),
-    else `files.portable_path`; never this machine's absolute layout."""
-    import os
-
-    from ..files import portable_path
-    from .ancestry import default_cache
-
-    cache = Path(default_cache()).resolve()
-    try:
-        rel = Path(path).resolve().relative_to(cache)
-    except ValueError:
-        return portable_path(path)
-    shown = "$CLIPFORGE_CACHE" if os.environ.get("CLIPFORGE_CACHE") else portable_path(cache)
-    return str(Path(shown) / rel)
-
-
 def write_report(out: Path, records: dict[str, dict[str, Any]], phases: dict[str, float], cfg: Any,
                  anc_run: Path, cached: bool, ancestry_dir: Path, moe_dir: Path, lg_dir: Path | None = None,
                  compute: dict[str, Any] | None = None) -> tuple[Path, Path]:
@@ -381,7 +359,7 @@ def write_report(out: Path, records: dict[str, dict[str, Any]], phases: dict[str
     r = Report("clipforge demo: one CLIP becomes a family")
     verdict_section(r, records, cfg)
     r.contents()  # after the verdicts: they are what a reader opens the report for
-    r.paragraph(f"Made by `{command}` (ancestry from `{shown_path(anc_run)}`, "
+    r.paragraph(f"Made by `{command}` (ancestry from `{shown_cache_path(anc_run)}`, "
                 f"{'cached from an earlier run' if cached else 'trained by this run'}) with torch {torch.__version__} "
                 f"on {platform.machine()} ({torch.get_num_threads()} threads, Python {sys.version.split()[0]}). "
                 "Every number below is read from the files this command wrote under "
