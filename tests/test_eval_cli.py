@@ -64,10 +64,10 @@ def test_zeroshot_on_the_users_labelled_data_with_their_classnames_and_templates
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and says in err[0], err
     captioned = _labelled(tmp_path / "captioned", with_captions=True)  # pairs, but no label column named
-    for extra, says in (([], "--label-key"),):
-        assert main([*base[:6], str(captioned), *base[7:], "--caption-key", "text", *extra]) == 2
+    for spec, extra in ((captioned, ["--caption-key", "text"]), (data, [])):  # no --label-key: said first
+        assert main([*base[:6], str(spec), *base[7:], *extra]) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and says in err[0], err
+        assert len(err) == 1 and "needs its class labels" in err[0] and "--label-key" in err[0], err
 
 
 def test_training_on_labels_without_captions_is_refused_in_one_line(tmp_path, capsys):

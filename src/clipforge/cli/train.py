@@ -247,6 +247,10 @@ def run_eval(args: argparse.Namespace) -> int:
         raise ClipforgeError(f"--steps must be at least 1, got {args.steps}")
     if args.out is not None:
         _check_eval_out(args.out, args.overwrite)
+    labelled = args.task in ("zeroshot", "linear-probe", "finetune")
+    if labelled and args.data and args.data.lower() not in ("fashion-mnist", "mnist") and not args.label_key:
+        raise ClipforgeError(f"--task {args.task} on {args.data} needs its class labels: name the label column "
+                             "with --label-key")
     model = load(args.model).to(default_device())  # --device (with_workers); its batches follow it (eval.embed)
     size = model.config.vision_config.image_size if hasattr(model.config, "vision_config") else None
     if args.task == "mmvp":
