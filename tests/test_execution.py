@@ -36,3 +36,27 @@ def test_gradient_checkpointing_from_the_command_gives_the_same_run(tmp_path, wh
         recomputed = train(model(), SyntheticPairs(24), cfg, tmp_path / "ckpt", progress=False)
     for (name, a), b in zip(plain.state_dict().items(), recomputed.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6), name
+
+
+TRAINING_COMMANDS = [["train"], ["moe", "dmu"], ["moe", "stage"], ["moe", "route"], ["moe", "baseline", "direct-ft"],
+                     ["learngene", "extract"], ["learngene", "descend"]]
+
+
+@pytest.mark.parametrize("command", TRAINING_COMMANDS, ids=" ".join)
+def test_every_training_command_has_the_schedules_switches(command, capsys):
+    from clipforge.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*command, "--help"])
+    usage = capsys.readouterr().out
+    for flag in ("--amp {auto,bf16,fp16,off}", "--grad-checkpointing", "--compile", "--optimizer", "--save-every-s"):
+        assert flag in usage, (command, flag)
+
+
+def test_learngene_amp_reaches_the_schedule():
+    from clipforge.cli import build_parser
+    from clipforge.schedule import LEARNGENE_SCHEDULE, schedule_from_args
+
+    args = build_parser().parse_args(["learngene", "extract", "--model", "m", "--data", "scenes", "--out", "o",
+                                      "--amp", "off"])
+    assert schedule_from_args(args, LEARNGENE_SCHEDULE).amp == "off"

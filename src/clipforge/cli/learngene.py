@@ -28,7 +28,7 @@ from ._workers import (
 )
 
 # Schedule fields exposed as flags (generated: clipforge.schedule); descend has --pretrain-steps instead.
-LG_FLAGS = ("steps", "batch_size", "lr", "weight_decay", "warmup")
+LG_FLAGS = ("steps", "batch_size", "lr", "weight_decay", "warmup", "amp")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
