@@ -28,7 +28,10 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 def test_amp_auto_follows_native_bf16(monkeypatch):
     monkeypatch.setattr(fast, "cpu_has_native_bf16", lambda: False)
     assert resolve_amp("auto", CPU) == "off"
+    monkeypatch.setattr(fast, "cuda_has_bf16", lambda device: True)  # an A100 / H100
     assert resolve_amp("auto", CUDA) == "bf16"
+    monkeypatch.setattr(fast, "cuda_has_bf16", lambda device: False)  # a T4 / V100: fp16 with loss scaling
+    assert resolve_amp("auto", CUDA) == "fp16"
     monkeypatch.setattr(fast, "cpu_has_native_bf16", lambda: True)
     assert resolve_amp("auto", CPU) == "bf16"
     assert resolve_amp("fp32", CPU) == "off" and resolve_amp("BF16", CPU) == "bf16"
@@ -248,13 +251,17 @@ def test_eager_and_sdpa_steps_agree(tmp_path):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_fp16_comes_with_a_loss_scaler_on_cuda_only():
+def test_fp16_comes_with_a_loss_scaler_on_cuda_only(monkeypatch):
     from clipforge.train.step import grad_scaler
+
+    monkeypatch.setattr(fast, "cuda_has_bf16", lambda device: True)
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     assert fast.resolve_amp("fp16", cuda) == "fp16"
     assert isinstance(grad_scaler("fp16", cuda), torch.amp.GradScaler)
     assert grad_scaler("bf16", cuda) is None and grad_scaler("auto", cuda) is None and grad_scaler("off", cpu) is None
+    monkeypatch.setattr(fast, "cuda_has_bf16", lambda device: False)
+    assert isinstance(grad_scaler("auto", cuda), torch.amp.GradScaler)  # auto on a T4 / V100 is fp16, scaled
     with pytest.raises(ClipforgeError, match="CUDA GPUs without bf16"):
         fast.resolve_amp("fp16", cpu)
     with pytest.raises(ClipforgeError, match="fp16"):

@@ -85,11 +85,15 @@ def _bar(n_items: int | None, batch_size: int, desc: str, progress: bool | None)
 
 
 def autocast_for(device: torch.device, amp: str = "auto") -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA for `amp` "auto" or "bf16"; nothing otherwise (CPU, or `amp="off"`)."""
+    """Autocast on CUDA for `amp` "auto" (bf16 where the GPU has it, else fp16: inference needs no loss
+    scaling) or "bf16"; nothing otherwise (CPU, or `amp="off"`)."""
     if amp not in ("auto", "bf16", "off"):
         raise ClipforgeError(f"amp must be auto, bf16 or off, got {amp!r}")
     if device.type == "cuda" and amp != "off":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        from ..train.fast import cuda_has_bf16
+
+        bf16 = amp == "bf16" or cuda_has_bf16(device)
+        return torch.autocast("cuda", dtype=torch.bfloat16 if bf16 else torch.float16)
     return contextlib.nullcontext()
 
 

@@ -69,7 +69,8 @@ def cpu_has_native_bf16() -> bool:
 
 
 def resolve_amp(amp: str, device: torch.device) -> str:
-    """"bf16", "fp16" or "off" for the setting `amp` (auto, bf16, fp16, off; none/fp32 mean off) on `device`.
+    """"bf16", "fp16" or "off" for the setting `amp` (auto, bf16, fp16, off; none/fp32 mean off) on `device`:
+    auto is bf16 where the device has it, else fp16 on CUDA and fp32 on a CPU.
 
     fp16 is for CUDA GPUs without bf16 (T4, V100) and comes with loss scaling (`grad_scaler`); a CPU has
     no use for it (bf16 or fp32 there) and is refused in one line."""
@@ -79,10 +80,17 @@ def resolve_amp(amp: str, device: torch.device) -> str:
         raise ClipforgeError(f"unknown amp setting {amp!r}; choose auto, bf16, fp16 or off")
     if mode == "fp16" and device.type != "cuda":
         raise ClipforgeError(f"--amp fp16 is for CUDA GPUs without bf16 (T4, V100); on {device.type} use bf16 or off")
-    if mode == "auto":
-        native = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
-        return "bf16" if native else "off"
+    if mode == "auto":  # bf16 where the device has it; else fp16 with loss scaling on CUDA, fp32 on a CPU
+        if device.type == "cuda":
+            return "bf16" if cuda_has_bf16(device) else "fp16"
+        return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "off"
     return mode
+
+
+def cuda_has_bf16(device: torch.device) -> bool:
+    """Whether the GPU computes in bf16 natively (Ampere and later; not a T4 or V100)."""
+    with torch.cuda.device(device):
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
 
 
 def resolve_attention(attention: str, amp: str, device: torch.device, tokens: int | None = None) -> str:
