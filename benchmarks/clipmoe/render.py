@@ -152,6 +152,44 @@ def markdown(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+PANEL_TITLES = {"fmnist_acc1": "Fashion-MNIST zero-shot top-1", "dense_t2i_r1": "dense T→I R@1",
+                "dense_i2t_r1": "dense I→T R@1", "full_t2i_r1": "full T→I R@1", "alt_t2i_r1": "alt T→I R@1",
+                "mmvp_mean": "MMVP-style pairs (mean)"}
+
+
+def metric_panels(rows: dict[str, Any], names: list[str], keys: list[str], path: Path, title: str) -> Path:
+    """One panel per metric, each on its own scale (R@1 near 3 % beside zero-shot near 80 % would vanish on a
+    shared axis), models as labelled horizontal bars: readable at laptop width."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from clipforge.report.plots import _save
+
+    cols = 3
+    fig, axes = plt.subplots((len(keys) + cols - 1) // cols, cols, figsize=(12, 0.9 + 0.55 * len(names) * 2),
+                             sharey=True, squeeze=False)
+    colours = plt.get_cmap("tab20").colors
+    for ax, key in zip(axes.flat, keys):
+        m = [100 * rows[n]["metrics"].get(key, {}).get("mean", 0) for n in names]
+        e = [100 * rows[n]["metrics"].get(key, {}).get("std", 0) for n in names]
+        ax.barh(range(len(names)), m, xerr=e, color=[colours[i % 20] for i in range(len(names))], capsize=2)
+        ax.set_title(PANEL_TITLES.get(key, key), fontsize=9)
+        ax.set_xlabel("%", fontsize=8)
+        ax.grid(axis="x", alpha=0.3)
+    for ax in axes.flat[len(keys):]:
+        ax.set_visible(False)
+    axes[0][0].set_yticks(range(len(names)))
+    axes[0][0].set_yticklabels(names, fontsize=8)
+    axes[0][0].invert_yaxis()
+    for row in axes:
+        row[0].tick_params(axis="y", labelsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def plots(r: dict[str, Any], out: Path) -> None:
     """The main table, the diagnostic, Table 1 and Fig. 3 as PNGs in `out/plots`."""
     from clipforge.report.moe_run import plot_routing
@@ -164,12 +202,10 @@ def plots(r: dict[str, Any], out: Path) -> None:
     def series(rows: dict[str, Any], ns: list[str], ks: list[str], what: str) -> dict[str, list[float]]:
         return {n: [rows[n]["metrics"].get(k, {}).get(what, 0) for k in ks] for n in ns}
 
-    grouped_bars(keys, series(main, names, keys, "mean"), out / "plots" / "main.png", percent=True, ylabel="%",
-                 title="CLIP-MoE v2 vs baselines (mean over seeds)", errors=series(main, names, keys, "std"))
+    metric_panels(main, names, keys, out / "plots" / "main.png", "CLIP-MoE v2 vs baselines (mean ± std over seeds)")
     dg = r["diagnostic"]["rows"]
     if dg:
-        grouped_bars(keys, series(dg, list(dg), keys, "mean"), out / "plots" / "diagnostic.png", percent=True,
-                     ylabel="%", title="Diagnostic: what fine-tuning trains", errors=series(dg, list(dg), keys, "std"))
+        metric_panels(dg, list(dg), keys, out / "plots" / "diagnostic.png", "Diagnostic: what fine-tuning trains")
     t1 = ["base"] + sorted(n for n in main if n.startswith("stage")) + (["CLIP-MoE"] if "CLIP-MoE" in main else [])
     mk = [f"mmvp_{a}" for a in ATTRS]
     grouped_bars(ATTRS, series(main, t1, mk, "mean"), out / "plots" / "table1_stages_mmvp.png", percent=True,
