@@ -21,6 +21,7 @@ from clipforge.cost import Timer
 from clipforge.data.collate import Collator
 from clipforge.learngene import Distill
 from clipforge.learngene.distill import TowerStep
+from clipforge.learngene.pipeline import TimedEval
 from clipforge.models.preprocess import transform_for
 from clipforge.schedule import Schedule
 from clipforge.train.loop import train
@@ -35,19 +36,6 @@ def step_for(member: Member, objective: Distill | None, ancestry: nn.Module) -> 
         return objective.step(ancestry) if objective is not None else None
     d = objective or Distill(alpha=0.0)
     return TowerStep(ancestry, member.kind, alpha=d.alpha, beta=d.beta, tau=d.tau, feature=d.feature)
-
-
-class TimedEval:
-    """Wraps an `eval_fn` and adds up its wall time, so evaluation is not billed as training."""
-
-    def __init__(self, fn: Callable) -> None:
-        self.fn, self.seconds = fn, 0.0
-
-    def __call__(self, model: nn.Module, step: int) -> Any:
-        with Timer() as t:
-            out = self.fn(model, step)
-        self.seconds += t.seconds
-        return out
 
 
 def pretrain_member(model: nn.Module, member: Member, data: Dataset, run_dir: Path, *, schedule: Schedule,

@@ -171,8 +171,6 @@ def _check_train_args(args: argparse.Namespace, cfg, data) -> None:
         raise ClipforgeError(f"--steps must be at least 1, got {cfg.steps}")
     if cfg.batch_size > len(data):
         raise ClipforgeError(f"--batch-size {cfg.batch_size} is larger than the dataset ({len(data):,} samples)")
-    if args.save_every is not None and args.save_every < 1:
-        raise ClipforgeError(f"--save-every must be at least 1, got {args.save_every}")
     validate_config(cfg, dist_info())
     if args.resume not in (None, "latest"):
         from ..train.checkpoint import load_checkpoint, resolve_resume

@@ -91,7 +91,7 @@ def pretrain(model: nn.Module, dataset: Dataset, run_dir: str | os.PathLike, *, 
         eval_every=eval_every if eval_fn else 0, keep_checkpoints=2, save_every=save_every)
     run_dir = Path(run_dir)
     resumed = had_checkpoint(run_dir)
-    eval_timer = _TimedEval(eval_fn) if eval_fn is not None else None
+    eval_timer = TimedEval(eval_fn) if eval_fn is not None else None
     with Timer() as t:
         train(model, dataset, cfg, run_dir, collate_fn=collate, step_fn=step_fn, eval_fn=eval_timer,
               until=until, resume="latest", progress=progress)
@@ -117,7 +117,7 @@ def pretrain(model: nn.Module, dataset: Dataset, run_dir: str | os.PathLike, *, 
             "eval_time_s": round(eval_s, 2), "resumed": resumed}
 
 
-class _TimedEval:
+class TimedEval:
     """Wraps an `eval_fn` and adds up its wall time, so evaluation is not billed as training."""
 
     def __init__(self, fn: Callable) -> None:
