@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -11,6 +13,9 @@ from clipforge.cli import main
 pytestmark = pytest.mark.slow  # end to end: the whole command on tiny models
 
 pytest.importorskip("clipforge.data.scenes")
+
+_HOLD_LOCK = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+              "fcntl.lockf(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(120)")
 
 
 def test_quick_ancestry_trains_evaluates_and_caches(tmp_path, capsys):
@@ -31,6 +36,16 @@ def test_quick_ancestry_trains_evaluates_and_caches(tmp_path, capsys):
     assert main(["ancestry", "--quick", "--out", str(out)]) == 0
     assert "reusing the cached ancestry" in capsys.readouterr().out
     assert (out / "model" / "model.safetensors").stat().st_mtime_ns == first
+    # a finished cache is only read: reused while another process holds its lock (two benchmark shards)
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(out.with_name(f".{out.name}.lock"))],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert main(["ancestry", "--quick", "--out", str(out)]) == 0
+        assert "reusing the cached ancestry" in capsys.readouterr().out
+    finally:
+        holder.kill()
+        holder.wait()
     # another recipe in the same place is refused, not silently mixed
     assert main(["ancestry", "--quick", "--steps", "5", "--out", str(out)]) == 2
 

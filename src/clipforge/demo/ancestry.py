@@ -20,7 +20,7 @@ from typing import Any
 
 from ..errors import ClipforgeError
 from ..markdown import table
-from ..run import Run
+from ..run import Run, is_finished
 from ..schedule import Schedule, schedule
 
 KIND = "ancestry"
@@ -248,6 +248,17 @@ def _same_recipe(stored: dict | None, recipe: AncestryRecipe) -> bool:
         return False
 
 
+def _stale_metrics(out: Path) -> bool:
+    """Whether a cached ancestry's metrics.json predates a suite task or the coverage record."""
+    from ..eval.suite import SuiteConfig
+
+    path = out / "metrics.json"
+    if not path.is_file():
+        return False
+    metrics = json.loads(path.read_text())
+    return "coverage" not in metrics or any(t not in metrics.get("trained", {}) for t in SuiteConfig().tasks)
+
+
 def _refresh_metrics(out: Path, recipe: AncestryRecipe) -> None:
     """Evaluate a cached ancestry (and its random init) on suite tasks its metrics.json predates."""
     from ..eval.suite import SuiteConfig
@@ -290,7 +301,12 @@ def train_ancestry(out: str | Path, recipe: AncestryRecipe | None = None, force:
                              f"{recipe.full_share} + {recipe.dense_share}")
     out = Path(out)
     same = lambda old, new: isinstance(old, dict) and _same_recipe(old.get("recipe"), recipe)  # noqa: E731
-    with Run(out, KIND, {"recipe": asdict(recipe)}, overwrite=force, same=same) as run:
+    settings = {"recipe": asdict(recipe)}
+    if not force and is_finished(out, KIND, settings, same=same) and not _stale_metrics(out):
+        # A finished cache is only read: no lock, so two processes (a sharded benchmark) can share it.
+        print(f"[ancestry] reusing the cached ancestry in {out / 'model'} (same recipe)")
+        return out / "model"
+    with Run(out, KIND, settings, overwrite=force, same=same) as run:
         if run.done:
             print(f"[ancestry] reusing the cached ancestry in {run.artefact_path} (same recipe)")
             _refresh_metrics(out, recipe)
