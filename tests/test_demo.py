@@ -16,6 +16,7 @@ from clipforge.demo.verdicts import (
     verdict_lines,
     verdicts,
 )
+from clipforge.models.io import read_provenance
 
 pytestmark = pytest.mark.slow  # end to end: the whole command on tiny models
 
@@ -55,6 +56,14 @@ def test_quick_demo_writes_the_whole_report(tmp_path, capsys, monkeypatch):
         assert f"plots/{png}.png" in md and (out / "plots" / f"{png}.png").stat().st_size > 2000
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 5 and "<table" in html
+    # the recipes the benchmarks measured: DMU of epoch stages at the base's logit scale, compute-matched FT,
+    # and a learngene (so its family) narrower than the ancestry in both towers
+    plan, widths = demo["compute"]["clip_moe"], demo["compute"]["widths"]
+    assert str(plan["stage_steps"]).startswith("one epoch") and plan["logit_scale"] is not None
+    ft = read_provenance(out / "direct_ft" / "model")
+    assert ft["settings"]["config"]["schedule"]["steps"] == plan["total_steps"] == 3 * 16 + 16  # 128 at batch 8
+    assert all(widths["learngene"][t] < widths["ancestry"][t] for t in ("vision", "text")), widths
+    assert "fixed at the ancestry's learned" in md and "of the ancestry's widths in whole heads" in md
 
     # a rerun reuses every phase
     t = time.perf_counter()

@@ -148,3 +148,20 @@ def test_diagnostic_parameter_sets_train_what_they_name():
     assert names("full") == {n for n, _ in model.named_parameters()}
     with pytest.raises(ClipforgeError, match="params must be one of"):
         FinetuneConfig(params="embeddings")
+
+
+def test_epoch_recipe_sizes_clusters_epochs_and_keeps_the_base_temperature(base_dir):
+    """`moe.recipe.epoch_recipe`: the v2 benchmark's DMU at any pool: clusters from `size_clusters`, stages and
+    routers of one epoch (steps None), a tenth-of-an-epoch warm-up, the base's logit scale unless told not."""
+    from clipforge.moe.recipe import epoch_recipe, total_steps
+
+    cfg = epoch_recipe(base_dir, 4096, 32)
+    assert (cfg.mcl.k_img, cfg.mcl.k_txt, cfg.mcl.num_experts, cfg.top_k) == (2, 2, 4, 2)
+    assert cfg.mcl.schedule.steps is None and cfg.router.schedule.steps is None
+    assert cfg.mcl.schedule.warmup == cfg.router.schedule.warmup == 12  # 128 // 10
+    assert cfg.mcl.schedule.fixed_logit_scale == pytest.approx(14.8, rel=1e-5)
+    assert cfg.router.schedule.fixed_logit_scale == pytest.approx(14.8, rel=1e-5)
+    assert total_steps(cfg, 4096) == compute_matched_steps(4096, 32, 4) == 512
+    released = epoch_recipe(base_dir, 48_000, 32, experts=3, base_scale=False)
+    assert released.mcl.schedule.fixed_logit_scale == 100.0
+    assert released.mcl.k_img * released.mcl.k_txt == clusters_per_stage(48_000, 32, 2) == 27

@@ -236,21 +236,17 @@ class Bench:
         return run / "model"
 
     def dmu_config(self, seed: int, base_scale: bool = False, one_cluster: bool = False) -> Any:
-        """CLIP-MoE's DMU settings: stages and routers of one epoch each, clusters sized by clipforge.moe.sizing;
-        `base_scale`: the logit scale fixed at the base's learned value, not 100; `one_cluster`: w/o MCL."""
+        """CLIP-MoE's DMU settings (`clipforge.moe.recipe.epoch_recipe`): stages and routers of one epoch each,
+        clusters sized by clipforge.moe.sizing; `base_scale`: the logit scale fixed at the base's learned value,
+        not 100; `one_cluster`: w/o MCL."""
         from clipforge.moe.baselines import without_mcl_config
-        from clipforge.moe.dmu import DMUConfig
-        from clipforge.moe.mcl import MCLConfig, base_logit_scale
-        from clipforge.moe.routers import RouterConfig
+        from clipforge.moe.recipe import epoch_recipe
 
-        b, c = self.b, self.b.clusters
-        scale = {"fixed_logit_scale": base_logit_scale(self.base_dir())} if base_scale else {}
-        cfg = DMUConfig(mcl=MCLConfig(num_experts=b.experts, k_img=c.k_img, k_txt=c.k_txt, policy=b.policy,
-                                      cluster_order=b.cluster_order, embed_batch_size=256, kmeans_niter=b.kmeans_niter,
-                                      schedule=self.schedule(seed, None, b.stage_lr, **scale)),
-                        router=RouterConfig(schedule=self.schedule(seed, None, b.router_lr, weight_decay=0.01,
-                                                                   **scale)),
-                        top_k=b.top_k)
+        b = self.b
+        cfg = epoch_recipe(self.base_dir(), b.pool, b.batch, experts=b.experts, top_k=b.top_k, stage_lr=b.stage_lr,
+                           router_lr=b.router_lr, seed=seed, base_scale=base_scale, target_batches=b.target_batches,
+                           policy=b.policy, cluster_order=b.cluster_order, kmeans_niter=b.kmeans_niter,
+                           log_every=10)
         return without_mcl_config(cfg) if one_cluster else cfg
 
     def dmu(self, name: str, seed: int, keep_stages: bool, **kind: bool) -> Path:

@@ -13,12 +13,12 @@ with both towers 4 blocks deep, `Member("vision", 2)` a 2-block vision tower wit
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 from clipforge.errors import ClipforgeError
 from clipforge.learngene import LearngeneConfig
+from clipforge.learngene.widths import fraction_widths, narrow_width  # noqa: F401 (narrow_width: re-exported)
 from clipforge.models.registry import tower_config
 
 KINDS = ("clip", "vision", "text")
@@ -51,23 +51,9 @@ class Member:
         return cls(kind, int(depth))
 
 
-def narrow_width(width: int, heads: int, fraction: float) -> int:
-    """`fraction` of a tower's width in whole heads of its head size (at least one head, at most all)."""
-    if width % heads:
-        raise ClipforgeError(f"width {width} does not split into {heads} heads")
-    if not 0 < fraction <= 1:
-        raise ClipforgeError(f"the width fraction must lie in (0, 1], got {fraction}")
-    keep = min(heads, max(1, math.floor(fraction * heads + 0.5)))  # nearest whole head, halves up
-    return keep * (width // heads)
-
-
 def family_widths(ancestry_config: Any, fraction: float) -> dict[str, int]:
-    """{tower: width} of the learngene and every descendant: `narrow_width` of each ancestry tower."""
-    out = {}
-    for t in TOWERS:
-        c = getattr(ancestry_config, f"{t}_config")
-        out[t] = narrow_width(int(c.hidden_size), int(c.num_attention_heads), fraction)
-    return out
+    """{tower: width} of the learngene and every descendant (`widths.fraction_widths`)."""
+    return fraction_widths(ancestry_config, fraction)
 
 
 def family(depths: tuple[int, ...] | list[int], kinds: tuple[str, ...] = KINDS) -> list[Member]:

@@ -20,16 +20,14 @@ from ..cost import forward_flops
 from ..schedule import Schedule
 
 
-def dmu_steps(preset: Any) -> int:
-    """Optimizer steps DMU trains in all: every MCL stage, then the routers."""
-    return (preset.mcl.num_experts - 1) * preset.mcl.schedule.steps + preset.router.schedule.steps
-
-
-def direct_ft_baseline(ancestry_dir: Path, data: Any, out: Path, preset: Any) -> Path:
-    """Direct fine-tuning of every ancestry weight, at the MCL stages' schedule for DMU's total steps."""
+def direct_ft_baseline(ancestry_dir: Path, data: Any, out: Path, preset: Any, num_samples: int) -> Path:
+    """Direct fine-tuning of every ancestry weight, at the MCL stages' schedule for DMU's total steps
+    (T = (E − 1)·S + R, `moe.recipe.total_steps`: compute-matched)."""
     from ..moe.baselines import FinetuneConfig, direct_ft
+    from ..moe.recipe import total_steps
 
-    cfg = FinetuneConfig(schedule=replace(preset.mcl.schedule, steps=dmu_steps(preset)), params="full")
+    cfg = FinetuneConfig(schedule=replace(preset.mcl.schedule, steps=total_steps(preset, num_samples)),
+                         params="full")
     direct_ft(str(ancestry_dir), data, out, cfg)
     return out / "model"
 

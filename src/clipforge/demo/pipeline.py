@@ -29,16 +29,22 @@ class DemoConfig:
 
     quick: bool = False
     ancestry: str = ""  # the ancestry's run directory; "": in the user's cache (demo.ancestry.default_cache)
-    train_scenes: int = 8_000  # fine-tuning pool for DMU: scenes seed 1 (unseen by the ancestry)
-    moe_preset: str = "demo"
+    train_scenes: int = 4_096  # fine-tuning pool for DMU: scenes seed 1 (unseen by the ancestry)
+    # CLIP-MoE: "" is the epoch recipe (clipforge.moe.recipe, benchmarks/clipmoe's protocol v2: stages and
+    # routers of one epoch, clusters sized to the pool, the base's logit scale); else a named preset.
+    moe_preset: str = ""
+    moe_batch: int = 32
     compose: bool = False  # also grow a CLIP-MoE from the middle descendant (the two methods composed)
     composed_stage_steps: int = 50
     composed_router_steps: int = 30
-    # MM-LG: the learngene benchmark's chosen recipe (its same-width protocol,
-    # benchmarks/learngene/results/same-width/results.md): least-squares init from the ancestry,
+    # MM-LG: the learngene benchmark's recipe (its width-gap protocol, benchmarks/learngene/README.md):
+    # learngene and descendants at `width_fraction` of the ancestry's widths in whole heads
+    # (learngene.widths.narrow_width), least-squares init from the ancestry in `extract_stages` stages,
     # KD + feature term (alpha 1, beta 1), the Aux-Net's depth sampled over the family's depths;
     # descendants pre-trained by SWS's recipe (half KD, lr 2e-4, no warm-up).
-    extract_steps: int = 150
+    width_fraction: float = 2 / 3
+    extract_stages: int = 4
+    extract_steps: int = 300
     extract_batch: int = 64
     extract_beta: float = 1.0
     sample_depths: bool = True
@@ -47,7 +53,8 @@ class DemoConfig:
     pretrain_steps: int = 50
     pretrain_lr: float = 2e-4
     depth_fractions: tuple[float, ...] = (0.25, 0.5, 0.75)
-    suite: SuiteConfig = field(default_factory=SuiteConfig)
+    # 5,000 test scenes and 500 pairs per attribute: R@1 near 10 % then has a binomial SE near 0.4 points
+    suite: SuiteConfig = field(default_factory=lambda: SuiteConfig(scenes=5000, pairs=500))
     probe_train: int = 5000
     calibrate: bool = True  # time a few ancestry steps first and scale the estimates (demo.pace)
     # Seconds per phase of the reference from-nothing run (its demo.json `phases_s`, on the machine of
@@ -62,7 +69,7 @@ class DemoConfig:
 
     @classmethod
     def quick_config(cls, compose: bool = False) -> DemoConfig:
-        return cls(quick=True, train_scenes=128, moe_preset="quick", compose=compose,
+        return cls(quick=True, train_scenes=128, moe_batch=8, compose=compose,
                    composed_stage_steps=2, composed_router_steps=2, extract_steps=4, extract_batch=16,
                    auxnet_eval_scenes=32, auxnet_eval_fashion=32,
                    pretrain_steps=2, depth_fractions=(0.5, 1.0), suite=SuiteConfig.quick(), probe_train=200,
@@ -154,8 +161,8 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, overwrite: bool = F
 
 def _demo(out: Path, cfg: DemoConfig) -> dict[str, Any]:
     """Every phase of the demo into `out` (each skipped when already done)."""
+    from ..learngene.widths import fraction_widths
     from ..models import io
-    from ..moe.presets import presets
     from .measure import measure
 
     progress = Progress({k: v for k, v in cfg.estimates.items() if k != "composed" or cfg.compose})
@@ -169,10 +176,14 @@ def _demo(out: Path, cfg: DemoConfig) -> dict[str, Any]:
     mid = depths[len(depths) // 2]
 
     data = _scenes(cfg.train_scenes, size)
-    preset = presets()[cfg.moe_preset]
+    preset = moe_config(cfg, anc_dir)
     moe_dir, ft_dir = _grow(progress, out, anc_dir, data, preset)
-    lg_dir, family, shapes, lg_sched = _shrink(progress, cfg, out, anc_dir, size, depths, mid)
+    widths = fraction_widths(ancestry.config, cfg.width_fraction)
+    lg_dir, family, shapes, lg_sched = _shrink(progress, cfg, out, anc_dir, size, depths, mid, widths)
     scratch_dir, compute = _scratch(progress, out, lg_dir, family, mid, len(shapes), lg_sched)
+    compute["clip_moe"] = moe_plan(preset, len(data))
+    compute["widths"] = {"ancestry": {t: int(getattr(ancestry.config, f"{t}_config").hidden_size)
+                                      for t in ("vision", "text")}, "learngene": widths}
 
     members = {"ancestry": anc_dir, "CLIP-MoE": moe_dir, "direct FT (full)": ft_dir}
     members |= {f"MM-LG clip {d}+{d}": family[f"clip-v{d}-t{d}"] for d in depths}
@@ -220,6 +231,30 @@ def _ancestry(progress: Progress, cfg: DemoConfig, anc_run: Path) -> Path:
                         lambda: train_ancestry(anc_run, recipe))
 
 
+def moe_config(cfg: DemoConfig, anc_dir: Path) -> Any:
+    """The demo's DMU settings: the epoch recipe on its pool (default), or the named preset."""
+    from ..moe.presets import presets
+    from ..moe.recipe import epoch_recipe
+
+    if cfg.moe_preset:
+        return presets()[cfg.moe_preset]
+    return epoch_recipe(anc_dir, cfg.train_scenes, cfg.moe_batch)
+
+
+def moe_plan(preset: Any, num_samples: int) -> dict[str, Any]:
+    """What DMU trains, for the report: stages, steps (an epoch resolved to steps), the baseline's steps."""
+    from ..moe.recipe import total_steps
+    from ..moe.sizing import epoch_steps
+
+    m, r = preset.mcl.schedule, preset.router.schedule
+    return {"stages": preset.mcl.num_experts - 1, "batch": m.batch_size,
+            "stage_steps": f"{m.steps} steps" if m.steps else
+            f"one epoch (about {epoch_steps(num_samples, m.batch_size)} steps)",
+            "router_steps": r.steps or epoch_steps(num_samples, r.batch_size),
+            "total_steps": total_steps(preset, num_samples), "clusters": f"{preset.mcl.k_img}×{preset.mcl.k_txt}",
+            "logit_scale": m.fixed_logit_scale}
+
+
 def _dmu(base: Path, data: Any, out: Path, preset: Any) -> Path:
     """DMU from `base` into `out`, without the built-in evaluation (the demo measures every model itself)."""
     from ..moe.dmu import dmu
@@ -234,13 +269,14 @@ def _grow(progress: Progress, out: Path, anc_dir: Path, data: Any, preset: Any) 
     moe_dir = progress.run("clip_moe", f"CLIP-MoE by DMU ({preset.mcl.num_experts} experts, top-{preset.top_k})",
                            lambda: _dmu(anc_dir, data, out / "clip_moe", preset))
     ft_dir = progress.run("direct_ft", "baseline: direct fine-tuning of the whole ancestry, as many steps as DMU",
-                          lambda: direct_ft_baseline(anc_dir, data, out / "direct_ft", preset))
+                          lambda: direct_ft_baseline(anc_dir, data, out / "direct_ft", preset, len(data)))
     return moe_dir, ft_dir
 
 
 def _shrink(progress: Progress, cfg: DemoConfig, out: Path, anc_dir: Path, size: int, depths: list[int],
-            mid: int) -> tuple[Path, dict[str, Path], list[str], Any]:
-    """Shrink / reshape: the MM-LG learngene, then its family; (learngene, family, shapes, schedule)."""
+            mid: int, widths: dict[str, int]) -> tuple[Path, dict[str, Path], list[str], Any]:
+    """Shrink / reshape: the MM-LG learngene at `widths`, then its family (at the learngene's widths);
+    (learngene, family, shapes, schedule)."""
     from ..learngene.distill import Distill
     from ..learngene.extract import ExtractConfig, extract
     from ..learngene.pipeline import descend_family
@@ -251,7 +287,8 @@ def _shrink(progress: Progress, cfg: DemoConfig, out: Path, anc_dir: Path, size:
     quality = Quality.builtin(size, scenes=cfg.auxnet_eval_scenes, fashion=cfg.auxnet_eval_fashion)
     lg_dir = progress.run("learngene", "MM-LG learngene extraction (least-squares init, KD + feature term)",
                           lambda: extract(anc_dir, ["scenes", "fashion-mnist"], out / "learngene", ExtractConfig(
-                              aux_depth_vision=mid, aux_depth_text=mid,
+                              aux_depth_vision=mid, aux_depth_text=mid, stages=cfg.extract_stages,
+                              width_vision=widths["vision"], width_text=widths["text"],
                               distill=Distill(alpha=1.0, beta=cfg.extract_beta),
                               sample_depths=depths if cfg.sample_depths else None,
                               schedule=replace(lg_sched, steps=cfg.extract_steps)),

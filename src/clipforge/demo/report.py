@@ -266,32 +266,34 @@ def auxnet_section(r: Report, lg_dir: Path) -> None:
         + (f", relative residual of the fit per tower: {resid}" if resid else "") + "."))
 
 
-def _preset(cfg: Any) -> dict[str, int]:
-    from ..moe.presets import presets
-    from .baselines import dmu_steps
-
-    p = presets()[cfg.moe_preset]
-    stages, steps = p.mcl.num_experts - 1, p.mcl.schedule.steps
-    return {"stages": stages, "stage_steps": steps, "router_steps": p.router.schedule.steps,
-            "total_steps": dmu_steps(p)}
+def _widths(cfg: Any, compute: dict[str, Any] | None) -> str:
+    w = (compute or {}).get("widths")
+    if not w:
+        return "the ancestry's widths"
+    return (f"{cfg.width_fraction:.0%} of the ancestry's widths in whole heads (vision {w['ancestry']['vision']} → "
+            f"{w['learngene']['vision']}, text {w['ancestry']['text']} → {w['learngene']['text']})")
 
 
 def made_section(r: Report, records: dict[str, dict[str, Any]], cfg: Any, ancestry_dir: Path, moe_dir: Path,
                  compute: dict[str, Any] | None) -> None:
     """"What was made": one bullet per method, with the settings this run used."""
     r.heading("What was made")
-    preset = _preset(cfg)
+    plan = (compute or {}).get("clip_moe") or {}
+    scale = plan.get("logit_scale")
     made = [
         f"**ancestry**: the demo CLIP trained on scenes + Fashion-MNIST (`{shown_cache_path(ancestry_dir)}`"
         + ("; a toy budget: `--quick` checks the pipeline, not the methods)." if cfg.quick else
            ", to convergence)."),
-        f"**CLIP-MoE** (grow): Diversified Multiplet Upcycling of the ancestry on {cfg.train_scenes:,} new scenes: "
-        f"{preset['stages']} MCL stages of {preset['stage_steps']} steps fine-tune the FFNs on cluster-pure batches, "
-        f"the stage FFNs become experts, only routers train ({preset['router_steps']} steps) (`{moe_dir}`).",
+        f"**CLIP-MoE** (grow): Diversified Multiplet Upcycling of the ancestry on {cfg.train_scenes:,} new scenes, "
+        f"batches of {plan.get('batch')}: {plan.get('stages')} MCL stages of {plan.get('stage_steps')} "
+        f"fine-tune the FFNs on cluster-pure batches ({plan.get('clusters')} clusters per stage), the stage FFNs "
+        f"become experts, only routers train ({plan.get('router_steps')} steps); the logit scale "
+        + (f"fixed at the ancestry's learned {scale:.1f}" if scale else "learned") + f" (`{moe_dir}`).",
         f"**direct FT (full)**: the baseline a user would try first, every weight of the ancestry fine-tuned on the "
-        f"same scenes for as many steps as DMU trained ({preset['total_steps']}).",
-        f"**MM-LG** (shrink / reshape): a learngene fitted to the ancestry's layers by least squares, then "
-        f"extracted by distillation ({cfg.extract_steps} steps, KD + feature term"
+        f"same scenes for as many steps as DMU trained ({plan.get('total_steps')}: equal compute).",
+        f"**MM-LG** (shrink / reshape): a learngene at {_widths(cfg, compute)} fitted to the ancestry's layers by "
+        f"least squares ({cfg.extract_stages} stages), then extracted by distillation ({cfg.extract_steps} steps, "
+        "KD + feature term"
         + (", the Aux-Net's depth sampled per step" if cfg.sample_depths else "") + "), then descendants "
         f"initialised from it at several depths and modalities, each pre-trained {cfg.pretrain_steps} steps "
         "(half KD from the ancestry, a lower lr, no warm-up)."]

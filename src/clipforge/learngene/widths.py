@@ -24,7 +24,9 @@ use 64-channel heads), so heads = width / head size, and the MLP keeps its ratio
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -87,6 +89,26 @@ def scaled(shape: BlockShape, width: int, what: str = "tower") -> BlockShape:
         raise ClipforgeError(f"{what} width {width} is not a multiple of the head size {shape.head_size} "
                              f"(heads keep their size: {shape.describe()})")
     return BlockShape(width, width // shape.head_size, max(1, round(width * shape.mlp / shape.width)))
+
+
+def narrow_width(width: int, heads: int, fraction: float) -> int:
+    """`fraction` of a tower's width in whole heads of its head size (the nearest, halves up; at least one
+    head, at most all): ViT-B/32's 768 / 512 at two thirds → 512 / 320, the demo ancestry's 128 / 96 → 96 / 64."""
+    if width % heads:
+        raise ClipforgeError(f"width {width} does not split into {heads} heads")
+    if not 0 < fraction <= 1:
+        raise ClipforgeError(f"the width fraction must lie in (0, 1], got {fraction}")
+    keep = min(heads, max(1, math.floor(fraction * heads + 0.5)))
+    return keep * (width // heads)
+
+
+def fraction_widths(clip_config: Any, fraction: float) -> dict[str, int]:
+    """{"vision": w, "text": w}: `narrow_width` of each tower of a CLIP config."""
+    out = {}
+    for t in ("vision", "text"):
+        c = getattr(clip_config, f"{t}_config")
+        out[t] = narrow_width(int(c.hidden_size), int(c.num_attention_heads), fraction)
+    return out
 
 
 def uniform(big: int, small: int) -> Tensor:
