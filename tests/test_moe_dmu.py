@@ -237,3 +237,20 @@ def test_dmu_prints_its_disk_need_and_refuses_a_disk_short_of_it(base, tmp_path,
     assert "at the peak" in captured.out
     err = captured.err.strip().splitlines()
     assert len(err) == 1 and "0.0 GB free, the run needs about" in err[0] and not out.exists()
+
+
+def test_preset_epoch_sizes_dmu_to_the_data_and_keeps_the_base_temperature(base, tmp_path, capsys):
+    """`--preset epoch` (clipforge.moe.recipe): clusters sized to --data at the stage batch, stages and routers
+    of one epoch, the logit scale fixed at the base's learned value; flags still override it."""
+    out = tmp_path / "epoch"
+    assert main(["moe", "dmu", "--base", str(base), "--out", str(out), "--data", "scenes", "--scenes-size", "64",
+                 "--preset", "epoch", "--stage-batch-size", "8", "--experts", "3", "--no-eval"]) == 0
+    printed = capsys.readouterr().out
+    scale = float(load(base).logit_scale.detach().exp())
+    assert "MCL stages of one epoch, 2×1 clusters each" in printed, printed  # round((64 / 16) ** (1 / 2)) = 2
+    assert f"logit scale fixed at {scale:.1f}" in printed
+    prov = json.loads((out / "model" / "clipforge.json").read_text())
+    mcl, router = prov["settings"]["dmu"]["mcl"], prov["settings"]["router"]["schedule"]
+    assert (mcl["k_img"], mcl["k_txt"], mcl["num_experts"]) == (2, 1, 3)
+    assert mcl["schedule"]["steps"] is None and mcl["schedule"]["fixed_logit_scale"] == pytest.approx(scale)
+    assert prov["schedule"]["steps"] == 64 // 8 and router["fixed_logit_scale"] == pytest.approx(scale)

@@ -10,6 +10,7 @@ import argparse
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from ..errors import ClipforgeError
 from ..schedule import Schedule, add_schedule_flags, finite_float
@@ -61,8 +62,11 @@ def _data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def _config_args(p: argparse.ArgumentParser, mcl: bool = True, router: bool = True) -> None:
-    p.add_argument("--preset", choices=["paper", "demo", "quick"], default="paper",
-                   help="base settings (default paper: the released recipe); flags below override them")
+    p.add_argument("--preset", choices=["paper", "epoch", "demo", "quick"], default="paper",
+                   help="base settings (default paper: the released recipe; epoch: stages and routers of one epoch "
+                        "of --data, clusters sized to it, the base's logit scale, batch 32 unless "
+                        "--stage-batch-size: clipforge.moe.recipe, what benchmarks/clipmoe measured); flags below "
+                        "override them")
     for prefix, flags, what in ([("stage-", MCL_FLAGS, "MCL stage: ")] if mcl else []) + (
             [("router-", ROUTER_FLAGS, "router training: ")] if router else []):
         for flag, _, typ, help_ in flags:
@@ -204,11 +208,18 @@ def _check_out(args: argparse.Namespace, *models: Path | None) -> None:
     check_out(args.out, [*models, *(getattr(args, "data", None) or [])])
 
 
-def _config(args: argparse.Namespace):
+def _config(args: argparse.Namespace, base: Path, data: Any):
+    """The preset (the epoch recipe sized to `data` and read from `base`), then the flags over it."""
     from ..moe.presets import presets
+    from ..moe.recipe import epoch_recipe
     from ..schedule import schedule_from_args
 
-    cfg = presets()[args.preset]
+    if args.preset == "epoch":
+        batch = getattr(args, "stage_batch_size", None) or 32
+        cfg = epoch_recipe(base, len(data), batch, **({"experts": args.experts} if getattr(args, "experts", None)
+                                                       else {}))
+    else:
+        cfg = presets()[args.preset]
     shared = {k: v for k, v in (("seed", args.seed), ("amp", getattr(args, "amp", None))) if v is not None}
     over = {field: getattr(args, flag[2:].replace("-", "_")) for flag, field, _, _ in MCL_FLAGS
             if getattr(args, flag[2:].replace("-", "_"), None) is not None}
@@ -244,6 +255,14 @@ def _image_size(model_dir: Path) -> int:
     return int(cfg.get("vision_config", {}).get("image_size", 224))
 
 
+def _steps(steps: int | None) -> str:
+    return f"{steps} steps" if steps else "one epoch"
+
+
+def _scale(scale: float | None) -> str:
+    return "learned" if scale is None else f"fixed at {scale:.1f}"
+
+
 @with_workers
 def run_dmu(args: argparse.Namespace) -> int:
     from .. import distributed as D
@@ -252,13 +271,14 @@ def run_dmu(args: argparse.Namespace) -> int:
 
     _check_out(args, args.base, *([args.eval_data] if args.eval_data else []))
     base = _model_dir(args.base)
-    cfg = _config(args)
     data = _open(args, _image_size(base))
+    cfg = _config(args, base, data)
     plan = eval_plan(args, _image_size(base))  # said (and its data opened) now, not found wanting at the end
     if D.rank() == 0:
         print(f"[moe dmu] base {base}, {len(data):,} training samples, {cfg.mcl.num_experts} experts "
-              f"({cfg.mcl.num_experts - 1} MCL stages of {cfg.mcl.schedule.steps or 'one epoch of'} steps), "
-              f"top-{cfg.top_k}, router {cfg.router.schedule.steps or 'one epoch of'} steps, on "
+              f"({cfg.mcl.num_experts - 1} MCL stages of {_steps(cfg.mcl.schedule.steps)}, "
+              f"{cfg.mcl.k_img}×{cfg.mcl.k_txt} clusters each), top-{cfg.top_k}, router "
+              f"{_steps(cfg.router.schedule.steps)}, logit scale {_scale(cfg.mcl.schedule.fixed_logit_scale)}, on "
               f"{D.default_device()}; output {args.out}\n[moe dmu] evaluation: {plan['says']}")
     model_dir = dmu(str(base), data, args.out, cfg, force=args.overwrite, keep_stages=args.keep_stages)
     main = D.rank() == 0
@@ -279,8 +299,8 @@ def run_stage(args: argparse.Namespace) -> int:
 
     _check_out(args, args.base)
     base = _model_dir(args.base)
-    cfg = _config(args)
-    dirs = run_stages(str(base), _open(args, _image_size(base)), cfg.mcl, args.out, resume=not args.overwrite)
+    data = _open(args, _image_size(base))
+    dirs = run_stages(str(base), data, _config(args, base, data).mcl, args.out, resume=not args.overwrite)
     for j, d in enumerate(dirs):
         print(f"expert {j}: {d}")
     return 0
@@ -323,9 +343,10 @@ def run_route(args: argparse.Namespace) -> int:
         raise ClipforgeError("--top-k: a packed model's top-k is fixed at packing (`moe pack --top-k`)")
     _check_out(args, args.model)
     model_dir = _model_dir(args.model)
-    cfg = _config(args)
+    data = _open(args, _image_size(model_dir))
+    cfg = _config(args, model_dir, data)
     model = io.load(model_dir)
-    train_routers(model, _open(args, _image_size(model_dir)), args.out, cfg.router,
+    train_routers(model, data, args.out, cfg.router,
                   {"model": str(model_dir.resolve())}, {"name": "CLIP-MoE (routers trained)"},
                   force=args.overwrite, inputs=[model_dir])
     print(f"CLIP-MoE: {args.out / 'model'}")
