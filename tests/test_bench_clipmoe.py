@@ -194,7 +194,7 @@ def test_stretch_rule_and_default_sizing():
     assert (c.k_img, c.k_txt, c.accumulated, c.batches_per_cluster) == (2, 2, 64, 2.0)
     secs = expected_seconds(b)
     order = [u.name for u in plan(b)]
-    assert set(order) == set(secs) and len(order) == 2 + 3 * 7 + 1 + 10
+    assert set(order) == set(secs) and len(order) == 2 + 3 * 8 + 10  # 8 methods × 3 seeds, the diagnostic
     two = lanes(secs, order)
     assert max(two) < 150 * 60 and max(two) - min(two) < max(secs.values())  # the README's budget
 

@@ -38,7 +38,7 @@ class Budget:
     diag_params: tuple[str, ...] = DIAG_PARAMS
     diag_seeds: tuple[int, ...] = (0, 1)
     seeds: tuple[int, ...] = (0, 1, 2)
-    base_scale_seeds: tuple[int, ...] = (0,)  # CLIP-MoE with the logit scale fixed at the base's learned value
+    base_scale_seeds: tuple[int, ...] = (0, 1, 2)  # CLIP-MoE, logit scale fixed at the base's learned value
     eval_scenes: int = 5000
     eval_pairs: int = 500
     eval_fashion: int | None = None  # the whole 10k test split
