@@ -15,7 +15,8 @@ MAIN = [("fmnist_acc1", "FMNIST top-1"), ("dense_t2i_r1", "dense T→I R@1"), ("
         ("dense_t2i_r10", "R@10"), ("dense_i2t_r1", "dense I→T R@1"), ("dense_i2t_r5", "R@5"),
         ("dense_i2t_r10", "R@10"), ("full_t2i_r1", "full T→I R@1"), ("full_i2t_r1", "full I→T R@1"),
         ("alt_t2i_r1", "alt T→I R@1"), ("alt_i2t_r1", "alt I→T R@1"), ("mmvp_mean", "MMVP mean")]
-GROUPS = ["premise", "CLIP-MoE", "parameter-matched", "compute-matched", "ablation", "Table 1", "Fig. 3"]
+GROUPS = ["premise", "CLIP-MoE", "parameter-matched", "compute-matched", "ablation", "base logit scale", "Table 1",
+          "Fig. 3"]
 DEFINITIONS = {
     "S, R, T": "S = one epoch of the pool in global batches (what one MCL stage, one expert, sees: the data-matched "
                "steps), R = one router epoch, T = (E − 1)·S + R (what the whole CLIP-MoE sees: compute-matched); "
@@ -72,7 +73,8 @@ def header(r: dict[str, Any]) -> list[str]:
 
 def verdict_lines(r: dict[str, Any]) -> list[str]:
     lines = ["## What it shows", ""]
-    for g in GROUPS:
+    seen = list(dict.fromkeys(v.get("group") for v in r["verdicts"]))
+    for g in GROUPS + [g for g in seen if g not in GROUPS]:  # a group not listed is still shown, last
         vs = [v for v in r["verdicts"] if v.get("group") == g]
         if vs:
             lines += [f"**{g}**", ""] + [f"* {v['line']}" for v in vs] + [""]
