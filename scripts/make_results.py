@@ -143,7 +143,8 @@ def short_verdict(v: dict[str, Any] | str) -> str:
     figs = ", ".join(f"{TASK_SHORT.get(t['task'], t['task'])} {100 * t['diff']:+.1f} ± {100 * t['se']:.1f}"
                      for t in tasks)
     verdict = "holds" if k == len(tasks) else "does not hold"
-    return f"{v['claim']}: {verdict} on {k} of {len(tasks)} tasks ({figs} pts; {tasks[0]['n']} paired runs of depth × seed)"
+    return (f"{v['claim']}: {verdict} on {k} of {len(tasks)} tasks "
+            f"({figs} pts; {tasks[0]['n']} paired runs of depth × seed)")
 
 
 def _readme_lines(name: str, results: dict[str, Any]) -> list[str]:

@@ -69,6 +69,14 @@ def test_quick_demo_writes_the_whole_report(tmp_path, capsys, monkeypatch):
     t = time.perf_counter()
     assert main(["demo", "--quick", "--compose", "--out", str(out), "--ancestry", str(anc)]) == 0
     assert time.perf_counter() - t < first
+    # --report-only writes the same report again from the run's records (no training), and refuses a non-demo
+    before, stamp = (out / "report.md").read_text(), (out / "report.md").stat().st_mtime_ns
+    assert main(["demo", "--report-only", "--out", str(out)]) == 0
+    after = (out / "report.md").read_text()
+    wall = "## Wall time per phase"  # the rewrite knows the report phase's own time too
+    assert after.split(wall)[0] == before.split(wall)[0] and (out / "report.md").stat().st_mtime_ns > stamp
+    assert main(["demo", "--report-only", "--out", str(tmp_path / "nothing")]) == 2
+    assert not (tmp_path / "nothing").exists()
 
 
 # --- verdicts: pure functions of the measured records -----------------------------------------------------
@@ -88,13 +96,13 @@ def _family(good: bool) -> dict[str, dict]:
         desc = _clip(0.380, 0.360, 0.660, 500_000)  # keeps 94.9% of R@1, 94.3% of zero-shot
         composed = _clip(0.400, 0.370, 0.655, 600_000)
     else:
-        moe = _clip(0.450, 0.380, 0.685, 1_200_000, alt=(0.290, 0.330))  # I→T tie; zero-shot −1.5 points
+        moe = _clip(0.450, 0.380, 0.675, 1_200_000, alt=(0.290, 0.330))  # I→T tie; zero-shot −2.5 points
         desc = _clip(0.300, 0.280, 0.660, 500_000)  # keeps 75.3% of R@1
-        composed = _clip(0.290, 0.300, 0.640, 600_000)  # T→I down vs its seed; zero-shot −2.0 points
+        composed = _clip(0.290, 0.300, 0.635, 600_000)  # T→I down vs its seed; zero-shot −2.5 points
     scratch = _clip(0.200, 0.180, 0.500, 500_000) if good else _clip(0.350, 0.300, 0.500, 500_000)
     # good: fine-tuning raises retrieval and keeps zero-shot, CLIP-MoE matches it (43.5 vs 42.5) and keeps more;
-    # bad: fine-tuning loses I→T and 1.3 points of zero-shot, yet beats CLIP-MoE on both (43.5 vs 41.5, 68.7 vs 68.5)
-    ft = _clip(0.440, 0.410, 0.692, 1_000_000) if good else _clip(0.500, 0.370, 0.687, 1_000_000)
+    # bad: fine-tuning loses I→T and 2.3 points of zero-shot, yet beats CLIP-MoE on both (43.5 vs 41.5, 67.7 vs 67.5)
+    ft = _clip(0.440, 0.410, 0.692, 1_000_000) if good else _clip(0.500, 0.370, 0.677, 1_000_000)
     return {"ancestry": anc, "CLIP-MoE": moe, "direct FT (full)": ft, "MM-LG clip 2+2": desc,
             "Scratch clip 2+2": scratch,
             "MM-LG vision 2": {"kind": "vision", "headline": {"fmnist_probe_acc1": 0.8},
@@ -168,9 +176,9 @@ def test_every_verdict_line_names_its_figures() -> None:
     vs_ft = line("CLIP-MoE: beats direct FT (full) at equal steps on Fashion-MNIST")
     assert all(s in vs_ft for s in ("69.2%", "69.5%", "+0.3 pts")), vs_ft
     assert "CLIP-MoE 69.5% vs direct FT (full) 69.2%" in vs_ft, vs_ft  # each figure beside its model
-    composed = verdict_lines(_family(False))[-1]  # the bad run's composed model: −2.0 points of zero-shot
+    composed = verdict_lines(_family(False))[-1]  # the bad run's composed model: −2.5 points of zero-shot
     assert composed.startswith("CLIP-MoE of MM-LG clip 2+2: keeps"), composed
-    assert all(s in composed for s in ("66.0%", "64.0%", "-2.0 pts")), composed
+    assert all(s in composed for s in ("66.0%", "63.5%", "-2.5 pts")), composed
 
 
 def test_report_opens_with_the_verdicts(tmp_path) -> None:
@@ -260,11 +268,13 @@ def test_verdicts_hold_only_beyond_two_standard_errors() -> None:
     assert _outcomes(verdicts({"ancestry": anc, "CLIP-MoE": moe}, many))[("CLIP-MoE", "held-out scenes")]
     line = verdict_lines({"ancestry": anc, "CLIP-MoE": moe}, items=few)[0]
     assert "(+1.0 ± 0.9 pts)" in line and "does not hold" in line, line  # sqrt(.05·.95/1000 + .04·.96/1000)
-    # keeping zero-shot within 1 point needs the drop plus two SEs inside it: −0.5 ± 0.65 may be −1.8
-    zs = _outcomes(verdicts({"ancestry": anc, "CLIP-MoE": moe}, few))[("CLIP-MoE", "zero-shot")]
-    assert not zs
+    # keeping zero-shot within 2 points needs the drop plus two SEs inside it: −0.5 ± 0.65 is at worst −1.8,
+    # −1.0 ± 0.65 may be −2.3 on 10,000 images, and only −1.1 on a million
+    assert _outcomes(verdicts({"ancestry": anc, "CLIP-MoE": moe}, few))[("CLIP-MoE", "zero-shot")]
+    drop = _clip(0.050, 0.050, 0.690, 1_200)
+    assert not _outcomes(verdicts({"ancestry": anc, "CLIP-MoE": drop}, few))[("CLIP-MoE", "zero-shot")]
     big = {"scenes": 1_000, "fmnist": 1_000_000}
-    assert _outcomes(verdicts({"ancestry": anc, "CLIP-MoE": moe}, big))[("CLIP-MoE", "zero-shot")]
+    assert _outcomes(verdicts({"ancestry": anc, "CLIP-MoE": drop}, big))[("CLIP-MoE", "zero-shot")]
     # keeping 90 % of quality: 0.37 vs 0.39 keeps 94.9 %, which is 2.0 points of R@1 above 90 %
     kept = _clip(0.370, 0.370, 0.66, 500)
     base = _clip(0.390, 0.390, 0.70, 1_000)

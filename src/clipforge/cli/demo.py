@@ -29,6 +29,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compose", action="store_true",
                    help="also grow a CLIP-MoE from the middle MM-LG descendant (the two methods composed; "
                         "a few more minutes)")
+    p.add_argument("--report-only", action="store_true",
+                   help="write a finished demo's report again from its own records (after upgrading clipforge: "
+                        "the same run under the new report and verdict rules); trains nothing")
     add_device_flag(p)
     add_overwrite_flag(p)
     p.set_defaults(func=run)
@@ -36,8 +39,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 @with_workers
 def run(args: argparse.Namespace) -> int:
-    from ..demo.pipeline import DemoConfig, run_demo
+    from ..demo.pipeline import DemoConfig, rewrite_report, run_demo
     from ..errors import ClipforgeError
+
+    if args.report_only:
+        md, html = rewrite_report(args.out)
+        print(f"report: {html}\n        {md}")
+        return 0
 
     cfg = DemoConfig.quick_config(compose=args.compose) if args.quick else DemoConfig(compose=args.compose)
     from ..demo.ancestry import ancestry_run_dir

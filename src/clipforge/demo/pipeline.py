@@ -201,6 +201,35 @@ def _demo(out: Path, cfg: DemoConfig) -> dict[str, Any]:
                    cached=cached, anc_dir=anc_dir, moe_dir=moe_dir, lg_dir=lg_dir)
 
 
+def rewrite_report(out: str | Path) -> tuple[Path, Path]:
+    """Write a finished demo's report.md and report.html again from its own records (demo.json, eval/*.json):
+    what a newer clipforge's report and verdict rules say about the same run, without training anything."""
+    import json
+
+    from ..errors import ClipforgeError
+    from ..run import Run
+    from .measure import measure
+    from .report import write_report
+
+    out = Path(out)
+    path = out / "demo.json"
+    if not path.is_file():
+        raise ClipforgeError(f"--out {out}: no demo.json, not a finished demo; run `clipforge demo --out {out}`")
+    d = json.loads(path.read_text())
+    c = d["config"]
+    cfg = DemoConfig(**{**c, "suite": SuiteConfig(**c["suite"]), "depth_fractions": tuple(c["depth_fractions"])})
+    with Run(out, "demo", {"quick": cfg.quick}, artefact="report.html") as run:
+        if not run.done:
+            raise ClipforgeError(f"--out {out}: the demo there has not finished; rerun `clipforge demo --out {out}`")
+        models = {name: Path(p) for name, p in d["models"].items()}
+        records = {name: measure(name, p, cfg.suite, out / "eval", cfg.probe_train) for name, p in models.items()}
+        lg = d.get("learngene") or (out / "learngene" / "learngene" if (out / "learngene" / "learngene").is_dir()
+                                    else None)  # a demo.json from before it recorded the learngene
+        return write_report(out, records, d["phases_s"], cfg, Path(cfg.ancestry), d["ancestry_was_cached"],
+                            ancestry_dir=models["ancestry"], moe_dir=models["CLIP-MoE"],
+                            lg_dir=Path(lg) if lg else None, compute=d.get("compute"), threads=d.get("threads"))
+
+
 def _announce(out: Path, cfg: DemoConfig, progress: Progress) -> tuple[Path, bool, float | None]:
     """Say where the ancestry comes from and how long this run should take; (ancestry run, cached?, set-up s)."""
     from .ancestry import ancestry_run_dir
@@ -328,7 +357,10 @@ def _finish(progress: Progress, out: Path, cfg: DemoConfig, records: dict[str, A
         out, records, phases, cfg, anc_run, cached, ancestry_dir=anc_dir, moe_dir=moe_dir, lg_dir=lg_dir,
         compute=compute))
     phases["report"] = progress.done["report"]
+    import torch
+
     write_json(out / "demo.json", {"config": asdict(cfg), "phases_s": phases, "ancestry_was_cached": cached,
+                                   "threads": torch.get_num_threads(), "learngene": str(lg_dir),
                                    "pace": pace, "estimated_s": progress.estimates, "setup_s": setup_s,
                                    "models": {k: str(v) for k, v in members.items()}, "compute": compute,
                                    "report": [str(p) for p in paths]})

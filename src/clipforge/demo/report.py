@@ -355,15 +355,17 @@ def closing_sections(r: Report, phases: dict[str, float], command: str) -> None:
 
 def write_report(out: Path, records: dict[str, dict[str, Any]], phases: dict[str, float], cfg: Any,
                  anc_run: Path, cached: bool, ancestry_dir: Path, moe_dir: Path, lg_dir: Path | None = None,
-                 compute: dict[str, Any] | None = None) -> tuple[Path, Path]:
-    """Assemble plots and tables into `out/report.md` and `out/report.html`."""
+                 compute: dict[str, Any] | None = None, threads: int | None = None) -> tuple[Path, Path]:
+    """Assemble plots and tables into `out/report.md` and `out/report.html` (`threads`: the run's torch threads,
+    default this process's)."""
     command = "clipforge demo" + (" --quick" if cfg.quick else "") + f" --out {out}"
     r = Report("clipforge demo: one CLIP becomes a family")
     verdict_section(r, records, cfg)
     r.contents()  # after the verdicts: they are what a reader opens the report for
     r.paragraph(f"Made by `{command}` (ancestry from `{shown_cache_path(anc_run)}`, "
                 f"{'cached from an earlier run' if cached else 'trained by this run'}) with torch {torch.__version__} "
-                f"on {platform.machine()} ({torch.get_num_threads()} threads, Python {sys.version.split()[0]}). "
+                f"on {platform.machine()} ({threads or torch.get_num_threads()} threads, "
+                f"Python {sys.version.split()[0]}). "
                 "Every number below is read from the files this command wrote under "
                 f"`{out}` (eval/*.json, the runs' log.jsonl, routing.json).")
     made_section(r, records, cfg, ancestry_dir, moe_dir, compute)

@@ -29,7 +29,10 @@ Items = Mapping[str, int]  # test items per metric family: "scenes", "fmnist", "
 ITEM_FAMILY = {"fmnist_acc1": "fmnist", "fmnist_probe_acc1": "fmnist", "count_probe_acc1": "count"}
 
 # --- the claims' thresholds (points are percentage points) -----------------------------------------
-ZEROSHOT_TOLERANCE_PTS = 1.0  # "keeps zero-shot": at most this many points below its base
+# "keeps zero-shot": at most this many points below its base, beyond two SEs. Two points, as in
+# benchmarks/clipmoe's "within" claims: on 10,000 Fashion-MNIST images the difference of two models has a
+# binomial SE near 0.65 points, so "within 1 point" could hold only for a measured gain.
+ZEROSHOT_TOLERANCE_PTS = 2.0
 RETRIEVAL_GAIN_PTS = 0.0  # "raises retrieval": above its base by more than this, in each direction
 QUALITY_KEPT_MIN = 0.90  # "keeps the ancestry's quality": each shared metric at least this fraction of it
 
@@ -132,7 +135,7 @@ def keeps_zeroshot(method: str, model: Mapping[str, Any], base_name: str, base: 
     d = diff(m, b, "fmnist_acc1", items)
     holds = decide((d.diff + _EPS, d.se), "within", ZEROSHOT_TOLERANCE_PTS / 100) if d.se > 0 \
         else 100 * d.diff >= -ZEROSHOT_TOLERANCE_PTS - _EPS  # no SE: a drop of exactly the tolerance is kept
-    return Verdict(method, f"keeps Fashion-MNIST zero-shot within {ZEROSHOT_TOLERANCE_PTS:g} point of {base_name}",
+    return Verdict(method, f"keeps Fashion-MNIST zero-shot within {ZEROSHOT_TOLERANCE_PTS:g} points of {base_name}",
                    holds, f"top-1 {pct(b)} → {pct(m)} ({pts(d)})")
 
 
@@ -247,8 +250,8 @@ def verdict_lines(records: Records, markup: bool = False, items: Items | None = 
 
 def thresholds() -> str:
     """The thresholds the claims use, in one sentence for the report."""
-    return (f"Thresholds: \"within {ZEROSHOT_TOLERANCE_PTS:g} point\" allows a drop of at most "
-            f"{ZEROSHOT_TOLERANCE_PTS:g} percentage point; \"raises\" and \"beats\" need a gain above "
+    return (f"Thresholds: \"within {ZEROSHOT_TOLERANCE_PTS:g} points\" allows a drop of at most "
+            f"{ZEROSHOT_TOLERANCE_PTS:g} percentage points; \"raises\" and \"beats\" need a gain above "
             f"{RETRIEVAL_GAIN_PTS:g} points (in each direction, for retrieval); \"keeps quality\" needs at least "
             f"{100 * QUALITY_KEPT_MIN:.0f}% of the reference on every metric both models were measured on. Each "
             "holds only beyond two standard errors of its difference (± after each difference: the binomial SE of "
