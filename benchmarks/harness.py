@@ -222,6 +222,58 @@ class Units:
         write_json(self.path(name), {"identity": self.identity, "name": name, "unit": unit})
         return unit
 
+    def foreign(self) -> tuple[list[str], list[str]]:
+        """Records here of another identity, which this run would replace one by one: (their names, what
+        differs: the identity's top-level fields, with both values where they are short)."""
+        names, fields = [], {}
+        for path in sorted(self.root.glob("*.json")) if self.root.is_dir() else []:
+            try:
+                theirs = normalise(self.canonical(json.loads(path.read_text()).get("identity") or {}))
+            except Exception:  # not a unit record: not ours to judge
+                continue
+            if theirs == self.identity:
+                continue
+            names.append(path.stem)
+            for key, a, b in _differences(theirs, self.identity):
+                fields[key] = f"{key} {a} there, {b} here" if len(str(a)) + len(str(b)) < 80 else key
+        return names, list(fields.values())
+
+    def refuse_foreign(self, overwrite: bool) -> None:
+        """Refuse (one line) to run over records of another identity: a rerun would replace committed records,
+        e.g. those of an ancestry that another CPU trained to other bits, that another machine could still
+        finish. `overwrite` moves them aside to `<root>.replaced-N/` first."""
+        from clipforge.errors import ClipforgeError
+
+        names, differs = self.foreign()
+        if not names:
+            return
+        if not overwrite:
+            raise ClipforgeError(
+                f"{self.root} holds {len(names)} unit record(s) of another run ({'; '.join(differs)}); this run "
+                "would replace them. Finish them where they were made (the same ancestry weights: --ancestry), "
+                "or pass --overwrite to move them aside and start over")
+        n = 1
+        while (aside := self.root.with_name(f"{self.root.name}.replaced-{n}")).exists():
+            n += 1
+        aside.mkdir(parents=True)
+        for name in names:
+            self.path(name).rename(aside / f"{name}.json")
+        print(f"[bench] moved {len(names)} record(s) of another run aside to {aside}", flush=True)
+
+
+def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(field, value in a, value in b) for each field that differs, nested dicts one level down."""
+    out = []
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key), b.get(key)
+        if x == y:
+            continue
+        if isinstance(x, dict) and isinstance(y, dict) and not prefix:
+            out += _differences(x, y, f"{key}.")
+        else:
+            out.append((prefix + key, x, y))
+    return out
+
 
 class Progress:
     """One line per unit of work, with the elapsed time and a naive ETA for the phase."""

@@ -26,8 +26,9 @@ BEGIN, END = "<!-- measured:begin (scripts/make_results.py) -->", "<!-- measured
 BENCHMARKS = [
     ("clipmoe", "CLIP-MoE (grow)", "CLIP-MoE against its base, direct fine-tuning, sparse upcycling and w/o MCL, "
                                    "paper regime, 3 seeds"),
-    ("learngene", "MM-LG (shrink / reshape)", "MM-LG against Scratch, PT-FT, weight selection, TinyCLIP-style, "
-                                              "TLEG-per-tower, Heur-LG and Auto-LG at equal compute"),
+    ("learngene", "MM-LG (shrink / reshape)", "MM-LG against PT-FT, Scratch, weight selection, TinyCLIP-style, "
+                                              "TLEG-per-tower, Auto-LG and feature KD at equal family compute, "
+                                              "descendants at two thirds of the ancestry's widths, 3 seeds"),
     ("data", "Data at scale", "time to first step, memory and throughput from 10,000 to 100,000 disk-backed pairs"),
     ("perf", "Training and evaluation speed", "the training step's switches against plain transformers"),
     ("moe_layer", "The MoE layer", "the sparse MoE dispatch against dense FFNs"),
@@ -45,6 +46,15 @@ def result_file(name: str) -> tuple[Path, str | None]:
     if path.is_file() or name not in CONTROLS:
         return path, None
     return path.parent / CONTROLS[name] / "results.json", CONTROLS[name]
+
+
+def _partial_label(r: dict[str, Any]) -> str:
+    """" — partial: 120 of 137 units, ..." for a report written before its run finished (`--partial`)."""
+    part = r.get("partial")
+    if not part:
+        return ""
+    return (f" — partial: {part['units'] - len(part['missing'])} of {part['units']} units; each claim over the "
+            "members both methods have, the rest to come")
 
 
 def _control_note(name: str, control: str | None) -> list[str]:
@@ -111,6 +121,8 @@ def _benchmark_section(name: str, title: str, what: str) -> list[str]:
     r = _json(path)
     md = path.with_suffix(".md")
     lines = [f"## {title}", "", *_control_note(name, control),
+             *([f"*{_partial_label(r)[3:].capitalize()}: see the list at the top of {_link(md)}.*", ""]
+               if r.get("partial") else []),
              f"{what}. Made by `{r.get('command', '(not recorded)')}`; the full tables: {_link(md)}.", ""]
     verdicts = _verdicts(r)
     lines += [f"- {short_verdict(v)}" for v in r.get("verdicts", [])] if verdicts else [
@@ -167,7 +179,8 @@ def render_readme_block() -> str:
     for name, title, _ in BENCHMARKS[:2]:
         path, control = result_file(name)
         r = _json(path)
-        label = f" — the earlier protocol ({control}), a control until the new one's run lands" if control else ""
+        label = (f" — the earlier protocol ({control}), a control until the new one's run lands" if control
+                 else _partial_label(r))
         lines += [f"**{title}**{label} (`{r.get('command')}`):", "", *_readme_lines(name, r), ""]
     lines += ["**The demo** (`clipforge demo`, report in [docs/demo/report.md](docs/demo/report.md)):", "",
               *[f"- {v}" for v in demo_verdicts()], "", "Every number, the data and speed benchmarks and how each "

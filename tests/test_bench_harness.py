@@ -66,6 +66,26 @@ def test_units_reuse_only_records_of_the_same_identity(tmp_path):
     assert read.get("b") == {"units": {"y": 2}}
 
 
+def test_records_of_another_ancestry_are_refused_not_replaced(tmp_path):
+    """Committed records of another ancestry (the same recipe trains other bits on another CPU) are not this
+    run's to replace: one line naming what differs; --overwrite moves them aside, never deletes them."""
+    from clipforge.errors import ClipforgeError
+
+    root = tmp_path / "units"
+    theirs = harness.Units(root, {"budget": {"steps": 2}, "ancestry_weights": "fdc27837"})
+    theirs.put("a", {"x": 1})
+    ours = harness.Units(root, {"budget": {"steps": 2}, "ancestry_weights": "e5ef29b1"})
+    assert ours.foreign() == (["a"], ["ancestry_weights fdc27837 there, e5ef29b1 here"])
+    with pytest.raises(ClipforgeError, match=r"1 unit record\(s\) of another run \(ancestry_weights fdc27837 "):
+        ours.refuse_foreign(False)
+    assert (root / "a.json").is_file()
+    theirs.refuse_foreign(False)  # its own records: nothing to say
+    ours.refuse_foreign(True)
+    assert not (root / "a.json").exists() and ours.foreign() == ([], [])
+    aside = tmp_path / "units.replaced-1" / "a.json"
+    assert json.loads(aside.read_text())["unit"] == {"x": 1}
+
+
 def test_table_is_one_renderer():
     assert harness.table(["a", "b"], [["x", 1], ["", "y"]], numeric=[False, True]) == [
         "| a | b |", "|---|---:|", "| x | 1 |", "| | y |"]

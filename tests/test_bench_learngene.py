@@ -81,6 +81,29 @@ def test_benchmark_quick(tmp_path, capsys):
     assert out.count("(from its record)") == len(units)
     assert not [p for p in (tmp_path / "results").rglob(".*")]  # no temp files left
 
+    # A run another machine must finish: --partial reports the records present, running nothing, and says
+    # which units are missing; each claim is computed over the members both of its methods have.
+    gone = tmp_path / "results" / "units" / "mmlg-c-over-ratio-text-d1.json"
+    gone.unlink()
+    assert _bench().main(argv + ["--partial"]) == 0
+    part = json.loads((tmp_path / "results" / "results.json").read_text())
+    assert part["partial"]["missing"] == ["mmlg-c-over-ratio-text-d1"]
+    assert "text-d1" not in part["runs"]["C/ratio"]["mmlg"] and "text-d1" in part["runs"]["C"]["mmlg"]
+    md = (tmp_path / "results" / "results.md").read_text()
+    assert f"**Partial: {len(units) - 1} of {len(units)} units.**" in md and "mmlg-c-over-ratio-text-d1" in md
+    assert len(sorted((tmp_path / "results" / "units").iterdir())) == len(units) - 1  # nothing was run
+
+    # Records of another ancestry (the same recipe trains other bits on another CPU) are refused, not replaced.
+    rec = json.loads((tmp_path / "results" / "units" / "ptft-clip-d1.json").read_text())
+    rec["identity"]["ancestry_weights"] = "0" * 16
+    (tmp_path / "results" / "units" / "ptft-clip-d1.json").write_text(json.dumps(rec))
+    capsys.readouterr()
+    assert _bench().main(argv) == 2
+    err = capsys.readouterr().err
+    assert "1 unit record(s) of another run (ancestry_weights 0000000000000000 there" in err
+    assert len(err.strip().splitlines()) == 1
+    assert json.loads((tmp_path / "results" / "units" / "ptft-clip-d1.json").read_text()) == rec
+
 
 def test_report_rebuilds_the_committed_results_md(tmp_path):
     """`python -m benchmarks.learngene.report` writes the committed results.md again from its results.json, and

@@ -96,7 +96,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"python -m benchmarks.clipmoe.run: error: {problem}", file=sys.stderr)
         return 2
     started = time.perf_counter()
+    from clipforge.errors import ClipforgeError
+
     records = harness.Units(out / "units", ident)
+    try:
+        records.refuse_foreign(args.overwrite)
+    except ClipforgeError as e:  # records of another ancestry or budget: not this run's to replace
+        print(f"python -m benchmarks.clipmoe.run: error: {e}", file=sys.stderr)
+        return 2
     bench = Bench(budget, ancestry, work)
     units = plan(budget)
     run_units(bench, select(units, args.part, args.only_seed), records, {"command": args.command})

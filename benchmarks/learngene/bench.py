@@ -20,11 +20,13 @@ import torch
 from clipforge.cost import Timer, caption_tokens
 from clipforge.data.classification import FashionMNIST
 from clipforge.data.collate import Collator
+from clipforge.errors import ClipforgeError
 from clipforge.learngene import Distill, Learngene, descend
 from clipforge.learngene.extract import ExtractConfig, extract
 from clipforge.learngene.pipeline import load_ancestry
 from clipforge.models.io import load, read_provenance, save
 from clipforge.models.preprocess import transform_for
+from clipforge.run import normalise
 from clipforge.schedule import Schedule
 from clipforge.train.plateau import Plateau
 
@@ -41,6 +43,20 @@ NAME = "learngene"
 EXTRACT_RECIPE = Distill(alpha=1.0, beta=1.0)  # KD + feature term, depth sampled: the first protocol's pick
 
 
+def recorded_weights(root: Path, budget: dict[str, Any], recipe: dict[str, Any]) -> str:
+    """The ancestry weights' digest of the unit records under `root` made with this budget and recipe."""
+    found = set()
+    for path in sorted(root.glob("*.json")) if root.is_dir() else []:
+        ident = json.loads(path.read_text()).get("identity") or {}
+        if (normalise(ident.get("budget")) == normalise(budget)
+                and normalise(harness.canonical_recipe(ident.get("ancestry_recipe"))) == normalise(recipe)):
+            found.add(ident.get("ancestry_weights"))
+    if len(found) != 1:
+        raise ClipforgeError(f"--partial: {root} holds records of {len(found)} ancestries with this budget "
+                             f"({', '.join(sorted(map(str, found))) or 'none'}); a partial report needs one")
+    return found.pop()
+
+
 class Bench:
     """The ancestry, the family, the data pools and the unit records of one benchmark invocation."""
 
@@ -52,16 +68,23 @@ class Bench:
         self.recipe = harness.canonical_recipe(read_provenance(self.anc_path).get("recipe") or {})
         fixed = {k: v for k, v in budget.to_dict().items() if k != "seeds"}  # seeds only add downstream work
         shard = getattr(args, "shard", None)
-        claim = self.work if shard is None else self.work / "shards" / f"{shard[0]}-of-{shard[1]}"
-        harness.claim_work(claim, NAME, {"budget": fixed, "ancestry": str(self.anc_path)}, args.overwrite)
         # The weights' digest, not only the recipe: the same recipe trains different weights on machines whose
         # kernels differ (fp32 vs bf16, sdpa vs eager attention), and units of two ancestries must not mix.
         self.weights = harness.ancestry_record(self.anc_path)["weights_sha256"]
+        root = harness.out_dir(args, NAME) / "units"
+        if getattr(args, "partial", False):  # a report of the records: their ancestry, whichever trained here
+            self.weights = recorded_weights(root, fixed, self.recipe)
         self.units = harness.Units(
-            harness.out_dir(args, NAME) / "units",
-            {"budget": fixed, "ancestry_recipe": self.recipe, "ancestry_weights": self.weights},
+            root, {"budget": fixed, "ancestry_recipe": self.recipe, "ancestry_weights": self.weights},
             canonical=lambda ident: {**ident,
                                      "ancestry_recipe": harness.canonical_recipe(ident.get("ancestry_recipe"))})
+        if not getattr(args, "partial", False):
+            if shard is None or shard[0] == 0:  # one process moves records aside; the others see them gone
+                self.units.refuse_foreign(args.overwrite)
+            elif self.units.foreign()[0]:
+                self.units.refuse_foreign(False)
+            claim = self.work if shard is None else self.work / "shards" / f"{shard[0]}-of-{shard[1]}"
+            harness.claim_work(claim, NAME, {"budget": fixed, "ancestry": str(self.anc_path)}, args.overwrite)
         self.keep_models = bool(getattr(args, "keep_models", False))
         self.shape = learngene_shape(self.ancestry.config, budget.width_fraction, num_stages=budget.extract_stages,
                                      aux_depth_vision=budget.aux_depth, aux_depth_text=budget.aux_depth)

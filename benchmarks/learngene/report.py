@@ -61,10 +61,17 @@ def _tflops(x: float) -> str:
     return f"{x / 1e12:.2f}"
 
 
+def _of(present: dict, names: list[str]) -> str:
+    """" (2 of 3)" when a --partial report lacks some of `names`."""
+    k = sum(n in present for n in names)
+    return "" if k == len(names) else f" ({k} of {len(names)})"
+
+
 def _task_table(results: dict, task: str, kind: str) -> list[str]:
     names = [n for n in results["members"] if n.startswith(f"{kind}-")]
     s = results["summary"]
-    body = [[LABELS[m], POINT_LABEL[p]] + [_cell(cells[task][n]) for n in names] + [_cell(cells[task]["mean"])]
+    body = [[LABELS[m], POINT_LABEL[p]] + [_cell(cells[task][n]) if n in cells[task] else "—" for n in names]
+            + [_cell(cells[task]["mean"]) + _of(cells[task], names) if cells[task]["mean"]["n"] else "—"]
             for p in ("C/ratio", "C") for m, cells in s.get(p, {}).items()]
     return harness.table(["method", "compute"] + names + ["mean"], body)
 
@@ -107,8 +114,10 @@ def _cost_table(results: dict) -> list[str]:
     for p, per_method in ((p, rows(results).get(p, {})) for p in ("C/ratio", "C")):
         for m, per_member in per_method.items():
             c = results["costs"]["PT-FT" if m == "ptft" else p][m]
-            body.append([LABELS[m], POINT_LABEL[p], _tflops(c["family_flops"]), _tflops(c.get("extraction_flops", 0)),
-                         " / ".join(str(per_member[n]["steps"]) for n in results["members"]),
+            body.append([LABELS[m], POINT_LABEL[p], _tflops(c["family_flops"]) + _of(per_member, results["members"]),
+                         _tflops(c.get("extraction_flops", 0)),
+                         " / ".join(str(per_member[n]["steps"]) if n in per_member else "—"
+                                    for n in results["members"]),
                          f"{c['family_wall_time_s']:.0f}", f"{st[m]['blocks']:,}",
                          f"{st[m]['blocks'] / pt['blocks']:.1%}", f"{st[m]['token_table']:,}", f"{st[m]['total']:,}"])
     return harness.table(["method", "compute", "family TFLOP", "extraction TFLOP",
@@ -158,14 +167,29 @@ def _protocol(results: dict) -> list[str]:
         "seeds, in %."]
 
 
+def _partial(results: dict) -> list[str]:
+    """What a --partial report lacks, said before anything else."""
+    part = results.get("partial")
+    if not part:
+        return []
+    missing, total = part["missing"], part["units"]
+    return [f"**Partial: {total - len(missing)} of {total} units.** This report was written from the unit records "
+            f"present, before the run finished (`--partial`); each claim is computed over the members both of its "
+            f"methods have, and a table's — marks a missing unit. Missing ({len(missing)}): "
+            f"{', '.join(missing)}. They need the ancestry the run started with (weights "
+            f"{results['ancestry']['weights_sha256']}); the one this machine trained is {part['ancestry_here']}.", ""]
+
+
 def markdown(results: dict) -> str:
     """results.md: the verdicts first, then the protocol, the tables and the plots."""
-    lines = [f"# MM-LG benchmark, width-gap protocol ({'quick' if results['quick'] else 'full'})", "",
+    kind = ('quick' if results['quick'] else 'full') + (', partial' if results.get('partial') else '')
+    lines = [f"# MM-LG benchmark, width-gap protocol ({kind})", "",
              f"Made by `{results['command']}` on {results['date']} ({results['device']}); wall time of this "
              f"invocation {results['wall_time_s'] / 60:.1f} min ({len(results['units_reused'])} units reused from "
              "their records).", "", harness.machine_line(results["machine"]), "",
              "clipforge's MM-LG is a reconstruction from the paper's abstract (arXiv 2506.16673) and the TLEG/SWS "
-             "lineage, not the authors' code.", "", "Controls:", "", CONTROLS, "", "## Verdicts", "",
+             "lineage, not the authors' code.", "", *_partial(results), "Controls:", "", CONTROLS, "", "## Verdicts",
+             "",
              "Rule: `clipforge.stats` (docs/design.md 5d): a difference holds only beyond two standard errors, the "
              "SE combining the spread of the paired (depth, seed) differences and the binomial SE of the test items.",
              ""]
@@ -184,6 +208,14 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _first(seen: set[str], label: str) -> str | None:
+    """`label` the first time it is asked for, then None: one legend entry per line style."""
+    if label in seen:
+        return None
+    seen.add(label)
+    return label
+
+
 def curve_plot(results: dict, path: Path) -> Path:
     """One panel per member: curve score against the FLOPs spent on it, one line per method and point."""
     import matplotlib
@@ -198,23 +230,26 @@ def curve_plot(results: dict, path: Path) -> Path:
     fig, axes = plt.subplots(math.ceil(len(names) / cols), cols, figsize=(4 * cols, 3.2 * len(names) / cols),
                              squeeze=False)
     methods = list(dict.fromkeys(m for p in r.values() for m in p))
+    labelled: set[str] = set()
     for i, name in enumerate(names):
         ax = axes[i // cols][i % cols]
         for p, per_method in r.items():
             for m, per_member in per_method.items():
-                u = per_member[name]
+                u = per_member.get(name)
+                if u is None:  # a unit a --partial report has no record of
+                    continue
                 ext = results["costs"].get(p, {}).get(m, {}).get("extraction_flops", 0) / len(names)
                 per_step = u["flops"] / max(1, u["steps"])
                 ax.plot([(ext + s * per_step) / 1e12 for s, _ in u["curve"]], [100 * v[SCORE] for _, v in u["curve"]],
                         marker="o" if p == "C/ratio" else "s", ms=3, color=f"C{methods.index(m) % 10}",
                         lw=2.2 if m == "mmlg" else 1.0, ls="--" if m == "ptft" else "-",
-                        label=f"{LABELS[m]} ({POINT_LABEL[p]})" if i == 0 else None)
+                        label=_first(labelled, f"{LABELS[m]} ({POINT_LABEL[p]})"))
         ax.set_title(name, fontsize=9)
         ax.grid(alpha=0.3)
-    fig.supxlabel("TFLOP spent on this member (extraction shared equally)")
     fig.supylabel("curve score (%)")
     fig.legend(loc="lower center", ncol=5, fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig.text(0.5, 0.1, "TFLOP spent on this member (extraction shared equally)", ha="center", va="top")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
@@ -224,12 +259,17 @@ def curve_plot(results: dict, path: Path) -> Path:
 def render(results: dict, out: Path) -> None:
     """results.md, retrieval.png and curves.png in `out`, from the result record."""
     s, names = results["summary"], [n for n in results["members"] if n.startswith("clip-")]
-    series = {f"{LABELS[m]} ({POINT_LABEL[p]})": [s[p][m]["clip"][n]["mean"] for n in names]
+    nan = {"mean": float("nan"), "std": 0.0}  # a member a --partial report has no record of
+    series = {f"{LABELS[m]} ({POINT_LABEL[p]})": [s[p][m]["clip"].get(n, nan)["mean"] for n in names]
               for p in ("C/ratio", "C") for m in s.get(p, {})}
-    errors = {f"{LABELS[m]} ({POINT_LABEL[p]})": [s[p][m]["clip"][n]["std"] for n in names]
+    errors = {f"{LABELS[m]} ({POINT_LABEL[p]})": [s[p][m]["clip"].get(n, nan)["std"] for n in names]
               for p in ("C/ratio", "C") for m in s.get(p, {})}
+    methods = list(dict.fromkeys(m for p in ("C/ratio", "C") for m in s.get(p, {})))
+    styles = {f"{LABELS[m]} ({POINT_LABEL[p]})": {"color": f"C{methods.index(m) % 10}", "edgecolor": "white",
+                                                 "hatch": "//" if p == "C/ratio" else None}
+              for p in ("C/ratio", "C") for m in s.get(p, {})}  # a colour per method, hatched at C/2.8
     grouped_bars(names, series, out / "retrieval.png", title="CLIP members: held-out retrieval, mean R@1 after "
-                 "fine-tuning", ylabel="R@1 (%)", errors=errors, percent=True)
+                 "fine-tuning (hatched: C/2.8)", ylabel="R@1", errors=errors, percent=True, styles=styles)
     curve_plot(results, out / "curves.png")
     harness.write_markdown(out, markdown(results))
 

@@ -46,6 +46,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, help="number of downstream seeds (default 2, quick 1)")
     p.add_argument("--shard", help="K/N: run shard K of N side by side (N single-thread processes; shard 0 writes "
                                    "the results)")
+    p.add_argument("--partial", action="store_true",
+                   help="write results.md now from the unit records present, running nothing: each claim over the "
+                        "members both of its methods have, the missing units listed (for a run that another "
+                        "machine, one that trains the same ancestry weights, must finish)")
     p.add_argument("--keep-models", action="store_true", help="keep every pre-trained member under the work "
                                                               "directory (default: removed once its seeds are done)")
 
@@ -123,7 +127,8 @@ def assemble(bench: Bench, args: argparse.Namespace, ptft: dict, plan: list, poi
     b = bench.b
     runs: dict[str, dict[str, dict[str, dict]]] = {p: {} for p in points}
     for u, p, method, m, _ in plan:
-        runs[p].setdefault(method, {})[m.name] = bench.units.get(u.name)
+        rec = bench.units.get(u.name)  # None only in a --partial report
+        runs[p].setdefault(method, {}).update({m.name: rec} if rec is not None else {})
     ptft_params = [r["parameters"] for r in ptft.values()]
     kept = {"ptft": {k: sum(x[k] for x in ptft_params) for k in ptft_params[0]},
             "ancestry": parameter_split(named_counts(bench.ancestry)),
@@ -153,6 +158,37 @@ def assemble(bench: Bench, args: argparse.Namespace, ptft: dict, plan: list, poi
     }
 
 
+def partial(bench: Bench, args: argparse.Namespace, t_start: float) -> int:
+    """results.json, results.md and the PNGs from the records present, running nothing; the missing units listed."""
+    b = bench.b
+    ext_steps = extraction_steps(b.ancestry_samples, b.extract_fraction, b.batch_size)
+    names = [f"ptft-{m.name}" for m in bench.members] + [f"extract-{mode}" for mode in LEARNGENE_METHODS]
+    if absent := [n for n in names if bench.units.get(n) is None]:
+        raise ClipforgeError(f"--partial: phase A has no record of {', '.join(absent)}: C is not known yet")
+    ptft = {m.name: bench.units.get(f"ptft-{m.name}") for m in bench.members}
+    extractions = {mode: bench.units.get(f"extract-{mode}") for mode in LEARNGENE_METHODS}
+    C = sum(u["flops"] for u in ptft.values())
+    member_shares = shares({name: u["flops"] for name, u in ptft.items()})
+    points = {"C/ratio": C / b.ratio, "C": C}
+    plan = phase_b_units(bench, points, member_shares, extractions)
+    missing = [u.name for u, *_ in plan if not complete(bench, u.name)]
+    results = assemble(bench, args, ptft, plan, points, member_shares, extractions, ext_steps)
+    results["partial"] = {"units": len(plan) + len(names), "missing": missing,
+                          "ancestry_here": harness.ancestry_record(bench.anc_path)["weights_sha256"]}
+    results["teacher_cache"] = {"rows": 2 * len(bench.pool), "built": False}
+    results["phase_wall_time_s"] = {"data pools": bench.data_seconds}
+    results["summary"] = report.summarise(results, bench.seeds)
+    results["verdicts"] = report.verdicts(results)
+    results["wall_time_s"] = time.perf_counter() - t_start
+    out = harness.out_dir(args, NAME)
+    harness.write_results(out, results, report.render)
+    for v in results["verdicts"]:
+        print(v["line"])
+    print(f"[bench] partial report of {results['partial']['units'] - len(missing)} of {results['partial']['units']} "
+          f"units ({len(missing)} missing): {out / 'results.md'}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Run (or continue) the benchmark; shard 0 (or the only process) writes results.json, results.md, PNGs."""
     harness.set_threads(args.threads)
@@ -162,6 +198,8 @@ def run(args: argparse.Namespace) -> int:
     if args.seeds:
         budget = replace(budget, seeds=tuple(range(args.seeds)))
     bench = Bench(args, budget)
+    if args.partial:
+        return partial(bench, args, t_start)
     phases: dict[str, float] = {"data pools": bench.data_seconds}
     context = bench.ancestry.config.text_config.max_position_embeddings
     cache, cache_rec = cached_teacher(bench.ancestry, bench.pool, context, bench.work)

@@ -41,7 +41,10 @@ def paired(results: dict, a: tuple[str, str], b: tuple[str, str], task: str, met
     for name in results["members"]:
         if not name.startswith(f"{kind}-"):
             continue
-        da, db = r[a[1]][a[0]][name]["downstream"], r[b[1]][b[0]][name]["downstream"]
+        ua, ub = r[a[1]][a[0]].get(name), r[b[1]][b[0]].get(name)
+        if ua is None or ub is None:  # a unit a --partial report has no record of
+            continue
+        da, db = ua["downstream"], ub["downstream"]
         for s in sorted(set(da) & set(db), key=int):
             va.append(da[s][task][metric])
             vb.append(db[s][task][metric])

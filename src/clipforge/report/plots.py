@@ -70,10 +70,12 @@ def loss_curve(records: Iterable[dict], path: str | os.PathLike, title: str = "t
 
 def grouped_bars(groups: Sequence[str], series: dict[str, Sequence[float]], path: str | os.PathLike,
                  title: str = "", ylabel: str = "", errors: dict[str, Sequence[float]] | None = None,
-                 chance: float | None = None, percent: bool = False) -> Path:
+                 chance: float | None = None, percent: bool = False,
+                 styles: dict[str, dict] | None = None) -> Path:
     """Bars per group (e.g. per attribute) for several series (e.g. models), with optional error bars.
 
-    `percent`: values, errors and `chance` are fractions, drawn ×100 on a "%" axis."""
+    `percent`: values, errors and `chance` are fractions, drawn ×100 on a "%" axis. `styles`: matplotlib bar
+    keywords per series (e.g. one colour per method, a hatch per budget), for more series than colours."""
     k = 100.0 if percent else 1.0
     n = max(1, len(series))
     width = 0.8 / n
@@ -81,7 +83,8 @@ def grouped_bars(groups: Sequence[str], series: dict[str, Sequence[float]], path
     for i, (name, vals) in enumerate(series.items()):
         xs = [g + (i - (n - 1) / 2) * width for g in range(len(groups))]
         err = [k * e for e in errors[name]] if errors and errors.get(name) is not None else None
-        ax.bar(xs, [k * v for v in vals], width, label=name, yerr=err, capsize=2 if err else 0)
+        ax.bar(xs, [k * v for v in vals], width, label=name, yerr=err, capsize=2 if err else 0,
+               **(styles or {}).get(name, {}))
     if chance is not None:
         ax.axhline(k * chance, color="k", ls="--", lw=0.8, label="chance")
     ax.set_xticks(range(len(groups)))
