@@ -239,7 +239,8 @@ def pick(columns: list[str], key: str, default: str, aliases: tuple[str, ...], w
             if a in columns:
                 return a
     shown = ", ".join(columns) if columns else "none"
-    raise ClipforgeError(f"{file}: no {what} column {key!r} (columns: {shown}); choose one with {what}_key")
+    raise ClipforgeError(f"{file}: no {what} column {key!r} (columns: {shown}); choose one with --{what}-key "
+                         f"({what}_key in Python)")
 
 
 def pick_columns(columns: list[str], image_key: str, caption_key: str, file: Any,

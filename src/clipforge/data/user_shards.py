@@ -111,7 +111,7 @@ def read_shards(shards: list[str], caption_key: str, rec: Records) -> None:
         if seen and not rec.labelled:
             raise ClipforgeError(
                 f"{shards[0]}: no label {key!r}: no {key!r} member and no {key!r} field in 'json' "
-                f"(members: {', '.join(sorted(seen))}); choose one with label_key"
+                f"(members: {', '.join(sorted(seen))}); choose one with --label-key (label_key in Python)"
             )
         if not captioned:
             rec.no_captions = f"no {caption_key!r} or 'txt' member or 'json' field in {shards[0]}"
@@ -119,5 +119,6 @@ def read_shards(shards: list[str], caption_key: str, rec: Records) -> None:
     if seen and not captioned:
         raise ClipforgeError(
             f"{shards[0]}: no caption: no {caption_key!r} or 'txt' member and no {caption_key!r} "
-            f"field in 'json' (extensions: {', '.join(sorted(seen))}); choose one with caption_key"
+            f"field in 'json' (extensions: {', '.join(sorted(seen))}); choose one with --caption-key "
+            "(caption_key in Python)"
         )

@@ -16,7 +16,7 @@ import torch
 
 # The calibration's median step (ancestry architecture, 256 samples of its training data, amp and attention
 # "auto") on the reference machine, measured beside the estimates (docs/results.md, "The demo").
-REFERENCE_STEP_S = 1.20
+REFERENCE_STEP_S = 1.50  # session 16's from-nothing demo (docs/demo/demo.json "pace"), 2 threads, fp32
 PACE_RANGE = (0.5, 3.0)
 
 

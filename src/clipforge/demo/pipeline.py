@@ -60,8 +60,8 @@ class DemoConfig:
     # Seconds per phase of the reference from-nothing run (its demo.json `phases_s`, on the machine of
     # demo.pace.REFERENCE_STEP_S; docs/results.md, "The demo"); "composed" is set by `_composed`.
     estimates: dict[str, float] = field(default_factory=lambda: {
-        "ancestry": 1436, "clip_moe": 210, "direct_ft": 201, "learngene": 88, "descendants": 98,
-        "scratch": 37, "composed": 0, "evaluate": 295, "report": 63})
+        "ancestry": 1226, "clip_moe": 140, "direct_ft": 128, "learngene": 149, "descendants": 88,
+        "scratch": 45, "composed": 0, "evaluate": 514, "report": 112})
 
     def __post_init__(self) -> None:
         if self.compose and not self.estimates.get("composed"):
