@@ -116,6 +116,13 @@ def _demo_section() -> list[str]:
             *table(["phase", "minutes"], rows, [False, True]), ""]
 
 
+def _full_verdict(v: dict[str, Any] | str) -> list[str]:
+    """A verdict's bullet as the benchmark wrote it, a multi-task claim with one sub-bullet per task."""
+    if isinstance(v, str) or "line" not in v:
+        return [f"- {v}"]
+    return [f"- {v['line']}"] + [f"  - {t['line']}" for t in v.get("tasks", [])]
+
+
 def _benchmark_section(name: str, title: str, what: str) -> list[str]:
     path, control = result_file(name)
     r = _json(path)
@@ -125,7 +132,7 @@ def _benchmark_section(name: str, title: str, what: str) -> list[str]:
                if r.get("partial") else []),
              f"{what}. Made by `{r.get('command', '(not recorded)')}`; the full tables: {_link(md)}.", ""]
     verdicts = _verdicts(r)
-    lines += [f"- {short_verdict(v)}" for v in r.get("verdicts", [])] if verdicts else [
+    lines += [x for v in r.get("verdicts", []) for x in _full_verdict(v)] if verdicts else [
         "(a measurement without claims: see the tables)"]
     return lines + [""]
 

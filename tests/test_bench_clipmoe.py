@@ -113,8 +113,14 @@ def test_records_of_other_ancestry_weights_are_not_reused(quick_results, monkeyp
         raise Retrained
 
     monkeypatch.setattr(bench_mod.Bench, "dmu", retrain)
-    with pytest.raises(Retrained):
-        _bench().main(_args(quick_results, "out3", work="work_other", ancestry="other") + ["--part", "main"])
+    argv = _args(quick_results, "out3", work="work_other", ancestry="other") + ["--part", "main"]
+    # Not reused, and not replaced either: refused in one line, the records left as they were.
+    before = sorted(p.name for p in (out / "units").iterdir())
+    assert _bench().main(argv) == 2
+    assert sorted(p.name for p in (out / "units").iterdir()) == before
+    with pytest.raises(Retrained):  # --overwrite moves them aside, then trains anew
+        _bench().main(argv + ["--overwrite"])
+    assert sorted(p.name for p in (out / "units.replaced-1").iterdir()) == before
 
 
 def test_processes_share_units_and_take_over_a_dead_holders(tmp_path):
