@@ -27,7 +27,10 @@ def test_clipforge_loads_the_old_directory_with_the_same_embeddings():
     model = io.load(FIXTURE).eval()
     assert type(model).__name__ == "CLIPMoEModel" and model.config.num_experts == 2
     img, txt = _embeds(model)
-    assert torch.equal(img, EXPECTED["image_embeds"]) and torch.equal(txt, EXPECTED["text_embeds"])
+    # To float rounding, not bit for bit: the expected embeddings were computed on another machine, and CPUs of
+    # kinds differ in their kernels' last bits (docs/design.md 5, "not across machines").
+    assert torch.allclose(img, EXPECTED["image_embeds"], atol=1e-6)
+    assert torch.allclose(txt, EXPECTED["text_embeds"], atol=1e-6)
 
 
 def test_plain_transformers_loads_it_through_its_shipped_code(tmp_path):

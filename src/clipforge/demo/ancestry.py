@@ -361,8 +361,22 @@ def _train(run: Run, recipe: AncestryRecipe, progress: bool) -> None:
     plot_curve(records, out / "plots" / "loss.png", recipe.arch)
     save(model, model_dir, metrics=metrics, provenance={
         "source": "trained from scratch by `clipforge ancestry` on built-in data (scenes + fashion-mnist)",
-        "name": "clipforge demo ancestry", "recipe": wanted, "train_wall_time_s": round(train_s, 1)})
+        "name": "clipforge demo ancestry", "recipe": wanted, "train_wall_time_s": round(train_s, 1),
+        "computed_with": computed_with()})
     print(f"[ancestry] saved to {model_dir} ({train_s / 60:.1f} min)")
+
+
+def computed_with() -> dict[str, Any]:
+    """What decides the bits one recipe trains to here: the same recipe trains other weights where the amp that
+    "auto" resolves to, the CPU's kernels or the thread count differ (benchmarks' unit records name the weights'
+    digest for that reason; this says why two digests differ)."""
+    import torch
+
+    from ..train.fast import resolve_amp
+
+    cpu = torch.device("cpu")
+    return {"amp": resolve_amp("auto", cpu), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
 def ensure_ancestry(out: str | Path | None = None, quick: bool = False) -> Path:
