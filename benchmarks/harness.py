@@ -115,12 +115,14 @@ def cpu_model() -> str:
 
 
 def machine(note: str | None = None) -> dict[str, Any]:
-    """Where the numbers were measured: CPU, cores, torch threads and versions, the GPU, the load average at
-    this moment, and `note` (what else ran meanwhile, which only the user knows)."""
+    """Where the numbers were measured: CPU (and the kernels torch picks on it), cores, torch threads and
+    versions, the GPU, the load average at this moment, and `note` (what else ran meanwhile, which only the
+    user knows)."""
     import torch
 
     cuda = torch.cuda.is_available()
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "usable_cores": all_cores(),
+    return {"cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cores": os.cpu_count(), "usable_cores": all_cores(),
             "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
             "gpu": torch.cuda.get_device_name(0) if cuda else None,
             "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,

@@ -93,6 +93,6 @@ def test_table_is_one_renderer():
 
 def test_machine_says_what_it_knows_and_what_the_user_said():
     m = harness.machine("a test suite beside")
-    assert {"cpu", "cores", "threads", "torch", "gpu", "load_average"} <= set(m) and m["cpu"]
+    assert {"cpu", "cpu_capability", "cores", "threads", "torch", "gpu", "load_average"} <= set(m) and m["cpu"]
     assert "What else ran: a test suite beside." in harness.machine_line(m)
     assert "not recorded" in harness.machine_line(harness.machine())
