@@ -54,9 +54,10 @@ def test_spec_dict_round_trip() -> None:
 
 
 def test_many_distinct_captions() -> None:
-    ds = ScenesDataset("train", size=50_000, seed=0)
+    # captions barely repeat: 9,980 distinct in 10,000 scenes when this was written; 8,000 keep the test short
+    ds = ScenesDataset("train", size=8_000, seed=0)
     captions = {ds.captions_at(i)[0] for i in range(len(ds))}
-    assert len(captions) >= 20_000
+    assert len(captions) >= 0.95 * len(ds)
 
 
 def test_held_out_combos_split() -> None:
