@@ -48,12 +48,12 @@ def result_file(name: str) -> tuple[Path, str | None]:
     return path.parent / CONTROLS[name] / "results.json", CONTROLS[name]
 
 
-def _partial_label(r: dict[str, Any]) -> str:
-    """" — partial: 120 of 137 units, ..." for a report written before its run finished (`--partial`)."""
+def _partial(r: dict[str, Any]) -> str:
+    """"partial: 120 of 137 units, ..." for a report written before its run finished (`--partial`), else ""."""
     part = r.get("partial")
     if not part:
         return ""
-    return (f" — partial: {part['units'] - len(part['missing'])} of {part['units']} units; each claim over the "
+    return (f"partial: {part['units'] - len(part['missing'])} of {part['units']} units; each claim over the "
             "members both methods have, the rest to come")
 
 
@@ -128,8 +128,8 @@ def _benchmark_section(name: str, title: str, what: str) -> list[str]:
     r = _json(path)
     md = path.with_suffix(".md")
     lines = [f"## {title}", "", *_control_note(name, control),
-             *([f"*{_partial_label(r)[3:].capitalize()}: see the list at the top of {_link(md)}.*", ""]
-               if r.get("partial") else []),
+             *([f"*{_partial(r).capitalize()}: see the list at the top of {_link(md)}.*", ""]
+               if _partial(r) else []),
              f"{what}. Made by `{r.get('command', '(not recorded)')}`; the full tables: {_link(md)}.", ""]
     verdicts = _verdicts(r)
     lines += [x for v in r.get("verdicts", []) for x in _full_verdict(v)] if verdicts else [
@@ -187,7 +187,7 @@ def render_readme_block() -> str:
         path, control = result_file(name)
         r = _json(path)
         label = (f" — the earlier protocol ({control}), a control until the new one's run lands" if control
-                 else _partial_label(r))
+                 else f" — {_partial(r)}" if _partial(r) else "")
         lines += [f"**{title}**{label} (`{r.get('command')}`):", "", *_readme_lines(name, r), ""]
     lines += ["**The demo** (`clipforge demo`, report in [docs/demo/report.md](docs/demo/report.md)):", "",
               *[f"- {v}" for v in demo_verdicts()], "", "Every number, the data and speed benchmarks and how each "

@@ -79,10 +79,8 @@ class Bench:
             canonical=lambda ident: {**ident,
                                      "ancestry_recipe": harness.canonical_recipe(ident.get("ancestry_recipe"))})
         if not getattr(args, "partial", False):
-            if shard is None or shard[0] == 0:  # one process moves records aside; the others see them gone
-                self.units.refuse_foreign(args.overwrite)
-            elif self.units.foreign()[0]:
-                self.units.refuse_foreign(False)
+            # one process (shard 0) moves records aside under --overwrite; the others only refuse
+            self.units.refuse_foreign(args.overwrite and (shard is None or shard[0] == 0))
             claim = self.work if shard is None else self.work / "shards" / f"{shard[0]}-of-{shard[1]}"
             harness.claim_work(claim, NAME, {"budget": fixed, "ancestry": str(self.anc_path)}, args.overwrite)
         self.keep_models = bool(getattr(args, "keep_models", False))

@@ -18,6 +18,7 @@ import argparse
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from clipforge.cost import Timer, forward_flops
@@ -167,9 +168,7 @@ def partial(bench: Bench, args: argparse.Namespace, t_start: float) -> int:
         raise ClipforgeError(f"--partial: phase A has no record of {', '.join(absent)}: C is not known yet")
     ptft = {m.name: bench.units.get(f"ptft-{m.name}") for m in bench.members}
     extractions = {mode: bench.units.get(f"extract-{mode}") for mode in LEARNGENE_METHODS}
-    C = sum(u["flops"] for u in ptft.values())
-    member_shares = shares({name: u["flops"] for name, u in ptft.items()})
-    points = {"C/ratio": C / b.ratio, "C": C}
+    points, member_shares = family_points(ptft, b.ratio)
     plan = phase_b_units(bench, points, member_shares, extractions)
     missing = [u.name for u, *_ in plan if not complete(bench, u.name)]
     results = assemble(bench, args, ptft, plan, points, member_shares, extractions, ext_steps)
@@ -177,6 +176,20 @@ def partial(bench: Bench, args: argparse.Namespace, t_start: float) -> int:
                           "ancestry_here": harness.ancestry_record(bench.anc_path)["weights_sha256"]}
     results["teacher_cache"] = {"rows": 2 * len(bench.pool), "built": False}
     results["phase_wall_time_s"] = {"data pools": bench.data_seconds}
+    out = finish(bench, args, results, t_start)
+    print(f"[bench] partial report of {results['partial']['units'] - len(missing)} of {results['partial']['units']} "
+          f"units ({len(missing)} missing): {out / 'results.md'}")
+    return 0
+
+
+def family_points(ptft: dict[str, dict], ratio: float) -> tuple[dict[str, float], dict[str, float]]:
+    """The compute points {"C/ratio", "C"} (C: PT-FT's family FLOPs) and each member's share of C."""
+    C = sum(u["flops"] for u in ptft.values())
+    return {"C/ratio": C / ratio, "C": C}, shares({name: u["flops"] for name, u in ptft.items()})
+
+
+def finish(bench: Bench, args: argparse.Namespace, results: dict[str, Any], t_start: float) -> Path:
+    """Summary and verdicts into `results`, then results.json, results.md and the PNGs; the verdicts printed."""
     results["summary"] = report.summarise(results, bench.seeds)
     results["verdicts"] = report.verdicts(results)
     results["wall_time_s"] = time.perf_counter() - t_start
@@ -184,9 +197,7 @@ def partial(bench: Bench, args: argparse.Namespace, t_start: float) -> int:
     harness.write_results(out, results, report.render)
     for v in results["verdicts"]:
         print(v["line"])
-    print(f"[bench] partial report of {results['partial']['units'] - len(missing)} of {results['partial']['units']} "
-          f"units ({len(missing)} missing): {out / 'results.md'}")
-    return 0
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -209,10 +220,8 @@ def run(args: argparse.Namespace) -> int:
         with Timer() as t:
             ptft, extractions = phase_a(bench, shard, ext_steps)
         phases["phase A (PT-FT, extraction)"] = t.seconds
-        C = sum(u["flops"] for u in ptft.values())
-        member_shares = shares({name: u["flops"] for name, u in ptft.items()})
-        points = {"C/ratio": C / budget.ratio, "C": C}
-        print(f"[bench] C = {C / 1e12:.2f} TFLOP (PT-FT family); F = C/{budget.ratio} = "
+        points, member_shares = family_points(ptft, budget.ratio)
+        print(f"[bench] C = {points['C'] / 1e12:.2f} TFLOP (PT-FT family); F = C/{budget.ratio} = "
               f"{points['C/ratio'] / 1e12:.2f} TFLOP", flush=True)
         plan = phase_b_units(bench, points, member_shares, extractions)
         with Timer() as t:
@@ -228,13 +237,7 @@ def run(args: argparse.Namespace) -> int:
     results = assemble(bench, args, ptft, plan, points, member_shares, extractions, ext_steps)
     results["teacher_cache"] = {**cache_rec, **cache.describe()}
     results["phase_wall_time_s"] = phases
-    results["summary"] = report.summarise(results, bench.seeds)
-    results["verdicts"] = report.verdicts(results)
-    results["wall_time_s"] = time.perf_counter() - t_start
-    out = harness.out_dir(args, NAME)
-    harness.write_results(out, results, report.render)
-    for v in results["verdicts"]:
-        print(v["line"])
+    out = finish(bench, args, results, t_start)
     print(f"[bench] done in {results['wall_time_s'] / 60:.1f} min ({len(bench.units.reused)} units from records): "
           f"{out / 'results.md'}")
     return 0
